@@ -1,0 +1,42 @@
+"""Shared fixtures: where the real data lives, and small synthetic inputs checkable by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data beside the checkout; tests that need it skip with the reason when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real city data not found at {SHARED_DATA} (../shared/data beside the checkout)")
+    return SHARED_DATA
+
+
+def grid_graph(n: int = 5, spacing_m: float = 100.0, *, crs: str = "EPSG:32633",
+               x0: float = 500_000.0, y0: float = 4_000_000.0):
+    """An n x n street grid in osmnx convention (both directions), node id = row * n + col."""
+    import networkx as nx
+
+    G = nx.MultiDiGraph(crs=crs)
+    for r in range(n):
+        for c in range(n):
+            G.add_node(r * n + c, x=x0 + c * spacing_m, y=y0 + r * spacing_m)
+    for r in range(n):
+        for c in range(n):
+            for dr, dc in ((0, 1), (1, 0)):
+                if r + dr < n and c + dc < n:
+                    a, b = r * n + c, (r + dr) * n + c + dc
+                    for u, v in ((a, b), (b, a)):
+                        G.add_edge(u, v, length=spacing_m, highway="residential")
+    return G
+
+
+@pytest.fixture
+def grid5():
+    """5 x 5 grid of 100 m blocks in UTM 33N; node (row, col) = row * 5 + col."""
+    return grid_graph()

@@ -1,0 +1,65 @@
+"""The São Paulo pair end to end: loaders, snapping and reach on real OSM and population data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from coverage.network import load_network
+from coverage.population import load_population
+from coverage.reach import compute_reach
+from coverage.snap import snap_points
+
+pytestmark = pytest.mark.slow
+
+SP_TOTAL = 517_570
+
+
+@pytest.fixture(scope="module")
+def sao_paulo(shared_data):
+    network = load_network(shared_data / "sao_paulo" / "spo_osm.pbf")
+    population = load_population(shared_data / "sao_paulo" / "spo_hexgrid.csv")
+    return network, population
+
+
+def test_sao_paulo_pair_loads_whole(sao_paulo):
+    network, population = sao_paulo
+    assert population.total == SP_TOTAL
+    assert len(population.cells) == 323 and len(population.units) == 319
+    assert (network.n_nodes, network.n_edges) == (19_882, 22_860)
+    assert network.crs.to_epsg() == 32723
+
+
+def test_sao_paulo_units_snap_to_the_main_network(sao_paulo):
+    network, population = sao_paulo
+    pts = population.units.to_crs(network.crs).geometry
+    snap = snap_points(network, pts.x.to_numpy(), pts.y.to_numpy())
+    assert not snap.off_network.any() and not snap.on_island.any()
+    assert (network.component[snap.node] == 0).all()
+    # Hexagon centres lie at most ~151 m from a walkable way (median ~38 m).
+    assert snap.straight_m.max() == pytest.approx(151.0, abs=1.0)
+    assert np.median(snap.straight_m) == pytest.approx(37.7, abs=0.5)
+
+
+def test_sao_paulo_disaggregated_onto_nodes_keeps_everyone(sao_paulo):
+    network, population = sao_paulo
+    fine = population.disaggregate(onto="nodes", network=network)
+    assert fine.total == SP_TOTAL
+    assert len(fine.units) == 17_730
+    per_cell = fine.units.groupby("cell_id")["pop"].sum()
+    source = population.cells.set_index("cell_id")["pop"]
+    assert (per_cell == source[per_cell.index]).all()
+    pts = fine.units.to_crs(network.crs).geometry
+    snap = snap_points(network, pts.x.to_numpy(), pts.y.to_numpy())
+    # Units on tiny islands inside a cell go to the main network, which is always near here.
+    assert not snap.on_island.any() and (network.component[snap.node] == 0).all()
+
+
+def test_sao_paulo_reach_is_sparse_and_covers_everyone(sao_paulo):
+    network, population = sao_paulo
+    reach = compute_reach(network, population, max_minutes=15)
+    assert reach.units["pop"].sum() == SP_TOTAL
+    assert reach.unreachable_population == 0
+    n_units, n_candidates = reach.minutes.shape
+    assert reach.minutes.nnz < 0.5 * n_units * n_candidates
+    assert reach.minutes.data.max() <= 15.0 + 1e-9
