@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from coverage._errors import InputError
+from coverage._sparse import lookup
 from coverage.reach import DEFAULT_MAX_MINUTES, compute_reach
 
 if TYPE_CHECKING:
@@ -153,19 +154,10 @@ def assess_coverage(network: WalkNetwork, population: Population, centers: gpd.G
 
 def _lookup(matrix, columns: pd.Series) -> np.ndarray:
     """matrix[i, columns[i]] per row; inf where the column is missing or the entry absent."""
-    out = np.full(matrix.shape[0], np.inf)
     cols = columns.to_numpy(dtype="float64")
     rows = np.flatnonzero(np.isfinite(cols))
-    if len(rows) == 0 or matrix.nnz == 0:
-        return out
-    n_cols = matrix.shape[1]
-    # CSR entries sorted by (row, column) give sorted keys row * n_cols + column.
-    entry_rows = np.repeat(np.arange(matrix.shape[0], dtype="int64"), np.diff(matrix.indptr))
-    keys = entry_rows * n_cols + matrix.indices
-    wanted = rows * n_cols + cols[rows].astype("int64")
-    pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-    hit = keys[pos] == wanted
-    out[rows[hit]] = matrix.data[pos[hit]]
+    out = np.full(matrix.shape[0], np.inf)
+    out[rows] = lookup(matrix, rows, cols[rows].astype("int64"))[0]
     return out
 
 

@@ -31,11 +31,12 @@ def _minutes_list(text: str) -> list[float]:
         raise InputError(msg) from None
 
 
-def _add_network_options(p: argparse.ArgumentParser) -> None:
+def _add_network_options(p: argparse.ArgumentParser, *, speed: bool = True) -> None:
     p.add_argument("--network", required=True,
                    help="OSM PBF/XML file, or GraphML written by osmnx")
-    p.add_argument("--walk-speed", type=float, default=4.5, dest="walk_speed_kmh",
-                   help="walking speed in km/h (default 4.5; e.g. 3.6 for elderly residents)")
+    if speed:
+        p.add_argument("--walk-speed", type=float, default=4.5, dest="walk_speed_kmh",
+                       help="walking speed in km/h (default 4.5; e.g. 3.6 for elderly residents)")
 
 
 def _add_population_options(p: argparse.ArgumentParser) -> None:
@@ -74,7 +75,8 @@ def _cmd_coverage(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_coverage(out: Path, result, isochrones, extra_layers=None, title="coverage") -> None:
+def _write_coverage(out: Path, result, isochrones, extra_layers=None, title="coverage",
+                    map_name="map.html") -> None:
     from coverage.io import prepare_folder, write_json, write_layers
     from coverage.maps import coverage_map
 
@@ -85,11 +87,58 @@ def _write_coverage(out: Path, result, isochrones, extra_layers=None, title="cov
     layers.update(extra_layers or {})
     write_layers(out / f"{title}.gpkg", layers)
     write_json(out / f"{title}.json", result.summary())
-    coverage_map(result, isochrones=isochrones).save(out / "map.html")
+    coverage_map(result, isochrones=isochrones).save(out / map_name)
     summary = result.summary()
     share = summary.get("coverage_share_own", summary["coverage_share"])
     logger.info("Wrote %s: %.1f %% of %d residents within %g min", out, 100 * share,
                 summary["population_total"], result.max_minutes)
+
+
+def _plan_config(args: argparse.Namespace):
+    from coverage.config import PlanConfig
+
+    return PlanConfig(target_pop=args.target, tolerance=args.tolerance, max_minutes=args.minutes,
+                      walk_speed_kmh=args.walk_speed_kmh, seed=args.seed, restarts=args.restarts,
+                      candidate_spacing_m=args.candidate_spacing,
+                      max_unit_pop=args.max_unit_pop or None)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from coverage.inputs import load_centers, load_communities, load_districts
+    from coverage.io import write_plan
+    from coverage.network import load_network
+    from coverage.plan import plan_communities
+    from coverage.population import load_population
+
+    config = _plan_config(args)
+    network = load_network(args.network, walk_speed_kmh=args.walk_speed_kmh, progress=True)
+    population = load_population(args.population, population_column=args.population_column)
+    plan = plan_communities(
+        network, population,
+        communities=load_communities(args.communities) if args.communities else None,
+        centers=load_centers(args.centers) if args.centers else None,
+        districts=load_districts(args.districts) if args.districts else None,
+        config=config, progress=True)
+    write_plan(plan, args.out)
+    return 0
+
+
+def _add_plan_options(p: argparse.ArgumentParser) -> None:
+    from coverage.config import PlanConfig
+
+    d = PlanConfig()
+    p.add_argument("--target", type=int, default=d.target_pop, help="residents per community")
+    p.add_argument("--tolerance", type=float, default=d.tolerance,
+                   help="allowed relative deviation from the target (0-1)")
+    p.add_argument("--minutes", type=float, default=d.max_minutes, help="service-circle limit")
+    p.add_argument("--walk-speed", type=float, default=d.walk_speed_kmh, dest="walk_speed_kmh",
+                   help="walking speed in km/h (e.g. 3.6 for elderly residents)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--restarts", type=int, default=d.restarts)
+    p.add_argument("--candidate-spacing", type=float, default=d.candidate_spacing_m,
+                   help="one candidate site for a new center per populated square of this side (m)")
+    p.add_argument("--max-unit-pop", type=int, default=d.max_unit_pop,
+                   help="split cells with more residents onto network nodes (0: never)")
 
 
 def _cmd_isochrones(args: argparse.Namespace) -> int:
@@ -130,9 +179,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = assess_coverage(network, population, centers, communities=communities,
                              max_minutes=args.minutes, progress=True)
     isochrones = compute_isochrones(network, centers, minutes=[args.minutes], progress=True)
-    _write_coverage(Path(args.out), result, isochrones, title="asis",
+    out = Path(args.out)
+    _write_coverage(out, result, isochrones, title="asis", map_name="asis_map.html",
                     extra_layers={"districts": districts, "railway": city.railway})
-    logger.info("Demo done in %.1f s", time.perf_counter() - started)
+    from coverage.io import write_plan
+    from coverage.plan import plan_communities
+
+    plan = plan_communities(network, population, communities=communities, centers=centers,
+                            districts=districts, config=_plan_config(args), progress=True)
+    write_plan(plan, out)
+    r = plan.report
+    logger.info("Demo: %d old communities -> %d new; %.1f %% within %g min of their center, "
+                "%.0f %% within ±%.0f %% of %d residents, stability %.0f %% (%.1f s)",
+                len(communities), r["communities"], 100 * r["coverage_share"], args.minutes,
+                100 * r["within_tolerance_share"], 100 * args.tolerance, args.target,
+                100 * (r["stability_share"] or 0), time.perf_counter() - started)
     return 0
 
 
@@ -159,12 +220,22 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run on the embedded demo city (69 uneven communities)")
+    demo = sub.add_parser("demo", help="replay the demo city: 69 uneven communities -> about 30")
     demo.add_argument("--out", required=True, help="output folder")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--minutes", type=float, default=15.0, help="service-circle limit")
-    demo.add_argument("--walk-speed", type=float, default=4.5, dest="walk_speed_kmh")
+    _add_plan_options(demo)
     demo.set_defaults(func=_cmd_demo)
+
+    plan = sub.add_parser("plan", help="merge, split or redraw communities of ~target residents")
+    _add_network_options(plan, speed=False)
+    plan.add_argument("--population", required=True,
+                      help="raster, vector grid/points or CSV (lon/lat or H3 ids)")
+    plan.add_argument("--population-column", default=None, help="column holding counts (auto-detected)")
+    plan.add_argument("--communities", default=None, help="existing communities (merge/split mode)")
+    plan.add_argument("--centers", default=None, help="existing or candidate center sites")
+    plan.add_argument("--districts", default=None, help="district limits no community may cross")
+    plan.add_argument("--out", required=True, help="output folder")
+    _add_plan_options(plan)
+    plan.set_defaults(func=_cmd_plan)
 
     cov = sub.add_parser("coverage", help="as-is coverage of service centers")
     _add_network_options(cov)

@@ -53,6 +53,8 @@ _CROSSINGS = {16: ("primary", ""), 30: ("footway", "bridge"), 40: ("primary", "t
 _INDUSTRY = box(4_200.0, 0.0, 6_000.0, 900.0)          # steel works: no residents, arterials only
 _PARKS = (box(2_600.0, 3_300.0, 2_900.0, 3_600.0), box(600.0, 3_900.0, 1_100.0, 4_400.0))
 _CORE, _OLD_TOWN = (3_000.0, 3_100.0), (2_000.0, 900.0)  # the old town lies south of the tracks
+# Homes stop at this ellipse (centre, semi-axes in metres); desert with a few roads lies beyond.
+_FOOTPRINT_CENTER, _FOOTPRINT_AXES = np.array([3_000.0, 2_500.0]), np.array([2_900.0, 2_500.0])
 _SIZE_SPREAD = 1.0                      # log-normal sigma of community sizes
 _SIZE_NOISE = 0.8                       # how loosely large communities follow sparse blocks
 _CENTER_OFFSET_M = (120.0, 400.0)       # how far a hall stands from its community's centroid
@@ -333,7 +335,8 @@ def _population(rng: np.random.Generator, rail: LineString,
     """
     Populated 100 m cells: squares, centroids and residents summing to TOTAL_POPULATION.
 
-    Density falls from about 80,000/km2 in the core to about 1,500/km2 at the edge, with an old
+    Density falls from about 80,000/km2 in the core to about 3,000/km2 at the edge of a compact
+    urban footprint (an ellipse; beyond it lies open desert with roads but no homes), with an old
     town south of the tracks. Parks, the steel works, the railway corridor and vacant lots are
     empty. No populated cell touches the railway, so each lies inside a single district.
     """
@@ -343,12 +346,13 @@ def _population(rng: np.random.Generator, rail: LineString,
     squares = shapely.box(*(xy - _CELL_M / 2).T, *(xy + _CELL_M / 2).T)
     core, old_town = np.hypot(*(xy - _CORE).T), np.hypot(*(xy - _OLD_TOWN).T)
     weight = (900 * np.exp(-(core / 1_100) ** 2) + 160 * np.exp(-core / 1_500)
-              + 350 * np.exp(-(old_town / 750) ** 2) + 12)
+              + 350 * np.exp(-(old_town / 750) ** 2) + 25)
     # Blocks differ from their neighbours; the cap keeps the densest cells below ~900 people.
     weight *= np.minimum(rng.lognormal(0.0, 0.3, size=len(xy)), 1.5)
     empty = (shapely.intersects(squares, rail.buffer(30.0)) | shapely.intersects(squares, _INDUSTRY)
              | np.any([shapely.contains_xy(park, *xy.T) for park in _PARKS], axis=0)
-             | (rng.random(len(xy)) < 0.02))
+             | (rng.random(len(xy)) < 0.02)
+             | ((((xy - _FOOTPRINT_CENTER) / _FOOTPRINT_AXES) ** 2).sum(axis=1) > 1.0))
     weight[empty] = 0.0
     pop = _round_to_total(weight, TOTAL_POPULATION)
     kept = pop > 0

@@ -86,21 +86,23 @@ def load_centers(source: str | os.PathLike[str] | gpd.GeoDataFrame, *,
 def load_communities(source: str | os.PathLike[str] | gpd.GeoDataFrame, *,
                      id_column: str | None = None, layer: str | None = None) -> gpd.GeoDataFrame:
     """Existing communities as polygons with a unique `community_id` (str); other columns kept."""
-    frame = read_vector(source, what="communities", layer=layer)
-    name = f"communities {describe(source)}"
-    column = id_column or ("community_id" if "community_id" in frame.columns else None)
-    frame["community_id"] = _ids(frame, column, prefix="C", name=name)
-    _require_polygons(frame, name)
-    return frame.reset_index(drop=True)
+    return _load_polygons(source, what="communities", id_name="community_id", prefix="C",
+                          id_column=id_column, layer=layer)
 
 
 def load_districts(source: str | os.PathLike[str] | gpd.GeoDataFrame, *,
                    id_column: str | None = None, layer: str | None = None) -> gpd.GeoDataFrame:
     """District limits (polygons a community may not cross) with a unique `district_id` (str)."""
-    frame = read_vector(source, what="districts", layer=layer)
-    name = f"districts {describe(source)}"
-    column = id_column or ("district_id" if "district_id" in frame.columns else None)
-    frame["district_id"] = _ids(frame, column, prefix="D", name=name)
+    return _load_polygons(source, what="districts", id_name="district_id", prefix="D",
+                          id_column=id_column, layer=layer)
+
+
+def _load_polygons(source, *, what: str, id_name: str, prefix: str, id_column: str | None,
+                   layer: str | None) -> gpd.GeoDataFrame:
+    frame = read_vector(source, what=what, layer=layer)
+    name = f"{what} {describe(source)}"
+    column = id_column or (id_name if id_name in frame.columns else None)
+    frame[id_name] = _ids(frame, column, prefix=prefix, name=name)
     _require_polygons(frame, name)
     return frame.reset_index(drop=True)
 

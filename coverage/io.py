@@ -57,3 +57,20 @@ def write_json(path: str | os.PathLike[str], data: Mapping) -> Path:
     target.write_text(json.dumps(clean, indent=2, default=_plain, ensure_ascii=False) + "\n")
     logger.info("Wrote %s", target)
     return target
+
+
+def write_plan(plan, out: str | os.PathLike[str]) -> Path:
+    """Write plan.gpkg, report.json, changes.csv (merge/split mode) and map.html into `out`."""
+    from coverage.maps import plan_map
+
+    folder = prepare_folder(out)
+    layers = {"communities": plan.communities, "centers": plan.centers, "units": plan.units,
+              "isochrones": plan.isochrones}
+    if plan.previous is not None:
+        layers["previous_communities"] = plan.previous
+    write_layers(folder / "plan.gpkg", layers)
+    write_json(folder / "report.json", plan.report)
+    if plan.changes is not None:
+        plan.changes.to_csv(folder / "changes.csv", index=False)
+    plan_map(plan).save(folder / "map.html")
+    return folder

@@ -22,6 +22,7 @@ STYLE = {
     "share_colors": ["#d7191c", "#fdae61", "#ffffbf", "#a6d96a", "#1a9641"],
     "band_colors": {5.0: "#08519c", 10.0: "#3182bd", 15.0: "#6baed6"},
     "band_default": "#9ecae1",
+    "deviation_colors": ["#2166ac", "#92c5de", "#f7f7f7", "#f4a582", "#b2182b"],
     "unit_radius": 3,
 }
 
@@ -163,5 +164,70 @@ def isochrone_map(isochrones: gpd.GeoDataFrame, centers: gpd.GeoDataFrame, *,
                     else centers, m=m)
     add_isochrones(fmap, isochrones)
     add_centers(fmap, centers)
+    folium.LayerControl(collapsed=False).add_to(fmap)
+    return fmap
+
+
+def add_plan_communities(fmap: folium.Map, communities: gpd.GeoDataFrame, *, target_pop: float,
+                         tolerance: float) -> None:
+    """Communities filled by deviation from the target: blue under, white on target, red over."""
+    span = max(2 * tolerance, 0.05)
+    colormap = cm.LinearColormap(STYLE["deviation_colors"], vmin=-span, vmax=span,
+                                 caption=f"deviation from {target_pop:,.0f} residents (±{tolerance:.0%} allowed)")
+    frame = communities.copy()
+    frame["deviation"] = (frame["population"] / target_pop - 1).round(3)
+    fields = [c for c in ("community_id", "population", "deviation", "center_id", "mean_minutes",
+                          "max_minutes", "previous_ids", "note") if c in frame.columns]
+
+    def style(feature):
+        dev = feature["properties"].get("deviation") or 0.0
+        return {"color": STYLE["community_line"], "weight": 2,
+                "fillColor": colormap(max(-span, min(span, dev))), "fillOpacity": 0.45}
+
+    folium.GeoJson(_geojson(frame[fields + ["geometry"]], simplify_m=5.0), name="new communities",
+                   style_function=style, tooltip=folium.GeoJsonTooltip(fields=fields)).add_to(fmap)
+    colormap.add_to(fmap)
+
+
+def add_previous(fmap: folium.Map, previous: gpd.GeoDataFrame) -> None:
+    """Old community boundaries, dashed, without fill."""
+    fields = [c for c in ("community_id", "name") if c in previous.columns]
+    folium.GeoJson(_geojson(previous[fields + ["geometry"]], simplify_m=5.0),
+                   name="old communities (dashed)",
+                   style_function=lambda _f: {"color": "#555555", "weight": 1.5, "dashArray": "6 4",
+                                              "fillOpacity": 0},
+                   tooltip=folium.GeoJsonTooltip(fields=fields)).add_to(fmap)
+
+
+def add_plan_centers(fmap: folium.Map, centers: gpd.GeoDataFrame, communities: gpd.GeoDataFrame) -> None:
+    """Planned centers: kept existing sites in blue, new sites in green; popups with figures."""
+    info = communities.set_index("community_id")
+    group = folium.FeatureGroup(name="service centers")
+    for _, row in centers.to_crs(4326).iterrows():
+        c = info.loc[row["community_id"]]
+        popup = (f"<b>{row['center_id']}</b> ({'existing' if row['existing'] else 'new site'})<br>"
+                 f"community {row['community_id']}: {int(c['population']):,} residents<br>"
+                 f"mean {c['mean_minutes']:.1f} min, worst {c['max_minutes']:.1f} min")
+        if c.get("previous_ids"):
+            popup += f"<br>from: {c['previous_ids']}"
+        folium.Marker([row.geometry.y, row.geometry.x], tooltip=str(row["center_id"]),
+                      popup=folium.Popup(popup, max_width=300),
+                      icon=folium.Icon(color="blue" if row["existing"] else "green",
+                                       icon="home")).add_to(group)
+    group.add_to(fmap)
+
+
+def plan_map(plan, *, m: folium.Map | None = None) -> folium.Map:
+    """New communities by deviation from target, centers, isochrones, old boundaries dashed."""
+    fmap = base_map(plan.communities, m=m)
+    add_plan_communities(fmap, plan.communities, target_pop=plan.config.target_pop,
+                         tolerance=plan.config.tolerance)
+    add_isochrones(fmap, plan.isochrones)
+    if plan.previous is not None:
+        add_previous(fmap, plan.previous)
+    unserved = plan.units[plan.units["community_id"].isna()].copy()
+    unserved["served"] = False
+    add_uncovered(fmap, unserved, covered_column="served", max_minutes=plan.config.max_minutes)
+    add_plan_centers(fmap, plan.centers, plan.communities)
     folium.LayerControl(collapsed=False).add_to(fmap)
     return fmap

@@ -1,0 +1,74 @@
+"""Frozen parameter sets shared by the planner, the CLI and scenarios."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from coverage._errors import InputError
+from coverage.network import DEFAULT_WALK_SPEED_KMH
+from coverage.reach import DEFAULT_CANDIDATE_SPACING_M, DEFAULT_MAX_MINUTES, MAX_MINUTES_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
+class PlanConfig:
+    """
+    What a plan aims at. Every field is a keyword of `plan_communities` and a `covplan plan` flag.
+
+    target_pop, tolerance
+        Residents per community and the allowed relative deviation (0 < tolerance < 1).
+    max_minutes, walk_speed_kmh
+        The service circle: walking minutes to the center (access legs included) at this speed.
+    candidate_spacing_m
+        Density of candidate sites for new centers: one per populated square of this side.
+    max_unit_pop
+        Cells holding more residents are split onto the network nodes inside them, so
+        communities can be balanced finer than the grid (None: never split).
+    restarts, seed
+        Seeded restarts of the planner; the same seed gives the same plan.
+    stability_minutes
+        Per-person cost, in walking minutes, of moving a resident out of their old community.
+    """
+
+    target_pop: int = 10_000
+    tolerance: float = 0.2
+    max_minutes: float = DEFAULT_MAX_MINUTES
+    walk_speed_kmh: float = DEFAULT_WALK_SPEED_KMH
+    candidate_spacing_m: float = DEFAULT_CANDIDATE_SPACING_M
+    max_unit_pop: int | None = 500
+    restarts: int = 3
+    seed: int = 0
+    stability_minutes: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target_pop, (int, float)) or self.target_pop <= 0:
+            msg = f"`target_pop` must be a positive number of residents, got {self.target_pop!r}."
+            raise InputError(msg)
+        if not 0 < self.tolerance < 1:
+            msg = f"`tolerance` must lie strictly between 0 and 1 (e.g. 0.2 for ±20 %), got {self.tolerance!r}."
+            raise InputError(msg)
+        if not 0 < self.max_minutes <= MAX_MINUTES_LIMIT:
+            msg = f"`max_minutes` must be greater than 0 and at most {MAX_MINUTES_LIMIT:g}, got {self.max_minutes!r}."
+            raise InputError(msg)
+        if not 0 < self.walk_speed_kmh <= 30:
+            msg = f"`walk_speed_kmh` must be greater than 0 and at most 30, got {self.walk_speed_kmh!r}."
+            raise InputError(msg)
+        if self.candidate_spacing_m <= 0:
+            msg = f"`candidate_spacing_m` must be positive, got {self.candidate_spacing_m!r}."
+            raise InputError(msg)
+        if self.max_unit_pop is not None and self.max_unit_pop <= 0:
+            msg = f"`max_unit_pop` must be positive or None, got {self.max_unit_pop!r}."
+            raise InputError(msg)
+        if self.restarts < 1:
+            msg = f"`restarts` must be at least 1, got {self.restarts!r}."
+            raise InputError(msg)
+
+    @property
+    def min_pop(self) -> float:
+        return self.target_pop * (1 - self.tolerance)
+
+    @property
+    def max_pop(self) -> float:
+        return self.target_pop * (1 + self.tolerance)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

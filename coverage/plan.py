@@ -1,0 +1,306 @@
+"""
+Communities of about `target_pop` residents, each with a service center every member reaches
+within `max_minutes` on foot: the geo wrapper around the array core in `partition.py`.
+
+network + population (+ existing communities, centers, districts)
+  -> finer units -> reach matrix -> unit pieces and adjacency -> per-district partition
+  -> communities, centers, units, isochrones, changes and a report, in the population's CRS.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from coverage import __version__
+from coverage._sparse import lookup
+from coverage.config import PlanConfig
+from coverage.isochrones import compute_isochrones
+from coverage.metrics import community_table, plan_report
+from coverage.partition import PartitionProblem, partition_units
+from coverage.reach import ReachMatrix, compute_reach
+from coverage.tessellation import dissolve_pieces, piece_adjacency, unit_districts, unit_pieces
+
+if TYPE_CHECKING:
+    import pyproj
+
+    from coverage.network import WalkNetwork
+    from coverage.population import Population
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Plan:
+    """A complete plan, in the CRS of the population input (``work_crs`` was used inside)."""
+
+    communities: gpd.GeoDataFrame   # one polygon per community with its figures and note
+    centers: gpd.GeoDataFrame       # one point per community: center_id, community_id, existing
+    units: gpd.GeoDataFrame         # every unit: pop, community_id, center_id, minutes
+    isochrones: gpd.GeoDataFrame    # each center's max_minutes area
+    changes: pd.DataFrame | None    # old -> new community, residents (merge/split mode)
+    previous: gpd.GeoDataFrame | None  # the existing communities, for maps
+    report: dict
+    config: PlanConfig
+    work_crs: pyproj.CRS
+    version: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Prior:
+    """Existing communities projected onto units and candidates."""
+
+    ids: list[str]                  # old community ids, by index
+    unit: np.ndarray                # old community index per unit (-1 none)
+    candidate: np.ndarray           # old community an existing center serves (-1 none)
+    issues: list[str]               # reported repairs (overlaps, gaps, centers outside)
+
+
+def plan_communities(network: WalkNetwork, population: Population, *,
+                     communities: gpd.GeoDataFrame | None = None,
+                     centers: gpd.GeoDataFrame | None = None,
+                     districts: gpd.GeoDataFrame | None = None,
+                     config: PlanConfig | None = None,
+                     progress: bool = False) -> Plan:
+    """
+    Merge, split or redraw communities to about ``config.target_pop`` residents each.
+
+    Parameters
+    ----------
+    network
+        The walking network (its speed is replaced by ``config.walk_speed_kmh``).
+    population
+        Population cells/units in any CRS; the plan comes back in this CRS.
+    communities
+        Existing communities (polygons with ``community_id``): merge/split mode — communities
+        that already meet every rule are kept, the rest are merged or split, existing centers
+        are preferred and residents stay with their old community where the rules allow.
+        None: redraw from scratch.
+    centers
+        Existing or candidate service-center sites (points with ``center_id``). With
+        `communities`, a ``community_id`` column says which community each serves.
+    districts
+        Hard limits (polygons): no community crosses one.
+    config
+        Targets and parameters; see `PlanConfig`.
+
+    Returns
+    -------
+    Plan
+
+    Raises
+    ------
+    InputError
+        For unusable parameters, a population that misses the network, or no candidate center.
+    """
+    config = config or PlanConfig()
+    started = time.perf_counter()
+    network = network.with_walk_speed(config.walk_speed_kmh)
+    if config.max_unit_pop is not None and int(population.cells["pop"].max()) > config.max_unit_pop:
+        population = population.disaggregate(onto="nodes", network=network,
+                                             max_unit_pop=config.max_unit_pop)
+    reach = compute_reach(network, population, centers=centers, max_minutes=config.max_minutes,
+                          candidate_spacing_m=config.candidate_spacing_m, progress=progress)
+    work = network.crs
+    units = reach.units
+    pieces = unit_pieces(units, population.cells.to_crs(work))
+    adjacency = piece_adjacency(pieces)
+
+    district_of, district_report = _districts(units, population, districts, work)
+    candidate_district = _candidate_districts(reach.candidates, districts, work)
+    prior = _prior(units, reach.candidates, centers, communities, work)
+
+    center_of = np.full(len(units), -1, dtype="int64")
+    fixed = _keep_valid(reach, adjacency, prior, district_of, config)
+    for old_index, candidate in fixed.items():
+        center_of[prior.unit == old_index] = candidate
+    free = center_of < 0
+    for group in np.unique(district_of):
+        rows = np.flatnonzero(free & (district_of == group))
+        if len(rows) == 0:
+            continue
+        cols = np.flatnonzero((candidate_district == group) & ~np.isin(np.arange(len(candidate_district)),
+                                                                       list(fixed.values())))
+        center_of[rows] = _partition_group(reach, adjacency, prior, rows, cols, config)
+
+    labels, center_ids = _labels(center_of, reach.candidates)
+    communities_w = dissolve_pieces(pieces, labels, crs=work)
+    table = community_table(units, labels, center_of, reach, communities_w, district_of,
+                            districts, prior_ids=prior.ids if prior else None,
+                            prior_unit=prior.unit if prior else None, config=config)
+    units_out = _units_out(units, labels, center_of, reach, table)
+    centers_out = _centers_out(reach, table)
+    isochrones = compute_isochrones(network, centers_out, minutes=[config.max_minutes],
+                                    progress=progress)
+    isochrones = isochrones.merge(centers_out[["center_id", "community_id"]], on="center_id")
+    changes = _changes(units_out, prior) if prior else None
+    report = plan_report(units_out, table, config=config, reach=reach,
+                         prior_unit=prior.unit if prior else None, changes=changes,
+                         fixed=len(fixed), issues=(prior.issues if prior else []) + _district_issues(district_report),
+                         runtime_s=time.perf_counter() - started)
+    crs = population.crs
+    previous = None if communities is None else communities.to_crs(crs)
+    logger.info("Plan: %d communities, %.1f %% of residents within %g min of their center, "
+                "%.0f %% of communities within ±%g %% (%.1f s)", len(table),
+                100 * report["coverage_share"], config.max_minutes,
+                100 * report["within_tolerance_share"], 100 * config.tolerance, report["runtime_s"])
+    return Plan(communities=table.to_crs(crs), centers=centers_out.to_crs(crs),
+                units=units_out.to_crs(crs), isochrones=isochrones.to_crs(crs), changes=changes,
+                previous=previous, report=report, config=config, work_crs=work, version=__version__)
+
+
+def _districts(units, population, districts, work) -> tuple[np.ndarray, dict]:
+    if districts is None:
+        return np.zeros(len(units), dtype="int64"), {}
+    district_of, report = unit_districts(units, districts.to_crs(work), population.cells.to_crs(work))
+    return district_of, report
+
+
+def _district_issues(report: dict) -> list[str]:
+    issues = []
+    if report.get("cells_cut"):
+        issues.append(f"{report['cells_cut']} populated cell(s) are cut by a district limit; "
+                      "their units were sent to the district their point lies in")
+    if report.get("units_outside"):
+        issues.append(f"{report['units_outside']} unit(s) with {report['population_outside']} "
+                      "residents lie outside every district and were planned on their own")
+    return issues
+
+
+def _candidate_districts(candidates, districts, work) -> np.ndarray:
+    if districts is None:
+        return np.zeros(len(candidates), dtype="int64")
+    d = districts.to_crs(work).reset_index(drop=True)
+    joined = gpd.sjoin(candidates[["geometry"]], d[["geometry"]], how="left", predicate="within")
+    first = joined.groupby(level=0)["index_right"].min()
+    return first.reindex(candidates.index).fillna(-1).astype("int64").to_numpy()
+
+
+def _prior(units, candidates, centers, communities, work) -> _Prior | None:
+    if communities is None:
+        return None
+    comm = communities.to_crs(work).reset_index(drop=True)
+    ids = comm["community_id"].astype(str).tolist()
+    issues: list[str] = []
+    joined = gpd.sjoin(units[["geometry"]], comm[["geometry"]], how="left", predicate="within")
+    counts = joined.groupby(level=0)["index_right"].count()
+    overlapping = int((counts > 1).sum())
+    if overlapping:
+        issues.append(f"existing communities overlap: {overlapping} unit(s) lie in more than one; "
+                      "each was given to the lowest-listed community")
+    unit_prior = joined.groupby(level=0)["index_right"].min().reindex(units.index)
+    gaps = unit_prior.isna()
+    if gaps.any():
+        issues.append(f"existing communities leave gaps: {int(gaps.sum())} unit(s) with "
+                      f"{int(units.loc[gaps, 'pop'].sum())} residents lie in none; they are planned as new")
+    unit_prior = unit_prior.fillna(-1).astype("int64").to_numpy()
+    cand_prior = np.full(len(candidates), -1, dtype="int64")
+    existing = candidates["existing"].to_numpy()
+    if existing.any():
+        index_of = {cid: i for i, cid in enumerate(ids)}
+        served = None
+        if centers is not None and "community_id" in centers.columns:
+            lookup_ = dict(zip(centers["center_id"].astype(str), centers["community_id"].astype(str)))
+            served = candidates["center_id"].map(lookup_)
+        inside = gpd.sjoin(candidates[["geometry"]], comm[["geometry"]], how="left",
+                           predicate="within").groupby(level=0)["index_right"].min()
+        for i in np.flatnonzero(existing):
+            named = served.iloc[i] if served is not None else None
+            if named is not None and named == named and named in index_of:
+                cand_prior[i] = index_of[named]
+                if inside.iloc[i] == inside.iloc[i] and int(inside.iloc[i]) != cand_prior[i]:
+                    issues.append(f"center {candidates['center_id'].iloc[i]} stands outside its "
+                                  f"community {named}")
+            elif inside.iloc[i] == inside.iloc[i]:
+                cand_prior[i] = int(inside.iloc[i])
+    return _Prior(ids=ids, unit=unit_prior, candidate=cand_prior, issues=issues)
+
+
+def _keep_valid(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: _Prior | None,
+                district_of: np.ndarray, config: PlanConfig) -> dict[int, int]:
+    """Existing communities that already meet every rule, and the existing center serving each."""
+    if prior is None:
+        return {}
+    kept: dict[int, int] = {}
+    pop = reach.units["pop"].to_numpy()
+    for old in range(len(prior.ids)):
+        members = np.flatnonzero(prior.unit == old)
+        total = pop[members].sum()
+        if len(members) == 0 or not config.min_pop <= total <= config.max_pop:
+            continue
+        if len(np.unique(district_of[members])) > 1:
+            continue
+        for candidate in np.flatnonzero(prior.candidate == old):
+            if lookup(reach.minutes, members, np.full(len(members), candidate))[1].all():
+                n_parts, _ = connected_components(adjacency[members][:, members], directed=False)
+                if n_parts == 1 and candidate not in kept.values():
+                    kept[old] = int(candidate)
+                break
+    logger.info("Keeping %d existing communities that already meet every rule", len(kept))
+    return kept
+
+
+def _partition_group(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: _Prior | None,
+                     rows: np.ndarray, cols: np.ndarray, config: PlanConfig) -> np.ndarray:
+    minutes = reach.minutes[rows][:, cols].tocsr()
+    minutes.sort_indices()
+    pop = reach.units["pop"].to_numpy()[rows]
+    xy = np.column_stack([reach.units.geometry.x.to_numpy()[rows], reach.units.geometry.y.to_numpy()[rows]])
+    problem = PartitionProblem(
+        minutes=minutes, pop=pop, adjacency=adjacency[rows][:, rows].tocsr(),
+        target_pop=config.target_pop, tolerance=config.tolerance,
+        existing=reach.candidates["existing"].to_numpy()[cols],
+        unit_prior=None if prior is None else prior.unit[rows],
+        candidate_prior=None if prior is None else prior.candidate[cols],
+        stability_minutes=config.stability_minutes, xy=xy)
+    result = partition_units(problem, seed=config.seed, restarts=config.restarts)
+    return np.where(result.center >= 0, cols[np.maximum(result.center, 0)], -1)
+
+
+def _labels(center_of: np.ndarray, candidates) -> tuple[np.ndarray, list[str]]:
+    """Community index per unit (-1 unserved), numbered by their centers' candidate order."""
+    used = np.unique(center_of[center_of >= 0])
+    labels = np.full(len(center_of), -1, dtype="int64")
+    labels[center_of >= 0] = np.searchsorted(used, center_of[center_of >= 0])
+    return labels, [str(candidates["center_id"].iloc[c]) for c in used]
+
+
+def _units_out(units, labels, center_of, reach, table) -> gpd.GeoDataFrame:
+    out = units[["unit_id", "cell_id", "pop", "geometry"]].copy()
+    ids = table["community_id"].to_numpy()
+    out["community_id"] = np.where(labels >= 0, ids[np.maximum(labels, 0)], None)
+    center_ids = table["center_id"].to_numpy()
+    out["center_id"] = np.where(labels >= 0, center_ids[np.maximum(labels, 0)], None)
+    served = np.flatnonzero(center_of >= 0)
+    minutes = np.full(len(units), np.nan)
+    minutes[served] = lookup(reach.minutes, served, center_of[served])[0]
+    out["minutes"] = minutes
+    out["off_network"] = units["off_network"].to_numpy()
+    return out
+
+
+def _centers_out(reach, table) -> gpd.GeoDataFrame:
+    cands = reach.candidates.set_index("candidate_id")
+    rows = cands.loc[table["candidate_id"].to_numpy()]
+    return gpd.GeoDataFrame({"center_id": table["center_id"].to_numpy(),
+                             "community_id": table["community_id"].to_numpy(),
+                             "existing": rows["existing"].to_numpy(),
+                             "population": table["population"].to_numpy()},
+                            geometry=rows.geometry.values, crs=reach.work_crs)
+
+
+def _changes(units_out, prior: _Prior) -> pd.DataFrame:
+    old = np.where(prior.unit >= 0, np.array(prior.ids + [""], dtype=object)[prior.unit], None)
+    frame = pd.DataFrame({"old_community_id": old, "new_community_id": units_out["community_id"].to_numpy(),
+                          "residents": units_out["pop"].to_numpy()})
+    frame = frame.fillna("(none)")
+    return (frame.groupby(["old_community_id", "new_community_id"], as_index=False)["residents"].sum()
+            .sort_values(["old_community_id", "residents"], ascending=[True, False]).reset_index(drop=True))

@@ -1,0 +1,235 @@
+"""The planner's array core on hand-built grids, the demo city, the MIP yardstick and São Paulo."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from coverage._errors import InfeasibleError, InputError
+from coverage._sparse import lookup
+from coverage.partition import Partition, PartitionProblem, choose_k, partition_units
+
+HAS_EXACT = importlib.util.find_spec("coverage.exact") is not None
+
+
+def grid(w: int = 12, h: int = 10, *, limit: float = 8.0, step: int = 2, seed: int = 0,
+         spacing: float = 100.0, speed: float = 80.0, pop_range=(20, 120)):
+    """
+    A w x h grid of units 100 m apart (rook adjacency), denser in the middle; a candidate on
+    every `step`-th unit each way; minutes = Manhattan metres / speed, stored up to `limit`
+    (a unit on its candidate gets an explicit 0).
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    xy = np.column_stack([xx.ravel(), yy.ravel()]).astype(float) * spacing
+    dist = np.linalg.norm(xy - xy.mean(axis=0), axis=1)
+    pop = (rng.integers(*pop_range, len(xy)) * (1.5 - dist / dist.max())).astype(np.int64)
+    cand = np.flatnonzero((xx.ravel() % step == 0) & (yy.ravel() % step == 0))
+    minutes = np.abs(xy[:, None, :] - xy[None, cand, :]).sum(axis=2) / speed
+    rows, cols = np.nonzero(minutes <= limit)
+    reach = sp.csr_matrix((minutes[rows, cols], (rows, cols)), shape=(len(xy), len(cand)))
+    right = [(i, i + 1) for i in range(len(xy)) if (i + 1) % w]
+    up = [(i, i + w) for i in range(len(xy) - w)]
+    a, b = np.array(right + up).T
+    adjacency = sp.csr_matrix((np.ones(2 * len(a)), (np.r_[a, b], np.r_[b, a])), shape=(len(xy),) * 2)
+    return reach, pop, adjacency, xy
+
+
+def check_rules(problem: PartitionProblem, result: Partition) -> None:
+    """Hard rules: each reachable unit served by a center it reaches (-1 otherwise); each
+    community connected; populations add up."""
+    reachable = np.diff(sp.csr_matrix(problem.minutes).indptr) > 0
+    served = result.center >= 0
+    assert np.array_equal(served, reachable)
+    _, stored = lookup(sp.csr_matrix(problem.minutes), np.flatnonzero(served), result.center[served])
+    assert stored.all()
+    assert np.array_equal(result.centers, np.unique(result.center[served]))
+    pops = [problem.pop[result.center == c].sum() for c in result.centers]
+    assert sum(pops) == problem.pop[reachable].sum()
+    if problem.adjacency is not None:
+        for c in result.centers:
+            members = np.flatnonzero(result.center == c)
+            assert connected_components(problem.adjacency[members][:, members], directed=False)[0] == 1
+        assert result.disconnected == 0
+
+
+def in_band(problem: PartitionProblem, result: Partition) -> np.ndarray:
+    pops = np.array([problem.pop[result.center == c].sum() for c in result.centers])
+    return (pops >= problem.min_pop) & (pops <= problem.max_pop)
+
+
+@pytest.mark.parametrize("with_xy", [True, False])
+@pytest.mark.parametrize("with_adjacency", [True, False])
+def test_rules_hold_on_a_grid(with_xy, with_adjacency):
+    reach, pop, adjacency, xy = grid()
+    problem = PartitionProblem(reach, pop, adjacency if with_adjacency else None,
+                               target_pop=pop.sum() / 5, tolerance=0.2,
+                               xy=xy if with_xy else None)
+    result = partition_units(problem, seed=0, restarts=2)
+    check_rules(problem, result)
+    assert len(result.centers) == 5
+    assert in_band(problem, result).all()
+    assert result.violation == 0
+    minutes, _ = lookup(reach, np.arange(len(pop)), result.center)
+    assert result.objective == pytest.approx(float((minutes * pop).sum()))
+
+
+def test_units_reaching_nothing_get_minus_one_and_explicit_zeros_count():
+    reach, pop, adjacency, xy = grid(10, 8)
+    coo = reach.tocoo()
+    lone = 79                                    # reaches only candidate 0, in 0 minutes
+    keep = ~np.isin(coo.row, [0, 1, 10, lone])   # three corner units reach nothing
+    reach = sp.csr_matrix((np.r_[coo.data[keep], 0.0], (np.r_[coo.row[keep], lone], np.r_[coo.col[keep], 0])),
+                          shape=reach.shape)
+    assert reach.nnz == keep.sum() + 1
+    problem = PartitionProblem(reach, pop, adjacency, target_pop=pop.sum() / 3, tolerance=0.2, xy=xy)
+    result = partition_units(problem, seed=0, restarts=1)
+    assert (result.center[[0, 1, 10]] == -1).all()
+    assert result.center[lone] == 0
+    check_rules(problem, result)
+
+
+def test_same_seed_same_result_and_other_seed_still_valid():
+    reach, pop, adjacency, xy = grid(14, 12, seed=3)
+    problem = PartitionProblem(reach, pop, adjacency, target_pop=pop.sum() / 7, tolerance=0.2, xy=xy)
+    first = partition_units(problem, seed=7, restarts=3)
+    again = partition_units(problem, seed=7, restarts=3)
+    assert np.array_equal(first.center, again.center)
+    assert first.objective == again.objective and first.violation == again.violation
+    check_rules(problem, partition_units(problem, seed=8, restarts=2))
+
+
+def test_target_below_the_largest_unit_is_reported_not_fatal():
+    reach, pop, adjacency, xy = grid(8, 8)
+    pop = pop.copy()
+    pop[27] = 5_000                              # one unit far above the band's top
+    problem = PartitionProblem(reach, pop, adjacency, target_pop=1_000, tolerance=0.2, xy=xy)
+    result = partition_units(problem, seed=0, restarts=1)
+    check_rules(problem, result)
+    assert result.violation >= 5_000 - problem.max_pop
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 1.0, 1.5, -0.1])
+def test_tolerance_outside_zero_one_is_an_input_error(tolerance):
+    reach, pop, adjacency, xy = grid(4, 4)
+    with pytest.raises(InputError, match="tolerance"):
+        partition_units(PartitionProblem(reach, pop, adjacency, 1_000, tolerance))
+
+
+def test_bad_shapes_and_values_are_input_errors():
+    reach, pop, adjacency, xy = grid(4, 4)
+    with pytest.raises(InputError, match="pop"):
+        partition_units(PartitionProblem(reach, pop[:-1], adjacency, 1_000, 0.2))
+    with pytest.raises(InputError, match="target_pop"):
+        partition_units(PartitionProblem(reach, pop, adjacency, 0, 0.2))
+    with pytest.raises(InputError, match="xy"):
+        partition_units(PartitionProblem(reach, pop, adjacency, 1_000, 0.2, xy=xy[:, :1]))
+
+
+@pytest.mark.parametrize("n_candidates", [0, 3])
+def test_no_candidate_reachable_reports_everyone_unserved(n_candidates):
+    _, pop, adjacency, xy = grid(5, 5)
+    reach = sp.csr_matrix((len(pop), n_candidates))
+    try:
+        result = partition_units(PartitionProblem(reach, pop, adjacency, 1_000, 0.2, xy=xy))
+    except InfeasibleError:
+        return
+    assert (result.center == -1).all() and len(result.centers) == 0
+
+
+def test_choose_k_prefers_a_mean_inside_the_band():
+    assert choose_k(300_000, 10_000, 0.2) == 30
+    assert choose_k(43_963, 10_000, 0.2) == 4
+    assert choose_k(5_000, 10_000, 0.2) == 1
+
+
+def test_priors_keep_a_valid_old_plan():
+    reach, pop, adjacency, xy = grid(12, 10, seed=5)
+    base = PartitionProblem(reach, pop, adjacency, target_pop=pop.sum() / 5, tolerance=0.2, xy=xy)
+    old = partition_units(base, seed=1, restarts=1)
+    unit_prior = np.searchsorted(old.centers, old.center)
+    candidate_prior = np.full(reach.shape[1], -1)
+    candidate_prior[old.centers] = np.arange(len(old.centers))
+    existing = candidate_prior >= 0
+    problem = PartitionProblem(reach, pop, adjacency, base.target_pop, 0.2, existing=existing,
+                               unit_prior=unit_prior, candidate_prior=candidate_prior,
+                               stability_minutes=5.0, xy=xy)
+    new = partition_units(problem, seed=0, restarts=2)
+    check_rules(problem, new)
+    kept = candidate_prior[new.center] == unit_prior
+    assert pop[kept].sum() >= 0.95 * pop.sum()
+
+
+@pytest.mark.skipif(not HAS_EXACT, reason="coverage.exact (the MIP yardstick) is not available")
+@pytest.mark.parametrize("seed", [2])
+def test_objective_within_two_percent_of_the_exact_mip(seed):
+    from coverage.exact import partition_objective, solve_exact
+
+    reach, pop, adjacency, xy = grid(15, 20, limit=9.0, seed=seed)
+    k = 6
+    problem = PartitionProblem(reach, pop, adjacency, target_pop=pop.sum() / k, tolerance=0.2,
+                               n_communities=k, xy=xy)
+    result = partition_units(problem, seed=0, restarts=3)
+    check_rules(problem, result)
+    assert len(result.centers) == k and result.violation == 0
+    exact = solve_exact(reach, pop, n_communities=k, min_pop=problem.min_pop, max_pop=problem.max_pop,
+                        time_limit_s=30)
+    assert exact.status == "optimal"
+    # The MIP ignores contiguity, so it is a lower bound.
+    assert partition_objective(reach, pop, result.center) <= 1.02 * exact.objective
+
+
+def demo_problem():
+    from scipy.spatial import cKDTree
+
+    from coverage.demo import build_demo_city
+    from coverage.inputs import load_centers
+    from coverage.network import load_network
+    from coverage.population import load_population
+    from coverage.reach import compute_reach
+
+    city = build_demo_city(seed=0)
+    population = load_population(city.population, population_column="population", id_column="cell_id")
+    reach = compute_reach(load_network(city.graph), population, centers=load_centers(city.centers),
+                          candidate_spacing_m=200)
+    xy = np.column_stack([reach.units.geometry.x, reach.units.geometry.y])
+    pairs = cKDTree(xy).query_pairs(101, output_type="ndarray")     # 100 m cells: rook adjacency
+    n = len(xy)
+    adjacency = sp.csr_matrix((np.ones(2 * len(pairs)), (np.r_[pairs[:, 0], pairs[:, 1]],
+                                                         np.r_[pairs[:, 1], pairs[:, 0]])), shape=(n, n))
+    return PartitionProblem(reach.minutes, reach.pop, adjacency, target_pop=10_000, tolerance=0.2, xy=xy)
+
+
+def test_demo_city_goal():
+    problem = demo_problem()
+    result = partition_units(problem, seed=0, restarts=3)
+    check_rules(problem, result)
+    assert 28 <= len(result.centers) <= 32
+    assert in_band(problem, result).mean() >= 0.9
+
+
+@pytest.mark.slow
+def test_sao_paulo_goal(shared_data):
+    import geopandas as gpd
+
+    from coverage.network import load_network
+    from coverage.population import load_population
+    from coverage.reach import compute_reach
+    from coverage.tessellation import piece_adjacency, unit_pieces
+
+    network = load_network(shared_data / "sao_paulo" / "spo_osm.pbf")
+    population = load_population(shared_data / "sao_paulo" / "spo_hexgrid.csv").disaggregate(
+        onto="nodes", network=network)
+    reach = compute_reach(network, population, candidate_spacing_m=200)
+    units = reach.units
+    adjacency = piece_adjacency(unit_pieces(units, gpd.GeoDataFrame(population.cells).to_crs(network.crs)))
+    xy = np.column_stack([units.geometry.x, units.geometry.y])
+    problem = PartitionProblem(reach.minutes, reach.pop, sp.csr_matrix(adjacency), target_pop=10_000,
+                               tolerance=0.2, xy=xy)
+    result = partition_units(problem, seed=0, restarts=3)
+    check_rules(problem, result)
+    assert in_band(problem, result).mean() >= 0.95

@@ -1,0 +1,126 @@
+"""The planner end to end: invariants on a small synthetic town and the demo replay."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+from shapely.geometry import box
+
+from conftest import grid_graph
+from coverage._errors import InputError
+from coverage.config import PlanConfig
+from coverage.network import WalkNetwork
+from coverage.plan import plan_communities
+from coverage.population import Population
+
+X0, Y0 = 500_000.0, 4_000_000.0
+CRS = "EPSG:32633"
+N = 14          # 14 x 14 streets, 100 m apart: a 1.3 km square town
+
+
+@pytest.fixture(scope="module")
+def town():
+    net = WalkNetwork.from_graph(grid_graph(N, 100.0))
+    rng = np.random.default_rng(7)
+    cells, pops = [], []
+    for r in range(N - 1):
+        for c in range(N - 1):
+            cells.append(box(X0 + 100 * c, Y0 + 100 * r, X0 + 100 * (c + 1), Y0 + 100 * (r + 1)))
+            pops.append(int(rng.integers(20, 180)))
+    frame = gpd.GeoDataFrame({"cell_id": [f"c{i}" for i in range(len(cells))], "pop": pops},
+                             geometry=cells, crs=CRS)
+    return net, Population.from_frame(frame, population_column="pop", id_column="cell_id")
+
+
+CONFIG = PlanConfig(target_pop=3_000, tolerance=0.25, max_minutes=8.0, candidate_spacing_m=150.0,
+                    max_unit_pop=None, restarts=2)
+
+
+def _check_invariants(plan, population, config):
+    units = plan.units
+    assert units["pop"].sum() == population.total            # conserved to the person
+    assert units["unit_id"].is_unique                           # each unit once
+    served = units["community_id"].notna()
+    assert (units.loc[served, "minutes"] <= config.max_minutes + 1e-9).all()
+    sizes = units[served].groupby("community_id")["pop"].sum()
+    table = plan.communities.set_index("community_id")
+    assert (sizes == table.loc[sizes.index, "population"]).all()
+    assert plan.communities.crs == population.crs
+    assert plan.report["population_total"] == population.total
+    # The walking rule holds for every resident who can reach any candidate.
+    assert plan.report["coverage_share_of_reachable"] == pytest.approx(1.0)
+
+
+def test_redraw_meets_the_rules(town):
+    net, population = town
+    plan = plan_communities(net, population, config=CONFIG)
+    _check_invariants(plan, population, CONFIG)
+    assert plan.report["communities"] == round(population.total / CONFIG.target_pop)
+    assert plan.report["contiguous_share"] == 1.0
+    assert all(g.geom_type == "Polygon" for g in plan.communities.geometry)
+    assert plan.report["within_tolerance_share"] >= 0.8
+    assert plan.changes is None and plan.report["stability_share"] is None
+
+
+def test_same_seed_same_plan(town):
+    net, population = town
+    a = plan_communities(net, population, config=CONFIG)
+    b = plan_communities(net, population, config=CONFIG)
+    pd.testing.assert_series_equal(a.units["community_id"], b.units["community_id"])
+    assert a.communities.geometry.equals(b.communities.geometry)
+
+
+def test_merge_split_keeps_good_communities_and_reports_changes(town):
+    net, population = town
+    # Old communities: 4 quarters of the town; each quarter's center at its middle street corner.
+    half = 100 * (N - 1) / 2
+    quarters = [box(X0 + i * half, Y0 + j * half, X0 + (i + 1) * half, Y0 + (j + 1) * half)
+                for j in range(2) for i in range(2)]
+    old = gpd.GeoDataFrame({"community_id": ["SW", "SE", "NW", "NE"]}, geometry=quarters, crs=CRS)
+    centers = gpd.GeoDataFrame({"center_id": ["a", "b", "c", "d"], "community_id": ["SW", "SE", "NW", "NE"]},
+                               geometry=gpd.points_from_xy(
+                                   [X0 + 300, X0 + 1000, X0 + 300, X0 + 1000],
+                                   [Y0 + 300, Y0 + 300, Y0 + 1000, Y0 + 1000]), crs=CRS)
+    plan = plan_communities(net, population, communities=old, centers=centers, config=CONFIG)
+    _check_invariants(plan, population, CONFIG)
+    assert plan.changes is not None
+    assert plan.changes["residents"].sum() == population.total
+    assert set(plan.changes["old_community_id"]) <= {"SW", "SE", "NW", "NE", "(none)"}
+    assert 0 < plan.report["stability_share"] <= 1
+    assert plan.centers["existing"].any()
+
+
+def test_districts_are_never_crossed(town):
+    net, population = town
+    west = box(X0 - 1, Y0 - 1, X0 + 600, Y0 + 1400)
+    east = box(X0 + 600, Y0 - 1, X0 + 1400, Y0 + 1400)
+    districts = gpd.GeoDataFrame({"district_id": ["W", "E"]}, geometry=[west, east], crs=CRS)
+    plan = plan_communities(net, population, districts=districts, config=CONFIG)
+    _check_invariants(plan, population, CONFIG)
+    assert not plan.communities["district"].str.contains(",").any()
+    inside = plan.units.sjoin(districts, predicate="within")
+    per_community = inside.groupby("community_id")["district_id"].nunique()
+    assert (per_community == 1).all()
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"tolerance": 1.5}, "tolerance"),
+    ({"tolerance": 0.0}, "tolerance"),
+    ({"target_pop": -5}, "target_pop"),
+    ({"max_minutes": 0}, "max_minutes"),
+])
+def test_bad_parameters_are_refused(kwargs, needle):
+    with pytest.raises(InputError, match=needle):
+        PlanConfig(**kwargs)
+
+
+def test_target_below_largest_unit_splits_it(town):
+    net, population = town
+    # Units of up to ~180 residents and a target of 150: cells are split onto nodes first.
+    config = PlanConfig(target_pop=600, tolerance=0.3, max_minutes=8.0, max_unit_pop=100, restarts=1)
+    plan = plan_communities(net, population, config=config)
+    assert plan.units["pop"].max() <= 180
+    assert len(plan.units) > len(population.units)
+    _check_invariants(plan, population, config)
