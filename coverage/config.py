@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 from coverage._errors import InputError
 from coverage.network import DEFAULT_WALK_SPEED_KMH
+from coverage.partition import population_band
 from coverage.reach import DEFAULT_CANDIDATE_SPACING_M, DEFAULT_MAX_MINUTES, MAX_MINUTES_LIMIT
 
 
@@ -64,11 +65,11 @@ class PlanConfig:
 
     @property
     def min_pop(self) -> float:
-        return self.target_pop * (1 - self.tolerance)
+        return population_band(self.target_pop, self.tolerance)[0]
 
     @property
     def max_pop(self) -> float:
-        return self.target_pop * (1 + self.tolerance)
+        return population_band(self.target_pop, self.tolerance)[1]
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -62,6 +62,11 @@ _TRANSFERS = 8              # attempts to move a community to where people are p
 _RESTART_UNITS = 25_000     # restarts x units stays below this (at least one run)
 
 
+def population_band(target_pop: float, tolerance: float) -> tuple[float, float]:
+    """The smallest and largest community population within `tolerance` of `target_pop`."""
+    return target_pop * (1 - tolerance), target_pop * (1 + tolerance)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class PartitionProblem:
     """One instance: units x candidates minutes, populations, adjacency and preferences."""
@@ -81,11 +86,11 @@ class PartitionProblem:
 
     @property
     def min_pop(self) -> float:
-        return self.target_pop * (1 - self.tolerance)
+        return population_band(self.target_pop, self.tolerance)[0]
 
     @property
     def max_pop(self) -> float:
-        return self.target_pop * (1 + self.tolerance)
+        return population_band(self.target_pop, self.tolerance)[1]
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -123,12 +123,13 @@ def plan_communities(network: WalkNetwork, population: Population, *,
     for old_index, candidate in fixed.items():
         center_of[prior.unit == old_index] = candidate
     free = center_of < 0
+    open_candidate = np.ones(len(candidate_district), dtype=bool)
+    open_candidate[list(fixed.values())] = False   # kept communities keep their centers
     for group in np.unique(district_of):
         rows = np.flatnonzero(free & (district_of == group))
         if len(rows) == 0:
             continue
-        cols = np.flatnonzero((candidate_district == group) & ~np.isin(np.arange(len(candidate_district)),
-                                                                       list(fixed.values())))
+        cols = np.flatnonzero((candidate_district == group) & open_candidate)
         center_of[rows] = _partition_group(reach, adjacency, prior, rows, cols, config)
 
     labels, center_ids = _labels(center_of, reach.candidates)
