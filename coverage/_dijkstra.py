@@ -72,7 +72,7 @@ class NodeReach:
 
     sources: np.ndarray   # int64 node index of each row's source
     indptr: np.ndarray    # int64 (len(sources) + 1,)
-    node: np.ndarray      # int64 reached node index
+    node: np.ndarray      # reached node index (int32 where every index fits, else int64)
     dist_m: np.ndarray    # float64 network distance in metres (<= limit_m)
     limit_m: float
 
@@ -131,7 +131,7 @@ def bounded_distances(graph: sp.csr_matrix, x: np.ndarray, y: np.ndarray,
     sources = np.asarray(sources, dtype="int64")
     limit_m = float(limit_m)
     if len(sources) == 0:
-        return NodeReach(sources, np.zeros(1, "int64"), np.zeros(0, "int64"),
+        return NodeReach(sources, np.zeros(1, "int64"), np.zeros(0, _index_dtype(graph.shape[0])),
                          np.zeros(0, "float64"), limit_m)
     if not limit_m >= 0:
         msg = f"limit_m must be >= 0, got {limit_m}"
@@ -200,8 +200,12 @@ class _Contracted:
 
     @property
     def node_dtype(self) -> np.dtype:
-        """int32 for node indices where they fit (any city), else int64: less memory traffic."""
-        return np.dtype("int32") if len(self.chain) < 2**31 else np.dtype("int64")
+        return _index_dtype(len(self.chain))
+
+
+def _index_dtype(n_nodes: int) -> np.dtype:
+    """int32 for node indices where they fit (any city), else int64: less memory traffic."""
+    return np.dtype("int32") if n_nodes < 2**31 else np.dtype("int64")
 
 
 def _contract(graph: sp.csr_matrix) -> _Contracted:
@@ -812,7 +816,7 @@ def _assemble(sources: np.ndarray, unique: np.ndarray, inverse: np.ndarray,
         count[slot] = group[1]
     indptr = np.zeros(len(sources) + 1, dtype="int64")
     np.cumsum(count[inverse], out=indptr[1:])
-    node = np.empty(int(indptr[-1]), dtype="int64")
+    node = np.empty(int(indptr[-1]), dtype=groups[0][2].dtype)
     dist_m = np.empty(int(indptr[-1]), dtype="float64")
     first = np.full(len(unique), -1, dtype="int64")
     first[inverse[::-1]] = np.arange(len(sources) - 1, -1, -1)

@@ -118,19 +118,14 @@ def plan_communities(network: WalkNetwork, population: Population, *,
     candidate_district = _candidate_districts(reach.candidates, districts, work)
     prior = _prior(units, reach.candidates, centers, communities, work)
 
-    center_of = np.full(len(units), -1, dtype="int64")
     fixed = _keep_valid(reach, adjacency, prior, district_of, config)
-    for old_index, candidate in fixed.items():
-        center_of[prior.unit == old_index] = candidate
-    free = center_of < 0
-    open_candidate = np.ones(len(candidate_district), dtype=bool)
-    open_candidate[list(fixed.values())] = False   # kept communities keep their centers
+    center_of = np.full(len(units), -1, dtype="int64")
     for group in np.unique(district_of):
-        rows = np.flatnonzero(free & (district_of == group))
-        if len(rows) == 0:
-            continue
-        cols = np.flatnonzero((candidate_district == group) & open_candidate)
-        center_of[rows] = _partition_group(reach, adjacency, prior, rows, cols, config)
+        kept = {old: c for old, c in fixed.items() if district_of[prior.unit == old][0] == group}
+        center_of, freed = _plan_district(reach, adjacency, prior, district_of == group,
+                                          candidate_district == group, kept, center_of, config)
+        for old in freed:
+            del fixed[old]
 
     labels, center_ids = _labels(center_of, reach.candidates)
     communities_w = dissolve_pieces(pieces, labels, crs=work)
@@ -247,6 +242,47 @@ def _keep_valid(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: _Prior | No
                 break
     logger.info("Keeping %d existing communities that already meet every rule", len(kept))
     return kept
+
+
+def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: _Prior | None,
+                   in_district: np.ndarray, candidate_in: np.ndarray, kept: dict[int, int],
+                   center_of: np.ndarray, config: PlanConfig) -> tuple[np.ndarray, list[int]]:
+    """
+    Plan one district around its kept communities; returns the new `center_of` and the kept
+    communities given up. Keeping a community that meets every rule can leave its neighbours
+    no way to balance (the rest may have no split into communities within the band); then the
+    district is planned again with them free, still preferring residents' old communities
+    through the stability cost, and the plan with fewer communities outside the band wins.
+    """
+    pop = reach.units["pop"].to_numpy()
+    with_kept = center_of.copy()
+    for old, candidate in kept.items():
+        with_kept[prior.unit == old] = candidate
+    rows = np.flatnonzero(in_district & (with_kept < 0))
+    cols = np.flatnonzero(candidate_in & ~np.isin(np.arange(len(candidate_in)), list(kept.values())))
+    if len(rows):
+        with_kept[rows] = _partition_group(reach, adjacency, prior, rows, cols, config)
+    if not kept:
+        return with_kept, []
+    band_key = _band_key(with_kept[in_district], pop[in_district], config)
+    if band_key[0] == 0:
+        return with_kept, []
+    rows = np.flatnonzero(in_district)
+    free = center_of.copy()
+    free[rows] = _partition_group(reach, adjacency, prior, rows, np.flatnonzero(candidate_in), config)
+    if _band_key(free[in_district], pop[in_district], config) < band_key:
+        logger.info("Giving up %d kept communities so that their neighbours can balance", len(kept))
+        return free, list(kept)
+    return with_kept, []
+
+
+def _band_key(center_of: np.ndarray, pop: np.ndarray, config: PlanConfig) -> tuple[int, float]:
+    """(communities outside the population band, people outside it) of an assignment."""
+    served = center_of >= 0
+    _, inverse = np.unique(center_of[served], return_inverse=True)
+    sizes = np.bincount(inverse, weights=pop[served])
+    excess = np.maximum(config.min_pop - sizes, 0) + np.maximum(sizes - config.max_pop, 0)
+    return int((excess > 0).sum()), float(excess.sum())
 
 
 def _partition_group(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: _Prior | None,
