@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out/demo
 
-.PHONY: demo test setup setup-test clean
+.PHONY: demo test setup setup-test browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +13,19 @@ $(BIN)/python:
 setup: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 
-setup-test: $(BIN)/python
+setup-test: $(BIN)/python browser
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+
+# The browser test drives Debian's Chromium through its chromedriver; nothing downloads a browser.
+# Installed only when missing, with sudo when not root; without either the browser test skips.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
+	  else echo "make browser: not root and no sudo; the browser test will skip"; exit 0; fi; \
+	  $$sudo apt-get update -q && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	    chromium chromium-driver; \
+	fi
 
 demo: setup
 	$(BIN)/covplan demo --out $(OUT)

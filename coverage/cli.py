@@ -71,14 +71,20 @@ def _cmd_coverage(args: argparse.Namespace) -> int:
     result = assess_coverage(network, population, centers, communities=communities,
                              max_minutes=args.minutes, progress=True)
     isochrones = compute_isochrones(network, centers, minutes=[args.minutes], progress=True)
-    _write_coverage(Path(args.out), result, isochrones)
+    _write_coverage(Path(args.out), result, isochrones, self_contained=not args.cdn_maps)
     return 0
 
 
+def _add_map_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cdn-maps", action="store_true",
+                   help="link Leaflet from CDNs instead of embedding it (smaller maps that need "
+                        "internet to open)")
+
+
 def _write_coverage(out: Path, result, isochrones, extra_layers=None, title="coverage",
-                    map_name="map.html") -> None:
+                    map_name="map.html", *, self_contained: bool = True) -> None:
     from coverage.io import prepare_folder, write_json, write_layers
-    from coverage.maps import coverage_map
+    from coverage.maps import coverage_map, save_map
 
     prepare_folder(out)
     layers = {"units": result.units, "centers": result.centers, "isochrones": isochrones}
@@ -87,65 +93,123 @@ def _write_coverage(out: Path, result, isochrones, extra_layers=None, title="cov
     layers.update(extra_layers or {})
     write_layers(out / f"{title}.gpkg", layers)
     write_json(out / f"{title}.json", result.summary())
-    coverage_map(result, isochrones=isochrones).save(out / map_name)
+    save_map(coverage_map(result, isochrones=isochrones), out / map_name,
+             self_contained=self_contained)
     summary = result.summary()
     share = summary.get("coverage_share_own", summary["coverage_share"])
     logger.info("Wrote %s: %.1f %% of %d residents within %g min", out, 100 * share,
                 summary["population_total"], result.max_minutes)
 
 
-def _plan_config(args: argparse.Namespace):
+# Plan flag -> PlanConfig field.
+_PLAN_FLAGS = {"target": "target_pop", "tolerance": "tolerance", "minutes": "max_minutes",
+               "walk_speed_kmh": "walk_speed_kmh", "seed": "seed", "restarts": "restarts",
+               "candidate_spacing": "candidate_spacing_m", "max_unit_pop": "max_unit_pop"}
+# Input flags of `covplan plan`; a scenario's [base] table names its inputs instead.
+_INPUT_FLAGS = ("network", "population", "population_column", "communities", "centers", "districts")
+
+
+def _plan_config(args: argparse.Namespace, base=None):
+    """PlanConfig from the plan flags; flags left out (None) keep `base`'s values."""
+    import dataclasses
+
     from coverage.config import PlanConfig
 
-    return PlanConfig(target_pop=args.target, tolerance=args.tolerance, max_minutes=args.minutes,
-                      walk_speed_kmh=args.walk_speed_kmh, seed=args.seed, restarts=args.restarts,
-                      candidate_spacing_m=args.candidate_spacing,
-                      max_unit_pop=args.max_unit_pop or None)
+    given = {field: getattr(args, flag) for flag, field in _PLAN_FLAGS.items()
+             if getattr(args, flag, None) is not None}
+    if given.get("max_unit_pop") == 0:
+        given["max_unit_pop"] = None
+    return dataclasses.replace(base or PlanConfig(), **given)
+
+
+def _plan_scenario(args: argparse.Namespace):
+    """The scenario `covplan plan` runs: the --scenario file, or one made of the input flags."""
+    from coverage.scenarios import Scenario, load_scenario
+
+    if args.scenario:
+        clash = [f"--{flag.replace('_', '-')}" for flag in _INPUT_FLAGS if getattr(args, flag)]
+        if clash:
+            msg = (f"{', '.join(clash)} cannot be combined with --scenario: the scenario's [base] "
+                   "table names the inputs; edit it, or drop --scenario.")
+            raise InputError(msg)
+        return load_scenario(args.scenario)
+    if not (args.network and args.population):
+        msg = "covplan plan needs --network and --population, or --scenario FILE."
+        raise InputError(msg)
+    return Scenario.from_paths(network=args.network, population=args.population,
+                               population_column=args.population_column, centers=args.centers,
+                               communities=args.communities, districts=args.districts)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from coverage.inputs import load_centers, load_communities, load_districts
-    from coverage.io import write_plan
-    from coverage.network import load_network
-    from coverage.plan import plan_communities
-    from coverage.population import load_population
+    from coverage.io import write_json, write_plan
+    from coverage.replan import plan_inputs, replan_scenario
+    from coverage.scenarios import apply_scenario, load_inputs, resolved_parameters, write_scenario
 
-    config = _plan_config(args)
-    network = load_network(args.network, walk_speed_kmh=args.walk_speed_kmh, progress=True)
-    population = load_population(args.population, population_column=args.population_column)
-    plan = plan_communities(
-        network, population,
-        communities=load_communities(args.communities) if args.communities else None,
-        centers=load_centers(args.centers) if args.centers else None,
-        districts=load_districts(args.districts) if args.districts else None,
-        config=config, progress=True)
-    write_plan(plan, args.out)
+    scenario = _plan_scenario(args)
+    base_plan = None
+    if args.base_plan:
+        from coverage.io import read_plan
+
+        base_plan = read_plan(args.base_plan)
+    config = _plan_config(args, scenario.config(base_plan.config if base_plan else None))
+    scenario = scenario.resolved(config)      # every parameter written out, for reproduction
+    inputs = load_inputs(scenario, config=config, progress=True)
+    if base_plan is not None:
+        plan = replan_scenario(base_plan, scenario, inputs=inputs, progress=True)
+    else:
+        plan = plan_inputs(apply_scenario(inputs, scenario), progress=True)
+    for issue in plan.report.get("rule_issues", []):
+        logger.warning("%s", issue)
+    out = write_plan(plan, args.out, self_contained=not args.cdn_maps)
+    write_scenario(scenario, out / "scenario.toml")
+    parameters = resolved_parameters(scenario, plan.config)
+    if base_plan is not None:
+        parameters["base_plan"] = str(args.base_plan)
+    write_json(out / "resolved.json", parameters)
     return 0
 
 
-def _add_plan_options(p: argparse.ArgumentParser) -> None:
+def _add_plan_options(p: argparse.ArgumentParser, *, overrides: bool = False) -> None:
+    """Flags of PlanConfig. With `overrides`, a flag left out keeps the scenario's value."""
     from coverage.config import PlanConfig
 
     d = PlanConfig()
-    p.add_argument("--target", type=int, default=d.target_pop, help="residents per community")
-    p.add_argument("--tolerance", type=float, default=d.tolerance,
-                   help="allowed relative deviation from the target (0-1)")
-    p.add_argument("--minutes", type=float, default=d.max_minutes, help="service-circle limit")
-    p.add_argument("--walk-speed", type=float, default=d.walk_speed_kmh, dest="walk_speed_kmh",
-                   help="walking speed in km/h (e.g. 3.6 for elderly residents)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--restarts", type=int, default=d.restarts)
-    p.add_argument("--candidate-spacing", type=float, default=d.candidate_spacing_m,
-                   help="one candidate site for a new center per populated square of this side (m)")
-    p.add_argument("--max-unit-pop", type=int, default=d.max_unit_pop,
-                   help="split cells with more residents onto network nodes (0: never)")
+
+    def default(value):
+        return None if overrides else value
+
+    p.add_argument("--target", type=int, default=default(d.target_pop),
+                   help=f"residents per community (default {d.target_pop})")
+    p.add_argument("--tolerance", type=float, default=default(d.tolerance),
+                   help=f"allowed relative deviation from the target, 0-1 (default {d.tolerance})")
+    p.add_argument("--minutes", type=float, default=default(d.max_minutes),
+                   help=f"service-circle limit in minutes (default {d.max_minutes:g})")
+    p.add_argument("--walk-speed", type=float, default=default(d.walk_speed_kmh),
+                   dest="walk_speed_kmh",
+                   help=f"walking speed in km/h, e.g. 3.0 for elderly residents (default {d.walk_speed_kmh})")
+    p.add_argument("--seed", type=int, default=default(d.seed), help=f"default {d.seed}")
+    p.add_argument("--restarts", type=int, default=default(d.restarts), help=f"default {d.restarts}")
+    p.add_argument("--candidate-spacing", type=float, default=default(d.candidate_spacing_m),
+                   help="one candidate site for a new center per populated square of this side, "
+                        f"m (default {d.candidate_spacing_m:g})")
+    p.add_argument("--max-unit-pop", type=int, default=default(d.max_unit_pop),
+                   help=f"split cells with more residents onto network nodes, 0: never (default {d.max_unit_pop})")
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from coverage.compare import compare_plans, write_comparison
+
+    comparison = compare_plans(args.plan_a, args.plan_b)
+    write_comparison(comparison, args.out, self_contained=not args.cdn_maps)
+    return 0
 
 
 def _cmd_isochrones(args: argparse.Namespace) -> int:
     from coverage.inputs import load_centers
     from coverage.io import prepare_folder, write_layers
     from coverage.isochrones import compute_isochrones, dissolve_isochrones
-    from coverage.maps import isochrone_map
+    from coverage.maps import isochrone_map, save_map
     from coverage.network import load_network
 
     network = load_network(args.network, walk_speed_kmh=args.walk_speed_kmh, progress=True)
@@ -156,7 +220,8 @@ def _cmd_isochrones(args: argparse.Namespace) -> int:
     write_layers(out / "isochrones.gpkg", {"isochrones": isochrones,
                                            "service_areas": dissolve_isochrones(isochrones),
                                            "centers": centers})
-    isochrone_map(isochrones, centers).save(out / "map.html")
+    save_map(isochrone_map(isochrones, centers), out / "map.html",
+             self_contained=not args.cdn_maps)
     return 0
 
 
@@ -181,13 +246,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     isochrones = compute_isochrones(network, centers, minutes=[args.minutes], progress=True)
     out = Path(args.out)
     _write_coverage(out, result, isochrones, title="asis", map_name="asis_map.html",
-                    extra_layers={"districts": districts, "railway": city.railway})
+                    extra_layers={"districts": districts, "railway": city.railway},
+                    self_contained=not args.cdn_maps)
     from coverage.io import write_plan
     from coverage.plan import plan_communities
 
     plan = plan_communities(network, population, communities=communities, centers=centers,
                             districts=districts, config=_plan_config(args), progress=True)
-    write_plan(plan, out)
+    write_plan(plan, out, self_contained=not args.cdn_maps)
     r = plan.report
     logger.info("Demo: %d old communities -> %d new; %.1f %% within %g min of their center, "
                 "%.0f %% within ±%.0f %% of %d residents, stability %.0f %% (%.1f s)",
@@ -211,6 +277,28 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_plan(args: argparse.Namespace) -> int:
+    from coverage.bench_plan import format_plan_table, run_plan_benchmark
+    from coverage.io import write_json
+    from coverage.network import load_network
+    from coverage.population import load_population
+
+    config = _plan_config(args)
+    network = load_network(args.network, walk_speed_kmh=config.walk_speed_kmh, progress=True)
+    population = load_population(args.population, population_column=args.population_column)
+    report = run_plan_benchmark(
+        network, population, config=config, peers=tuple(p for p in args.peers.split(",") if p),
+        maxp_level=args.maxp_level, maxp_floor=args.maxp_floor,
+        existing_communities=args.existing, seed=config.seed,
+        robustness_seeds=tuple(int(s) for s in args.robustness_seeds.split(",") if s),
+        noise_draws=args.noise_draws, noise=args.noise, demo=not args.no_demo,
+        peers_python=args.peers_python, progress=True)
+    print(format_plan_table(report))
+    if args.json:
+        write_json(args.json, report)
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="covplan", description="Plan 15-minute service circles for neighbourhood communities.")
@@ -223,19 +311,11 @@ def _build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="replay the demo city: 69 uneven communities -> about 30")
     demo.add_argument("--out", required=True, help="output folder")
     _add_plan_options(demo)
+    _add_map_option(demo)
     demo.set_defaults(func=_cmd_demo)
 
-    plan = sub.add_parser("plan", help="merge, split or redraw communities of ~target residents")
-    _add_network_options(plan, speed=False)
-    plan.add_argument("--population", required=True,
-                      help="raster, vector grid/points or CSV (lon/lat or H3 ids)")
-    plan.add_argument("--population-column", default=None, help="column holding counts (auto-detected)")
-    plan.add_argument("--communities", default=None, help="existing communities (merge/split mode)")
-    plan.add_argument("--centers", default=None, help="existing or candidate center sites")
-    plan.add_argument("--districts", default=None, help="district limits no community may cross")
-    plan.add_argument("--out", required=True, help="output folder")
-    _add_plan_options(plan)
-    plan.set_defaults(func=_cmd_plan)
+    _add_plan_parser(sub)
+    _add_compare_parser(sub)
 
     cov = sub.add_parser("coverage", help="as-is coverage of service centers")
     _add_network_options(cov)
@@ -244,6 +324,7 @@ def _build_parser() -> argparse.ArgumentParser:
     cov.add_argument("--communities", default=None, help="existing community polygons")
     cov.add_argument("--minutes", type=float, default=15.0, help="service-circle limit")
     cov.add_argument("--out", required=True, help="output folder")
+    _add_map_option(cov)
     cov.set_defaults(func=_cmd_coverage)
 
     iso = sub.add_parser("isochrones", help="walking isochrones around centers")
@@ -251,6 +332,7 @@ def _build_parser() -> argparse.ArgumentParser:
     iso.add_argument("--centers", required=True, help="service-center points (any vector format)")
     iso.add_argument("--minutes", default="5,10,15", help="limits, comma separated")
     iso.add_argument("--out", required=True, help="output folder")
+    _add_map_option(iso)
     iso.set_defaults(func=_cmd_isochrones)
 
     bench = sub.add_parser("bench", help="benchmarks against peer libraries (not tests)")
@@ -265,7 +347,70 @@ def _build_parser() -> argparse.ArgumentParser:
                              help="run networkx on the first N origins only (reported as such)")
     bench_reach.add_argument("--json", default=None, help="also write the figures to this JSON file")
     bench_reach.set_defaults(func=_cmd_bench)
+
+    bench_plan = bench_sub.add_parser(
+        "plan", help="planner vs spopt Max-p and weighted k-means, one evaluator",
+        description="Scores our redraw, merge/split from generated existing communities, spopt "
+                    "Max-p and population-weighted k-means with one evaluator, plus robustness "
+                    "runs and the demo replay. The peers run in a separate environment "
+                    "(.venv-peers, created on first use) because numba cannot be imported "
+                    "beside this package.")
+    _add_network_options(bench_plan, speed=False)
+    bench_plan.add_argument("--population", required=True, help="population file (see plan)")
+    bench_plan.add_argument("--population-column", default=None)
+    _add_plan_options(bench_plan)
+    bench_plan.add_argument("--peers", default="maxp,kmeans", help="comma-separated: maxp, kmeans")
+    bench_plan.add_argument("--maxp-level", choices=["cells", "units"], default="cells",
+                            help="Max-p on the source cells (default) or on the planner's units (slow)")
+    bench_plan.add_argument("--maxp-floor", type=int, default=8_000)
+    bench_plan.add_argument("--existing", type=int, default=65,
+                            help="generated existing communities for merge/split mode")
+    bench_plan.add_argument("--robustness-seeds", default="1,2",
+                            help="other planner seeds for the robustness runs")
+    bench_plan.add_argument("--noise-draws", type=int, default=2,
+                            help="population draws with each cell scaled by 1 ± --noise")
+    bench_plan.add_argument("--noise", type=float, default=0.01)
+    bench_plan.add_argument("--no-demo", action="store_true", help="skip the demo replay")
+    bench_plan.add_argument("--peers-python", default=None,
+                            help="python of an environment with spopt and scikit-learn")
+    bench_plan.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    bench_plan.set_defaults(func=_cmd_bench_plan)
     return parser
+
+
+def _add_plan_parser(sub) -> None:
+    plan = sub.add_parser(
+        "plan", help="merge, split or redraw communities of ~target residents",
+        description="Plan communities from input files, or from a what-if scenario (--scenario). "
+                    "With --scenario, plan flags given on the command line override the "
+                    "scenario's [plan] values; the input flags (--network, ...) are not allowed "
+                    "with it. DIR receives the plan plus scenario.toml and resolved.json: "
+                    "`covplan plan --scenario DIR/scenario.toml` reproduces the plan.")
+    plan.add_argument("--scenario", default=None,
+                      help="scenario TOML: base inputs, [plan] values and [[changes]]")
+    plan.add_argument("--base-plan", default=None, metavar="DIR",
+                      help="re-plan incrementally from the plan in DIR (made from the same base "
+                           "inputs): only communities the changes touch and their neighbours change")
+    plan.add_argument("--network", default=None, help="OSM PBF/XML file, or GraphML written by osmnx")
+    plan.add_argument("--population", default=None,
+                      help="raster, vector grid/points or CSV (lon/lat or H3 ids)")
+    plan.add_argument("--population-column", default=None, help="column holding counts (auto-detected)")
+    plan.add_argument("--communities", default=None, help="existing communities (merge/split mode)")
+    plan.add_argument("--centers", default=None, help="existing or candidate center sites")
+    plan.add_argument("--districts", default=None, help="district limits no community may cross")
+    plan.add_argument("--out", required=True, help="output folder")
+    _add_plan_options(plan, overrides=True)
+    _add_map_option(plan)
+    plan.set_defaults(func=_cmd_plan)
+
+
+def _add_compare_parser(sub) -> None:
+    compare = sub.add_parser("compare", help="compare two plans: table and map of what changed")
+    compare.add_argument("plan_a", metavar="DIR_A", help="plan folder written by `covplan plan`")
+    compare.add_argument("plan_b", metavar="DIR_B", help="plan folder to compare with DIR_A")
+    compare.add_argument("--out", required=True, help="output folder")
+    _add_map_option(compare)
+    compare.set_defaults(func=_cmd_compare)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

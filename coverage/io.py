@@ -1,4 +1,4 @@
-"""Writing results: GeoPackage layers and JSON summaries."""
+"""Writing and reading results: GeoPackage layers, JSON summaries and whole plan folders."""
 
 from __future__ import annotations
 
@@ -6,12 +6,19 @@ import json
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
+import pyogrio
 
 from coverage._errors import DataSourceError
+
+if TYPE_CHECKING:
+    from coverage.plan import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +66,13 @@ def write_json(path: str | os.PathLike[str], data: Mapping) -> Path:
     return target
 
 
-def write_plan(plan, out: str | os.PathLike[str]) -> Path:
-    """Write plan.gpkg, report.json, changes.csv (merge/split mode) and map.html into `out`."""
-    from coverage.maps import plan_map
+def write_plan(plan, out: str | os.PathLike[str], *, self_contained: bool = True) -> Path:
+    """
+    Write plan.gpkg, report.json, changes.csv (merge/split mode) and map.html into `out`.
+
+    The map embeds Leaflet (opens offline) unless `self_contained` is False (CDN links).
+    """
+    from coverage.maps import plan_map, save_map
 
     folder = prepare_folder(out)
     layers = {"communities": plan.communities, "centers": plan.centers, "units": plan.units,
@@ -72,5 +83,86 @@ def write_plan(plan, out: str | os.PathLike[str]) -> Path:
     write_json(folder / "report.json", plan.report)
     if plan.changes is not None:
         plan.changes.to_csv(folder / "changes.csv", index=False)
-    plan_map(plan).save(folder / "map.html")
+    save_map(plan_map(plan), folder / "map.html", self_contained=self_contained)
     return folder
+
+
+PLAN_FILES = ("plan.gpkg", "report.json")     # changes.csv only exists in merge/split mode
+PLAN_LAYERS = ("communities", "centers", "units", "isochrones")
+
+
+def read_plan(folder: str | os.PathLike[str]) -> Plan:
+    """
+    Load a plan folder written by `write_plan` back into a `Plan`.
+
+    The layers come back in the CRS they were written in (the population input's); ``config``
+    is rebuilt from the report's parameters, and ``work_crs`` is the local UTM zone of the units
+    (the planner's working CRS is not stored in the folder).
+
+    Raises
+    ------
+    DataSourceError
+        If `folder` is not a folder, lacks a file or layer of a plan, or a file cannot be read.
+    """
+    from coverage.config import PlanConfig
+    from coverage.crs import local_metric_crs
+    from coverage.plan import Plan
+
+    root = Path(folder)
+    if not root.is_dir():
+        msg = (f"plan folder '{root}' does not exist or is not a folder; pass the --out folder "
+               "of `covplan plan` (it holds plan.gpkg and report.json).")
+        raise DataSourceError(msg)
+    for name in PLAN_FILES:
+        if not (root / name).is_file():
+            msg = (f"'{root}' is not a plan folder: it lacks {name}; pass the --out folder of "
+                   "`covplan plan` (it holds plan.gpkg and report.json).")
+            raise DataSourceError(msg)
+    gpkg = root / "plan.gpkg"
+    try:
+        present = {str(row[0]) for row in pyogrio.list_layers(gpkg)}
+    except pyogrio.errors.DataSourceError as exc:
+        msg = f"cannot read '{gpkg}': {exc}; write the plan again with `covplan plan`."
+        raise DataSourceError(msg) from exc
+    missing = [name for name in PLAN_LAYERS if name not in present]
+    if missing:
+        msg = (f"'{gpkg}' lacks layer(s) {missing} of a plan (it has {sorted(present)}); "
+               "write the plan again with `covplan plan`.")
+        raise DataSourceError(msg)
+    layers = {name: _read_layer(gpkg, name) for name in (*PLAN_LAYERS, "previous_communities")
+              if name in present}
+    report = _read_report(root / "report.json")
+    changes = None
+    if (root / "changes.csv").is_file():
+        changes = pd.read_csv(root / "changes.csv", dtype={"old_community_id": str,
+                                                           "new_community_id": str})
+    known = {f.name for f in fields(PlanConfig)}
+    config = PlanConfig(**{k: v for k, v in report.get("parameters", {}).items() if k in known})
+    units = layers["units"]
+    work_crs = local_metric_crs(tuple(units.total_bounds), units.crs)
+    logger.info("Read plan %s: %d communities, %d units", root, len(layers["communities"]),
+                len(units))
+    return Plan(communities=layers["communities"], centers=layers["centers"], units=units,
+                isochrones=layers["isochrones"], changes=changes,
+                previous=layers.get("previous_communities"), report=report, config=config,
+                work_crs=work_crs, version=str(report.get("version", "")))
+
+
+def _read_layer(path: Path, layer: str) -> gpd.GeoDataFrame:
+    try:
+        return gpd.read_file(path, layer=layer, engine="pyogrio")
+    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
+        msg = f"cannot read layer '{layer}' of '{path}': {exc}; write the plan again."
+        raise DataSourceError(msg) from exc
+
+
+def _read_report(path: Path) -> dict:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        msg = f"cannot read '{path}' as JSON: {exc}; write the plan again with `covplan plan`."
+        raise DataSourceError(msg) from exc
+    if not isinstance(report, dict):
+        msg = f"'{path}' holds {type(report).__name__}, not a plan report (a JSON object)."
+        raise DataSourceError(msg)
+    return report

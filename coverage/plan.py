@@ -103,20 +103,12 @@ def plan_communities(network: WalkNetwork, population: Population, *,
     """
     config = config or PlanConfig()
     started = time.perf_counter()
-    network = network.with_walk_speed(config.walk_speed_kmh)
-    if config.max_unit_pop is not None and int(population.cells["pop"].max()) > config.max_unit_pop:
-        population = population.disaggregate(onto="nodes", network=network,
-                                             max_unit_pop=config.max_unit_pop)
-    reach = compute_reach(network, population, centers=centers, max_minutes=config.max_minutes,
-                          candidate_spacing_m=config.candidate_spacing_m, progress=progress)
-    work = network.crs
-    units = reach.units
-    pieces = unit_pieces(units, population.cells.to_crs(work))
-    adjacency = piece_adjacency(pieces)
-
-    district_of, district_report = _districts(units, population, districts, work)
-    candidate_district = _candidate_districts(reach.candidates, districts, work)
-    prior = _prior(units, reach.candidates, centers, communities, work)
+    ready = prepare_planning(network, population, centers=centers, communities=communities,
+                             districts=districts, config=config, progress=progress)
+    network, population, reach, work = ready.network, ready.population, ready.reach, ready.work_crs
+    units, pieces, adjacency, prior = reach.units, ready.pieces, ready.adjacency, ready.prior
+    district_of, candidate_district = ready.district_of, ready.candidate_district
+    district_report = ready.district_report
 
     fixed = _keep_valid(reach, adjacency, prior, district_of, config)
     center_of = np.full(len(units), -1, dtype="int64")
@@ -151,6 +143,47 @@ def plan_communities(network: WalkNetwork, population: Population, *,
     return Plan(communities=table.to_crs(crs), centers=centers_out.to_crs(crs),
                 units=units_out.to_crs(crs), isochrones=isochrones.to_crs(crs), changes=changes,
                 previous=previous, report=report, config=config, work_crs=work, version=__version__)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PlanningInputs:
+    """What the planner works on, built once from the inputs (see `prepare_planning`)."""
+
+    network: WalkNetwork            # at the configured walking speed
+    population: Population          # cells split onto nodes where above max_unit_pop
+    reach: ReachMatrix              # units x candidates minutes
+    pieces: gpd.GeoSeries           # each unit's piece of its cell, for dissolving
+    adjacency: sp.csr_matrix        # units sharing a piece edge
+    district_of: np.ndarray         # district index per unit (0 without districts)
+    district_report: dict           # cells cut by district limits, units outside every district
+    candidate_district: np.ndarray  # district index per candidate
+    prior: _Prior | None            # existing communities on units and candidates
+    work_crs: pyproj.CRS
+
+
+def prepare_planning(network: WalkNetwork, population: Population, *,
+                     centers: gpd.GeoDataFrame | None = None,
+                     communities: gpd.GeoDataFrame | None = None,
+                     districts: gpd.GeoDataFrame | None = None, config: PlanConfig,
+                     progress: bool = False) -> PlanningInputs:
+    """Finer units, the reach matrix, unit pieces and adjacency, districts and the prior: the
+    shared first step of a full plan, an incremental re-plan and the planner benchmark."""
+    network = network.with_walk_speed(config.walk_speed_kmh)
+    if config.max_unit_pop is not None and int(population.cells["pop"].max()) > config.max_unit_pop:
+        population = population.disaggregate(onto="nodes", network=network,
+                                             max_unit_pop=config.max_unit_pop)
+    reach = compute_reach(network, population, centers=centers, max_minutes=config.max_minutes,
+                          candidate_spacing_m=config.candidate_spacing_m, progress=progress)
+    work = network.crs
+    units = reach.units
+    pieces = unit_pieces(units, population.cells.to_crs(work))
+    district_of, district_report = _districts(units, population, districts, work)
+    return PlanningInputs(
+        network=network, population=population, reach=reach, pieces=pieces,
+        adjacency=piece_adjacency(pieces), district_of=district_of,
+        district_report=district_report,
+        candidate_district=_candidate_districts(reach.candidates, districts, work),
+        prior=_prior(units, reach.candidates, centers, communities, work), work_crs=work)
 
 
 def _districts(units, population, districts, work) -> tuple[np.ndarray, dict]:

@@ -431,10 +431,10 @@ def _to_integers(counts: np.ndarray, *, name: str) -> np.ndarray:
     logger.info("%s: fractional counts (sum %.3f) rounded to integers by largest remainder; "
                 "total %s (changed by %+.3f, under 1 per cell)", name, exact, f"{total:,}",
                 total - exact)
-    return _largest_remainder(counts, total)
+    return largest_remainder(counts, total)
 
 
-def _largest_remainder(shares: np.ndarray, total: int) -> np.ndarray:
+def largest_remainder(shares: np.ndarray, total: int) -> np.ndarray:
     """Integers summing to `total`, each floor(share) or one more; ties go to the lowest index."""
     base = np.floor(shares).astype(np.int64)
     short = int(total - base.sum())
@@ -780,7 +780,7 @@ def _split_cells(cells_w: gpd.GeoDataFrame, owner: np.ndarray, xy: np.ndarray,
             k = min(k, math.ceil(2 * pop[pos] / max_unit_pop))
         labels = _bisect(xy[lo:hi], w, k)
         piece_w = np.bincount(labels, weights=w, minlength=k)
-        unit_pop.append(_largest_remainder(pop[pos] * piece_w / piece_w.sum(), int(pop[pos])))
+        unit_pop.append(largest_remainder(pop[pos] * piece_w / piece_w.sum(), int(pop[pos])))
         unit_cell.append(np.full(k, pos))
         unit_xy.append(_piece_points(xy[lo:hi], w, labels, k))
     cell_pos, counts = np.concatenate(unit_cell), np.concatenate(unit_pop).astype(np.int64)

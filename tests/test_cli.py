@@ -73,3 +73,120 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, grid_files, capsys, args, ne
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
+
+
+# ---- covplan plan --scenario, reproduction, compare ----------------------------------------
+def _scenario_file(folder, grid_files, body: str = ""):
+    """A scenario over the grid files: target 60 +-50 %, 3 minutes, a new center and an estate."""
+    from pyproj import Transformer
+
+    to_lonlat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
+
+    def ll(x, y):
+        return list(to_lonlat.transform(X0 + x, Y0 + y))
+
+    network, population, centers = grid_files
+    corners = [ll(250, 250), ll(450, 250), ll(450, 450), ll(250, 450)]
+    path = folder / "what_if.toml"
+    path.write_text(f"""
+name = "grid what-if"
+[base]
+network = "{network.name}"
+population = "{population.name}"
+centers = "{centers.name}"
+[plan]
+target_pop = 60
+tolerance = 0.5
+max_minutes = 3
+[[changes]]
+type = "add_center"
+center_id = "B"
+at = {ll(300, 300)}
+[[changes]]
+type = "add_residents"
+count = 40
+polygon = {corners}
+{body}""")
+    return path
+
+
+def _units(folder):
+    return gpd.read_file(folder / "plan.gpkg", layer="units").sort_values(["cell_id", "unit_id"])
+
+
+def _figures(folder):
+    report = json.loads((folder / "report.json").read_text())
+    report.pop("runtime_s")
+    return report
+
+
+def test_plan_scenario_round_trip_gives_the_same_plan(tmp_path, grid_files):
+    scenario = _scenario_file(tmp_path, grid_files)
+    first, again = tmp_path / "first", tmp_path / "again"
+    # --restarts overrides the scenario's [plan] (which leaves it at the default).
+    assert main(["-q", "plan", "--scenario", str(scenario), "--restarts", "2", "--out", str(first)]) == 0
+    resolved = json.loads((first / "resolved.json").read_text())
+    assert resolved["config"]["restarts"] == 2 and resolved["config"]["target_pop"] == 60
+    assert set(resolved["config"]) == {"target_pop", "tolerance", "max_minutes", "walk_speed_kmh",
+                                       "candidate_spacing_m", "max_unit_pop", "restarts", "seed",
+                                       "stability_minutes"}
+    assert resolved["inputs"]["network"]["sha256"] and resolved["version"]
+    assert [c["type"] for c in resolved["changes"]] == ["add_center", "add_residents"]
+    saved = (first / "scenario.toml").read_text()
+    assert "restarts = 2" in saved and str(tmp_path) in saved      # absolute paths
+    report = _figures(first)
+    assert report["population_total"] == 250 + 40 and report["parameters"]["restarts"] == 2
+
+    assert main(["-q", "plan", "--scenario", str(first / "scenario.toml"), "--out", str(again)]) == 0
+    a, b = _units(first), _units(again)
+    assert list(a["community_id"]) == list(b["community_id"]) and list(a["pop"]) == list(b["pop"])
+    assert _figures(again) == report
+
+
+def test_plain_plan_is_saved_as_a_scenario_too(tmp_path, grid_files):
+    network, population, centers = grid_files
+    out = tmp_path / "plain"
+    assert main(["-q", "plan", "--network", str(network), "--population", str(population),
+                 "--centers", str(centers), "--target", "60", "--tolerance", "0.5",
+                 "--minutes", "3", "--out", str(out)]) == 0
+    again = tmp_path / "again"
+    assert main(["-q", "plan", "--scenario", str(out / "scenario.toml"), "--out", str(again)]) == 0
+    assert list(_units(out)["community_id"]) == list(_units(again)["community_id"])
+    assert _figures(again) == _figures(out)
+
+
+@pytest.mark.parametrize("extra, args, needle", [
+    ('[[changes]]\ntype = "remove_center"\ncenter = "A"\n', [],
+     "changes[2]: unknown key 'center'; did you mean 'center_id'"),
+    ('[[changes]]\ntype = "remove_center"\ncenter_id = "Z"\n', [], "changes[2].center_id: no center 'Z'"),
+    ('[[changes]]\ntype = "scale_population"\nfactor = 2\npolygon = [[0, 0], [1, 0], [1, 1]]\n', [],
+     "changes[2].polygon: the polygon"),
+    ("", ["--network", "x.pbf"], "--network cannot be combined with --scenario"),
+    ("", ["--tolerance", "2"], "tolerance"),
+])
+def test_bad_scenario_is_one_line_and_exit_2(tmp_path, grid_files, capsys, extra, args, needle):
+    scenario = _scenario_file(tmp_path, grid_files, extra)
+    assert main(["-q", "plan", "--scenario", str(scenario), *args, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
+
+
+def test_plan_needs_inputs_or_a_scenario(tmp_path, capsys):
+    assert main(["-q", "plan", "--out", str(tmp_path / "o")]) == 2
+    assert "--network and --population, or --scenario" in capsys.readouterr().err
+
+
+def test_compare_command(tmp_path, grid_files):
+    from coverage.cli import _build_parser, _cmd_compare
+
+    args = _build_parser().parse_args(["compare", "a", "b", "--out", "c"])
+    assert (args.plan_a, args.plan_b, args.out, args.func) == ("a", "b", "c", _cmd_compare)
+    pytest.importorskip("coverage.compare")
+    network, population, centers = grid_files
+    common = ["--network", str(network), "--population", str(population), "--centers", str(centers),
+              "--tolerance", "0.5", "--minutes", "3"]
+    assert main(["-q", "plan", *common, "--target", "60", "--out", str(tmp_path / "a")]) == 0
+    assert main(["-q", "plan", *common, "--target", "120", "--out", str(tmp_path / "b")]) == 0
+    assert main(["-q", "compare", str(tmp_path / "a"), str(tmp_path / "b"),
+                 "--out", str(tmp_path / "c")]) == 0
+    assert any((tmp_path / "c").iterdir())

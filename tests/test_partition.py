@@ -165,7 +165,7 @@ def test_priors_keep_a_valid_old_plan():
 
 
 @pytest.mark.skipif(not HAS_EXACT, reason="coverage.exact (the MIP yardstick) is not available")
-@pytest.mark.parametrize("seed", [2])
+@pytest.mark.parametrize("seed", range(6))
 def test_objective_within_two_percent_of_the_exact_mip(seed):
     from coverage.exact import partition_objective, solve_exact
 
@@ -173,11 +173,11 @@ def test_objective_within_two_percent_of_the_exact_mip(seed):
     k = 6
     problem = PartitionProblem(reach, pop, adjacency, target_pop=pop.sum() / k, tolerance=0.2,
                                n_communities=k, xy=xy)
-    result = partition_units(problem, seed=0, restarts=3)
+    result = partition_units(problem, seed=0)   # the default number of runs
     check_rules(problem, result)
     assert len(result.centers) == k and result.violation == 0
     exact = solve_exact(reach, pop, n_communities=k, min_pop=problem.min_pop, max_pop=problem.max_pop,
-                        time_limit_s=30)
+                        time_limit_s=120)
     assert exact.status == "optimal"
     # The MIP ignores contiguity, so it is a lower bound.
     assert partition_objective(reach, pop, result.center) <= 1.02 * exact.objective

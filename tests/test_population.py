@@ -19,7 +19,7 @@ from affine import Affine
 from shapely.geometry import Point, Polygon, box
 
 from coverage._errors import CRSError, DataSourceError, InputError
-from coverage.population import Population, _largest_remainder, load_population
+from coverage.population import Population, largest_remainder, load_population
 
 UTM = "EPSG:32633"          # UTM 33N: central Europe, metres
 ORIGIN = (500_000.0, 5_000_000.0)   # top-left corner of the synthetic raster
@@ -163,8 +163,8 @@ def test_fractional_raster_rounds_to_the_rounded_sum(tmp_path: Path, caplog) -> 
 
 
 def test_largest_remainder_is_exact_and_breaks_ties_by_index() -> None:
-    assert _largest_remainder(np.full(3, 10 / 3), 10).tolist() == [4, 3, 3]
-    assert _largest_remainder(np.array([0.5, 0.5, 2.0]), 3).tolist() == [1, 0, 2]
+    assert largest_remainder(np.full(3, 10 / 3), 10).tolist() == [4, 3, 3]
+    assert largest_remainder(np.array([0.5, 0.5, 2.0]), 3).tolist() == [1, 0, 2]
 
 
 def test_csv_points_from_lon_lat(tmp_path: Path) -> None:

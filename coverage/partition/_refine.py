@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from coverage._sparse import lookup
-from coverage.partition._flow import _attach_strays, _settle
+from coverage.partition._flow import _attach_strays, _pieces, _settle
 from coverage.partition._search import (_BALANCE_WEIGHT, _FINAL_WEIGHT, _Plan, _empty,
                                         _local_search, _violation)
 from coverage.partition._seeding import _seed_centers
@@ -17,6 +17,7 @@ _REPAIRS = 12               # neighbourhoods re-solved around communities outsid
 _POLISH_UNITS = 1_000       # polish instances up to this many units, with at most ...
 _POLISH_BUDGET = 40         # ... this many settlements, including ...
 _POLISH_SEEDS = 8           # ... this many whole-instance bisection seeds
+_REASSIGN_ROUNDS = 10       # local-search rounds letting the reassigned plan's pieces grow
 _TRANSFERS = 8              # attempts to move a community to where people are plenty
 
 
@@ -277,4 +278,28 @@ def _polish(plan: _Plan, budget: int, n_alt: int = 8) -> _Plan:
             improved = judge(win, win.evaluate(trial))
             if improved or evals >= budget:
                 break
+    return plan
+
+
+def _reassign(plan: _Plan) -> _Plan:
+    """
+    Re-solve the whole assignment by flow from the final centers (soft band), give stray pieces
+    to a bordering community and finish with the final local search; the better plan wins.
+    Local moves shift one boundary unit at a time; the flow shifts whole chains of residents
+    between communities at once, which is where the last person-minutes hide.
+    """
+    problem = plan.problem
+    centers, label = _settle(plan.pop, problem.min_pop, problem.max_pop, plan.per_person,
+                             plan.structure, plan.weighted, plan.center[plan.alive])
+    # Pieces the flow cut off become communities of their own, dissolved again by `_reduce`.
+    label = _attach_strays(label, plan.pop, plan.weighted, problem.adjacency, centers, strict=False)
+    twin = _Plan(problem, plan.per_person, plan.weighted, plan.structure,
+                 _pieces(label, problem.adjacency))
+    _local_search(twin, _BALANCE_WEIGHT, _REASSIGN_ROUNDS)
+    _reduce(twin, len(plan.alive))
+    _local_search(twin, _FINAL_WEIGHT, count_first=True)
+    (n_out, _, cost), (twin_out, _, twin_cost) = plan.key(), twin.key()
+    # The rules' order: communities outside the band, then walking time.
+    if len(twin.alive) == len(plan.alive) and (twin_out, twin_cost) < (n_out, cost):
+        return twin
     return plan
