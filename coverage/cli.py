@@ -277,6 +277,61 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_site(args: argparse.Namespace) -> int:
+    import geopandas as gpd
+    import pandas as pd
+
+    from coverage.inputs import load_centers, load_communities
+    from coverage.io import prepare_folder, write_json, write_layers
+    from coverage.isochrones import compute_isochrones
+    from coverage.maps import isochrone_map, save_map
+    from coverage.reach import compute_reach
+    from coverage.siting import choose_community_centers, site_new_centers
+
+    if not args.communities and not args.budget:
+        msg = "covplan site needs --communities (best center for each) and/or --budget N (new centers)."
+        raise InputError(msg)
+    network, population = _load_inputs(args)
+    centers = load_centers(args.centers) if args.centers else None
+    reach = compute_reach(network, population, centers=centers, max_minutes=args.minutes,
+                          candidate_spacing_m=args.candidate_spacing, progress=True)
+    out = prepare_folder(args.out)
+    layers, summary, points = {}, {"max_minutes": args.minutes}, []
+    if args.communities:
+        communities = load_communities(args.communities).reset_index(drop=True)
+        joined = gpd.sjoin(reach.units[["geometry"]], communities.to_crs(reach.units.crs)[["geometry"]],
+                           how="left", predicate="within")
+        labels = joined.groupby(level=0)["index_right"].min().reindex(reach.units.index)
+        labels = labels.fillna(-1).astype("int64").to_numpy()
+        chosen = choose_community_centers(reach, labels, community_areas=communities.geometry)
+        frame = chosen.centers
+        frame.insert(0, "community_id", communities["community_id"].astype(str).to_numpy()[frame["community"]])
+        layers["centers"] = frame.drop(columns="community")
+        summary.update(communities=len(communities),
+                       residents_in_communities=int(chosen.choice.population.sum()),
+                       residents_within_limit=int(chosen.choice.covered.sum()),
+                       residents_outside_communities=int(reach.pop[labels < 0].sum()))
+        points.append(layers["centers"][["center_id", "geometry"]])
+    if args.budget:
+        placed = site_new_centers(reach, budget=args.budget)
+        sites = placed.sites.assign(center_id=[f"new-{c}" for c in placed.sites["candidate_id"]])
+        layers["new_sites"] = sites
+        p = placed.placement
+        summary.update(budget=args.budget, new_sites=len(sites),
+                       covered_before=p.covered_before, covered_after=p.covered_after,
+                       reachable=p.reachable, upper_bound=p.upper_bound, method=p.method)
+        points.append(sites[["center_id", "geometry"]])
+    shown = gpd.GeoDataFrame(pd.concat([frame.to_crs(population.crs) for frame in points],
+                                       ignore_index=True), crs=population.crs)
+    isochrones = compute_isochrones(network, shown, minutes=[args.minutes], progress=True)
+    layers["isochrones"] = isochrones
+    write_layers(out / "site.gpkg", layers)
+    write_json(out / "site.json", summary)
+    save_map(isochrone_map(isochrones, shown), out / "map.html", self_contained=not args.cdn_maps)
+    logger.info("Wrote %s: %s", out, ", ".join(f"{k} {v}" for k, v in summary.items()))
+    return 0
+
+
 def _cmd_bench_plan(args: argparse.Namespace) -> int:
     from coverage.bench_plan import format_plan_table, run_plan_benchmark
     from coverage.io import write_json
@@ -326,6 +381,21 @@ def _build_parser() -> argparse.ArgumentParser:
     cov.add_argument("--out", required=True, help="output folder")
     _add_map_option(cov)
     cov.set_defaults(func=_cmd_coverage)
+
+    site = sub.add_parser("site", help="center siting alone: the best center of each community, "
+                                       "and/or where N new centers cover the most residents")
+    _add_network_options(site)
+    _add_population_options(site)
+    site.add_argument("--communities", default=None, help="communities to choose a center for")
+    site.add_argument("--centers", default=None, help="existing centers (preferred when as good)")
+    site.add_argument("--budget", type=int, default=0,
+                      help="new centers to place where the most residents reach no open center")
+    site.add_argument("--minutes", type=float, default=15.0, help="service-circle limit")
+    site.add_argument("--candidate-spacing", type=float, default=200.0,
+                      help="one candidate site per populated square of this side, m (default 200)")
+    site.add_argument("--out", required=True, help="output folder")
+    _add_map_option(site)
+    site.set_defaults(func=_cmd_site)
 
     iso = sub.add_parser("isochrones", help="walking isochrones around centers")
     _add_network_options(iso)

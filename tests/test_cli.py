@@ -190,3 +190,35 @@ def test_compare_command(tmp_path, grid_files):
     assert main(["-q", "compare", str(tmp_path / "a"), str(tmp_path / "b"),
                  "--out", str(tmp_path / "c")]) == 0
     assert any((tmp_path / "c").iterdir())
+
+
+def test_site_chooses_a_center_per_community_and_places_new_ones(tmp_path, grid_files):
+    from shapely.geometry import box
+
+    network, population, centers = grid_files
+    halves = gpd.GeoDataFrame({"community_id": ["W", "E"]},
+                              geometry=[box(X0 - 50, Y0 - 50, X0 + 250, Y0 + 450),
+                                        box(X0 + 250, Y0 - 50, X0 + 450, Y0 + 450)], crs=CRS)
+    communities = tmp_path / "halves.gpkg"
+    halves.to_file(communities)
+    out = tmp_path / "site"
+    assert main(["-q", "site", "--network", str(network), "--population", str(population),
+                 "--communities", str(communities), "--centers", str(centers), "--minutes", "3",
+                 "--candidate-spacing", "100", "--budget", "1", "--out", str(out)]) == 0
+    chosen = gpd.read_file(out / "site.gpkg", layer="centers").set_index("community_id")
+    assert sorted(chosen.index) == ["E", "W"]
+    for community_id, row in chosen.iterrows():      # each center stands in its community
+        assert halves.set_index("community_id").geometry[community_id].contains(row.geometry)
+    summary = json.loads((out / "site.json").read_text())
+    assert summary["residents_in_communities"] == 250
+    # The existing center reaches 130 of 250 residents within 3 minutes; one new site adds more.
+    assert summary["covered_before"] == 130 and summary["covered_after"] > 130
+    assert len(gpd.read_file(out / "site.gpkg", layer="new_sites")) == 1
+    assert "<script src=" not in (out / "map.html").read_text()     # self-contained map
+
+
+def test_site_needs_communities_or_a_budget(tmp_path, grid_files, capsys):
+    network, population, _ = grid_files
+    assert main(["site", "--network", str(network), "--population", str(population),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--communities" in capsys.readouterr().err

@@ -23,11 +23,14 @@ a unit adjacency and (optionally) unit coordinates. One run:
    re-solving its neighbourhood by flow from its current centers and rotated bisection seeds;
    transfer a community from where people are short to where they are plenty;
 5. polish small instances with whole-instance center swaps, then rotated bisection seeds, each
-   settled by flow and finished by a local search on a copy; last, a local search that cuts
-   person-minutes without letting any community leave the band.
+   settled by flow and finished by a local search on a copy; then a local search that cuts
+   person-minutes without letting any community leave the band; last, whole-plan flow
+   reassignments from the final centers (stray pieces dissolved again), kept while they cut
+   person-minutes without more communities outside the band.
 
-Restarts rotate the bisection (fewer on large instances); the best plan (count nearest K,
-fewest communities outside the band, fewest people outside it, least person-minutes) wins.
+Restarts rotate the bisection (more on small instances, fewer on large ones); the best plan
+wins in the rules' order: count nearest K, fewest communities outside the band, least
+person-minutes.
 Deterministic for a seed: np.random.default_rng(seed) only, ties broken by index.
 """
 
@@ -232,8 +235,8 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
         Runs from differently rotated bisections (the first unrotated; only with `xy`), capped
         so that runs x units stays under 25,000; instances of fewer than 1,200 units get more
         (up to 8, while runs x units stays under 2,400). The best partition (count nearest the wanted
-        one, then fewest communities and people outside the band, then least person-minutes)
-        wins, ties to the earliest.
+        one, then fewest communities outside the band, then least person-minutes) wins, ties to
+        the earliest.
 
     Returns
     -------
