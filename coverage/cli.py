@@ -225,6 +225,17 @@ def _cmd_isochrones(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_demo_scenario(out: Path, seed: int, config) -> None:
+    """scenario.toml and resolved.json of the demo replay: `covplan plan --scenario` repeats it."""
+    from coverage.io import write_json
+    from coverage.scenarios import BaseInputs, Scenario, resolved_parameters, write_scenario
+
+    scenario = Scenario(name="demo", base=BaseInputs(demo=True, demo_seed=seed),
+                        description="The demo city replay (covplan demo)").resolved(config)
+    write_scenario(scenario, out / "scenario.toml")
+    write_json(out / "resolved.json", resolved_parameters(scenario, config))
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from coverage.assess import assess_coverage
     from coverage.demo import build_demo_city
@@ -254,6 +265,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     plan = plan_communities(network, population, communities=communities, centers=centers,
                             districts=districts, config=_plan_config(args), progress=True)
     write_plan(plan, out, self_contained=not args.cdn_maps)
+    _write_demo_scenario(out, args.seed, plan.config)
     r = plan.report
     logger.info("Demo: %d old communities -> %d new; %.1f %% within %g min of their center, "
                 "%.0f %% within ±%.0f %% of %d residents, stability %.0f %% (%.1f s)",

@@ -42,6 +42,12 @@ def test_demo_writes_map_and_geopackage(tmp_path):
     assert 0 < summary["coverage_share_own"] < 1
     html = (out / "map.html").read_text()
     assert "communities" in html and "OpenStreetMap contributors" in html
+    # The replay is written as a scenario that `covplan plan --scenario` can repeat.
+    from coverage.scenarios import load_scenario
+
+    scenario = load_scenario(out / "scenario.toml")
+    assert scenario.base.demo and scenario.options["target_pop"] == 10_000
+    assert json.loads((out / "resolved.json").read_text())
 
 
 def test_coverage_and_isochrones_commands(tmp_path, grid_files):
