@@ -179,6 +179,40 @@ class WalkNetwork:
         speed = require_positive(kmh, name="walk_speed_kmh", upper=MAX_WALK_SPEED_KMH)
         return dataclasses.replace(self, walk_speed_kmh=speed)
 
+    def with_edges(self, *, drop: np.ndarray | None = None,
+                   add: pd.DataFrame | None = None) -> WalkNetwork:
+        """
+        A new network without the edge rows `drop` and with the edges `add` (columns u, v,
+        length_m, highway and optionally geometry, in this network's node indices and CRS;
+        walkable both ways): a closed road, a new footbridge. Nodes left without an edge are
+        dropped and components recomputed, as when the network was built.
+        """
+        tails = np.repeat(np.arange(self.n_nodes), np.diff(self.indptr))
+        along = tails == self.edges["u"].to_numpy()[self.arc_edge]
+        forward = np.zeros(self.n_edges, dtype=bool)
+        backward = np.zeros(self.n_edges, dtype=bool)
+        forward[self.arc_edge[along]] = True
+        backward[self.arc_edge[~along]] = True
+        keep = np.ones(self.n_edges, dtype=bool)
+        if drop is not None:
+            keep[np.asarray(drop, dtype=np.int64)] = False
+        add = pd.DataFrame(columns=["u", "v", "length_m", "highway"]) if add is None else add
+        new_geometry = (add["geometry"].to_numpy(dtype=object) if "geometry" in add
+                        else np.full(len(add), None, dtype=object))
+        both = np.ones(len(add), dtype=bool)
+        return _assemble(
+            node_id=self.node_id, x=self.x, y=self.y,
+            u=np.concatenate([self.edges["u"].to_numpy()[keep], add["u"].to_numpy(dtype=np.int64)]),
+            v=np.concatenate([self.edges["v"].to_numpy()[keep], add["v"].to_numpy(dtype=np.int64)]),
+            length_m=np.concatenate([self.edges["length_m"].to_numpy()[keep],
+                                     add["length_m"].to_numpy(dtype=np.float64)]),
+            highway=np.concatenate([self.edges["highway"].to_numpy(dtype=object)[keep],
+                                    add["highway"].to_numpy(dtype=object)]),
+            forward=np.concatenate([forward[keep], both]),
+            backward=np.concatenate([backward[keep], both]),
+            geometry=np.concatenate([self.edges.geometry.to_numpy()[keep], new_geometry]),
+            crs=self.crs, walk_speed_kmh=self.walk_speed_kmh, source=self.source)
+
     def to_crs(self, crs: pyproj.CRS | str) -> WalkNetwork:
         """The network with nodes and edges in `crs` (projected, metres); lengths are kept."""
         target = _metric_crs(crs)

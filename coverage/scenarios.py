@@ -41,7 +41,7 @@ from coverage import __version__
 from coverage._errors import DataSourceError, InputError
 from coverage.config import PlanConfig
 from coverage.crs import WGS84
-from coverage.network import MIN_ARC_LENGTH_M, WalkNetwork, _components
+from coverage.network import WalkNetwork
 from coverage.population import Population, largest_remainder
 from coverage.snap import DEFAULT_MAX_ACCESS_M, snap_points
 
@@ -823,47 +823,12 @@ def _link_edge(network: WalkNetwork, link: AddLink, where: str) -> dict[str, Any
 
 
 def _rebuild_network(network: WalkNetwork, closed: np.ndarray, added: list[dict[str, Any]]) -> WalkNetwork:
-    """
-    The network without the `closed` edge rows and with `added` edges (both directions).
-    Hand-written because network.py has no public constructor from edge arrays; it follows
-    network._assemble: nodes left without edges are dropped, components relabelled.
-    """
-    edges = network.edges
-    tails = np.repeat(np.arange(network.n_nodes), np.diff(network.indptr))
-    u0 = edges["u"].to_numpy()
-    along = tails == u0[network.arc_edge]
-    forward = np.zeros(len(edges), dtype=bool)
-    backward = np.zeros(len(edges), dtype=bool)
-    forward[network.arc_edge[along]] = True
-    backward[network.arc_edge[~along]] = True
-    keep = np.ones(len(edges), dtype=bool)
-    keep[closed] = False
-    new = gpd.GeoDataFrame(pd.DataFrame(added, columns=["u", "v", "length_m", "highway", "geometry"]),
-                           geometry="geometry", crs=network.crs)
-    table = pd.concat([edges[keep], new], ignore_index=True)
-    forward = np.concatenate([forward[keep], np.ones(len(new), dtype=bool)])
-    backward = np.concatenate([backward[keep], np.ones(len(new), dtype=bool)])
-    u, v = table["u"].to_numpy(dtype=np.int64), table["v"].to_numpy(dtype=np.int64)
-    used = np.unique(np.concatenate([u, v]))
-    u, v = np.searchsorted(used, u), np.searchsorted(used, v)
-    table["u"], table["v"] = u, v
-    length = np.maximum(table["length_m"].to_numpy(dtype=float), MIN_ARC_LENGTH_M)
-    table["length_m"] = length
-    tails = np.concatenate([u[forward], v[backward]])
-    heads = np.concatenate([v[forward], u[backward]])
-    arc_edge = np.concatenate([np.flatnonzero(forward), np.flatnonzero(backward)])
-    order = np.lexsort((heads, tails))
-    n = len(used)
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(tails, minlength=n))])
-    component = _components(n, tails, heads)
-    out = WalkNetwork(node_id=network.node_id[used], x=network.x[used], y=network.y[used],
-                      indptr=indptr.astype(np.int64), indices=heads[order].astype(np.int32),
-                      length_m=length[arc_edge[order]], arc_edge=arc_edge[order].astype(np.int64),
-                      edges=table, crs=network.crs, component=component,
-                      walk_speed_kmh=network.walk_speed_kmh,
-                      directed=not bool((forward & backward).all()), source=network.source)
+    """The network without the `closed` edge rows and with `added` edges (both directions)."""
+    out = network.with_edges(drop=closed, add=pd.DataFrame(
+        added, columns=["u", "v", "length_m", "highway", "geometry"]))
     logger.info("Scenario network: %d edge(s) closed, %d added; %d nodes, %d edges, %d component(s)",
-                int((~keep).sum()), len(new), out.n_nodes, out.n_edges, int(component.max()) + 1)
+                len(np.unique(closed)), len(added), out.n_nodes, out.n_edges,
+                int(out.component.max()) + 1)
     return out
 
 

@@ -375,3 +375,24 @@ def test_from_place(tmp_path, monkeypatch):
     net = WalkNetwork.from_place("Vatican City")
     assert net.n_nodes > 100 and net.crs.to_epsg() == 32633
     assert net.source.startswith("OpenStreetMap place")
+
+
+def test_with_edges_closes_and_adds_without_touching_the_original(grid5):
+    import pandas as pd
+    from scipy.sparse.csgraph import dijkstra
+
+    net = WalkNetwork.from_graph(grid5)
+    corner, far = 0, 24                                  # opposite corners of the 5 x 5 grid
+    before = dijkstra(net.csr_length(), indices=corner)[far]
+    assert before == pytest.approx(800.0)
+    # Close every edge at the corner: it leaves the network; add a 50 m shortcut 1 -> 23.
+    at_corner = np.flatnonzero((net.edges["u"] == corner) | (net.edges["v"] == corner))
+    shortcut = pd.DataFrame({"u": [1], "v": [23], "length_m": [50.0], "highway": ["footway"]})
+    changed = net.with_edges(drop=at_corner, add=shortcut)
+    assert changed.n_nodes == net.n_nodes - 1 and changed.n_edges == net.n_edges - 2 + 1
+    assert (changed.component == 0).all()
+    one, twenty_three = (np.flatnonzero(changed.node_id == net.node_id[i])[0] for i in (1, 23))
+    assert dijkstra(changed.csr_length(), indices=one)[twenty_three] == pytest.approx(50.0)
+    # The original is unchanged.
+    assert dijkstra(net.csr_length(), indices=corner)[far] == before
+    assert net.n_edges == 40
