@@ -25,6 +25,7 @@ from scipy.optimize import linear_sum_assignment
 
 from coverage._errors import InputError
 from coverage._validate import require_columns, require_crs
+from coverage.maps import MapPanel, _finish, _geojson, _titled, base_map, save_map
 from coverage.plan import Plan
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,6 @@ def write_comparison(comparison: PlanComparison, out: str | os.PathLike[str], *,
     Returns the folder.
     """
     from coverage.io import prepare_folder, write_json
-    from coverage.maps import save_map
 
     folder = prepare_folder(out)
     write_json(folder / "comparison.json", comparison.summary)
@@ -487,19 +487,6 @@ def _summary(a: Plan, b: Plan, label_a: str, label_b: str, units, communities, c
 
 # --- map -----------------------------------------------------------------------------------------
 
-def _geojson(frame: gpd.GeoDataFrame, *, simplify_m: float = 0.0) -> str:
-    """GeoJSON in lon/lat for display; `simplify_m` thins outlines to keep the file small."""
-    out = frame
-    if simplify_m > 0:
-        metric = frame.to_crs(frame.estimate_utm_crs())
-        out = metric.set_geometry(metric.geometry.simplify(simplify_m, preserve_topology=True))
-    out = out.to_crs(4326)
-    for col in out.columns:
-        if col != out.geometry.name and out[col].dtype.kind == "f":
-            out[col] = out[col].round(2)
-    return out.to_json(na="null", drop_id=True)
-
-
 def _boundaries(plan: Plan, communities: pd.DataFrame, side: str) -> gpd.GeoDataFrame:
     other = "b" if side == "a" else "a"
     frame = plan.communities[["community_id", plan.communities.geometry.name]].copy()
@@ -612,14 +599,10 @@ def compare_map(comparison: PlanComparison, *, m: folium.Map | None = None) -> f
     newly covered and newly uncovered residents, centers added / removed / moved / kept, a
     title and a summary panel.
     """
-    from coverage.maps import MapPanel, base_map
-
     fmap = base_map(comparison.units, m=m)
     s = comparison.summary
-    if m is None:
-        title = f"What changes: {_short(s['plan_b'])} against {_short(s['plan_a'])}"
-        fmap.get_root().title = title
-        MapPanel(html.escape(title), position="topleft", css_class="cov-title").add_to(fmap)
+    _titled(fmap, f"What changes: {_short(s['plan_b'])} against {_short(s['plan_a'])}",
+            fresh=m is None)
     b_frame = _boundaries(comparison.b, comparison.communities, "b")
     fill = STYLE["status_fill"]
     folium.GeoJson(
@@ -647,9 +630,4 @@ def compare_map(comparison: PlanComparison, *, m: folium.Map | None = None) -> f
                    color=STYLE["uncovered"])
     _add_centers(fmap, comparison)
     MapPanel(_summary_panel(s), position="bottomright").add_to(fmap)
-    # One layer control, last, listing every layer (a composed map may already have one).
-    for key, child in list(fmap._children.items()):
-        if isinstance(child, folium.LayerControl):
-            del fmap._children[key]
-    folium.LayerControl(collapsed=False).add_to(fmap)
-    return fmap
+    return _finish(fmap)   # one layer control, last, listing every layer

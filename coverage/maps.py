@@ -298,6 +298,13 @@ def _point_style(color: str, *, radius: float, class_name: str, stroke: str = "#
             "pane": STYLE["points_pane"]}
 
 
+def _round_minutes(frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
+    """Minutes to one decimal for display, in the columns `frame` has."""
+    for column in columns:
+        if column in frame.columns:
+            frame[column] = frame[column].astype(float).round(1)
+
+
 def _int(value: float) -> str:
     return f"{value:,.0f}"
 
@@ -321,9 +328,7 @@ def add_plan_communities(fmap: folium.Map, communities: gpd.GeoDataFrame, *, tar
         deviation <= 0, np.searchsorted(deviations, deviation, side="right"),
         np.searchsorted(deviations, deviation, side="left"))
     frame["deviation"] = [f"{d:+.0%}" for d in deviation]
-    for column in ("mean_minutes", "max_minutes"):
-        if column in frame.columns:
-            frame[column] = frame[column].astype(float).round(1)
+    _round_minutes(frame, ("mean_minutes", "max_minutes"))
     fields = _present(frame, {
         "community_id": "community", "population": "residents", "deviation": "from target",
         "center_id": "center", "mean_minutes": "mean walk (min)",
@@ -353,9 +358,7 @@ def add_plan_centers(fmap: folium.Map, centers: gpd.GeoDataFrame,
     frame = frame.merge(pd.DataFrame(communities[figures]), on="community_id", how="left")
     frame = gpd.GeoDataFrame(frame, geometry=centers.geometry.name, crs=centers.crs)
     frame["site"] = np.where(frame["existing"].astype(bool), "existing center", "new site")
-    for column in ("mean_minutes", "max_minutes"):
-        if column in frame.columns:
-            frame[column] = frame[column].astype(float).round(1)
+    _round_minutes(frame, ("mean_minutes", "max_minutes"))
     fields = _present(frame, {
         "center_id": "center", "site": "site", "community_id": "community",
         "population": "residents", "mean_minutes": "mean walk (min)",
@@ -522,9 +525,7 @@ def add_communities(fmap: folium.Map, communities: gpd.GeoDataFrame) -> folium.m
     frame = communities.copy()
     frame["share_class"] = _classes(frame["share_within_own"].to_numpy(dtype=float), breaks)
     frame["share_within_own"] = (100 * frame["share_within_own"].astype(float)).round(1)
-    for column in ("mean_minutes_own", "max_minutes_own"):
-        if column in frame.columns:
-            frame[column] = frame[column].astype(float).round(1)
+    _round_minutes(frame, ("mean_minutes_own", "max_minutes_own"))
     fields = _present(frame, {"community_id": "community", "pop": "residents",
                               "pop_within_own": "within reach of own center",
                               "share_within_own": "share within (%)",

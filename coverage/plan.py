@@ -106,9 +106,8 @@ def plan_communities(network: WalkNetwork, population: Population, *,
     ready = prepare_planning(network, population, centers=centers, communities=communities,
                              districts=districts, config=config, progress=progress)
     network, population, reach, work = ready.network, ready.population, ready.reach, ready.work_crs
-    units, pieces, adjacency, prior = reach.units, ready.pieces, ready.adjacency, ready.prior
+    units, adjacency, prior = reach.units, ready.adjacency, ready.prior
     district_of, candidate_district = ready.district_of, ready.candidate_district
-    district_report = ready.district_report
 
     fixed = _keep_valid(reach, adjacency, prior, district_of, config)
     center_of = np.full(len(units), -1, dtype="int64")
@@ -119,11 +118,7 @@ def plan_communities(network: WalkNetwork, population: Population, *,
         for old in freed:
             del fixed[old]
 
-    labels, center_ids = _labels(center_of, reach.candidates)
-    communities_w = dissolve_pieces(pieces, labels, crs=work)
-    table = community_table(units, labels, center_of, reach, communities_w, district_of,
-                            districts, prior_ids=prior.ids if prior else None,
-                            prior_unit=prior.unit if prior else None, config=config)
+    labels, table = community_tables(ready, center_of, districts=districts, config=config)
     units_out = _units_out(units, labels, center_of, reach, table)
     centers_out = _centers_out(reach, table)
     isochrones = compute_isochrones(network, centers_out, minutes=[config.max_minutes],
@@ -132,8 +127,7 @@ def plan_communities(network: WalkNetwork, population: Population, *,
     changes = _changes(units_out, prior) if prior else None
     report = plan_report(units_out, table, config=config, reach=reach,
                          prior_unit=prior.unit if prior else None, changes=changes,
-                         fixed=len(fixed), issues=(prior.issues if prior else []) + _district_issues(district_report),
-                         runtime_s=time.perf_counter() - started)
+                         fixed=len(fixed), issues=ready.issues, runtime_s=time.perf_counter() - started)
     crs = population.crs
     previous = None if communities is None else communities.to_crs(crs)
     logger.info("Plan: %d communities, %.1f %% of residents within %g min of their center, "
@@ -160,6 +154,11 @@ class PlanningInputs:
     prior: _Prior | None            # existing communities on units and candidates
     work_crs: pyproj.CRS
 
+    @property
+    def issues(self) -> list[str]:
+        """Reported repairs: overlapping or gapped existing communities, cells cut by districts."""
+        return (self.prior.issues if self.prior else []) + _district_issues(self.district_report)
+
 
 def prepare_planning(network: WalkNetwork, population: Population, *,
                      centers: gpd.GeoDataFrame | None = None,
@@ -184,6 +183,20 @@ def prepare_planning(network: WalkNetwork, population: Population, *,
         district_report=district_report,
         candidate_district=_candidate_districts(reach.candidates, districts, work),
         prior=_prior(units, reach.candidates, centers, communities, work), work_crs=work)
+
+
+def community_tables(ready: PlanningInputs, center_of: np.ndarray, *,
+                     districts: gpd.GeoDataFrame | None,
+                     config: PlanConfig) -> tuple[np.ndarray, gpd.GeoDataFrame]:
+    """Each unit's community label and the community table (dissolved polygons and figures,
+    working CRS) of an assignment of units to centers: a full plan's and a re-plan's last step."""
+    reach, prior = ready.reach, ready.prior
+    labels, _ = _labels(center_of, reach.candidates)
+    dissolved = dissolve_pieces(ready.pieces, labels, crs=ready.work_crs)
+    table = community_table(reach.units, labels, center_of, reach, dissolved, ready.district_of,
+                            districts, prior_ids=prior.ids if prior else None,
+                            prior_unit=prior.unit if prior else None, config=config)
+    return labels, table
 
 
 def _districts(units, population, districts, work) -> tuple[np.ndarray, dict]:

@@ -32,16 +32,15 @@ from coverage._errors import InputError
 from coverage._sparse import lookup
 from coverage.config import PlanConfig
 from coverage.isochrones import compute_isochrones
-from coverage.metrics import community_table, plan_report
+from coverage.metrics import plan_report
 from coverage.plan import (
     Plan,
     _centers_out,
     _changes,
-    _district_issues,
-    _labels,
     _partition_group,
     _Prior,
     _units_out,
+    community_tables,
     plan_communities,
     prepare_planning,
 )
@@ -56,7 +55,6 @@ from coverage.scenarios import (
     apply_scenario,
     load_inputs,
 )
-from coverage.tessellation import dissolve_pieces
 
 if TYPE_CHECKING:
     from coverage.network import WalkNetwork
@@ -193,20 +191,15 @@ def replan(plan: Plan, network: WalkNetwork, population: Population, *,
                              communities=communities, districts=districts, config=config,
                              progress=progress)
     network, population, reach, work = ready.network, ready.population, ready.reach, ready.work_crs
-    units, pieces, adjacency, prior = reach.units, ready.pieces, ready.adjacency, ready.prior
+    units, adjacency, prior = reach.units, ready.adjacency, ready.prior
     district_of, candidate_district = ready.district_of, ready.candidate_district
-    district_report = ready.district_report
 
     base = _BaseView(plan, units, reach, work)
     reasons = _touched(base, reach, adjacency, changes, network)
     window, frozen, center_of = _solve_window(base, reasons, reach, adjacency, district_of,
                                               candidate_district, config)
 
-    labels, _ = _labels(center_of, reach.candidates)
-    communities_w = dissolve_pieces(pieces, labels, crs=work)
-    table = community_table(units, labels, center_of, reach, communities_w, district_of,
-                            districts, prior_ids=prior.ids if prior else None,
-                            prior_unit=prior.unit if prior else None, config=config)
+    labels, table = community_tables(ready, center_of, districts=districts, config=config)
     new_ids = _name_communities(table, base, labels, reach.pop, window)
     units_out = _units_out(units, labels, center_of, reach, table)
     centers_out = _centers_out(reach, table)
@@ -215,9 +208,7 @@ def replan(plan: Plan, network: WalkNetwork, population: Population, *,
     change_table = _changes(units_out, prior) if prior else None
     report = plan_report(units_out, table, config=config, reach=reach,
                          prior_unit=prior.unit if prior else None, changes=change_table,
-                         fixed=len(frozen), issues=(prior.issues if prior else [])
-                         + _district_issues(district_report),
-                         runtime_s=time.perf_counter() - started)
+                         fixed=len(frozen), issues=ready.issues, runtime_s=time.perf_counter() - started)
     report.update(mode="incremental", touched_communities=sorted(reasons),
                   touch_reasons={k: reasons[k] for k in sorted(reasons)},
                   replanned_communities=sorted(window), new_communities=sorted(new_ids),
