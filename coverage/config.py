@@ -10,6 +10,9 @@ from coverage.partition import population_band
 from coverage.reach import DEFAULT_CANDIDATE_SPACING_M, DEFAULT_MAX_MINUTES, MAX_MINUTES_LIMIT
 
 
+EXCEPTION_MODES = ("separate", "attach")
+
+
 @dataclass(frozen=True, slots=True)
 class PlanConfig:
     """
@@ -28,6 +31,14 @@ class PlanConfig:
         Seeded restarts of the planner; the same seed gives the same plan.
     stability_minutes
         Per-person cost, in walking minutes, of moving a resident out of their old community.
+    exceptions
+        Residents who provably can only be in an undersized community (on a network island, or
+        in a pocket where no site gathers the band's floor within the limit) form exception
+        communities of their own ("separate", each with a center they reach), or join the
+        bordering community as an area served remotely, beyond the walking limit ("attach").
+    min_pop_exception
+        A community below this share of the target must be a proven exception; the planner
+        dissolves others into their neighbours.
     """
 
     target_pop: int = 10_000
@@ -39,6 +50,8 @@ class PlanConfig:
     restarts: int = 3
     seed: int = 0
     stability_minutes: float = 2.0
+    exceptions: str = "separate"
+    min_pop_exception: float = 0.5
 
     def __post_init__(self) -> None:
         if not isinstance(self.target_pop, (int, float)) or self.target_pop <= 0:
@@ -58,6 +71,13 @@ class PlanConfig:
             raise InputError(msg)
         if self.max_unit_pop is not None and self.max_unit_pop <= 0:
             msg = f"`max_unit_pop` must be positive or None, got {self.max_unit_pop!r}."
+            raise InputError(msg)
+        if self.exceptions not in EXCEPTION_MODES:
+            msg = f"`exceptions` must be one of {', '.join(EXCEPTION_MODES)}, got {self.exceptions!r}."
+            raise InputError(msg)
+        if not 0 <= self.min_pop_exception < 1:
+            msg = ("`min_pop_exception` must lie in [0, 1) (a share of the target), got "
+                   f"{self.min_pop_exception!r}.")
             raise InputError(msg)
         if self.restarts < 1:
             msg = f"`restarts` must be at least 1, got {self.restarts!r}."

@@ -45,6 +45,7 @@ STYLE = {
     "center_new": "#1a9641",
     "uncovered": "#d7191c",
     "unreachable": "#777777",
+    "forced_undersized": "#7b3294",
     # Residents per community by deviation from the target: blue under, pale within, red over.
     "deviation_colors": ["#2166ac", "#67a9cf", "#d1e5f0", "#f7f7f7", "#fddbc7", "#ef8a62",
                          "#b2182b"],
@@ -442,6 +443,35 @@ def add_uncovered(fmap: folium.Map, units: gpd.GeoDataFrame, *, minutes_column: 
                       marker=folium.CircleMarker(radius=4))
 
 
+def add_forced_undersized(fmap: folium.Map, units: gpd.GeoDataFrame, *,
+                          min_pop: float, max_minutes: float) -> folium.map.Layer | None:
+    """
+    Residents who can only be in an undersized community, whatever the plan (no site they reach
+    gathers `min_pop` within the limit; see `coverage.bounds`), as purple circles in their own
+    layer. None when the plan has no such column or no such resident.
+    """
+    if "forced_undersized" not in units.columns:
+        return None
+    out = units[units["forced_undersized"].astype(bool) & (units["pop"] > 0)].copy()
+    if out.empty:
+        return None
+    out["where"] = np.where(out["island"].astype(bool), "network island", "remote pocket")
+    scale = max(float(out["pop"].max()), 1.0)
+    out["radius"] = np.round(4 + 8 * np.sqrt(out["pop"].to_numpy(dtype=float) / scale))
+    fields = _present(out, {"unit_id": "unit", "pop": "residents", "where": "cut off as",
+                            "community_id": "community"})
+
+    def style(feature):
+        return _point_style(STYLE["forced_undersized"], radius=feature["properties"]["radius"],
+                            class_name="cov-forced", stroke=STYLE["forced_undersized"],
+                            fill_opacity=0.5)
+
+    name = (f"residents no balanced community can reach (< {min_pop:,.0f} within "
+            f"{max_minutes:g} min): {int(out['pop'].sum()):,}")
+    return _add_layer(fmap, out, name=name, style=style, fields=fields, style_columns=("radius",),
+                      marker=folium.CircleMarker(radius=4), show=False)
+
+
 def add_density(fmap: folium.Map, units: gpd.GeoDataFrame, *,
                 show: bool = False) -> folium.map.Layer:
     """Residents per km² on H3 hexagons (about 0.1 km² each), with a legend."""
@@ -489,6 +519,13 @@ def _plan_summary(plan: Plan) -> str:
     if r.get("new_centers") is not None:
         lines.append(f"{len(plan.centers) - r['new_centers']} existing centers kept, "
                      f"{r['new_centers']} new sites")
+    if r.get("within_tolerance_pop_share") is not None:
+        lines.append(f"{_share(r['within_tolerance_pop_share'])} of residents in balanced "
+                     f"communities (at most {_share(r['within_tolerance_pop_share_ceiling'])} "
+                     "possible)")
+    if r.get("exception_communities"):
+        lines.append(f"{r['exception_communities']} exception communities "
+                     f"({_int(r['exception_population'])} residents no balanced community can reach)")
     if r.get("stability_share") is not None:
         lines.append(f"{_share(r['stability_share'])} of residents keep their community")
     return "<br>".join(lines)
@@ -513,6 +550,8 @@ def plan_map(plan: Plan, *, m: folium.Map | None = None) -> folium.Map:
     if plan.previous is not None:
         add_previous(fmap, plan.previous)
     add_uncovered(fmap, plan.units, minutes_column="minutes", max_minutes=plan.config.max_minutes)
+    add_forced_undersized(fmap, plan.units, min_pop=plan.config.min_pop,
+                          max_minutes=plan.config.max_minutes)
     add_plan_centers(fmap, plan.centers, plan.communities)
     return _finish(fmap)
 

@@ -12,6 +12,7 @@ from coverage import __version__
 from coverage._sparse import lookup
 
 if TYPE_CHECKING:
+    from coverage.bounds import FeasibilityBound
     from coverage.config import PlanConfig
     from coverage.reach import ReachMatrix
 
@@ -26,24 +27,52 @@ def _previous_ids(members_prior: np.ndarray, pop: np.ndarray, ids: list[str]) ->
     return "; ".join(f"{ids[i]} ({int(counts[i]):,})" for i in order if counts[i] > 0)
 
 
-def _note(population: float, contiguous: bool, alone: bool, config: PlanConfig) -> str:
+def _exception(forced: np.ndarray, island: np.ndarray) -> str:
+    """The proven reason a community is an exception ('' if it is not one): all its members
+    are forced undersized (see `coverage.bounds`)."""
+    if not len(forced) or not forced.all():
+        return ""
+    return "island" if island.any() else "remote pocket"
+
+
+def _note(population: float, contiguous: bool, exception: str, best_gather: float,
+          remote: int, config: PlanConfig) -> str:
+    """
+    Why a community misses a rule. "Cannot" only where `coverage.bounds` proves it; otherwise
+    what the planner did not find and by how much the community misses.
+    """
     notes = []
-    if population < config.min_pop:
-        notes.append("smaller than target: its residents reach no other planned center within "
-                     f"{config.max_minutes:g} min (the walking rule)" if alone else
-                     "smaller than target: neighbouring communities cannot give residents "
-                     "without breaking the walking rule, contiguity or their own balance")
+    limit = f"{config.max_minutes:g} min"
+    if exception == "island":
+        notes.append(f"exception (island): its {population:,.0f} residents are cut off from the "
+                     f"main walking network; no site they reach gathers {config.min_pop:,.0f} "
+                     f"contiguous residents within {limit} (at most {best_gather:,.0f}), so it "
+                     "cannot be balanced")
+    elif exception:
+        notes.append(f"exception (remote pocket): its {population:,.0f} residents reach no site "
+                     f"that gathers {config.min_pop:,.0f} contiguous residents within {limit} (at "
+                     f"most {best_gather:,.0f}), so it cannot be balanced")
+    elif population < config.min_pop:
+        short = config.min_pop - population
+        notes.append(f"smaller than target: the planner did not find a balanced split here; it misses "
+                     f"the band by {short:,.0f} residents ({100 * short / config.min_pop:.0f} %)")
     elif population > config.max_pop:
-        notes.append("larger than target: no neighbouring center within "
-                     f"{config.max_minutes:g} min can take more of its residents")
+        over = population - config.max_pop
+        notes.append(f"larger than target: the planner did not find a balanced split here; it exceeds "
+                     f"the band by {over:,.0f} residents ({100 * over / config.max_pop:.0f} %)")
+    if remote:
+        notes.append(f"{remote:,} residents of an exception area attached here are served remotely, "
+                     f"beyond {limit}")
     if not contiguous:
-        notes.append("not contiguous: a detached piece reaches no neighbouring center")
+        notes.append("not contiguous: the planner found no bordering community whose center "
+                     "reaches its detached piece")
     return "; ".join(notes)
 
 
 def community_table(units: gpd.GeoDataFrame, labels: np.ndarray, center_of: np.ndarray,
                     reach: ReachMatrix, dissolved: gpd.GeoDataFrame, district_of: np.ndarray,
-                    districts: gpd.GeoDataFrame | None, *, prior_ids: list[str] | None,
+                    districts: gpd.GeoDataFrame | None, *, bound: FeasibilityBound,
+                    prior_ids: list[str] | None,
                     prior_unit: np.ndarray | None, config: PlanConfig) -> gpd.GeoDataFrame:
     """One row per community, in the working CRS, ordered by community id."""
     pop = units["pop"].to_numpy()
@@ -51,8 +80,6 @@ def community_table(units: gpd.GeoDataFrame, labels: np.ndarray, center_of: np.n
     minutes = np.full(len(units), np.nan)
     minutes[served] = lookup(reach.minutes, served, center_of[served])[0]
     planned = np.unique(center_of[served])
-    reach_planned = reach.minutes[:, planned]
-    n_planned = np.diff(reach_planned.tocsr().indptr)
     rows = []
     shapes = dissolved.set_index("label")
     district_ids = None if districts is None else districts["district_id"].astype(str).to_numpy()
@@ -62,6 +89,9 @@ def community_table(units: gpd.GeoDataFrame, labels: np.ndarray, center_of: np.n
         member_pop = pop[members]
         total = int(member_pop.sum())
         m = minutes[members]
+        reached = np.isfinite(m)
+        exception = _exception(bound.forced_undersized[members], bound.island[members])
+        remote = 0 if exception else int(member_pop[~reached].sum())
         existing = bool(reach.candidates["existing"].iloc[candidate])
         contiguous = bool(shapes.loc[label, "contiguous"]) if label in shapes.index else False
         district = ""
@@ -74,13 +104,19 @@ def community_table(units: gpd.GeoDataFrame, labels: np.ndarray, center_of: np.n
             "center_id": str(reach.candidates["center_id"].iloc[candidate]) if existing
             else f"new-{candidate}",
             "candidate_id": candidate,
-            "max_minutes": float(np.nanmax(m)) if len(m) else np.nan,
-            "mean_minutes": float(np.average(m, weights=member_pop)) if total > 0 else float(np.nanmean(m)),
+            "max_minutes": float(m[reached].max()) if reached.any() else np.nan,
+            "mean_minutes": (float(np.average(m[reached], weights=member_pop[reached]))
+                             if member_pop[reached].sum() > 0
+                             else float(m[reached].mean()) if reached.any() else np.nan),
             "within_tolerance": bool(config.min_pop <= total <= config.max_pop),
+            "exception": exception,
+            "remote_population": remote,
             "contiguous": contiguous,
             "district": district,
             "previous_ids": "" if prior_unit is None else _previous_ids(prior_unit[members], member_pop, prior_ids),
-            "note": _note(total, contiguous, bool((n_planned[members] <= 1).all()), config),
+            "note": _note(total, contiguous, exception,
+                          float(bound.best_gather[members].max()) if len(members) else 0.0,
+                          remote, config),
         })
     table = pd.DataFrame(rows)
     geometry = [shapes.loc[i, "geometry"] if i in shapes.index else None for i in range(len(planned))]
@@ -88,7 +124,8 @@ def community_table(units: gpd.GeoDataFrame, labels: np.ndarray, center_of: np.n
 
 
 def plan_report(units: gpd.GeoDataFrame, table: gpd.GeoDataFrame, *, config: PlanConfig,
-                reach: ReachMatrix, prior_unit: np.ndarray | None, changes: pd.DataFrame | None,
+                reach: ReachMatrix, bound: FeasibilityBound, district_of: np.ndarray,
+                district_ids: list[str] | None, prior_unit: np.ndarray | None, changes: pd.DataFrame | None,
                 fixed: int, issues: list[str], runtime_s: float) -> dict:
     """The headline figures of a plan, with every parameter that produced it."""
     pop = units["pop"].to_numpy()
@@ -108,6 +145,7 @@ def plan_report(units: gpd.GeoDataFrame, table: gpd.GeoDataFrame, *, config: Pla
         "mean_minutes": float(np.average(minutes[assigned], weights=pop[assigned])) if pop[assigned].sum() else None,
         "max_minutes": float(np.nanmax(minutes[assigned])) if assigned.any() else None,
         "within_tolerance_share": float(table["within_tolerance"].mean()) if len(table) else 0.0,
+        **balance_figures(units, table, bound, config=config),
         "contiguous_share": float(table["contiguous"].mean()) if len(table) else 0.0,
         "population_min": int(sizes.min()) if len(sizes) else 0,
         "population_max": int(sizes.max()) if len(sizes) else 0,
@@ -121,7 +159,50 @@ def plan_report(units: gpd.GeoDataFrame, table: gpd.GeoDataFrame, *, config: Pla
     }
     if prior_unit is not None and changes is not None:
         report["stability_share"] = _stability(units, prior_unit, table)
+    if district_ids is not None:
+        report["districts"] = _district_figures(units, table, bound, district_of, district_ids,
+                                                config=config)
     return report
+
+
+def balance_figures(units: gpd.GeoDataFrame, table: gpd.GeoDataFrame, bound: FeasibilityBound, *,
+                    config: PlanConfig, mask: np.ndarray | None = None) -> dict:
+    """
+    Residents in balanced communities against what the walking rule allows (`coverage.bounds`),
+    coverage against its ceiling, and the exceptions: the figures that show how far a plan is
+    from the best possible one. `mask` restricts them to some units (a district).
+    """
+    m = np.ones(len(units), dtype=bool) if mask is None else np.asarray(mask, bool)
+    pop = units["pop"].to_numpy()[m]
+    total = int(pop.sum())
+    ids = units["community_id"].to_numpy()[m]
+    here = table[table["community_id"].isin(set(ids[pd.notna(ids)]))]
+    balanced = here.loc[here["within_tolerance"], "community_id"].to_numpy()
+    exceptions = here.loc[here["exception"] != "", "community_id"].to_numpy()
+    regular = here[here["exception"] == ""]
+    covered = units["minutes"].to_numpy()[m] <= config.max_minutes + 1e-9
+    island = units["island"].to_numpy()[m]
+    return {
+        **bound.figures(m),
+        "within_tolerance_pop_share": float(pop[np.isin(ids, balanced)].sum() / total) if total else 0.0,
+        "exception_communities": int(len(exceptions)),
+        "exception_population": int(pop[np.isin(ids, exceptions)].sum()),
+        "served_remotely_population": int(pop[units["served_remotely"].to_numpy()[m]].sum()),
+        "island_covered_population": int(pop[island & covered].sum()),
+        "smallest_regular_community": int(regular["population"].min()) if len(regular) else None,
+        "regular_communities_below_min_pop_exception": int(
+            (regular["population"] < config.min_pop_exception * config.target_pop).sum()) if len(regular) else 0,
+    }
+
+
+def _district_figures(units: gpd.GeoDataFrame, table: gpd.GeoDataFrame, bound: FeasibilityBound,
+                      district_of: np.ndarray, district_ids: list[str], *, config: PlanConfig) -> dict:
+    """`balance_figures` per district ('(outside)' for units outside every district)."""
+    out = {}
+    for d in np.unique(district_of):
+        name = district_ids[d] if d >= 0 else "(outside)"
+        out[name] = balance_figures(units, table, bound, config=config, mask=district_of == d)
+    return out
 
 
 def _stability(units: gpd.GeoDataFrame, prior_unit: np.ndarray, table: gpd.GeoDataFrame) -> float:

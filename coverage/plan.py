@@ -21,7 +21,9 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from coverage import __version__
+from coverage._errors import InfeasibleError
 from coverage._sparse import lookup
+from coverage.bounds import FeasibilityBound, feasibility_bound
 from coverage.config import PlanConfig
 from coverage.isochrones import compute_isochrones
 from coverage.metrics import community_table, plan_report
@@ -110,30 +112,39 @@ def plan_communities(network: WalkNetwork, population: Population, *,
     district_of, candidate_district = ready.district_of, ready.candidate_district
 
     fixed = _keep_valid(reach, adjacency, prior, district_of, config)
-    center_of = np.full(len(units), -1, dtype="int64")
+    center_of, exception_centers = _plan_exceptions(ready, config)
+    regular = center_of < 0
+    open_to_all = ~np.isin(np.arange(len(reach.candidates)), exception_centers)
     for group in np.unique(district_of):
         kept = {old: c for old, c in fixed.items() if district_of[prior.unit == old][0] == group}
-        center_of, freed = _plan_district(reach, adjacency, prior, district_of == group,
-                                          candidate_district == group, kept, center_of, config)
+        center_of, freed = _plan_district(reach, adjacency, prior, (district_of == group) & regular,
+                                          (candidate_district == group) & open_to_all, kept,
+                                          center_of, config)
         for old in freed:
             del fixed[old]
+    center_of = _attach_exceptions(ready, center_of, exception_centers, config)
 
     labels, table = community_tables(ready, center_of, districts=districts, config=config)
-    units_out = _units_out(units, labels, center_of, reach, table)
+    table = _keep_ids(table, labels, prior, fixed)
+    units_out = _units_out(units, labels, center_of, reach, table, ready.bound)
     centers_out = _centers_out(reach, table)
     isochrones = compute_isochrones(network, centers_out, minutes=[config.max_minutes],
                                     progress=progress)
     isochrones = isochrones.merge(centers_out[["center_id", "community_id"]], on="center_id")
     changes = _changes(units_out, prior) if prior else None
-    report = plan_report(units_out, table, config=config, reach=reach,
+    report = plan_report(units_out, table, config=config, reach=reach, bound=ready.bound,
+                         district_of=district_of, district_ids=ready.district_ids,
                          prior_unit=prior.unit if prior else None, changes=changes,
                          fixed=len(fixed), issues=ready.issues, runtime_s=time.perf_counter() - started)
     crs = population.crs
     previous = None if communities is None else communities.to_crs(crs)
-    logger.info("Plan: %d communities, %.1f %% of residents within %g min of their center, "
-                "%.0f %% of communities within ±%g %% (%.1f s)", len(table),
-                100 * report["coverage_share"], config.max_minutes,
-                100 * report["within_tolerance_share"], 100 * config.tolerance, report["runtime_s"])
+    logger.info("Plan: %d communities, %.1f %% of residents within %g min of their center "
+                "(at most %.1f %% possible), %.1f %% in communities within ±%g %% (at most %.1f %% "
+                "possible), %d exception communities (%.1f s)", len(table),
+                100 * report["coverage_share"], config.max_minutes, 100 * report["coverage_ceiling"],
+                100 * report["within_tolerance_pop_share"], 100 * config.tolerance,
+                100 * report["within_tolerance_pop_share_ceiling"], report["exception_communities"],
+                report["runtime_s"])
     return Plan(communities=table.to_crs(crs), centers=centers_out.to_crs(crs),
                 units=units_out.to_crs(crs), isochrones=isochrones.to_crs(crs), changes=changes,
                 previous=previous, report=report, config=config, work_crs=work, version=__version__)
@@ -152,6 +163,8 @@ class PlanningInputs:
     district_report: dict           # cells cut by district limits, units outside every district
     candidate_district: np.ndarray  # district index per candidate
     prior: _Prior | None            # existing communities on units and candidates
+    bound: FeasibilityBound         # what no plan can beat (forced-undersized units, ceilings)
+    district_ids: list[str] | None  # district id per district index (None without districts)
     work_crs: pyproj.CRS
 
     @property
@@ -176,13 +189,84 @@ def prepare_planning(network: WalkNetwork, population: Population, *,
     work = network.crs
     units = reach.units
     pieces = unit_pieces(units, population.cells.to_crs(work))
+    adjacency = piece_adjacency(pieces)
     district_of, district_report = _districts(units, population, districts, work)
+    candidate_district = _candidate_districts(reach.candidates, districts, work)
+    bound = feasibility_bound(reach, min_pop=config.min_pop, district_of=district_of,
+                              candidate_district=candidate_district, component=network.component,
+                              adjacency=adjacency)
+    _check_band_reachable(bound, config)
     return PlanningInputs(
         network=network, population=population, reach=reach, pieces=pieces,
-        adjacency=piece_adjacency(pieces), district_of=district_of,
-        district_report=district_report,
-        candidate_district=_candidate_districts(reach.candidates, districts, work),
-        prior=_prior(units, reach.candidates, centers, communities, work), work_crs=work)
+        adjacency=adjacency, district_of=district_of,
+        district_report=district_report, candidate_district=candidate_district,
+        prior=_prior(units, reach.candidates, centers, communities, work), bound=bound,
+        district_ids=None if districts is None else districts["district_id"].astype(str).tolist(),
+        work_crs=work)
+
+
+def _check_band_reachable(bound: FeasibilityBound, config: PlanConfig) -> None:
+    """Stop when not one community can reach the band's floor anywhere: nothing to plan."""
+    if not bound.reachable.any() or bound.best_gather.max() >= config.min_pop:
+        return
+    msg = (f"no community can reach {config.min_pop:,.0f} residents (target "
+           f"{config.target_pop:,.0f} - {100 * config.tolerance:g} %): the most any site gathers "
+           f"within {config.max_minutes:g} min is {int(bound.best_gather.max()):,} of "
+           f"{bound.population_total:,} residents; lower the target (--target) or widen the "
+           "tolerance (--tolerance)")
+    raise InfeasibleError(msg)
+
+
+def _plan_exceptions(ready: PlanningInputs, config: PlanConfig) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Plan the forced-undersized residents apart, district by district: whatever community they
+    join is undersized (see `coverage.bounds`), so they form as few communities of their own as
+    their walks allow and no one else is pulled into them. Returns `center_of` with only those
+    units set, and the candidates they use.
+    """
+    reach, bound = ready.reach, ready.bound
+    center_of = np.full(len(reach.units), -1, dtype="int64")
+    forced = bound.forced_undersized
+    for group in np.unique(ready.district_of[forced]):
+        rows = np.flatnonzero(forced & (ready.district_of == group))
+        cols = np.flatnonzero(ready.candidate_district == group)
+        center_of[rows] = _partition_group(reach, ready.adjacency, None, rows, cols, config)
+    used = np.unique(center_of[center_of >= 0])
+    if len(used):
+        logger.info("%d exception communities for %d forced-undersized residents",
+                    len(used), bound.forced_undersized_population)
+    return center_of, used
+
+
+def _attach_exceptions(ready: PlanningInputs, center_of: np.ndarray, exception_centers: np.ndarray,
+                       config: PlanConfig) -> np.ndarray:
+    """With ``exceptions="attach"``, each exception community joins the regular community of its
+    district that borders it along most unit edges (else the nearest center): its residents are
+    served remotely, beyond the walking limit unless that center happens to reach them."""
+    if config.exceptions != "attach" or not len(exception_centers):
+        return center_of
+    center_of = center_of.copy()
+    exception = np.isin(center_of, exception_centers)
+    regular = (center_of >= 0) & ~exception
+    coo = ready.adjacency.tocoo()
+    xy = np.column_stack([ready.reach.units.geometry.x, ready.reach.units.geometry.y])
+    cand = ready.reach.candidates.geometry
+    for c in exception_centers:
+        members = np.flatnonzero(center_of == c)
+        same = regular & (ready.district_of == ready.district_of[members[0]])
+        if not same.any():
+            continue
+        edge = np.isin(coo.row, members) & same[coo.col]
+        if edge.any():
+            hosts, counts = np.unique(center_of[coo.col[edge]], return_counts=True)
+            host = int(hosts[np.lexsort((hosts, -counts))[0]])
+        else:
+            hosts = np.unique(center_of[same])
+            centre = np.average(xy[members], axis=0, weights=ready.reach.pop[members] + 1e-9)
+            d = np.hypot(cand.x.to_numpy()[hosts] - centre[0], cand.y.to_numpy()[hosts] - centre[1])
+            host = int(hosts[np.lexsort((hosts, d))[0]])
+        center_of[members] = host
+    return center_of
 
 
 def community_tables(ready: PlanningInputs, center_of: np.ndarray, *,
@@ -194,7 +278,7 @@ def community_tables(ready: PlanningInputs, center_of: np.ndarray, *,
     labels, _ = _labels(center_of, reach.candidates)
     dissolved = dissolve_pieces(ready.pieces, labels, crs=ready.work_crs)
     table = community_table(reach.units, labels, center_of, reach, dissolved, ready.district_of,
-                            districts, prior_ids=prior.ids if prior else None,
+                            districts, bound=ready.bound, prior_ids=prior.ids if prior else None,
                             prior_unit=prior.unit if prior else None, config=config)
     return labels, table
 
@@ -356,7 +440,21 @@ def _labels(center_of: np.ndarray, candidates) -> tuple[np.ndarray, list[str]]:
     return labels, [str(candidates["center_id"].iloc[c]) for c in used]
 
 
-def _units_out(units, labels, center_of, reach, table) -> gpd.GeoDataFrame:
+def _keep_ids(table: gpd.GeoDataFrame, labels: np.ndarray, prior: _Prior | None,
+              fixed: dict[int, int]) -> gpd.GeoDataFrame:
+    """An existing community kept whole, with the same center, keeps its old id."""
+    if not fixed:
+        return table
+    table = table.copy()
+    for old, candidate in fixed.items():
+        row = np.flatnonzero(table["candidate_id"].to_numpy() == candidate)
+        taken = prior.ids[old] in set(table["community_id"])    # never two communities one id
+        if len(row) and not taken and np.array_equal(labels == row[0], prior.unit == old):
+            table.loc[table.index[row[0]], "community_id"] = prior.ids[old]
+    return table
+
+
+def _units_out(units, labels, center_of, reach, table, bound: FeasibilityBound) -> gpd.GeoDataFrame:
     out = units[["unit_id", "cell_id", "pop", "geometry"]].copy()
     ids = table["community_id"].to_numpy()
     out["community_id"] = np.where(labels >= 0, ids[np.maximum(labels, 0)], None)
@@ -367,6 +465,10 @@ def _units_out(units, labels, center_of, reach, table) -> gpd.GeoDataFrame:
     minutes[served] = lookup(reach.minutes, served, center_of[served])[0]
     out["minutes"] = minutes
     out["off_network"] = units["off_network"].to_numpy()
+    out["island"] = bound.island
+    # Proven: every site this unit reaches gathers fewer than the band's floor (see bounds.py).
+    out["forced_undersized"] = bound.forced_undersized
+    out["served_remotely"] = (center_of >= 0) & ~np.isfinite(minutes)
     return out
 
 

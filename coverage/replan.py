@@ -197,16 +197,17 @@ def replan(plan: Plan, network: WalkNetwork, population: Population, *,
     base = _BaseView(plan, units, reach, work)
     reasons = _touched(base, reach, adjacency, changes, network)
     window, frozen, center_of = _solve_window(base, reasons, reach, adjacency, district_of,
-                                              candidate_district, config)
+                                              candidate_district, config, ready.bound.forced_undersized)
 
     labels, table = community_tables(ready, center_of, districts=districts, config=config)
     new_ids = _name_communities(table, base, labels, reach.pop, window)
-    units_out = _units_out(units, labels, center_of, reach, table)
+    units_out = _units_out(units, labels, center_of, reach, table, ready.bound)
     centers_out = _centers_out(reach, table)
     centers_out["existing"] = centers_out["existing"] & ~centers_out["center_id"].str.startswith("new-")
     isochrones = _isochrones(plan, network, centers_out, changes, config, progress)
     change_table = _changes(units_out, prior) if prior else None
-    report = plan_report(units_out, table, config=config, reach=reach,
+    report = plan_report(units_out, table, config=config, reach=reach, bound=ready.bound,
+                         district_of=district_of, district_ids=ready.district_ids,
                          prior_unit=prior.unit if prior else None, changes=change_table,
                          fixed=len(frozen), issues=ready.issues, runtime_s=time.perf_counter() - started)
     report.update(mode="incremental", touched_communities=sorted(reasons),
@@ -368,7 +369,7 @@ def _neighbours(comms: set[int], comm: np.ndarray, adjacency, base: _BaseView) -
 
 
 def _solve_window(base: _BaseView, reasons: dict[str, str], reach, adjacency, district_of,
-                  candidate_district, config: PlanConfig):
+                  candidate_district, config: PlanConfig, forced: np.ndarray):
     """
     Re-solve the window (touched communities and their neighbours, one ring, two if the first
     leaves more communities outside the band than before), the rest frozen. Residents of the
@@ -382,7 +383,7 @@ def _solve_window(base: _BaseView, reasons: dict[str, str], reach, adjacency, di
             window |= _neighbours(window, base.comm, adjacency, base)
         for _ in range(_MAX_GROWTH):
             center_of, pulled = _partition_window(base, window, reach, adjacency, district_of,
-                                                  candidate_district, config)
+                                                  candidate_district, config, forced)
             if not pulled:
                 break
             window |= pulled
@@ -399,7 +400,7 @@ def _solve_window(base: _BaseView, reasons: dict[str, str], reach, adjacency, di
 
 
 def _partition_window(base: _BaseView, window: set[int], reach, adjacency, district_of,
-                      candidate_district, config: PlanConfig):
+                      candidate_district, config: PlanConfig, forced: np.ndarray):
     """Every unit's candidate: frozen communities keep theirs, the window is re-solved."""
     n_units = len(base.comm)
     center_of = np.full(n_units, -1, dtype=np.int64)
@@ -419,6 +420,15 @@ def _partition_window(base: _BaseView, window: set[int], reach, adjacency, distr
     # One run: a window is small, and the core polishes small instances thoroughly anyway.
     window_config = dataclasses.replace(config, restarts=_WINDOW_RESTARTS)
     pulled: set[int] = set()
+    # As in a full plan, forced-undersized residents form exception communities of their own
+    # first, so that the window's other residents are never pulled into an undersized one.
+    for group in np.unique(district_of[free & forced]):
+        rows = np.flatnonzero(free & forced & (district_of == group))
+        cols = np.flatnonzero((candidate_district == group) & ~blocked)
+        center_of[rows] = _partition_group(reach, adjacency, None, rows, cols, window_config)
+        blocked[center_of[rows][center_of[rows] >= 0]] = True
+        pulled |= _pulled(rows, center_of, reach, frozen, frozen_cands)
+    free &= ~forced
     for group in np.unique(district_of[free]):
         rows = np.flatnonzero(free & (district_of == group) & reach.reachable)
         if not len(rows):
@@ -426,11 +436,17 @@ def _partition_window(base: _BaseView, window: set[int], reach, adjacency, distr
         cols = np.flatnonzero((candidate_district == group) & ~blocked)
         cols = cols[np.diff(reach.minutes[rows][:, cols].tocsc().indptr) > 0]
         center_of[rows] = _partition_group(reach, adjacency, prior, rows, cols, window_config)
-        stuck = rows[(center_of[rows] < 0) & reach.reachable[rows]]
-        if len(stuck):
-            reached = np.unique(reach.minutes[stuck].indices)
-            pulled |= {int(i) for i in frozen[np.isin(frozen_cands, reached)]}
+        pulled |= _pulled(rows, center_of, reach, frozen, frozen_cands)
     return center_of, pulled
+
+
+def _pulled(rows, center_of, reach, frozen, frozen_cands) -> set[int]:
+    """Frozen communities whose centers alone reach residents of `rows` left without one."""
+    stuck = rows[(center_of[rows] < 0) & reach.reachable[rows]]
+    if not len(stuck):
+        return set()
+    reached = np.unique(reach.minutes[stuck].indices)
+    return {int(i) for i in frozen[np.isin(frozen_cands, reached)]}
 
 
 def _window_key(center_of, window, base, reach, config) -> tuple[int, float]:

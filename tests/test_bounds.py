@@ -1,0 +1,206 @@
+"""The feasibility bound, exception communities and the truth of the notes, on a hand-built town:
+a main grid, a village at the end of a long road (a remote pocket) and a walking network of its own
+across the water (an island). Every figure below can be checked by hand."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import networkx as nx
+import numpy as np
+import pytest
+from shapely.geometry import box
+
+from coverage._errors import InfeasibleError
+from coverage.bounds import feasibility_bound
+from coverage.config import PlanConfig
+from coverage.metrics import _note
+from coverage.network import WalkNetwork
+from coverage.plan import plan_communities, prepare_planning
+from coverage.population import Population
+
+X0, Y0 = 500_000.0, 4_000_000.0
+CRS = "EPSG:32633"
+N = 12                      # main grid: 12 x 12 streets 100 m apart
+VILLAGE_X = 2_500.0         # the village's west edge, 1.4 km of empty road east of the grid
+ISLAND_Y = 2_500.0          # the island's south edge, no way across
+CONFIG = PlanConfig(target_pop=3_000, tolerance=0.25, max_minutes=8.0, candidate_spacing_m=150.0,
+                    max_unit_pop=None, restarts=2)    # band 2,250..3,750; 8 min = 600 m
+
+
+def _street_block(G, prefix: str, x: float, y: float, n: int) -> None:
+    for r in range(n):
+        for c in range(n):
+            G.add_node(f"{prefix}{r}_{c}", x=X0 + x + 100 * c, y=Y0 + y + 100 * r)
+    for r in range(n):
+        for c in range(n):
+            for dr, dc in ((0, 1), (1, 0)):
+                if r + dr < n and c + dc < n:
+                    a, b = f"{prefix}{r}_{c}", f"{prefix}{r + dr}_{c + dc}"
+                    G.add_edge(a, b, length=100.0, highway="residential")
+                    G.add_edge(b, a, length=100.0, highway="residential")
+
+
+def _cells(prefix: str, x: float, y: float, n: int, pop: int) -> list[dict]:
+    return [{"cell_id": f"{prefix}{r}_{c}", "pop": pop,
+             "geometry": box(X0 + x + 100 * c, Y0 + y + 100 * r, X0 + x + 100 * (c + 1), Y0 + y + 100 * (r + 1))}
+            for r in range(n - 1) for c in range(n - 1)]
+
+
+def _town(*, hamlet: bool = False):
+    G = nx.MultiDiGraph(crs=CRS)
+    _street_block(G, "m", 0.0, 0.0, N)
+    _street_block(G, "v", VILLAGE_X, 500.0, 3)
+    _street_block(G, "i", 500.0, ISLAND_Y, 3)
+    road = [f"m5_{N - 1}"] + [f"r{k}" for k in range(13)] + ["v0_0"]
+    for k in range(13):
+        G.add_node(f"r{k}", x=X0 + 1_100 + 100 * (k + 1), y=Y0 + 500.0)
+    for a, b in zip(road, road[1:]):
+        length = float(np.hypot(G.nodes[a]["x"] - G.nodes[b]["x"], G.nodes[a]["y"] - G.nodes[b]["y"]))
+        G.add_edge(a, b, length=length, highway="residential")
+        G.add_edge(b, a, length=length, highway="residential")
+    rows = _cells("m", 0.0, 0.0, N, 100) + _cells("v", VILLAGE_X, 500.0, 3, 150) + _cells("i", 500.0, ISLAND_Y, 3, 200)
+    if hamlet:      # 2 x 2 cells on the road 200 m east of the grid: no cell touches the grid's
+        _street_block(G, "h", 1_300.0, 400.0, 3)
+        G.add_edge("h1_0", "r1", length=0.0, highway="residential")
+        G.add_edge("r1", "h1_0", length=0.0, highway="residential")
+        rows += _cells("h", 1_300.0, 400.0, 3, 150)
+    G = nx.convert_node_labels_to_integers(G, ordering="sorted")
+    frame = gpd.GeoDataFrame(rows, geometry="geometry", crs=CRS)
+    return WalkNetwork.from_graph(G), Population.from_frame(frame, population_column="pop", id_column="cell_id")
+
+
+@pytest.fixture(scope="module")
+def town():
+    return _town()
+
+
+MAIN, VILLAGE, ISLAND = 121 * 100, 4 * 150, 4 * 200
+
+
+def _forced_by_brute_force(ready, config, *, contiguous: bool) -> np.ndarray:
+    """Per unit, by plain loops and networkx: does every site it reaches gather fewer than
+    min_pop (counting only the unit's connected piece among the site's units if `contiguous`)?"""
+    csr = ready.reach.minutes.tocsr()
+    reached = np.zeros(csr.shape, dtype=bool)
+    for u in range(csr.shape[0]):
+        reached[u, csr.indices[csr.indptr[u]:csr.indptr[u + 1]]] = True
+    pop = ready.reach.pop
+    graph = nx.from_scipy_sparse_array(ready.adjacency)
+    forced = np.zeros(len(pop), dtype=bool)
+    for u in range(len(pop)):
+        best = -1
+        for c in np.flatnonzero(reached[u]):
+            members = set(np.flatnonzero(reached[:, c]))
+            if contiguous:
+                members = nx.node_connected_component(graph.subgraph(members), u)
+            best = max(best, pop[list(members)].sum())
+        forced[u] = 0 <= best < config.min_pop
+    return forced
+
+
+def test_bound_finds_the_pocket_and_the_island_by_hand(town):
+    net, population = town
+    ready = prepare_planning(net, population, config=CONFIG)
+    bound = ready.bound
+    assert bound.population_total == MAIN + VILLAGE + ISLAND
+    assert bound.forced_undersized_population == VILLAGE + ISLAND
+    assert np.array_equal(bound.forced_undersized, _forced_by_brute_force(ready, CONFIG, contiguous=True))
+    assert np.array_equal(bound.forced_undersized, _forced_by_brute_force(ready, CONFIG, contiguous=False))
+    assert bound.within_tolerance_pop_share_ceiling == pytest.approx(MAIN / (MAIN + VILLAGE + ISLAND))
+    assert bound.coverage_ceiling == 1.0
+    assert bound.figures()["island_population"] == ISLAND
+    # Each village site gathers the village alone, each island site the island alone.
+    assert bound.best_gather[bound.forced_undersized].max() <= max(VILLAGE, ISLAND)
+
+
+def test_contiguity_tightens_the_bound():
+    """The hamlet's sites reach the grid's east edge (plenty of residents), but its cells touch
+    none of the grid's: a community holding it is the hamlet alone."""
+    net, population = _town(hamlet=True)
+    ready = prepare_planning(net, population, config=CONFIG)
+    plain = feasibility_bound(ready.reach, min_pop=CONFIG.min_pop)
+    hamlet = ready.reach.units["cell_id"].str.startswith("h").to_numpy()
+    assert not plain.forced_undersized[hamlet].any()
+    assert ready.bound.forced_undersized[hamlet].all()
+    assert np.array_equal(ready.bound.forced_undersized, _forced_by_brute_force(ready, CONFIG, contiguous=True))
+    assert np.array_equal(plain.forced_undersized, _forced_by_brute_force(ready, CONFIG, contiguous=False))
+    assert ready.bound.forced_undersized_population == VILLAGE + ISLAND + 600
+
+
+def test_districts_tighten_the_bound_and_ignore_pairs_across_limits(town):
+    net, population = town
+    ready = prepare_planning(net, population, config=CONFIG)
+    n_units = len(ready.reach.units)
+    x = ready.reach.units.geometry.x.to_numpy() - X0
+    # Cut the main grid in two districts at x = 200 m: its west strip (2 x 11 cells of 100)
+    # can no longer gather 2,250 residents, though its sites reach the east.
+    district_of = (x > 200).astype("int64")
+    cx = ready.reach.candidates.geometry.x.to_numpy() - X0
+    bound = feasibility_bound(ready.reach, min_pop=CONFIG.min_pop, district_of=district_of,
+                              candidate_district=(cx > 200).astype("int64"))
+    west = (district_of == 0) & (ready.reach.units.geometry.y.to_numpy() - Y0 < 1_200)
+    assert len(west) == n_units
+    assert bound.forced_undersized[west].all()
+    assert bound.forced_undersized_population == VILLAGE + ISLAND + int(ready.reach.pop[west].sum())
+
+
+def test_plan_makes_exceptions_and_says_cannot_only_where_proven(town):
+    net, population = town
+    plan = plan_communities(net, population, config=CONFIG)
+    table = plan.communities.set_index("community_id")
+    units = plan.units
+    assert units["pop"].sum() == population.total
+    exceptions = table[table["exception"] != ""]
+    assert sorted(exceptions["exception"]) == ["island", "remote pocket"]
+    assert sorted(exceptions["population"]) == [VILLAGE, ISLAND]
+    # Nobody from the main grid is pulled into an exception community.
+    for cid, row in exceptions.iterrows():
+        members = units[units["community_id"] == cid]
+        assert members["forced_undersized"].all()
+        assert "cannot" in row["note"]
+    island_note = exceptions.loc[exceptions["exception"] == "island", "note"].iloc[0]
+    assert "cut off from the main walking network" in island_note
+    pocket_note = exceptions.loc[exceptions["exception"] == "remote pocket", "note"].iloc[0]
+    assert f"its {VILLAGE:,} residents reach no site that gathers 2,250 contiguous residents within 8 min" in pocket_note
+    regular = table[table["exception"] == ""]
+    assert not regular["note"].str.contains("cannot|impossible").any()
+    r = plan.report
+    assert r["exception_population"] == VILLAGE + ISLAND
+    assert r["exception_communities"] == 2
+    assert r["forced_undersized_population"] == VILLAGE + ISLAND
+    assert r["within_tolerance_pop_share"] <= r["within_tolerance_pop_share_ceiling"] + 1e-12
+    # Island residents are covered: an island center is planned for them.
+    assert r["island_covered_population"] == ISLAND
+    assert r["coverage_share"] == pytest.approx(1.0)
+    assert r["smallest_regular_community"] >= CONFIG.min_pop_exception * CONFIG.target_pop
+
+
+def test_attached_exceptions_are_served_remotely_and_not_covered(town):
+    net, population = town
+    config = PlanConfig(**{**CONFIG.to_dict(), "exceptions": "attach"})
+    plan = plan_communities(net, population, config=config)
+    r = plan.report
+    assert plan.units["pop"].sum() == population.total
+    assert r["exception_communities"] == 0
+    assert r["served_remotely_population"] == VILLAGE + ISLAND
+    assert r["island_covered_population"] == 0
+    assert r["coverage_share"] == pytest.approx(MAIN / (MAIN + VILLAGE + ISLAND))
+    hosts = plan.communities[plan.communities["remote_population"] > 0]
+    assert hosts["remote_population"].sum() == VILLAGE + ISLAND
+    assert hosts["note"].str.contains("served remotely").all()
+
+
+def test_notes_say_what_the_planner_did_not_find_and_by_how_much():
+    short = _note(1_500, True, "", 9_000.0, 0, CONFIG)
+    assert "did not find" in short and "750 residents" in short and "cannot" not in short
+    over = _note(4_000, True, "", 9_000.0, 0, CONFIG)
+    assert "did not find" in over and "250 residents" in over and "cannot" not in over
+    assert _note(3_000, True, "", 9_000.0, 0, CONFIG) == ""
+    assert "not contiguous" in _note(3_000, False, "", 9_000.0, 0, CONFIG)
+
+
+def test_a_band_no_site_can_gather_is_refused_with_the_numbers(town):
+    net, population = town
+    config = PlanConfig(**{**CONFIG.to_dict(), "target_pop": 100_000})
+    with pytest.raises(InfeasibleError, match=r"no community can reach 75,000 residents.* of 13,500 residents"):
+        plan_communities(net, population, config=config)
