@@ -204,3 +204,13 @@ def test_a_band_no_site_can_gather_is_refused_with_the_numbers(town):
     config = PlanConfig(**{**CONFIG.to_dict(), "target_pop": 100_000})
     with pytest.raises(InfeasibleError, match=r"no community can reach 75,000 residents.* of 13,500 residents"):
         plan_communities(net, population, config=config)
+
+
+def test_the_plan_map_shows_the_forced_undersized_residents(town):
+    from coverage.maps import plan_map
+
+    net, population = town
+    html = plan_map(plan_communities(net, population, config=CONFIG)).get_root().render()
+    layer = f"residents no balanced community can reach (\\u003c 2,250 within 8 min): {VILLAGE + ISLAND:,}"
+    assert layer in html
+    assert "2 exception communities" in html
