@@ -65,6 +65,7 @@ class PartitionScore:
     coverage_share_of_total: float    # ... / total population
     unreachable_population: int       # reach no candidate at all
     within_tolerance_share: float     # regions with target ± tolerance residents
+    within_tolerance_pop_share: float  # residents in those regions / total population
     contiguous_share: float           # regions whose units are connected in the adjacency
     mean_minutes: float | None        # population-weighted, to own center (see `minutes_scope`)
     max_minutes: float | None
@@ -89,7 +90,8 @@ def evaluate_partition(reach: ReachMatrix, labels: np.ndarray, *, adjacency: sp.
     shorter mean walk, with no preference for existing sites; each region its own center, see
     `coverage.siting.choose_centers`), so a plan's own centers are re-sited too. Then: coverage_share = residents within the limit of
     their own region's center / residents who reach any candidate; within_tolerance_share =
-    regions with ``config.min_pop <= population <= config.max_pop``; contiguous_share = regions
+    regions with ``config.min_pop <= population <= config.max_pop`` (within_tolerance_pop_share:
+    the residents of those regions / all residents, as the plan report counts them); contiguous_share = regions
     whose units form one connected piece of `adjacency`.
 
     Parameters
@@ -142,6 +144,7 @@ def evaluate_partition(reach: ReachMatrix, labels: np.ndarray, *, adjacency: sp.
     covered[served[within]] = True
     total, reachable = int(pop.sum()), int(pop[reach.reachable].sum())
     sizes = choice.population
+    band = (sizes >= config.min_pop) & (sizes <= config.max_pop)
     counted = assigned if scope == "all assigned" else covered
     finite = counted & np.isfinite(minutes)
     mean = float(np.average(minutes[finite], weights=pop[finite])) if pop[finite].sum() else None
@@ -156,6 +159,7 @@ def evaluate_partition(reach: ReachMatrix, labels: np.ndarray, *, adjacency: sp.
         coverage_share_of_total=float(pop[covered].sum() / total) if total else 0.0,
         unreachable_population=total - reachable,
         within_tolerance_share=float(((sizes >= config.min_pop) & (sizes <= config.max_pop)).mean()) if k else 0.0,
+        within_tolerance_pop_share=float(sizes[band].sum() / total) if total else 0.0,
         contiguous_share=float(_contiguous(adjacency, dense, k).mean()) if k else 0.0,
         mean_minutes=mean, max_minutes=worst,
         population_min=int(sizes.min()) if k else 0, population_max=int(sizes.max()) if k else 0,

@@ -362,10 +362,16 @@ def _cmd_bench_plan(args: argparse.Namespace) -> int:
     from coverage.population import load_population
 
     config = _plan_config(args)
+    if args.suite:
+        return _cmd_bench_suite(args, config)
+    if not (args.network and args.population):
+        msg = "covplan bench plan needs --network and --population, or --suite."
+        raise InputError(msg)
     network = load_network(args.network, walk_speed_kmh=config.walk_speed_kmh, progress=True)
     population = load_population(args.population, population_column=args.population_column)
+    peers = () if args.no_peers else tuple(p for p in args.peers.split(",") if p)
     report = run_plan_benchmark(
-        network, population, config=config, peers=tuple(p for p in args.peers.split(",") if p),
+        network, population, config=config, peers=peers,
         maxp_level=args.maxp_level, maxp_floor=args.maxp_floor,
         existing_communities=args.existing, seed=config.seed,
         robustness_seeds=tuple(int(s) for s in args.robustness_seeds.split(",") if s),
@@ -374,6 +380,23 @@ def _cmd_bench_plan(args: argparse.Namespace) -> int:
     print(format_plan_table(report))
     if args.json:
         write_json(args.json, report)
+    return 0
+
+
+def _cmd_bench_suite(args: argparse.Namespace, config) -> int:
+    from coverage.bench_suite import run_suite
+    from coverage.io import write_json
+
+    if args.network or args.population:
+        msg = "--suite brings its own cities; drop --network and --population (see --cities)."
+        raise InputError(msg)
+    cities = [c.strip() for c in args.cities.split(",") if c.strip()] if args.cities else None
+    result = run_suite(cities, peers=not args.no_peers, config=config,
+                       peers_python=args.peers_python, progress=True)
+    print(result.to_markdown())
+    print(f"\nSuite wall time: {result.runtime_s:.0f} s")
+    if args.json:
+        write_json(args.json, result.to_dict())
     return 0
 
 
@@ -447,9 +470,13 @@ def _build_parser() -> argparse.ArgumentParser:
                     "Max-p and population-weighted k-means with one evaluator, plus robustness "
                     "runs and the demo replay. The peers run in a separate environment "
                     "(.venv-peers, created on first use) because numba cannot be imported "
-                    "beside this package.")
-    _add_network_options(bench_plan, speed=False)
-    bench_plan.add_argument("--population", required=True, help="population file (see plan)")
+                    "beside this package. With --suite: the same for every suite city (real "
+                    "data in ../shared/data, the demo, the synthetic cities) against each "
+                    "city's coverage and balance ceilings, as one table.")
+    bench_plan.add_argument("--network", default=None,
+                            help="OSM PBF/XML file, or GraphML written by osmnx (not with --suite)")
+    bench_plan.add_argument("--population", default=None,
+                            help="population file (see plan; not with --suite)")
     bench_plan.add_argument("--population-column", default=None)
     _add_plan_options(bench_plan)
     bench_plan.add_argument("--peers", default="maxp,kmeans", help="comma-separated: maxp, kmeans")
@@ -467,6 +494,12 @@ def _build_parser() -> argparse.ArgumentParser:
     bench_plan.add_argument("--peers-python", default=None,
                             help="python of an environment with spopt and scikit-learn")
     bench_plan.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    bench_plan.add_argument("--suite", action="store_true",
+                            help="run the planner-quality suite over several cities instead")
+    bench_plan.add_argument("--cities", default=None,
+                            help="suite cities, comma-separated (default: sao_paulo, helsinki, "
+                                 "demo, core_fringe, river, linear, islands)")
+    bench_plan.add_argument("--no-peers", action="store_true", help="skip Max-p and k-means")
     bench_plan.set_defaults(func=_cmd_bench_plan)
     return parser
 

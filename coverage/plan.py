@@ -406,13 +406,17 @@ def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: _Prior |
     return with_kept, []
 
 
-def _band_key(center_of: np.ndarray, pop: np.ndarray, config: PlanConfig) -> tuple[int, float]:
-    """(communities outside the population band, people outside it) of an assignment."""
+def _band_key(center_of: np.ndarray, pop: np.ndarray, config: PlanConfig) -> tuple[float, int, int, float]:
+    """The rules' order of an assignment, smaller first (as the planner's core ranks plans):
+    residents of communities outside the band, tiny communities (under half the target),
+    communities outside the band, people beyond its edges."""
     served = center_of >= 0
     _, inverse = np.unique(center_of[served], return_inverse=True)
     sizes = np.bincount(inverse, weights=pop[served])
     excess = np.maximum(config.min_pop - sizes, 0) + np.maximum(sizes - config.max_pop, 0)
-    return int((excess > 0).sum()), float(excess.sum())
+    out = excess > 0
+    return (float(sizes[out].sum()), int((sizes < 0.5 * config.target_pop).sum()), int(out.sum()),
+            float(excess.sum()))
 
 
 def _partition_group(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: _Prior | None,

@@ -233,3 +233,76 @@ def test_sao_paulo_goal(shared_data):
     result = partition_units(problem, seed=0, restarts=3)
     check_rules(problem, result)
     assert in_band(problem, result).mean() >= 0.95
+
+
+def plan_from_labels(problem: PartitionProblem, label: np.ndarray):
+    """A `_Plan` (the core's working state) holding the given communities."""
+    from coverage.partition import _matrices
+    from coverage.partition._search import _Plan
+
+    minutes = sp.csr_matrix(problem.minutes, dtype="float64")
+    minutes.sort_indices()
+    return _Plan(problem, *_matrices(problem, minutes), np.asarray(label, dtype="int64"))
+
+
+def plan_rules(plan) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Per unit its center (-1 none); per community its population; whether every community is
+    connected and every member reaches its center."""
+    problem = plan.problem
+    center = np.where(plan.label >= 0, plan.center[np.maximum(plan.label, 0)], -1)
+    served = np.flatnonzero(center >= 0)
+    reached = lookup(sp.csr_matrix(problem.minutes), served, center[served])[1].all()
+    connected = all(connected_components(problem.adjacency[m][:, m], directed=False)[0] == 1
+                    for m in (np.flatnonzero(plan.label == k) for k in plan.alive))
+    return center, plan.popk[plan.alive], bool(reached and connected)
+
+
+def test_improvement_splits_an_oversized_community_two_centers_can_serve():
+    from coverage.partition._improve import _improve
+
+    # A 16 x 4 strip of 100 residents a cell: the left half is one community of twice the
+    # target (one center reaches all of it), the right half two communities in the band.
+    reach, _, adjacency, xy = grid(16, 4, limit=8.0, step=1)
+    pop = np.full(64, 100, dtype=np.int64)
+    problem = PartitionProblem(reach, pop, adjacency, target_pop=1_600, tolerance=0.2, xy=xy)
+    col = np.arange(64) % 16
+    plan = plan_from_labels(problem, np.where(col < 8, 0, np.where(col < 12, 1, 2)))
+    assert sorted(plan.popk[plan.alive]) == [1_600, 1_600, 3_200]
+    before = plan_rules(plan)
+    assert before[2]
+
+    plan = _improve(plan, np.linspace(0, np.pi, 4, endpoint=False), budget=40 * 64)
+    center, sizes, ok = plan_rules(plan)
+    assert ok and (center >= 0).all()
+    assert len(sizes) == 4
+    assert ((sizes >= problem.min_pop) & (sizes <= problem.max_pop)).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_improvement_never_breaks_a_rule_that_held(seed):
+    from coverage.partition._flow import _assign, _pieces
+    from coverage.partition._improve import _improve
+    from coverage.partition._search import _TINY_SHARE
+    from coverage.partition._seeding import _seed_centers, _set_cover
+
+    reach, pop, adjacency, xy = grid(14, 12, limit=7.0, seed=seed)
+    problem = PartitionProblem(reach, pop, adjacency, target_pop=pop.sum() / 6, tolerance=0.2, xy=xy)
+    # A poor start that meets the rules: a flow assignment to too few or too many centers, each
+    # connected piece a community.
+    plan = plan_from_labels(problem, np.zeros(len(pop), dtype=np.int64))
+    k = (3, 4, 9, 11)[seed]
+    seeds = _seed_centers(xy, plan.pop, plan.structure, k, 0.3)
+    centers = np.array(_set_cover(plan.structure, plan.pop, seeds))
+    label = _assign(plan.pop, 0, plan.pop.sum(), plan.per_person, centers)
+    plan = plan_from_labels(problem, _pieces(label, adjacency))
+    center0, sizes0, ok0 = plan_rules(plan)
+    key0 = plan.key()
+    tiny0 = int((sizes0 < _TINY_SHARE * problem.target_pop).sum())
+
+    plan = _improve(plan, np.linspace(0, np.pi, 4, endpoint=False) + seed, budget=40 * len(pop))
+    center, sizes, ok = plan_rules(plan)
+    assert np.array_equal(center >= 0, center0 >= 0)        # coverage: served units stay served
+    assert ok or not ok0                                    # contiguity and reach hold if they held
+    assert int((sizes < _TINY_SHARE * problem.target_pop).sum()) <= tiny0
+    assert plan.key()[:4] < key0[:4]                        # and the poor start got better
+    assert sizes.sum() == sizes0.sum()

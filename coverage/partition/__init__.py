@@ -29,8 +29,19 @@ a unit adjacency and (optionally) unit coordinates. One run:
    person-minutes without more communities outside the band.
 
 Restarts rotate the bisection (more on small instances, fewer on large ones); the best plan
-wins in the rules' order: count nearest K, fewest communities outside the band, least
-person-minutes.
+wins in the rules' order (`_search._band_key`): fewest residents in communities outside the
+band (the product's promise is the share of residents in balanced communities), then fewest
+tiny communities (under half the target), communities outside the band, people beyond its
+edges, and last person-minutes. The count is not fixed: it floats with what the band allows.
+
+6. improve the winner (`_improve`): re-solve the window (one ring of neighbours, then two)
+   around each community outside the band, with the window's count free among its current
+   count and one more or less within [ceil(P / max_pop), floor(P / min_pop)] for its P
+   residents: split a community in two, drop one, or reseed; each center set is finished like
+   a small run. A result is kept only when the rules' order strictly improves, without a new
+   tiny community; coverage and contiguity hold by construction. A budget of settled window
+   units (not a clock) bounds it, so a seed still gives one plan.
+
 Deterministic for a seed: np.random.default_rng(seed) only, ties broken by index.
 """
 
@@ -45,10 +56,11 @@ import scipy.sparse as sp
 from coverage._errors import InputError
 from coverage._sparse import lookup
 from coverage.partition._flow import _attach_strays, _pieces, _settle
+from coverage.partition._improve import _improve
 from coverage.partition._refine import (_POLISH_BUDGET, _POLISH_UNITS, _TRANSFERS,
                                         _polish, _reassign, _reduce, _repair, _transfer)
-from coverage.partition._search import (_BALANCE_WEIGHT, _FINAL_WEIGHT, _Plan,
-                                        _local_search, _violation)
+from coverage.partition._search import (_BALANCE_WEIGHT, _FINAL_WEIGHT, _Plan, _band_key,
+                                        _local_search)
 from coverage.partition._seeding import (_greedy_seeds, _packing_bound, _seed_centers,
                                          _set_cover)
 
@@ -60,6 +72,8 @@ _RESTART_UNITS = 25_000     # restarts x units stays below this (at least one ru
 _SMALL_UNITS = 2_400        # small instances get more runs, up to runs x units = this ...
 _SMALL_RUNS = 8             # ... and this many: they cost little and settle small plans closer
                             # to the optimum (within 2 % of the MIP bound on 300-unit grids)
+_IMPROVE_WORK = 40         # improvement phase: window units settled, per unit of the instance ...
+_IMPROVE_CAP = 150_000      # ... and at most this many (about 5 s on the 2-core machine)
 
 
 def population_band(target_pop: float, tolerance: float) -> tuple[float, float]:
@@ -160,15 +174,26 @@ def _per_person(problem: PartitionProblem, minutes: sp.csr_matrix) -> np.ndarray
     return cost
 
 
+def _matrices(problem: PartitionProblem, minutes: sp.csr_matrix) -> tuple[sp.csr_matrix, ...]:
+    """Per stored pair: cost per person, cost x population, and 1 (reachable); sorted CSR."""
+    shape = minutes.shape
+    structure = sp.csr_matrix((np.ones(minutes.nnz), minutes.indices, minutes.indptr), shape=shape)
+    per_person = sp.csr_matrix((_per_person(problem, minutes), minutes.indices, minutes.indptr), shape=shape)
+    weighted = sp.csr_matrix((per_person.data * np.repeat(problem.pop.astype("float64"), np.diff(minutes.indptr)),
+                              minutes.indices, minutes.indptr), shape=shape)
+    return per_person, weighted, structure
+
+
 def _trace(plan: _Plan, stage: str) -> None:
     if logger.isEnabledFor(logging.DEBUG):
-        n_out, people, cost = plan.key()
-        logger.debug("%s: %d communities, %d outside the band (%.0f people), cost %.0f",
-                     stage, len(plan.alive), n_out, people, cost)
+        residents, tiny, n_out, people, cost = plan.key()
+        logger.debug("%s: %d communities, %d outside the band (%.0f residents, %.0f beyond its "
+                     "edges), %d tiny, cost %.0f", stage, len(plan.alive), n_out, residents, people,
+                     tiny, cost)
 
 
 def _one_run(problem: PartitionProblem, per_person: sp.csr_matrix, weighted: sp.csr_matrix,
-             structure: sp.csr_matrix, k: int, angle: float) -> np.ndarray:
+             structure: sp.csr_matrix, k: int, angle: float) -> _Plan:
     pop = problem.pop.astype("float64")
     if problem.xy is not None:
         seeds = _seed_centers(problem.xy, pop, structure, k, angle)
@@ -197,21 +222,25 @@ def _one_run(problem: PartitionProblem, per_person: sp.csr_matrix, weighted: sp.
             break
         plan = better
     _trace(plan, "final")
-    center = np.full(len(pop), -1, dtype="int64")
+    return plan
+
+
+def _centers_of(plan: _Plan) -> np.ndarray:
+    center = np.full(len(plan.label), -1, dtype="int64")
     served = plan.label >= 0
     center[served] = plan.center[plan.label[served]]
     return center
 
 
-def _score(problem: PartitionProblem, center: np.ndarray) -> tuple[int, int, float, float]:
-    """(communities, of them outside the band, people outside it, person-minutes)."""
+def _score(problem: PartitionProblem, center: np.ndarray) -> tuple[int, float, int, float, float]:
+    """`_band_key` of the communities (residents outside the band, tiny communities,
+    communities outside it, people beyond its edges), then person-minutes: the rules' order."""
     pop = problem.pop.astype("float64")
     served = np.flatnonzero(center >= 0)
-    used, inverse = np.unique(center[served], return_inverse=True)
-    viol = _violation(np.bincount(inverse, weights=pop[served], minlength=len(used)),
-                      problem.min_pop, problem.max_pop)
+    _, inverse = np.unique(center[served], return_inverse=True)
     minutes, _ = lookup(problem.minutes, served, center[served])
-    return len(used), int((viol > 0).sum()), float(viol.sum()), float((minutes * pop[served]).sum())
+    return (*_band_key(np.bincount(inverse, weights=pop[served]), problem),
+            float((minutes * pop[served]).sum()))
 
 
 def _disconnected(problem: PartitionProblem, center: np.ndarray) -> int:
@@ -234,9 +263,10 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
     restarts
         Runs from differently rotated bisections (the first unrotated; only with `xy`), capped
         so that runs x units stays under 25,000; instances of fewer than 1,200 units get more
-        (up to 8, while runs x units stays under 2,400). The best partition (count nearest the wanted
-        one, then fewest communities outside the band, then least person-minutes) wins, ties to
-        the earliest.
+        (up to 8, while runs x units stays under 2,400). The best partition in the rules' order
+        (fewest residents in communities outside the band, then tiny communities, communities
+        outside the band, people beyond its edges, person-minutes) wins, ties to the earliest,
+        and is then improved window by window (stage 6).
 
     Returns
     -------
@@ -257,11 +287,7 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
     reachable = np.diff(minutes.indptr) > 0
     if not reachable.any():
         return Partition(np.full(n, -1, dtype="int64"), np.zeros(0, "int64"), 0.0, 0.0, 0)
-    shape = minutes.shape
-    structure = sp.csr_matrix((np.ones(minutes.nnz), minutes.indices, minutes.indptr), shape=shape)
-    per_person = sp.csr_matrix((_per_person(problem, minutes), minutes.indices, minutes.indptr), shape=shape)
-    weighted = sp.csr_matrix((per_person.data * np.repeat(problem.pop.astype("float64"), np.diff(minutes.indptr)),
-                              minutes.indices, minutes.indptr), shape=shape)
+    per_person, weighted, structure = _matrices(problem, minutes)
     total = float(problem.pop[reachable].sum())
     k = problem.n_communities or max(choose_k(total, problem.target_pop, problem.tolerance),
                                      _packing_bound(structure))
@@ -270,13 +296,16 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
     angles = np.r_[0.0, rng.uniform(0, np.pi, runs - 1)]
     best, best_key = None, None
     for run, angle in enumerate(angles):
-        center = _one_run(problem, per_person, weighted, structure, k, float(angle))
-        count, n_out, violation, objective = _score(problem, center)
-        logger.debug("Run %d: %d communities, %d outside the band (%.0f people), %.0f person-minutes",
-                     run, count, n_out, violation, objective)
-        key = (abs(count - k), n_out, objective)   # the rules' order: band, then walking
+        plan = _one_run(problem, per_person, weighted, structure, k, float(angle))
+        key = _score(problem, _centers_of(plan))   # the rules' order: band, then walking
+        logger.debug("Run %d: %.0f residents outside the band, %d tiny communities, %d outside "
+                     "the band, %.0f people beyond its edges, %.0f person-minutes", run, *key)
         if best_key is None or key < best_key:
-            best, best_key = center, key
-    _, _, violation, objective = _score(problem, best)
-    return Partition(best, np.unique(best[best >= 0]), objective, violation,
-                     len(_set_cover(structure, problem.pop)), _disconnected(problem, best))
+            best, best_key = plan, key
+    budget = min(_IMPROVE_WORK * n, _IMPROVE_CAP)
+    best = _improve(best, np.linspace(0, np.pi, 4, endpoint=False) + angles[-1], budget)
+    _trace(best, "improved")
+    center = _centers_of(best)
+    *_, violation, objective = _score(problem, center)
+    return Partition(center, np.unique(center[center >= 0]), objective, violation,
+                     len(_set_cover(structure, problem.pop)), _disconnected(problem, center))

@@ -8,7 +8,7 @@ import numpy as np
 
 from coverage._sparse import lookup
 from coverage.partition._flow import _attach_strays, _pieces, _settle
-from coverage.partition._search import (_BALANCE_WEIGHT, _FINAL_WEIGHT, _Plan, _empty,
+from coverage.partition._search import (_BALANCE_WEIGHT, _FINAL_WEIGHT, _Plan, _band_key, _empty,
                                         _local_search, _violation)
 from coverage.partition._seeding import _seed_centers
 
@@ -97,13 +97,13 @@ class _Window:
         self.xy = None if problem.xy is None else np.asarray(problem.xy)[self.units]
         self.blocked = plan.used.copy()
         self.blocked[plan.center[comms]] = False
-        self.lo, self.hi = problem.min_pop, problem.max_pop
-        viol = _violation(plan.popk[comms], self.lo, self.hi)
-        self.before = (int((viol > 0).sum()), float(viol.sum()), float(plan.cost[comms, plan.center[comms]].sum()))
+        self.problem, self.lo, self.hi = problem, problem.min_pop, problem.max_pop
+        self.before = (*_band_key(plan.popk[comms], problem), float(plan.cost[comms, plan.center[comms]].sum()))
 
     def evaluate(self, centers: np.ndarray):
         """Settle the window on these centers: (key like `_Plan.key`, label, centers), or None if
-        some unit is left unserved, a piece can't be attached or a community ends up empty."""
+        some unit is left unserved, a piece can't be attached or a community ends up empty. Every
+        community it returns is connected and every unit served by a center it reaches."""
         centers, label = _settle(self.pop, self.lo, self.hi, self.per_person, self.structure,
                                  self.weighted, centers, self.blocked)
         if (label < 0).any():
@@ -111,9 +111,9 @@ class _Window:
         label = _attach_strays(label, self.pop, self.weighted, self.adjacency, centers)
         if label is None or (np.bincount(label, minlength=len(centers)) == 0).any():
             return None
-        viol = _violation(np.bincount(label, weights=self.pop, minlength=len(centers)), self.lo, self.hi)
+        sizes = np.bincount(label, weights=self.pop, minlength=len(centers))
         cost = float(lookup(self.weighted, np.arange(len(self.units)), centers[label])[0].sum())
-        return (int((viol > 0).sum()), float(viol.sum()), cost), label, centers
+        return (*_band_key(sizes, self.problem), cost), label, centers
 
     def alternatives(self, label: np.ndarray, centers: np.ndarray, j: int, n_alt: int,
                      rank: np.ndarray) -> np.ndarray:
@@ -178,7 +178,7 @@ def _repair(plan: _Plan, angles: np.ndarray) -> None:
         for rings in (1, 2):
             win = _Window(plan, plan.around(s, rings))
             got = win.improve(plan, angles)
-            if got is not None and got[0][:2] < (win.before[0], win.before[1] - 1e-6):
+            if got is not None and got[0][:4] < win.before[:4] and got[0][1] <= win.before[1]:
                 win.apply(plan, got[1], got[2])
                 _local_search(plan, _BALANCE_WEIGHT, _AROUND_ROUNDS, comms=plan.around(s, rings + 1))
                 failed.clear()
@@ -226,7 +226,7 @@ def _transfer(plan: _Plan, angles: np.ndarray, tries: int) -> _Plan:
             best = min(got, key=lambda g: g[0])
             win.apply(trial, best[1], best[2])
             _local_search(trial, _BALANCE_WEIGHT, _AROUND_ROUNDS, comms=trial.around(t, 2))
-            if trial.key()[:2] < plan.key()[:2]:
+            if trial.key()[:4] < plan.key()[:4]:
                 plan = trial
                 failed.clear()
                 continue
@@ -248,7 +248,7 @@ def _polish(plan: _Plan, budget: int, n_alt: int = 8) -> _Plan:
 
     def judge(win: _Window, got) -> bool:
         nonlocal plan, best_key
-        if got is None or got[0][2] >= best_key[2]:
+        if got is None or got[0][-1] >= best_key[-1]:
             return False
         twin = plan.copy()
         win.apply(twin, got[1], got[2])
@@ -298,8 +298,7 @@ def _reassign(plan: _Plan) -> _Plan:
     _local_search(twin, _BALANCE_WEIGHT, _REASSIGN_ROUNDS)
     _reduce(twin, len(plan.alive))
     _local_search(twin, _FINAL_WEIGHT, count_first=True)
-    (n_out, _, cost), (twin_out, _, twin_cost) = plan.key(), twin.key()
-    # The rules' order: communities outside the band, then walking time.
-    if len(twin.alive) == len(plan.alive) and (twin_out, twin_cost) < (n_out, cost):
+    # The rules' order: tiny communities, residents outside the band, ..., then walking time.
+    if len(twin.alive) == len(plan.alive) and twin.key() < plan.key():
         return twin
     return plan

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 _BALANCE_WEIGHT = 5.0       # local search: weight of the squared excess while balancing ...
 _FINAL_WEIGHT = 0.05        # ... and while cutting minutes at the end
+_TINY_SHARE = 0.5           # a community below this share of the target is tiny: avoided first
 
 
 class _Plan:
@@ -57,11 +58,10 @@ class _Plan:
     def alive(self) -> np.ndarray:
         return np.flatnonzero(self.size > 0)
 
-    def key(self) -> tuple[int, float, float]:
-        """(communities outside the band, people outside it, total cost)."""
+    def key(self) -> tuple[int, float, int, float, float]:
+        """`_band_key` of the communities, then their total cost: smaller is better."""
         alive = self.alive
-        viol = _violation(self.popk[alive], self.problem.min_pop, self.problem.max_pop)
-        return int((viol > 0).sum()), float(viol.sum()), float(self.cost[alive, self.center[alive]].sum())
+        return (*_band_key(self.popk[alive], self.problem), float(self.cost[alive, self.center[alive]].sum()))
 
     def resite(self) -> None:
         alive = self.alive
@@ -210,16 +210,31 @@ def _violation(pop_k, lo: float, hi: float):
     return np.clip(lo - pop_k, 0, None) + np.clip(pop_k - hi, 0, None)
 
 
-def _band_deltas(pa, pb, p, cost, problem: PartitionProblem, lam: float):
+def _band_key(pop_k: np.ndarray, problem: PartitionProblem) -> tuple[float, int, int, float]:
+    """The rules' order for community populations, smaller first: residents of communities
+    outside the band (the product's promise is the share of residents in balanced communities),
+    tiny communities (below `_TINY_SHARE` of the target), communities outside the band, people
+    beyond the band's edges."""
+    pop_k = np.asarray(pop_k, dtype="float64")
+    viol = _violation(pop_k, problem.min_pop, problem.max_pop)
+    out = viol > 0
+    return (float(pop_k[out].sum()), int((pop_k < _TINY_SHARE * problem.target_pop).sum()),
+            int(out.sum()), float(viol.sum()))
+
+
+def _band_deltas(pa, pb, p, cost, problem: PartitionProblem, lam: float,
+                 keep_residents: bool = False):
     """
-    Change in (communities outside the band, people outside it, cost + lam x sum(d^2) / target)
-    when p people move from a community of pa to one of pb; d is how far a community is from
-    the target beyond a dead zone of half the tolerance (so that surplus flows through
-    communities in the band but near its edges). Scalars or arrays.
+    Change in (rank, people outside the band, cost + lam x sum(d^2) / target) when p people move
+    from a community of pa to one of pb. rank is the change in communities outside the band, or
+    a prohibitive 1e12 when the move makes the donor tiny or (with `keep_residents`) raises the
+    residents of communities outside the band; d is how far a community is from the target
+    beyond a dead zone of half the tolerance (so that surplus flows through communities in the
+    band but near its edges). Scalars or arrays.
     """
     lo, hi, target = problem.min_pop, problem.max_pop, problem.target_pop
-    zone = (hi - lo) / 4
-    if np.ndim(pa) == 0 and np.ndim(p) == 0:
+    zone, tiny = (hi - lo) / 4, _TINY_SHARE * target
+    if np.ndim(pa) == 0 and np.ndim(pb) == 0 and np.ndim(p) == 0:   # the hot path: plain floats
         def out(x):
             return max(lo - x, 0.0) + max(x - hi, 0.0)
 
@@ -231,33 +246,42 @@ def _band_deltas(pa, pb, p, cost, problem: PartitionProblem, lam: float):
 
         def sq(x):
             return np.clip(np.abs(x - target) - zone, 0, None) ** 2
+
     before, after = (out(pa), out(pb)), (out(pa - p), out(pb + p))
-    d_count = sum((x > 1e-9) * 1 for x in after) - sum((x > 1e-9) * 1 for x in before)
+    was = [(x > 1e-9) * 1 for x in before]
+    now = [(x > 1e-9) * 1 for x in after]
+    d_count = now[0] + now[1] - was[0] - was[1]
+    d_residents = now[0] * (pa - p) + now[1] * (pb + p) - was[0] * pa - was[1] * pb
+    harm = ((d_residents > 1e-9) & keep_residents) | ((pa - p < tiny) & (pa >= tiny))
     d_viol = after[0] + after[1] - before[0] - before[1]
-    return d_count, d_viol, cost + lam * (sq(pa - p) + sq(pb + p) - sq(pa) - sq(pb)) / target
+    return d_count + harm * 1e12, d_viol, cost + lam * (sq(pa - p) + sq(pb + p) - sq(pa) - sq(pb)) / target
 
 
-def _better(d_count, d_viol, d_soft):
-    """Whether a change improves (communities outside the band, people outside, soft cost)."""
-    return (d_count < 0) | ((d_count == 0) & ((d_viol < -1e-9) | ((d_viol <= 1e-9) & (d_soft < -1e-9))))
+def _better(d_rank, d_viol, d_soft):
+    """Whether a change improves (rank, people outside the band, soft cost) lexicographically."""
+    return (d_rank < -1e-9) | ((d_rank <= 1e-9) & ((d_viol < -1e-9) | ((d_viol <= 1e-9) & (d_soft < -1e-9))))
 
 
 def _local_search(plan: _Plan, lam: float, max_rounds: int = 100, comms: np.ndarray | None = None,
-                  count_first: bool = False) -> None:
+                  count_first: bool = False, keep_residents: bool = False) -> None:
     """
     Boundary moves that lower the people outside the band, or keep it and lower cost + lam x
-    squared excess; only units of `comms` if given. The receiving community may re-site its
-    center to take the unit; the donor must stay in one piece. Centers re-sited every round.
+    squared excess; with `count_first`, moves must not make a tiny community and lower the
+    communities outside the band first (a deficit may still wander to where people are plenty);
+    with `keep_residents` too, no move raises the residents of communities outside the band.
+    Only units of `comms` if given. The receiving community may re-site its center to take the
+    unit; the donor must stay in one piece. Centers re-sited every round.
     """
     for _ in range(max_rounds):
         u, a, b = plan.neighbour_pairs(None if comms is None else np.flatnonzero(np.isin(plan.label, comms)))
         p = plan.pop[u]
         cost = plan.batch_gains(u, b) - plan.lookup(u, plan.center[a])[0]
-        d_count, d_viol, d_soft = _band_deltas(plan.popk[a], plan.popk[b], p, cost, plan.problem, lam)
-        d_count = d_count * count_first
-        good = np.isfinite(cost) & (plan.size[a] > 1) & _better(d_count, d_viol, d_soft)
+        d_rank, d_viol, d_soft = _band_deltas(plan.popk[a], plan.popk[b], p, cost, plan.problem, lam,
+                                              keep_residents)
+        d_rank = d_rank * count_first
+        good = np.isfinite(cost) & (plan.size[a] > 1) & _better(d_rank, d_viol, d_soft)
         moved = 0
-        for i in np.flatnonzero(good)[np.lexsort((u[good], d_soft[good], d_viol[good], d_count[good]))]:
+        for i in np.flatnonzero(good)[np.lexsort((u[good], d_soft[good], d_viol[good], d_rank[good]))]:
             ui, ai, bi = int(u[i]), int(a[i]), int(b[i])
             if plan.label[ui] != ai or plan.size[ai] <= 1:
                 continue
@@ -265,7 +289,8 @@ def _local_search(plan: _Plan, lam: float, max_rounds: int = 100, comms: np.ndar
             if got is None:
                 continue
             dc, dv, ds = _band_deltas(float(plan.popk[ai]), float(plan.popk[bi]), float(p[i]),
-                                      got[0] - plan.pair_cost(ui, int(plan.center[ai])), plan.problem, lam)
+                                      got[0] - plan.pair_cost(ui, int(plan.center[ai])), plan.problem, lam,
+                                      keep_residents)
             if not _better(dc * count_first, dv, ds):
                 continue
             if plan.touches(ui, bi) and plan.connected_without(ui, ai):
@@ -285,7 +310,7 @@ def _empty(plan: _Plan, s: int, lam: float) -> bool:
         cost = plan.batch_gains(u, b)
         ok = np.isfinite(cost)
         u, b, cost = u[ok], b[ok], cost[ok]
-        d_count, d_viol, d_soft = _band_deltas(np.full(len(u), plan.popk[s]), plan.popk[b], plan.pop[u],
+        _, d_viol, d_soft = _band_deltas(np.full(len(u), plan.popk[s]), plan.popk[b], plan.pop[u],
                                                cost, plan.problem, lam)
         order = np.lexsort((b, d_soft, d_viol, u))
         first = order[np.unique(u[order], return_index=True)[1]]

@@ -1,0 +1,120 @@
+"""The planner suite's plumbing on a small town: rows, ceilings, peers' blocks, the table."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from conftest import grid_graph
+from shapely.geometry import box
+
+from coverage import bench_plan, bench_suite
+from coverage._errors import InputError
+from coverage.cli import main
+from coverage.config import PlanConfig
+from coverage.network import WalkNetwork
+from coverage.population import Population
+from coverage.reach import ReachMatrix
+
+X0, Y0, CRS, N = 500_000.0, 4_000_000.0, "EPSG:32633", 14
+CONFIG = PlanConfig(target_pop=3_000, tolerance=0.25, max_minutes=8.0, candidate_spacing_m=150.0,
+                    max_unit_pop=None, restarts=2)
+
+
+@pytest.fixture(scope="module")
+def town():
+    net = WalkNetwork.from_graph(grid_graph(N, 100.0))
+    rng = np.random.default_rng(7)
+    cells = [box(X0 + 100 * c, Y0 + 100 * r, X0 + 100 * (c + 1), Y0 + 100 * (r + 1))
+             for r in range(N - 1) for c in range(N - 1)]
+    frame = gpd.GeoDataFrame({"cell_id": [f"c{i}" for i in range(len(cells))],
+                              "pop": rng.integers(20, 180, len(cells))}, geometry=cells, crs=CRS)
+    population = Population.from_frame(frame, population_column="pop", id_column="cell_id")
+    return net, population, bench_plan.build_instance(net, population, config=CONFIG)
+
+
+def test_evaluator_counts_residents_in_balanced_regions():
+    # Regions {0, 1, 2} and {3, 4} hold 3,000 each (in the band), {5} 400 (out of it).
+    minutes = sp.csr_matrix(([2.0, 4.0, 6.0, 3.0, 1.0, 9.0],
+                             ([0, 1, 2, 3, 4, 4], [0, 0, 1, 1, 1, 2])), shape=(6, 3))
+    minutes.sort_indices()
+    pop = np.array([1_000, 1_500, 500, 2_000, 1_000, 400])
+    units = gpd.GeoDataFrame({"unit_id": np.arange(6), "pop": pop},
+                             geometry=gpd.points_from_xy(np.arange(6), np.zeros(6)), crs=CRS)
+    candidates = gpd.GeoDataFrame({"candidate_id": np.arange(3), "existing": False,
+                                   "center_id": ""},
+                                  geometry=gpd.points_from_xy(np.arange(3), np.ones(3)), crs=CRS)
+    reach = ReachMatrix(units=units, candidates=candidates, minutes=minutes, max_minutes=15.0,
+                        walk_speed_kmh=4.5, direction="to_center", input_crs=CRS, work_crs=CRS)
+    adjacency = sp.diags([np.ones(5), np.ones(5)], [1, -1], shape=(6, 6), format="csr")
+    score = bench_plan.evaluate_partition(reach, np.array([7, 7, 7, 3, 3, 9]), adjacency=adjacency,
+                                          config=PlanConfig(target_pop=3_000, tolerance=0.2))
+    assert score.within_tolerance_pop_share == pytest.approx(6_000 / 6_400)
+
+
+def test_city_rows_sit_below_their_ceilings(town):
+    net, population, _ = town
+    rows = bench_suite._run_city("town", bench_suite._City(net, population, existing=5),
+                                 config=CONFIG, python=None, progress=False)
+    frame = pd.DataFrame(rows)
+    assert list(frame["mode"]) == ["redraw", "merge-split"]
+    assert (frame["residents"] == population.total).all()
+    assert (frame["coverage"] <= frame["coverage_ceiling"] + 1e-9).all()
+    assert (frame["within_tolerance_pop_share"]
+            <= frame["within_tolerance_pop_share_ceiling"] + 1e-9).all()
+    assert np.isnan(frame.loc[0, "stability"]) and 0 < frame.loc[1, "stability"] <= 1
+    assert (frame["time_s"] > 0).all() and (frame["within_band"] <= frame["communities"]).all()
+    result = bench_suite.SuiteResult(rows=frame, skipped={"atlantis": "data not found: x"})
+    table = result.to_markdown()
+    assert "| town | redraw |" in table and "| town | merge-split |" in table
+    assert "Skipped atlantis: data not found: x" in table
+    json.dumps(result.to_dict(), allow_nan=False)          # NaN became null
+
+
+def test_peers_rows_a_failing_peer_is_a_row(town):
+    _, _, instance = town
+    ceilings = {"coverage_ceiling": 1.0, "within_tolerance_pop_share_ceiling": 0.9}
+    # This interpreter has scikit-learn but not spopt: k-means runs, Max-p fails into a row.
+    rows = bench_suite._peer_rows("town", instance, Path(sys.executable), ceilings, None)
+    by_mode = {r["mode"]: r for r in rows}
+    k = round(instance.reach.pop.sum() / CONFIG.target_pop)
+    assert by_mode["weighted k-means"]["communities"] == k
+    assert by_mode["weighted k-means"]["coverage_ceiling"] == 1.0
+    maxp = by_mode["spopt Max-p"]
+    assert maxp["note"].startswith("failed") or maxp["communities"] > 0
+
+
+def test_maxp_gets_blocks_when_cells_are_many(town, tmp_path, monkeypatch):
+    _, population, instance = town
+    monkeypatch.setattr(bench_suite, "MAXP_MAX_CELLS", 10)
+    path, note = bench_suite._export_for_peers(instance, tmp_path)
+    data = np.load(path)
+    assert "blocks of 400 m" in note
+    n_blocks = len(data["cell_pop"])
+    assert n_blocks <= 16 and data["cell_pop"].sum() == population.total
+    assert np.array_equal(np.bincount(data["unit_cell"], weights=data["unit_pop"],
+                                      minlength=n_blocks), data["cell_pop"])
+    edges = data["cell_edges"]
+    assert len(edges) and (edges[:, 0] < edges[:, 1]).all() and edges.max() < n_blocks
+
+
+def test_unknown_and_missing_cities(tmp_path):
+    with pytest.raises(InputError, match="unknown suite cities"):
+        bench_suite.run_suite(["atlantis"], peers=False)
+    result = bench_suite.run_suite(["sao_paulo", "helsinki"], peers=False, data_dir=tmp_path)
+    assert result.rows.empty and set(result.skipped) == {"sao_paulo", "helsinki"}
+    assert "data not found" in result.skipped["helsinki"]
+
+
+def test_cli_needs_inputs_or_suite(capsys):
+    assert main(["bench", "plan", "--no-peers"]) == 2
+    assert "--suite" in capsys.readouterr().err
+    assert main(["bench", "plan", "--suite", "--cities", "atlantis", "--no-peers"]) == 2
+    assert "unknown suite cities" in capsys.readouterr().err
+    assert main(["bench", "plan", "--suite", "--network", "x.pbf", "--no-peers"]) == 2
