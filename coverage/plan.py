@@ -231,11 +231,48 @@ def _plan_exceptions(ready: PlanningInputs, config: PlanConfig) -> tuple[np.ndar
         rows = np.flatnonzero(forced & (ready.district_of == group))
         cols = np.flatnonzero(ready.candidate_district == group)
         center_of[rows] = _partition_group(reach, ready.adjacency, None, rows, cols, config)
+        center_of = _split_detached(reach, ready.adjacency, rows, cols, center_of)
     used = np.unique(center_of[center_of >= 0])
     if len(used):
         logger.info("%d exception communities for %d forced-undersized residents",
                     len(used), bound.forced_undersized_population)
     return center_of, used
+
+
+def _split_detached(reach: ReachMatrix, adjacency: sp.csr_matrix, rows: np.ndarray,
+                    cols: np.ndarray, center_of: np.ndarray) -> np.ndarray:
+    """
+    Exception communities must be contiguous too, but pockets far apart may share the one
+    site that reaches both: every detached piece (all but the most populous) gets a free site
+    of `cols` that reaches all of it, the shortest person-minutes first. A piece no free site
+    reaches stays where it is (its community's note then says it is not contiguous).
+    """
+    center_of = center_of.copy()
+    pop = reach.pop.astype("float64")
+    label = center_of[rows]
+    coo = adjacency[rows][:, rows].tocoo()
+    same = label[coo.row] == label[coo.col]            # pieces of each community on its own
+    _, piece = connected_components(sp.csr_matrix((np.ones(int(same.sum())), (coo.row[same], coo.col[same])),
+                                                  shape=(len(rows), len(rows))), directed=False)
+    used = set(center_of[rows][center_of[rows] >= 0].tolist())
+    minutes = reach.minutes[rows][:, cols].tocsc()
+    for c in sorted(used):
+        mine = center_of[rows] == c
+        pieces = np.unique(piece[mine])
+        if len(pieces) < 2:
+            continue
+        weight = [pop[rows[mine & (piece == q)]].sum() for q in pieces]
+        for q in pieces[np.lexsort((pieces, -np.asarray(weight)))][1:]:
+            members = np.flatnonzero(mine & (piece == q))
+            sub = minutes[members]
+            reaches_all = np.diff(sub.tocsc().indptr) == len(members)
+            cost = np.asarray(sub.multiply(pop[rows[members]][:, None]).sum(axis=0)).ravel()
+            free = reaches_all & ~np.isin(cols, list(used))
+            if free.any():
+                best = int(np.flatnonzero(free)[np.argmin(cost[free])])
+                center_of[rows[members]] = cols[best]
+                used.add(int(cols[best]))
+    return center_of
 
 
 def _attach_exceptions(ready: PlanningInputs, center_of: np.ndarray, exception_centers: np.ndarray,

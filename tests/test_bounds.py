@@ -214,3 +214,23 @@ def test_the_plan_map_shows_the_forced_undersized_residents(town):
     layer = f"residents no balanced community can reach (\\u003c 2,250 within 8 min): {VILLAGE + ISLAND:,}"
     assert layer in html
     assert "2 exception communities" in html
+
+
+def test_a_detached_exception_piece_gets_its_own_free_site():
+    """Two pockets one site reaches: the lighter one moves to a free site reaching all of it."""
+    from types import SimpleNamespace
+
+    import scipy.sparse as sp
+
+    from coverage.plan import _split_detached
+
+    # Units 0-1 and 2-3 touch; candidate 0 reaches all four, candidate 1 only units 2 and 3.
+    minutes = sp.csr_matrix(np.array([[5.0, 0], [6.0, 0], [7.0, 3.0], [8.0, 4.0]]))
+    reach = SimpleNamespace(pop=np.array([50, 40, 10, 5]), minutes=minutes)
+    adjacency = sp.csr_matrix((np.ones(4), ([0, 1, 2, 3], [1, 0, 3, 2])), shape=(4, 4))
+    rows, cols = np.arange(4), np.arange(2)
+    out = _split_detached(reach, adjacency, rows, cols, np.zeros(4, dtype="int64"))
+    assert out.tolist() == [0, 0, 1, 1]
+    # Without a free site reaching the lighter piece, it stays (the note says non-contiguous).
+    alone = _split_detached(reach, adjacency, rows, np.array([0]), np.zeros(4, dtype="int64"))
+    assert alone.tolist() == [0, 0, 0, 0]
