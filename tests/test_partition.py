@@ -306,3 +306,26 @@ def test_improvement_never_breaks_a_rule_that_held(seed):
     assert int((sizes < _TINY_SHARE * problem.target_pop).sum()) <= tiny0
     assert plan.key()[:4] < key0[:4]                        # and the poor start got better
     assert sizes.sum() == sizes0.sum()
+
+
+def test_a_community_with_no_neighbour_is_not_shrunk_and_seeds_no_centers_for_k_0():
+    import warnings
+
+    from coverage.partition._refine import _shrink
+    from coverage.partition._seeding import _seed_centers
+
+    # Two separate 3 x 3 islands (no edge between them): each community's window is itself,
+    # so a window with one center less would have none (this used to divide by k = 0).
+    reach, pop, adjacency, xy = grid(3, 6, limit=8.0, step=1)
+    adjacency = adjacency.tolil()
+    for i in range(3):
+        adjacency[6 + i, 9 + i] = adjacency[9 + i, 6 + i] = 0
+    adjacency = adjacency.tocsr()
+    adjacency.eliminate_zeros()
+    problem = PartitionProblem(reach, pop, adjacency, target_pop=pop.sum() / 2, tolerance=0.2, xy=xy)
+    plan = plan_from_labels(problem, (np.arange(18) >= 9).astype(np.int64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(_seed_centers(xy, plan.pop, plan.structure, 0, 0.0)) == 0
+        assert not _shrink(plan, 0)
+    assert sorted(plan.size[plan.alive]) == [9, 9]

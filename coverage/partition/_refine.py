@@ -26,6 +26,8 @@ def _shrink(plan: _Plan, s: int, tries: int = 4) -> bool:
     one of the smallest centers, or from rotated bisection seeds); True if it worked."""
     win = _Window(plan, plan.around(s, rings=2))
     current = plan.center[win.comms]
+    if len(current) < 2:      # a community with no neighbour (an island) has no one to merge into
+        return False
     options = [np.delete(current, j) for j in np.lexsort((win.comms, plan.popk[win.comms]))[:tries]]
     options += [] if win.xy is None else [
         _seed_centers(win.xy, win.pop, win.structure, len(current) - 1, angle, win.blocked)

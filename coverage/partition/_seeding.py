@@ -48,6 +48,8 @@ def _seed_centers(xy: np.ndarray, pop: np.ndarray, structure: sp.csr_matrix, k: 
     those and of the units only its old center reached (most of the part's people next).
     """
     reachable = np.flatnonzero(np.diff(structure.indptr) > 0)
+    if k < 1 or len(reachable) == 0:
+        return np.zeros(0, dtype="int64")
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     part, n_parts = _bisect(np.asarray(xy, dtype="float64") @ rot, pop, reachable,
                             min(k, len(reachable)))
