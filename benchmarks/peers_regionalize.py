@@ -1,8 +1,8 @@
 """
 Peer regionalisations for `covplan bench plan`, run in a separate environment.
 
-spopt and libpysal pull in numba, which does ``import coverage`` to find coverage.py and finds
-our package instead, so the peers cannot share our environment. `coverage.bench_plan` exports
+spopt and libpysal pull in numba, which does ``import covplan`` to find coverage.py and finds
+our package instead, so the peers cannot share our environment. `covplan.bench_plan` exports
 an instance to .npz, runs this script with the peers' interpreter and reads the labels back.
 
     python -m venv .venv-peers && .venv-peers/bin/pip install spopt scikit-learn geopandas

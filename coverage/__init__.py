@@ -6,31 +6,31 @@ import importlib
 
 __version__ = "0.1.0"
 
-# The public entry points, importable from the package (`from coverage import plan_communities`).
-# They load on first use, so `import coverage` and `covplan --help` stay quick.
+# The public entry points, importable from the package (`from covplan import plan_communities`).
+# They load on first use, so `import covplan` and `covplan --help` stay quick.
 _PUBLIC = {
-    "load_network": "coverage.network", "WalkNetwork": "coverage.network",
-    "load_population": "coverage.population", "Population": "coverage.population",
-    "load_centers": "coverage.inputs", "load_communities": "coverage.inputs",
-    "load_districts": "coverage.inputs",
-    "compute_reach": "coverage.reach", "ReachMatrix": "coverage.reach",
-    "compute_isochrones": "coverage.isochrones", "dissolve_isochrones": "coverage.isochrones",
-    "assess_coverage": "coverage.assess", "CoverageResult": "coverage.assess",
-    "PlanConfig": "coverage.config",
-    "plan_communities": "coverage.plan", "Plan": "coverage.plan",
-    "choose_community_centers": "coverage.siting", "site_new_centers": "coverage.siting",
-    "load_scenario": "coverage.scenarios", "load_inputs": "coverage.scenarios",
-    "apply_scenario": "coverage.scenarios", "Scenario": "coverage.scenarios",
-    "plan_scenario": "coverage.replan", "replan_scenario": "coverage.replan",
-    "replan": "coverage.replan",
-    "compare_plans": "coverage.compare", "write_comparison": "coverage.compare",
-    "coverage_map": "coverage.maps", "isochrone_map": "coverage.maps",
-    "plan_map": "coverage.maps", "save_map": "coverage.maps",
-    "write_plan": "coverage.io", "read_plan": "coverage.io",
-    "build_demo_city": "coverage.demo",
-    "CoverageError": "coverage._errors", "InputError": "coverage._errors",
-    "CRSError": "coverage._errors", "DataSourceError": "coverage._errors",
-    "InfeasibleError": "coverage._errors", "CoverageWarning": "coverage._errors",
+    "load_network": "covplan.network", "WalkNetwork": "covplan.network",
+    "load_population": "covplan.population", "Population": "covplan.population",
+    "load_centers": "covplan.inputs", "load_communities": "covplan.inputs",
+    "load_districts": "covplan.inputs",
+    "compute_reach": "covplan.reach", "ReachMatrix": "covplan.reach",
+    "compute_isochrones": "covplan.isochrones", "dissolve_isochrones": "covplan.isochrones",
+    "assess_coverage": "covplan.assess", "CoverageResult": "covplan.assess",
+    "PlanConfig": "covplan.config",
+    "plan_communities": "covplan.plan", "Plan": "covplan.plan",
+    "choose_community_centers": "covplan.siting", "site_new_centers": "covplan.siting",
+    "load_scenario": "covplan.scenarios", "load_inputs": "covplan.scenarios",
+    "apply_scenario": "covplan.scenarios", "Scenario": "covplan.scenarios",
+    "plan_scenario": "covplan.replan", "replan_scenario": "covplan.replan",
+    "replan": "covplan.replan",
+    "compare_plans": "covplan.compare", "write_comparison": "covplan.compare",
+    "coverage_map": "covplan.maps", "isochrone_map": "covplan.maps",
+    "plan_map": "covplan.maps", "save_map": "covplan.maps",
+    "write_plan": "covplan.io", "read_plan": "covplan.io",
+    "build_demo_city": "covplan.demo",
+    "CoverageError": "covplan._errors", "InputError": "covplan._errors",
+    "CRSError": "covplan._errors", "DataSourceError": "covplan._errors",
+    "InfeasibleError": "covplan._errors", "CoverageWarning": "covplan._errors",
 }
 
 __all__ = ["__version__", *_PUBLIC]
@@ -39,7 +39,7 @@ __all__ = ["__version__", *_PUBLIC]
 def __getattr__(name: str):
     module = _PUBLIC.get(name)
     if module is None:
-        msg = f"module 'coverage' has no attribute {name!r}"
+        msg = f"module 'covplan' has no attribute {name!r}"
         raise AttributeError(msg)
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value

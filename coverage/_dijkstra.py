@@ -53,7 +53,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components, dijkstra
 
-from coverage._progress import progress_bar
+from covplan._progress import progress_bar
 
 # Most nodes a chain keeps: a chain source walks to every node of its chain and a domain takes
 # whole chains, so short chains keep that work small. Longer runs get junctions cut into them.

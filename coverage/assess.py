@@ -13,13 +13,13 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from coverage._errors import InputError
-from coverage._sparse import lookup
-from coverage.reach import DEFAULT_MAX_MINUTES, compute_reach
+from covplan._errors import InputError
+from covplan._sparse import lookup
+from covplan.reach import DEFAULT_MAX_MINUTES, compute_reach
 
 if TYPE_CHECKING:
-    from coverage.network import WalkNetwork
-    from coverage.population import Population
+    from covplan.network import WalkNetwork
+    from covplan.population import Population
 
 logger = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.sparse.csgraph import dijkstra
 
-from coverage._dijkstra import bounded_distances
-from coverage.snap import snap_points
+from covplan._dijkstra import bounded_distances
+from covplan.snap import snap_points
 
 if TYPE_CHECKING:
-    from coverage.network import WalkNetwork
-    from coverage.population import Population
+    from covplan.network import WalkNetwork
+    from covplan.population import Population
 
 logger = logging.getLogger(__name__)
 

@@ -3,9 +3,9 @@
 and population-weighted k-means, every method's regions scored by one evaluator.
 
 The evaluator (`evaluate_partition`) takes any labelling of population units — ours or a
-peer's — sites the best center of each region with `coverage.siting.choose_centers` and
+peer's — sites the best center of each region with `covplan.siting.choose_centers` and
 computes the figures of our plan report. Peers run in a separate Python environment (numba,
-pulled in by spopt/libpysal, does ``import coverage`` to find coverage.py and finds this package
+pulled in by spopt/libpysal, does ``import covplan`` to find coverage.py and finds this package
 instead), through `benchmarks/peers_regionalize.py`: the instance goes out as an ``.npz`` file
 (unit coordinates, populations, adjacency edge lists), the labels come back the same way.
 """
@@ -27,18 +27,18 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components, dijkstra
 
-from coverage._errors import InputError
-from coverage._sparse import lookup
-from coverage.config import PlanConfig
-from coverage.plan import prepare_planning
-from coverage.reach import ReachMatrix, compute_reach, node_times
-from coverage.siting import choose_centers, choose_community_centers
-from coverage.tessellation import dissolve_pieces, piece_adjacency
+from covplan._errors import InputError
+from covplan._sparse import lookup
+from covplan.config import PlanConfig
+from covplan.plan import prepare_planning
+from covplan.reach import ReachMatrix, compute_reach, node_times
+from covplan.siting import choose_centers, choose_community_centers
+from covplan.tessellation import dissolve_pieces, piece_adjacency
 
 if TYPE_CHECKING:
-    from coverage.network import WalkNetwork
-    from coverage.plan import Plan
-    from coverage.population import Population
+    from covplan.network import WalkNetwork
+    from covplan.plan import Plan
+    from covplan.population import Population
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def evaluate_partition(reach: ReachMatrix, labels: np.ndarray, *, adjacency: sp.
 
     Each region gets the candidate reaching most of its residents within the limit (ties: the
     shorter mean walk, with no preference for existing sites; each region its own center, see
-    `coverage.siting.choose_centers`), so a plan's own centers are re-sited too. Then: coverage_share = residents within the limit of
+    `covplan.siting.choose_centers`), so a plan's own centers are re-sited too. Then: coverage_share = residents within the limit of
     their own region's center / residents who reach any candidate; within_tolerance_share =
     regions with ``config.min_pop <= population <= config.max_pop`` (within_tolerance_pop_share:
     the residents of those regions / all residents, as the plan report counts them); contiguous_share = regions
@@ -478,7 +478,7 @@ def run_plan_benchmark(network: WalkNetwork, population: Population, *,
         ``instance`` (sizes), ``methods`` (per method: every `PartitionScore` figure,
         runtime_s, units, note), ``robustness``, ``demo`` and ``reference``.
     """
-    from coverage.plan import plan_communities
+    from covplan.plan import plan_communities
 
     config = config or PlanConfig()
     started = time.perf_counter()
@@ -538,8 +538,8 @@ def run_plan_benchmark(network: WalkNetwork, population: Population, *,
 def _robustness(network, population, instance, *, config, seeds, noise_draws, noise, seed, redraw,
                 progress) -> list[dict[str, Any]]:
     """Redraw under other seeds and ±noise population draws: the planner's own report figures."""
-    from coverage.plan import plan_communities
-    from coverage.population import Population
+    from covplan.plan import plan_communities
+    from covplan.population import Population
 
     runs = [("seed 0 (as above)", redraw)]
     for s in seeds:
@@ -566,11 +566,11 @@ def _robustness(network, population, instance, *, config, seeds, noise_draws, no
 
 def _demo(*, config: PlanConfig, progress: bool) -> dict[str, Any]:
     """The demo replay (69 uneven communities in 3 districts -> about 30), same evaluator."""
-    from coverage.demo import build_demo_city
-    from coverage.inputs import load_centers, load_communities, load_districts
-    from coverage.network import load_network
-    from coverage.plan import plan_communities
-    from coverage.population import load_population
+    from covplan.demo import build_demo_city
+    from covplan.inputs import load_centers, load_communities, load_districts
+    from covplan.network import load_network
+    from covplan.plan import plan_communities
+    from covplan.population import load_population
 
     city = build_demo_city(seed=0)
     network = load_network(city.graph, walk_speed_kmh=config.walk_speed_kmh)

@@ -2,12 +2,12 @@
 `covplan bench plan --suite`: the planner-quality suite, a benchmark (not a test).
 
 Every city of the suite is planned twice by our planner (redraw, and merge/split from existing
-communities) and, optionally, partitioned by the peers of `coverage.bench_plan` (spopt Max-p,
-population-weighted k-means). One evaluator (`coverage.bench_plan.evaluate_partition`) scores
+communities) and, optionally, partitioned by the peers of `covplan.bench_plan` (spopt Max-p,
+population-weighted k-means). One evaluator (`covplan.bench_plan.evaluate_partition`) scores
 every labelling, and each row sits beside the city's ceilings (the share of residents any plan
 could cover, and could put in a balanced community), so a shortfall shows as the planner's,
 not the city's. Cities: São Paulo and Helsinki (real data, skipped with the reason when
-missing), the demo city and the synthetic kinds of `coverage.synthetic`.
+missing), the demo city and the synthetic kinds of `covplan.synthetic`.
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from coverage._errors import InputError
-from coverage.bench_plan import (DEFAULT_PEERS_VENV, PlanInstance, build_instance,
+from covplan._errors import InputError
+from covplan.bench_plan import (DEFAULT_PEERS_VENV, PlanInstance, build_instance,
                                  ensure_peers_python, export_instance, generate_communities,
                                  plan_labels, run_peer, score, with_centers)
-from coverage.config import PlanConfig
-from coverage.synthetic import SYNTHETIC_KINDS
+from covplan.config import PlanConfig
+from covplan.synthetic import SYNTHETIC_KINDS
 
 if TYPE_CHECKING:
     import os
 
-    from coverage.plan import Plan
+    from covplan.plan import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class SuiteResult:
         lines.append("\nOne evaluator for every row (each region gets its best center; walks "
                      "beyond the limit measured up to 60 min). Ceilings: residents who reach any "
                      "site, and residents not forced undersized by the walking rule "
-                     "(coverage.bounds); a partition that breaks the walking rule can pass the "
+                     "(covplan.bounds); a partition that breaks the walking rule can pass the "
                      "latter. "
                      "Smallest regular: the smallest community that is not an exception (all "
                      "members forced undersized). Time: the plan call, or the peer's own call.")
@@ -175,9 +175,9 @@ def _missing_data(name: str, data_dir: Path) -> str:
 
 
 def _load_city(name: str, data_dir: Path, config: PlanConfig) -> _City:
-    from coverage.inputs import load_centers, load_communities, load_districts
-    from coverage.network import load_network
-    from coverage.population import load_population
+    from covplan.inputs import load_centers, load_communities, load_districts
+    from covplan.network import load_network
+    from covplan.population import load_population
 
     if name in ("sao_paulo", "helsinki"):
         network_path, population_path = _paths(data_dir)[name]
@@ -190,9 +190,9 @@ def _load_city(name: str, data_dir: Path, config: PlanConfig) -> _City:
         return _City(network, _helsinki_population(population_path, network), existing=8,
                      target_pop=2_500)
     if name == "demo":
-        from coverage.demo import build_demo_city as build
+        from covplan.demo import build_demo_city as build
     else:
-        from coverage.synthetic import build_synthetic_city
+        from covplan.synthetic import build_synthetic_city
 
         def build(*, seed: int):
             return build_synthetic_city(name, seed=seed)
@@ -213,7 +213,7 @@ def _helsinki_population(path: Path, network) -> Any:
     """
     from shapely.geometry import box
 
-    from coverage.population import load_population
+    from covplan.population import load_population
 
     cells = gpd.read_file(path)
     cells = cells[cells["INDEX"] != 27699].to_crs(network.crs)
@@ -228,7 +228,7 @@ def _helsinki_population(path: Path, network) -> Any:
 
 def _run_city(name: str, city: _City, *, config: PlanConfig, python: Path | None,
               progress: bool) -> list[dict[str, Any]]:
-    from coverage.plan import plan_communities
+    from covplan.plan import plan_communities
 
     if city.target_pop is not None:
         config = replace(config, target_pop=city.target_pop)
@@ -279,10 +279,10 @@ def _row(city: str, mode: str, instance: PlanInstance, labels: np.ndarray, time_
 
 
 def _forced_undersized(instance: PlanInstance) -> np.ndarray | None:
-    """Per unit, whether no site it reaches gathers the band's floor (None if coverage.bounds is
+    """Per unit, whether no site it reaches gathers the band's floor (None if covplan.bounds is
     not there): the same proof for our regions and the peers'."""
     try:
-        from coverage.bounds import feasibility_bound
+        from covplan.bounds import feasibility_bound
     except ImportError:
         return None
     bound = feasibility_bound(instance.reach, min_pop=instance.config.min_pop,
@@ -307,7 +307,7 @@ def _ceilings(plan: Plan | None, forced: np.ndarray | None,
 def _smallest_regular(labels: np.ndarray, pop: np.ndarray, forced: np.ndarray | None,
                       plan: Plan | None) -> float:
     """The smallest community that is not an exception: the plan's own flag when it has one,
-    else a region whose members are all forced undersized (coverage.bounds) is an exception."""
+    else a region whose members are all forced undersized (covplan.bounds) is an exception."""
     if plan is not None and "exception" in plan.communities.columns:
         table = plan.communities
         flag = table["exception"]

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 if TYPE_CHECKING:
-    from coverage.reach import ReachMatrix
+    from covplan.reach import ReachMatrix
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -9,10 +9,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from coverage import __version__
-from coverage._errors import CoverageError, InputError
+from covplan import __version__
+from covplan._errors import CoverageError, InputError
 
-logger = logging.getLogger("coverage.cli")
+logger = logging.getLogger("covplan.cli")
 
 
 def _configure_logging(level: int) -> None:
@@ -48,8 +48,8 @@ def _add_population_options(p: argparse.ArgumentParser) -> None:
 
 
 def _load_inputs(args: argparse.Namespace):
-    from coverage.network import load_network
-    from coverage.population import load_population
+    from covplan.network import load_network
+    from covplan.population import load_population
 
     network = load_network(args.network, walk_speed_kmh=args.walk_speed_kmh, progress=True)
     population = load_population(args.population, population_column=args.population_column)
@@ -61,9 +61,9 @@ def _load_inputs(args: argparse.Namespace):
 
 
 def _cmd_coverage(args: argparse.Namespace) -> int:
-    from coverage.assess import assess_coverage
-    from coverage.inputs import load_centers, load_communities
-    from coverage.isochrones import compute_isochrones
+    from covplan.assess import assess_coverage
+    from covplan.inputs import load_centers, load_communities
+    from covplan.isochrones import compute_isochrones
 
     network, population = _load_inputs(args)
     centers = load_centers(args.centers)
@@ -83,8 +83,8 @@ def _add_map_option(p: argparse.ArgumentParser) -> None:
 
 def _write_coverage(out: Path, result, isochrones, extra_layers=None, title="coverage",
                     map_name="map.html", *, self_contained: bool = True) -> None:
-    from coverage.io import prepare_folder, write_json, write_layers
-    from coverage.maps import coverage_map, save_map
+    from covplan.io import prepare_folder, write_json, write_layers
+    from covplan.maps import coverage_map, save_map
 
     prepare_folder(out)
     layers = {"units": result.units, "centers": result.centers, "isochrones": isochrones}
@@ -114,7 +114,7 @@ def _plan_config(args: argparse.Namespace, base=None):
     """PlanConfig from the plan flags; flags left out (None) keep `base`'s values."""
     import dataclasses
 
-    from coverage.config import PlanConfig
+    from covplan.config import PlanConfig
 
     given = {field: getattr(args, flag) for flag, field in _PLAN_FLAGS.items()
              if getattr(args, flag, None) is not None}
@@ -125,7 +125,7 @@ def _plan_config(args: argparse.Namespace, base=None):
 
 def _plan_scenario(args: argparse.Namespace):
     """The scenario `covplan plan` runs: the --scenario file, or one made of the input flags."""
-    from coverage.scenarios import Scenario, load_scenario
+    from covplan.scenarios import Scenario, load_scenario
 
     if args.scenario:
         clash = [f"--{flag.replace('_', '-')}" for flag in _INPUT_FLAGS if getattr(args, flag)]
@@ -143,14 +143,14 @@ def _plan_scenario(args: argparse.Namespace):
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from coverage.io import write_json, write_plan
-    from coverage.replan import plan_inputs, replan_scenario
-    from coverage.scenarios import apply_scenario, load_inputs, resolved_parameters, write_scenario
+    from covplan.io import write_json, write_plan
+    from covplan.replan import plan_inputs, replan_scenario
+    from covplan.scenarios import apply_scenario, load_inputs, resolved_parameters, write_scenario
 
     scenario = _plan_scenario(args)
     base_plan = None
     if args.base_plan:
-        from coverage.io import read_plan
+        from covplan.io import read_plan
 
         base_plan = read_plan(args.base_plan)
     config = _plan_config(args, scenario.config(base_plan.config if base_plan else None))
@@ -173,7 +173,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _add_plan_options(p: argparse.ArgumentParser, *, overrides: bool = False) -> None:
     """Flags of PlanConfig. With `overrides`, a flag left out keeps the scenario's value."""
-    from coverage.config import EXCEPTION_MODES, PlanConfig
+    from covplan.config import EXCEPTION_MODES, PlanConfig
 
     d = PlanConfig()
 
@@ -207,7 +207,7 @@ def _add_plan_options(p: argparse.ArgumentParser, *, overrides: bool = False) ->
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from coverage.compare import compare_plans, write_comparison
+    from covplan.compare import compare_plans, write_comparison
 
     comparison = compare_plans(args.plan_a, args.plan_b)
     write_comparison(comparison, args.out, self_contained=not args.cdn_maps)
@@ -215,11 +215,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_isochrones(args: argparse.Namespace) -> int:
-    from coverage.inputs import load_centers
-    from coverage.io import prepare_folder, write_layers
-    from coverage.isochrones import compute_isochrones, dissolve_isochrones
-    from coverage.maps import isochrone_map, save_map
-    from coverage.network import load_network
+    from covplan.inputs import load_centers
+    from covplan.io import prepare_folder, write_layers
+    from covplan.isochrones import compute_isochrones, dissolve_isochrones
+    from covplan.maps import isochrone_map, save_map
+    from covplan.network import load_network
 
     network = load_network(args.network, walk_speed_kmh=args.walk_speed_kmh, progress=True)
     centers = load_centers(args.centers)
@@ -236,8 +236,8 @@ def _cmd_isochrones(args: argparse.Namespace) -> int:
 
 def _write_demo_scenario(out: Path, seed: int, config) -> None:
     """scenario.toml and resolved.json of the demo replay: `covplan plan --scenario` repeats it."""
-    from coverage.io import write_json
-    from coverage.scenarios import BaseInputs, Scenario, resolved_parameters, write_scenario
+    from covplan.io import write_json
+    from covplan.scenarios import BaseInputs, Scenario, resolved_parameters, write_scenario
 
     scenario = Scenario(name="demo", base=BaseInputs(demo=True, demo_seed=seed),
                         description="The demo city replay (covplan demo)").resolved(config)
@@ -246,12 +246,12 @@ def _write_demo_scenario(out: Path, seed: int, config) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from coverage.assess import assess_coverage
-    from coverage.demo import build_demo_city
-    from coverage.inputs import load_centers, load_communities, load_districts
-    from coverage.isochrones import compute_isochrones
-    from coverage.network import load_network
-    from coverage.population import load_population
+    from covplan.assess import assess_coverage
+    from covplan.demo import build_demo_city
+    from covplan.inputs import load_centers, load_communities, load_districts
+    from covplan.isochrones import compute_isochrones
+    from covplan.network import load_network
+    from covplan.population import load_population
 
     started = time.perf_counter()
     city = build_demo_city(seed=args.seed)
@@ -268,8 +268,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _write_coverage(out, result, isochrones, title="asis", map_name="asis_map.html",
                     extra_layers={"districts": districts, "railway": city.railway},
                     self_contained=not args.cdn_maps)
-    from coverage.io import write_plan
-    from coverage.plan import plan_communities
+    from covplan.io import write_plan
+    from covplan.plan import plan_communities
 
     plan = plan_communities(network, population, communities=communities, centers=centers,
                             districts=districts, config=_plan_config(args), progress=True)
@@ -287,8 +287,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from coverage.bench import format_table, run_reach_benchmark
-    from coverage.io import write_json
+    from covplan.bench import format_table, run_reach_benchmark
+    from covplan.io import write_json
 
     network, population = _load_inputs(args)
     peers = tuple(p for p in args.peers.split(",") if p)
@@ -304,12 +304,12 @@ def _cmd_site(args: argparse.Namespace) -> int:
     import geopandas as gpd
     import pandas as pd
 
-    from coverage.inputs import load_centers, load_communities
-    from coverage.io import prepare_folder, write_json, write_layers
-    from coverage.isochrones import compute_isochrones
-    from coverage.maps import isochrone_map, save_map
-    from coverage.reach import compute_reach
-    from coverage.siting import choose_community_centers, site_new_centers
+    from covplan.inputs import load_centers, load_communities
+    from covplan.io import prepare_folder, write_json, write_layers
+    from covplan.isochrones import compute_isochrones
+    from covplan.maps import isochrone_map, save_map
+    from covplan.reach import compute_reach
+    from covplan.siting import choose_community_centers, site_new_centers
 
     if not args.communities and not args.budget:
         msg = "covplan site needs --communities (best center for each) and/or --budget N (new centers)."
@@ -356,10 +356,10 @@ def _cmd_site(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_plan(args: argparse.Namespace) -> int:
-    from coverage.bench_plan import format_plan_table, run_plan_benchmark
-    from coverage.io import write_json
-    from coverage.network import load_network
-    from coverage.population import load_population
+    from covplan.bench_plan import format_plan_table, run_plan_benchmark
+    from covplan.io import write_json
+    from covplan.network import load_network
+    from covplan.population import load_population
 
     config = _plan_config(args)
     if args.suite:
@@ -384,8 +384,8 @@ def _cmd_bench_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_suite(args: argparse.Namespace, config) -> int:
-    from coverage.bench_suite import run_suite
-    from coverage.io import write_json
+    from covplan.bench_suite import run_suite
+    from covplan.io import write_json
 
     if args.network or args.population:
         msg = "--suite brings its own cities; drop --network and --population (see --cities)."

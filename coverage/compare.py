@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-from coverage._errors import InputError
-from coverage._validate import require_columns, require_crs
-from coverage.maps import MapPanel, _finish, _geojson, _titled, base_map, save_map
-from coverage.plan import Plan
+from covplan._errors import InputError
+from covplan._validate import require_columns, require_crs
+from covplan.maps import MapPanel, _finish, _geojson, _titled, base_map, save_map
+from covplan.plan import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -135,11 +135,11 @@ def write_comparison(comparison: PlanComparison, out: str | os.PathLike[str], *,
     """
     Write comparison.json (the summary), communities.csv and compare_map.html into `out`.
 
-    The map is self-contained (Leaflet embedded, see `coverage.maps.save_map`): it opens without
+    The map is self-contained (Leaflet embedded, see `covplan.maps.save_map`): it opens without
     internet, where only the base tiles are missing; `self_contained=False` links the CDNs.
     Returns the folder.
     """
-    from coverage.io import prepare_folder, write_json
+    from covplan.io import prepare_folder, write_json
 
     folder = prepare_folder(out)
     write_json(folder / "comparison.json", comparison.summary)
@@ -154,7 +154,7 @@ def _as_plan(source: Plan | str | os.PathLike[str], side: str) -> tuple[Plan, st
     if isinstance(source, Plan):
         plan, label = source, side
     elif isinstance(source, (str, os.PathLike)):
-        from coverage.io import read_plan
+        from covplan.io import read_plan
 
         plan, label = read_plan(source), os.fspath(source)
     else:

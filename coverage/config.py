@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from coverage._errors import InputError
-from coverage.network import DEFAULT_WALK_SPEED_KMH
-from coverage.partition import population_band
-from coverage.reach import DEFAULT_CANDIDATE_SPACING_M, DEFAULT_MAX_MINUTES, MAX_MINUTES_LIMIT
+from covplan._errors import InputError
+from covplan.network import DEFAULT_WALK_SPEED_KMH
+from covplan.partition import population_band
+from covplan.reach import DEFAULT_CANDIDATE_SPACING_M, DEFAULT_MAX_MINUTES, MAX_MINUTES_LIMIT
 
 
 EXCEPTION_MODES = ("separate", "attach")

@@ -8,7 +8,7 @@ import geopandas as gpd
 import pyproj
 from shapely.geometry import box
 
-from coverage._errors import CRSError
+from covplan._errors import CRSError
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.special import ndtri
 from shapely.geometry import LineString, Polygon, box
 
-from coverage._errors import InputError
+from covplan._errors import InputError
 
 __all__ = ["DemoCity", "build_demo_city", "demo_summary"]
 
@@ -293,7 +293,7 @@ def _street_name(north_south: bool, line: int) -> str:
 
 def _graph(node_lonlat: np.ndarray, edges: dict[str, np.ndarray]) -> nx.MultiDiGraph:
     """An osmnx-style MultiDiGraph: nodes 1..n in lon/lat, each street in both directions."""
-    G = nx.MultiDiGraph(crs="EPSG:4326", created_with="coverage.demo")
+    G = nx.MultiDiGraph(crs="EPSG:4326", created_with="covplan.demo")
     degree = np.bincount(np.concatenate([edges["u"], edges["v"]]), minlength=len(node_lonlat))
     G.add_nodes_from((k + 1, {"x": float(x), "y": float(y), "street_count": int(n)})
                      for k, ((x, y), n) in enumerate(zip(node_lonlat, degree)))

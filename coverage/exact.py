@@ -18,8 +18,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from coverage._errors import CoverageError, InfeasibleError, InputError
-from coverage._validate import require_positive
+from covplan._errors import CoverageError, InfeasibleError, InputError
+from covplan._validate import require_positive
 
 if TYPE_CHECKING:
     from scipy.optimize import OptimizeResult

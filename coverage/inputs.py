@@ -7,8 +7,8 @@ import os
 import geopandas as gpd
 import pandas as pd
 
-from coverage._errors import DataSourceError, InputError
-from coverage._validate import describe, require_crs, require_file, require_not_empty
+from covplan._errors import DataSourceError, InputError
+from covplan._validate import describe, require_crs, require_file, require_not_empty
 
 logger = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import pyogrio
 
-from coverage._errors import DataSourceError
+from covplan._errors import DataSourceError
 
 if TYPE_CHECKING:
-    from coverage.plan import Plan
+    from covplan.plan import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def write_plan(plan, out: str | os.PathLike[str], *, self_contained: bool = True
 
     The map embeds Leaflet (opens offline) unless `self_contained` is False (CDN links).
     """
-    from coverage.maps import plan_map, save_map
+    from covplan.maps import plan_map, save_map
 
     folder = prepare_folder(out)
     layers = {"communities": plan.communities, "centers": plan.centers, "units": plan.units,
@@ -104,9 +104,9 @@ def read_plan(folder: str | os.PathLike[str]) -> Plan:
     DataSourceError
         If `folder` is not a folder, lacks a file or layer of a plan, or a file cannot be read.
     """
-    from coverage.config import PlanConfig
-    from coverage.crs import local_metric_crs
-    from coverage.plan import Plan
+    from covplan.config import PlanConfig
+    from covplan.crs import local_metric_crs
+    from covplan.plan import Plan
 
     root = Path(folder)
     if not root.is_dir():

@@ -14,15 +14,15 @@ import numpy as np
 import shapely
 from shapely.ops import substring
 
-from coverage._dijkstra import _gather_rows
-from coverage._errors import InputError
-from coverage._progress import progress_bar
-from coverage._validate import require_positive
-from coverage.reach import MAX_MINUTES_LIMIT, Direction, node_times
-from coverage.snap import DEFAULT_DETOUR_FACTOR, DEFAULT_MAX_ACCESS_M, snap_points
+from covplan._dijkstra import _gather_rows
+from covplan._errors import InputError
+from covplan._progress import progress_bar
+from covplan._validate import require_positive
+from covplan.reach import MAX_MINUTES_LIMIT, Direction, node_times
+from covplan.snap import DEFAULT_DETOUR_FACTOR, DEFAULT_MAX_ACCESS_M, snap_points
 
 if TYPE_CHECKING:
-    from coverage.network import WalkNetwork
+    from covplan.network import WalkNetwork
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Folium maps of coverage results and plans, for planners to hand out.
 Each `*_map` function returns a `folium.Map`; `m=` adds its layers to an existing map, so
 ``plan_map(plan, m=coverage_map(result))`` composes. Every layer sits in the layer control and has
 tooltips; a title, a summary panel and one legend per coloured layer are Leaflet controls.
-`save_map` writes a map as one self-contained HTML file (no CDN, see `coverage.offline`).
+`save_map` writes a map as one self-contained HTML file (no CDN, see `covplan.offline`).
 
 Maps draw only Leaflet vectors (circle markers, polygons) and plain HTML panels, so a
 self-contained file needs Leaflet alone: no marker-icon fonts, Bootstrap, jQuery or D3.
@@ -28,12 +28,12 @@ import shapely
 from branca.element import Element, MacroElement
 from jinja2 import Template
 
-from coverage._errors import DataSourceError
-from coverage.offline import map_html
+from covplan._errors import DataSourceError
+from covplan.offline import map_html
 
 if TYPE_CHECKING:
-    from coverage.assess import CoverageResult
-    from coverage.plan import Plan
+    from covplan.assess import CoverageResult
+    from covplan.plan import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -447,7 +447,7 @@ def add_forced_undersized(fmap: folium.Map, units: gpd.GeoDataFrame, *,
                           min_pop: float, max_minutes: float) -> folium.map.Layer | None:
     """
     Residents who can only be in an undersized community, whatever the plan (no site they reach
-    gathers `min_pop` within the limit; see `coverage.bounds`), as purple circles in their own
+    gathers `min_pop` within the limit; see `covplan.bounds`), as purple circles in their own
     layer. None when the plan has no such column or no such resident.
     """
     if "forced_undersized" not in units.columns:

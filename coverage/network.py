@@ -27,10 +27,10 @@ import shapely
 from scipy import sparse
 from scipy.sparse import csgraph
 
-from coverage._errors import CRSError, DataSourceError, InputError
-from coverage._progress import progress_bar
-from coverage._validate import describe, require_file, require_positive, require_projected
-from coverage.crs import WGS84, local_metric_crs
+from covplan._errors import CRSError, DataSourceError, InputError
+from covplan._progress import progress_bar
+from covplan._validate import describe, require_file, require_positive, require_projected
+from covplan.crs import WGS84, local_metric_crs
 
 if TYPE_CHECKING:
     from shapely.geometry import Polygon

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import folium
 from branca.element import CssLink, Element, Figure, JavascriptLink
 
-from coverage._errors import InputError
+from covplan._errors import InputError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -20,22 +20,22 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from coverage import __version__
-from coverage._errors import InfeasibleError
-from coverage._sparse import lookup
-from coverage.bounds import FeasibilityBound, feasibility_bound
-from coverage.config import PlanConfig
-from coverage.isochrones import compute_isochrones
-from coverage.metrics import community_table, plan_report
-from coverage.partition import PartitionProblem, partition_units
-from coverage.reach import ReachMatrix, compute_reach
-from coverage.tessellation import dissolve_pieces, piece_adjacency, unit_districts, unit_pieces
+from covplan import __version__
+from covplan._errors import InfeasibleError
+from covplan._sparse import lookup
+from covplan.bounds import FeasibilityBound, feasibility_bound
+from covplan.config import PlanConfig
+from covplan.isochrones import compute_isochrones
+from covplan.metrics import community_table, plan_report
+from covplan.partition import PartitionProblem, partition_units
+from covplan.reach import ReachMatrix, compute_reach
+from covplan.tessellation import dissolve_pieces, piece_adjacency, unit_districts, unit_pieces
 
 if TYPE_CHECKING:
     import pyproj
 
-    from coverage.network import WalkNetwork
-    from coverage.population import Population
+    from covplan.network import WalkNetwork
+    from covplan.population import Population
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def _check_band_reachable(bound: FeasibilityBound, config: PlanConfig) -> None:
 def _plan_exceptions(ready: PlanningInputs, config: PlanConfig) -> tuple[np.ndarray, np.ndarray]:
     """
     Plan the forced-undersized residents apart, district by district: whatever community they
-    join is undersized (see `coverage.bounds`), so they form as few communities of their own as
+    join is undersized (see `covplan.bounds`), so they form as few communities of their own as
     their walks allow and no one else is pulled into them. Returns `center_of` with only those
     units set, and the candidates they use.
     """

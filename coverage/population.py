@@ -24,10 +24,10 @@ import rasterio
 import shapely
 from rasterio.windows import Window
 
-from coverage._errors import CRSError, DataSourceError, InputError
-from coverage._validate import (clean_counts, describe, require_columns, require_crs, require_file,
+from covplan._errors import CRSError, DataSourceError, InputError
+from covplan._validate import (clean_counts, describe, require_columns, require_crs, require_file,
                                 require_not_empty, require_positive)
-from coverage.crs import local_metric_crs
+from covplan.crs import local_metric_crs
 
 if TYPE_CHECKING:
     import pyproj

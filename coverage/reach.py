@@ -17,16 +17,16 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from coverage._dijkstra import _gather_rows, bounded_distances
-from coverage._errors import CoverageWarning, InputError
-from coverage._validate import require_positive
-from coverage.snap import DEFAULT_DETOUR_FACTOR, DEFAULT_MAX_ACCESS_M, Snap, snap_points
+from covplan._dijkstra import _gather_rows, bounded_distances
+from covplan._errors import CoverageWarning, InputError
+from covplan._validate import require_positive
+from covplan.snap import DEFAULT_DETOUR_FACTOR, DEFAULT_MAX_ACCESS_M, Snap, snap_points
 
 if TYPE_CHECKING:
     import pyproj
 
-    from coverage.network import WalkNetwork
-    from coverage.population import Population
+    from covplan.network import WalkNetwork
+    from covplan.population import Population
 
 logger = logging.getLogger(__name__)
 

@@ -27,13 +27,13 @@ import shapely
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from coverage import __version__
-from coverage._errors import InputError
-from coverage._sparse import lookup
-from coverage.config import PlanConfig
-from coverage.isochrones import compute_isochrones
-from coverage.metrics import plan_report
-from coverage.plan import (
+from covplan import __version__
+from covplan._errors import InputError
+from covplan._sparse import lookup
+from covplan.config import PlanConfig
+from covplan.isochrones import compute_isochrones
+from covplan.metrics import plan_report
+from covplan.plan import (
     Plan,
     _centers_out,
     _changes,
@@ -44,7 +44,7 @@ from coverage.plan import (
     plan_communities,
     prepare_planning,
 )
-from coverage.scenarios import (
+from covplan.scenarios import (
     AddCenter,
     AddLink,
     CloseRoad,
@@ -57,9 +57,9 @@ from coverage.scenarios import (
 )
 
 if TYPE_CHECKING:
-    from coverage.network import WalkNetwork
-    from coverage.population import Population
-    from coverage.scenarios import Change
+    from covplan.network import WalkNetwork
+    from covplan.population import Population
+    from covplan.scenarios import Change
 
 __all__ = ["plan_inputs", "plan_scenario", "replan", "replan_scenario", "rule_issues"]
 

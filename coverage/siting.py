@@ -21,10 +21,10 @@ import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
-from coverage._errors import InputError
+from covplan._errors import InputError
 
 if TYPE_CHECKING:
-    from coverage.reach import ReachMatrix
+    from covplan.reach import ReachMatrix
 
 __all__ = ["CenterChoice", "CenterPlacement", "CommunityCenters", "NewCenters", "choose_centers",
            "choose_community_centers", "place_centers", "site_new_centers"]

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.spatial import cKDTree
 
-from coverage._errors import InputError
-from coverage._validate import require_positive
+from covplan._errors import InputError
+from covplan._validate import require_positive
 
 if TYPE_CHECKING:
-    from coverage.network import WalkNetwork
+    from covplan.network import WalkNetwork
 
 logger = logging.getLogger(__name__)
 

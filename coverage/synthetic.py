@@ -1,7 +1,7 @@
 """
 Synthetic cities that stress the community planner in different ways, for the planner suite.
 
-Each kind is built like the demo city (`coverage.demo`, whose helpers it reuses): streets on a
+Each kind is built like the demo city (`covplan.demo`, whose helpers it reuses): streets on a
 jittered lattice (local streets 125 m apart, arterials every 500 m), populated 100 m cells,
 uneven existing communities (power regions, as in the demo) with one service center each, every
 layer in EPSG:4326 so that it flows through the ordinary loaders. What differs is the shape that
@@ -36,9 +36,9 @@ from scipy.spatial import cKDTree
 from shapely.geometry import LineString, Point, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
-from coverage._errors import InputError
+from covplan._errors import InputError
 # Private demo helpers, shared so both cities are built the same way (see the module docstring).
-from coverage.demo import (_CELL_M, _center_nodes, _check_seed, _district_communities, _graph,
+from covplan.demo import (_CELL_M, _center_nodes, _check_seed, _district_communities, _graph,
                            _locate, _round_to_total)
 
 __all__ = ["SYNTHETIC_KINDS", "SyntheticCity", "build_synthetic_city"]
@@ -56,7 +56,7 @@ _MAX_ACCESS_M = 300.0        # no one lives farther from a street node than this
 @dataclass(frozen=True, slots=True, eq=False)   # eq=False: pandas fields don't compare to bool
 class SyntheticCity:
     """
-    A synthetic city, every layer in EPSG:4326 (the layers of `coverage.demo.DemoCity`).
+    A synthetic city, every layer in EPSG:4326 (the layers of `covplan.demo.DemoCity`).
 
     Attributes
     ----------
@@ -171,7 +171,7 @@ def build_synthetic_city(kind: str, *, seed: int = 0) -> SyntheticCity:
     to_lonlat = Transformer.from_crs(spec.work_crs, "EPSG:4326", always_xy=True)
     node_lonlat = np.column_stack(to_lonlat.transform(*(node_xy + origin).T))
     graph = _graph(node_lonlat, edges)
-    graph.graph["created_with"] = "coverage.synthetic"
+    graph.graph["created_with"] = "covplan.synthetic"
 
     def frame(columns: dict, shapes: list) -> gpd.GeoDataFrame:
         placed = shapely.transform(np.asarray(shapes, dtype=object), lambda xy: xy + origin)
@@ -220,7 +220,7 @@ def _cells(half: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
 def _streets(rng: np.random.Generator, half: tuple[float, float], layout: _Layout,
              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """
-    Street nodes (city coordinates) and undirected edges in the arrays `coverage.demo._graph`
+    Street nodes (city coordinates) and undirected edges in the arrays `covplan.demo._graph`
     takes (u, v, highway, name, osmid, structure).
 
     The lattice has a node every _STEP m; streets follow every second line (every line inside

@@ -17,8 +17,8 @@ import pandas as pd
 import scipy.sparse
 import shapely
 
-from coverage._errors import CRSError, InputError
-from coverage._validate import require_columns, require_crs, require_positive, require_projected
+from covplan._errors import CRSError, InputError
+from covplan._validate import require_columns, require_crs, require_positive, require_projected
 
 __all__ = ["unit_pieces", "piece_adjacency", "dissolve_pieces", "unit_districts"]
 

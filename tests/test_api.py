@@ -7,18 +7,18 @@ import sys
 
 import pytest
 
-import coverage
+import covplan
 
 
 def test_every_public_name_resolves():
-    for name in coverage.__all__:
+    for name in covplan.__all__:
         assert getattr(coverage, name) is not None
-    assert coverage.plan_communities.__module__ == "coverage.plan"
+    assert covplan.plan_communities.__module__ == "covplan.plan"
 
 
 def test_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no_such_thing"):
-        coverage.no_such_thing   # noqa: B018
+        covplan.no_such_thing   # noqa: B018
 
 
 def test_import_is_lazy():

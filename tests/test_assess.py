@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from shapely.geometry import Point, box
 
-from coverage.assess import assess_coverage
-from coverage.demo import build_demo_city
-from coverage.inputs import load_centers, load_communities
-from coverage.network import WalkNetwork, load_network
-from coverage.population import Population, load_population
+from covplan.assess import assess_coverage
+from covplan.demo import build_demo_city
+from covplan.inputs import load_centers, load_communities
+from covplan.network import WalkNetwork, load_network
+from covplan.population import Population, load_population
 
 X0, Y0 = 500_000.0, 4_000_000.0
 CRS = "EPSG:32633"

@@ -14,13 +14,13 @@ import scipy.sparse as sp
 from conftest import grid_graph
 from shapely.geometry import box
 
-from coverage import bench_plan
-from coverage._errors import InputError
-from coverage.config import PlanConfig
-from coverage.network import WalkNetwork
-from coverage.plan import plan_communities
-from coverage.population import Population
-from coverage.reach import ReachMatrix
+from covplan import bench_plan
+from covplan._errors import InputError
+from covplan.config import PlanConfig
+from covplan.network import WalkNetwork
+from covplan.plan import plan_communities
+from covplan.population import Population
+from covplan.reach import ReachMatrix
 
 X0, Y0, CRS, N = 500_000.0, 4_000_000.0, "EPSG:32633", 14
 CONFIG = PlanConfig(target_pop=3_000, tolerance=0.25, max_minutes=8.0, candidate_spacing_m=150.0,
@@ -173,7 +173,7 @@ def test_maxp_peer_in_its_own_environment(town, tmp_path):
     score = bench_plan.score(instance, run.labels)
     assert score.population_min >= 2_000 and score.contiguous_share == 1.0
     # The peers' environment really is apart: it cannot import our package.
-    probe = subprocess.run([str(PEERS_PYTHON), "-c", "import coverage.siting"], capture_output=True,
+    probe = subprocess.run([str(PEERS_PYTHON), "-c", "import covplan.siting"], capture_output=True,
                            cwd=tmp_path, check=False)
     assert probe.returncode != 0
 

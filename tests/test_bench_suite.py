@@ -14,13 +14,13 @@ import scipy.sparse as sp
 from conftest import grid_graph
 from shapely.geometry import box
 
-from coverage import bench_plan, bench_suite
-from coverage._errors import InputError
-from coverage.cli import main
-from coverage.config import PlanConfig
-from coverage.network import WalkNetwork
-from coverage.population import Population
-from coverage.reach import ReachMatrix
+from covplan import bench_plan, bench_suite
+from covplan._errors import InputError
+from covplan.cli import main
+from covplan.config import PlanConfig
+from covplan.network import WalkNetwork
+from covplan.population import Population
+from covplan.reach import ReachMatrix
 
 X0, Y0, CRS, N = 500_000.0, 4_000_000.0, "EPSG:32633", 14
 CONFIG = PlanConfig(target_pop=3_000, tolerance=0.25, max_minutes=8.0, candidate_spacing_m=150.0,

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from shapely.geometry import box
 
-from coverage._errors import InfeasibleError
-from coverage.bounds import feasibility_bound
-from coverage.config import PlanConfig
-from coverage.metrics import _note
-from coverage.network import WalkNetwork
-from coverage.plan import plan_communities, prepare_planning
-from coverage.population import Population
+from covplan._errors import InfeasibleError
+from covplan.bounds import feasibility_bound
+from covplan.config import PlanConfig
+from covplan.metrics import _note
+from covplan.network import WalkNetwork
+from covplan.plan import plan_communities, prepare_planning
+from covplan.population import Population
 
 X0, Y0 = 500_000.0, 4_000_000.0
 CRS = "EPSG:32633"
@@ -207,7 +207,7 @@ def test_a_band_no_site_can_gather_is_refused_with_the_numbers(town):
 
 
 def test_the_plan_map_shows_the_forced_undersized_residents(town):
-    from coverage.maps import plan_map
+    from covplan.maps import plan_map
 
     net, population = town
     html = plan_map(plan_communities(net, population, config=CONFIG)).get_root().render()
@@ -222,7 +222,7 @@ def test_a_detached_exception_piece_gets_its_own_free_site():
 
     import scipy.sparse as sp
 
-    from coverage.plan import _split_detached
+    from covplan.plan import _split_detached
 
     # Units 0-1 and 2-3 touch; candidate 0 reaches all four, candidate 1 only units 2 and 3.
     minutes = sp.csr_matrix(np.array([[5.0, 0], [6.0, 0], [7.0, 3.0], [8.0, 4.0]]))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from coverage.maps import plan_map, save_map
+from covplan.maps import plan_map, save_map
 from test_maps import demo_plan
 
 CHROMIUM = Path("/usr/bin/chromium")

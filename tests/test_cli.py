@@ -10,7 +10,7 @@ import pyogrio
 import pytest
 from shapely.geometry import Point
 
-from coverage.cli import main
+from covplan.cli import main
 
 X0, Y0 = 500_000.0, 4_000_000.0
 CRS = "EPSG:32633"
@@ -43,7 +43,7 @@ def test_demo_writes_map_and_geopackage(tmp_path):
     html = (out / "map.html").read_text()
     assert "communities" in html and "OpenStreetMap contributors" in html
     # The replay is written as a scenario that `covplan plan --scenario` can repeat.
-    from coverage.scenarios import load_scenario
+    from covplan.scenarios import load_scenario
 
     scenario = load_scenario(out / "scenario.toml")
     assert scenario.base.demo and scenario.options["target_pop"] == 10_000
@@ -54,7 +54,7 @@ def test_coverage_and_isochrones_commands(tmp_path, grid_files):
     network, population, centers = grid_files
     assert main(["-q", "coverage", "--network", str(network), "--population", str(population),
                  "--centers", str(centers), "--minutes", "3", "--out", str(tmp_path / "cov")]) == 0
-    summary = json.loads((tmp_path / "cov" / "coverage.json").read_text())
+    summary = json.loads((tmp_path / "cov" / "covplan.json").read_text())
     # 3 minutes = 225 m from the middle node: |dr| + |dc| <= 2 on a 100 m grid -> 13 nodes.
     assert summary["population_total"] == 250
     assert summary["population_covered"] == 130
@@ -183,11 +183,11 @@ def test_plan_needs_inputs_or_a_scenario(tmp_path, capsys):
 
 
 def test_compare_command(tmp_path, grid_files):
-    from coverage.cli import _build_parser, _cmd_compare
+    from covplan.cli import _build_parser, _cmd_compare
 
     args = _build_parser().parse_args(["compare", "a", "b", "--out", "c"])
     assert (args.plan_a, args.plan_b, args.out, args.func) == ("a", "b", "c", _cmd_compare)
-    pytest.importorskip("coverage.compare")
+    pytest.importorskip("covplan.compare")
     network, population, centers = grid_files
     common = ["--network", str(network), "--population", str(population), "--centers", str(centers),
               "--tolerance", "0.5", "--minutes", "3"]

@@ -11,10 +11,10 @@ import pytest
 from shapely.geometry import Point, box
 from shapely.ops import unary_union
 
-from coverage._errors import DataSourceError, InputError
-from coverage.compare import PlanComparison, compare_plans, write_comparison
-from coverage.config import PlanConfig
-from coverage.plan import Plan
+from covplan._errors import DataSourceError, InputError
+from covplan.compare import PlanComparison, compare_plans, write_comparison
+from covplan.config import PlanConfig
+from covplan.plan import Plan
 
 CRS = "EPSG:32633"
 X0, Y0 = 500_000.0, 4_000_000.0
@@ -234,12 +234,12 @@ def test_write_comparison_writes_summary_table_and_map(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_folders(tmp_path_factory):
-    from coverage.demo import build_demo_city
-    from coverage.inputs import load_centers, load_communities, load_districts
-    from coverage.io import write_plan
-    from coverage.network import load_network
-    from coverage.plan import plan_communities
-    from coverage.population import load_population
+    from covplan.demo import build_demo_city
+    from covplan.inputs import load_centers, load_communities, load_districts
+    from covplan.io import write_plan
+    from covplan.network import load_network
+    from covplan.plan import plan_communities
+    from covplan.population import load_population
 
     city = build_demo_city(seed=0)
     network = load_network(city.graph)

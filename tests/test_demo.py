@@ -13,8 +13,8 @@ import shapely
 from geopandas.testing import assert_geodataframe_equal
 from pyproj import Transformer
 
-from coverage._errors import InputError
-from coverage.demo import DemoCity, build_demo_city, demo_summary
+from covplan._errors import InputError
+from covplan.demo import DemoCity, build_demo_city, demo_summary
 
 WORK_CRS = "EPSG:32647"
 TOTAL = 300_000

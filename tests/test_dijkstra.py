@@ -8,8 +8,8 @@ import pytest
 import scipy.sparse as sp
 from scipy.sparse.csgraph import dijkstra
 
-from coverage import _dijkstra
-from coverage._dijkstra import bounded_distances
+from covplan import _dijkstra
+from covplan._dijkstra import bounded_distances
 
 
 class _Builder:

@@ -9,8 +9,8 @@ import pytest
 import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from coverage._errors import InfeasibleError, InputError
-from coverage.exact import partition_objective, solve_exact
+from covplan._errors import InfeasibleError, InputError
+from covplan.exact import partition_objective, solve_exact
 
 INF = np.inf
 A, B, C, D = range(4)

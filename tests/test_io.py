@@ -10,12 +10,12 @@ from conftest import grid_graph
 from geopandas.testing import assert_geodataframe_equal
 from shapely.geometry import box
 
-from coverage._errors import DataSourceError
-from coverage.config import PlanConfig
-from coverage.io import read_plan, write_layers, write_plan
-from coverage.network import WalkNetwork
-from coverage.plan import plan_communities
-from coverage.population import Population
+from covplan._errors import DataSourceError
+from covplan.config import PlanConfig
+from covplan.io import read_plan, write_layers, write_plan
+from covplan.network import WalkNetwork
+from covplan.plan import plan_communities
+from covplan.population import Population
 
 X0, Y0 = 500_000.0, 4_000_000.0
 CRS = "EPSG:32633"

@@ -7,9 +7,9 @@ import pytest
 import shapely
 from shapely.geometry import LineString, Point
 
-from coverage._errors import InputError
-from coverage.isochrones import compute_isochrones, dissolve_isochrones
-from coverage.network import WalkNetwork
+from covplan._errors import InputError
+from covplan.isochrones import compute_isochrones, dissolve_isochrones
+from covplan.network import WalkNetwork
 
 X0, Y0 = 500_000.0, 4_000_000.0
 CRS = "EPSG:32633"

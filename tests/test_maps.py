@@ -16,18 +16,18 @@ import shapely
 from shapely.geometry import box
 
 from conftest import grid_graph
-from coverage._errors import DataSourceError, InputError
-from coverage.assess import assess_coverage
-from coverage.config import PlanConfig
-from coverage.demo import build_demo_city
-from coverage.inputs import load_centers, load_communities, load_districts
-from coverage.isochrones import compute_isochrones
-from coverage.maps import (MapPanel, add_plan_communities, coverage_map, isochrone_map, plan_map,
+from covplan._errors import DataSourceError, InputError
+from covplan.assess import assess_coverage
+from covplan.config import PlanConfig
+from covplan.demo import build_demo_city
+from covplan.inputs import load_centers, load_communities, load_districts
+from covplan.isochrones import compute_isochrones
+from covplan.maps import (MapPanel, add_plan_communities, coverage_map, isochrone_map, plan_map,
                            save_map)
-from coverage.network import WalkNetwork, load_network
-from coverage.offline import map_html
-from coverage.plan import plan_communities
-from coverage.population import Population, load_population
+from covplan.network import WalkNetwork, load_network
+from covplan.offline import map_html
+from covplan.plan import plan_communities
+from covplan.population import Population, load_population
 
 X0, Y0 = 500_000.0, 4_000_000.0
 CRS = "EPSG:32633"

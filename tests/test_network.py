@@ -1,4 +1,4 @@
-"""Tests of coverage.network: hand-made OSM XML and osmnx graphs, then the real city files."""
+"""Tests of covplan.network: hand-made OSM XML and osmnx graphs, then the real city files."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pyproj
 import pytest
 from shapely.geometry import LineString
 
-from coverage._errors import CRSError, DataSourceError, InputError
-from coverage.network import DEFAULT_WALK_SPEED_KMH, WalkNetwork, load_network
+from covplan._errors import CRSError, DataSourceError, InputError
+from covplan.network import DEFAULT_WALK_SPEED_KMH, WalkNetwork, load_network
 
 GEOD = pyproj.Geod(ellps="WGS84")
 
@@ -126,9 +126,9 @@ def test_foot_oneway_makes_directed_arcs(tmp_path):
 
 
 def test_summary_is_logged(osm_file, caplog):
-    with caplog.at_level(logging.INFO, logger="coverage.network"):
+    with caplog.at_level(logging.INFO, logger="covplan.network"):
         WalkNetwork.from_osm(osm_file)
-    lines = [r.getMessage() for r in caplog.records if r.name == "coverage.network"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "covplan.network"]
     assert len(lines) == 1
     assert "7 nodes, 5 edges" in lines[0] and "1 island(s)" in lines[0]
 

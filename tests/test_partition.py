@@ -9,11 +9,11 @@ import pytest
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from coverage._errors import InfeasibleError, InputError
-from coverage._sparse import lookup
-from coverage.partition import Partition, PartitionProblem, choose_k, partition_units
+from covplan._errors import InfeasibleError, InputError
+from covplan._sparse import lookup
+from covplan.partition import Partition, PartitionProblem, choose_k, partition_units
 
-HAS_EXACT = importlib.util.find_spec("coverage.exact") is not None
+HAS_EXACT = importlib.util.find_spec("covplan.exact") is not None
 
 
 def grid(w: int = 12, h: int = 10, *, limit: float = 8.0, step: int = 2, seed: int = 0,
@@ -164,10 +164,10 @@ def test_priors_keep_a_valid_old_plan():
     assert pop[kept].sum() >= 0.95 * pop.sum()
 
 
-@pytest.mark.skipif(not HAS_EXACT, reason="coverage.exact (the MIP yardstick) is not available")
+@pytest.mark.skipif(not HAS_EXACT, reason="covplan.exact (the MIP yardstick) is not available")
 @pytest.mark.parametrize("seed", range(6))
 def test_objective_within_two_percent_of_the_exact_mip(seed):
-    from coverage.exact import partition_objective, solve_exact
+    from covplan.exact import partition_objective, solve_exact
 
     reach, pop, adjacency, xy = grid(15, 20, limit=9.0, seed=seed)
     k = 6
@@ -186,11 +186,11 @@ def test_objective_within_two_percent_of_the_exact_mip(seed):
 def demo_problem():
     from scipy.spatial import cKDTree
 
-    from coverage.demo import build_demo_city
-    from coverage.inputs import load_centers
-    from coverage.network import load_network
-    from coverage.population import load_population
-    from coverage.reach import compute_reach
+    from covplan.demo import build_demo_city
+    from covplan.inputs import load_centers
+    from covplan.network import load_network
+    from covplan.population import load_population
+    from covplan.reach import compute_reach
 
     city = build_demo_city(seed=0)
     population = load_population(city.population, population_column="population", id_column="cell_id")
@@ -216,10 +216,10 @@ def test_demo_city_goal():
 def test_sao_paulo_goal(shared_data):
     import geopandas as gpd
 
-    from coverage.network import load_network
-    from coverage.population import load_population
-    from coverage.reach import compute_reach
-    from coverage.tessellation import piece_adjacency, unit_pieces
+    from covplan.network import load_network
+    from covplan.population import load_population
+    from covplan.reach import compute_reach
+    from covplan.tessellation import piece_adjacency, unit_pieces
 
     network = load_network(shared_data / "sao_paulo" / "spo_osm.pbf")
     population = load_population(shared_data / "sao_paulo" / "spo_hexgrid.csv").disaggregate(
@@ -237,8 +237,8 @@ def test_sao_paulo_goal(shared_data):
 
 def plan_from_labels(problem: PartitionProblem, label: np.ndarray):
     """A `_Plan` (the core's working state) holding the given communities."""
-    from coverage.partition import _matrices
-    from coverage.partition._search import _Plan
+    from covplan.partition import _matrices
+    from covplan.partition._search import _Plan
 
     minutes = sp.csr_matrix(problem.minutes, dtype="float64")
     minutes.sort_indices()
@@ -258,7 +258,7 @@ def plan_rules(plan) -> tuple[np.ndarray, np.ndarray, bool]:
 
 
 def test_improvement_splits_an_oversized_community_two_centers_can_serve():
-    from coverage.partition._improve import _improve
+    from covplan.partition._improve import _improve
 
     # A 16 x 4 strip of 100 residents a cell: the left half is one community of twice the
     # target (one center reaches all of it), the right half two communities in the band.
@@ -280,10 +280,10 @@ def test_improvement_splits_an_oversized_community_two_centers_can_serve():
 
 @pytest.mark.parametrize("seed", range(4))
 def test_improvement_never_breaks_a_rule_that_held(seed):
-    from coverage.partition._flow import _assign, _pieces
-    from coverage.partition._improve import _improve
-    from coverage.partition._search import _TINY_SHARE
-    from coverage.partition._seeding import _seed_centers, _set_cover
+    from covplan.partition._flow import _assign, _pieces
+    from covplan.partition._improve import _improve
+    from covplan.partition._search import _TINY_SHARE
+    from covplan.partition._seeding import _seed_centers, _set_cover
 
     reach, pop, adjacency, xy = grid(14, 12, limit=7.0, seed=seed)
     problem = PartitionProblem(reach, pop, adjacency, target_pop=pop.sum() / 6, tolerance=0.2, xy=xy)
@@ -311,8 +311,8 @@ def test_improvement_never_breaks_a_rule_that_held(seed):
 def test_a_community_with_no_neighbour_is_not_shrunk_and_seeds_no_centers_for_k_0():
     import warnings
 
-    from coverage.partition._refine import _shrink
-    from coverage.partition._seeding import _seed_centers
+    from covplan.partition._refine import _shrink
+    from covplan.partition._seeding import _seed_centers
 
     # Two separate 3 x 3 islands (no edge between them): each community's window is itself,
     # so a window with one center less would have none (this used to divide by k = 0).

@@ -9,11 +9,11 @@ import pytest
 from shapely.geometry import box
 
 from conftest import grid_graph
-from coverage._errors import InputError
-from coverage.config import PlanConfig
-from coverage.network import WalkNetwork
-from coverage.plan import plan_communities
-from coverage.population import Population
+from covplan._errors import InputError
+from covplan.config import PlanConfig
+from covplan.network import WalkNetwork
+from covplan.plan import plan_communities
+from covplan.population import Population
 
 X0, Y0 = 500_000.0, 4_000_000.0
 CRS = "EPSG:32633"
@@ -128,10 +128,10 @@ def test_target_below_largest_unit_splits_it(town):
 
 @pytest.fixture(scope="module")
 def demo_replay():
-    from coverage.demo import build_demo_city
-    from coverage.inputs import load_centers, load_communities, load_districts
-    from coverage.network import load_network
-    from coverage.population import load_population
+    from covplan.demo import build_demo_city
+    from covplan.inputs import load_centers, load_communities, load_districts
+    from covplan.network import load_network
+    from covplan.population import load_population
 
     city = build_demo_city()
     network = load_network(city.graph)
@@ -164,10 +164,10 @@ def test_demo_replay_meets_the_goals(demo_replay):
 
 
 def test_demo_replay_is_deterministic(demo_replay):
-    from coverage.demo import build_demo_city
-    from coverage.inputs import load_centers, load_communities, load_districts
-    from coverage.network import load_network
-    from coverage.population import load_population
+    from covplan.demo import build_demo_city
+    from covplan.inputs import load_centers, load_communities, load_districts
+    from covplan.network import load_network
+    from covplan.population import load_population
 
     plan, population, districts = demo_replay
     city = build_demo_city()

@@ -10,11 +10,11 @@ import scipy.sparse as sp
 from shapely.geometry import Point
 
 from conftest import grid_graph
-from coverage._dijkstra import bounded_distances
-from coverage._errors import CoverageWarning, InputError
-from coverage.network import WalkNetwork
-from coverage.population import Population
-from coverage.reach import compute_reach, node_times
+from covplan._dijkstra import bounded_distances
+from covplan._errors import CoverageWarning, InputError
+from covplan.network import WalkNetwork
+from covplan.population import Population
+from covplan.reach import compute_reach, node_times
 
 X0, Y0 = 500_000.0, 4_000_000.0
 SPEED = 75.0  # metres per minute at 4.5 km/h

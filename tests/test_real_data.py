@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coverage.network import load_network
-from coverage.population import load_population
-from coverage.reach import compute_reach
-from coverage.snap import snap_points
+from covplan.network import load_network
+from covplan.population import load_population
+from covplan.reach import compute_reach
+from covplan.snap import snap_points
 
 pytestmark = pytest.mark.slow
 

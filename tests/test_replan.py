@@ -9,13 +9,13 @@ import pytest
 import shapely
 from pyproj import Transformer
 
-from coverage._errors import InputError
-from coverage.config import PlanConfig
-from coverage.plan import Plan
-from coverage.replan import _global_reason, plan_inputs, plan_scenario, replan_scenario
-from coverage.network import WalkNetwork
-from coverage.population import Population
-from coverage.scenarios import (AddResidents, BaseInputs, CloseRoad, RemoveCenter, Scenario,
+from covplan._errors import InputError
+from covplan.config import PlanConfig
+from covplan.plan import Plan
+from covplan.replan import _global_reason, plan_inputs, plan_scenario, replan_scenario
+from covplan.network import WalkNetwork
+from covplan.population import Population
+from covplan.scenarios import (AddResidents, BaseInputs, CloseRoad, RemoveCenter, Scenario,
                                 ScenarioInputs, load_inputs, load_scenario)
 from tests.conftest import grid_graph
 

@@ -11,12 +11,12 @@ import shapely
 from pyproj import Transformer
 from scipy.sparse.csgraph import dijkstra
 
-from coverage._errors import InputError
-from coverage.config import PlanConfig
-from coverage.inputs import load_centers, load_communities, load_districts
-from coverage.network import WalkNetwork
-from coverage.population import Population
-from coverage.scenarios import (AddLink, AddResidents, CloseRoad, RemoveCenter, ScenarioInputs,
+from covplan._errors import InputError
+from covplan.config import PlanConfig
+from covplan.inputs import load_centers, load_communities, load_districts
+from covplan.network import WalkNetwork
+from covplan.population import Population
+from covplan.scenarios import (AddLink, AddResidents, CloseRoad, RemoveCenter, ScenarioInputs,
                                 apply_scenario, load_scenario, write_scenario)
 from tests.conftest import grid_graph
 

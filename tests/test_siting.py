@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from coverage._errors import InputError
-from coverage._sparse import lookup
-from coverage.siting import (
+from covplan._errors import InputError
+from covplan._sparse import lookup
+from covplan.siting import (
     choose_centers,
     choose_community_centers,
     place_centers,
@@ -163,11 +163,11 @@ def test_placement_against_brute_force_on_random_instances():
 
 @pytest.fixture(scope="module")
 def demo_reach():
-    from coverage.demo import build_demo_city
-    from coverage.inputs import load_centers, load_communities
-    from coverage.network import load_network
-    from coverage.population import load_population
-    from coverage.reach import compute_reach
+    from covplan.demo import build_demo_city
+    from covplan.inputs import load_centers, load_communities
+    from covplan.network import load_network
+    from covplan.population import load_population
+    from covplan.reach import compute_reach
 
     city = build_demo_city(seed=0)
     network = load_network(city.graph)

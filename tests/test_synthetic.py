@@ -11,11 +11,11 @@ import pytest
 import shapely
 from geopandas.testing import assert_geodataframe_equal
 
-from coverage._errors import InputError
-from coverage.network import load_network
-from coverage.population import load_population
-from coverage.snap import snap_points
-from coverage.synthetic import SYNTHETIC_KINDS, SyntheticCity, build_synthetic_city
+from covplan._errors import InputError
+from covplan.network import load_network
+from covplan.population import load_population
+from covplan.snap import snap_points
+from covplan.synthetic import SYNTHETIC_KINDS, SyntheticCity, build_synthetic_city
 
 TOTALS = {"core_fringe": 300_000, "river": 250_000, "linear": 240_000, "islands": 220_000}
 

@@ -1,4 +1,4 @@
-"""Tests for coverage.tessellation: unit pieces, their adjacency, dissolving and district cuts."""
+"""Tests for covplan.tessellation: unit pieces, their adjacency, dissolving and district cuts."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import shapely
 from shapely.geometry import Point, box
 
-from coverage._errors import CRSError, InputError
-from coverage.tessellation import dissolve_pieces, piece_adjacency, unit_districts, unit_pieces
+from covplan._errors import CRSError, InputError
+from covplan.tessellation import dissolve_pieces, piece_adjacency, unit_districts, unit_pieces
 
 UTM = "EPSG:32633"
 

@@ -53,15 +53,15 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from coverage._errors import InputError
-from coverage._sparse import lookup
-from coverage.partition._flow import _attach_strays, _pieces, _settle
-from coverage.partition._improve import _improve
-from coverage.partition._refine import (_POLISH_BUDGET, _POLISH_UNITS, _TRANSFERS,
+from covplan._errors import InputError
+from covplan._sparse import lookup
+from covplan.partition._flow import _attach_strays, _pieces, _settle
+from covplan.partition._improve import _improve
+from covplan.partition._refine import (_POLISH_BUDGET, _POLISH_UNITS, _TRANSFERS,
                                         _polish, _reassign, _reduce, _repair, _transfer)
-from coverage.partition._search import (_BALANCE_WEIGHT, _FINAL_WEIGHT, _Plan, _band_key,
+from covplan.partition._search import (_BALANCE_WEIGHT, _FINAL_WEIGHT, _Plan, _band_key,
                                         _local_search)
-from coverage.partition._seeding import (_greedy_seeds, _packing_bound, _seed_centers,
+from covplan.partition._seeding import (_greedy_seeds, _packing_bound, _seed_centers,
                                          _set_cover)
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 from ortools.graph.python import min_cost_flow
 from scipy.sparse.csgraph import connected_components
 
-from coverage._sparse import lookup
+from covplan._sparse import lookup
 
 _COST_SCALE = 100           # min-cost flow needs integers: centi-minutes per person
 _BALANCE_PENALTY = 1_000.0  # flow: minutes per person outside the band, so balance comes first

@@ -21,11 +21,11 @@ import logging
 
 import numpy as np
 
-from coverage.partition._flow import _attach_strays, _pieces, _settle
-from coverage.partition._refine import _reduce, _Window
-from coverage.partition._search import (_BALANCE_WEIGHT, _FINAL_WEIGHT, _TINY_SHARE, _band_key,
+from covplan.partition._flow import _attach_strays, _pieces, _settle
+from covplan.partition._refine import _reduce, _Window
+from covplan.partition._search import (_BALANCE_WEIGHT, _FINAL_WEIGHT, _TINY_SHARE, _band_key,
                                         _empty, _local_search, _Plan)
-from coverage.partition._seeding import _set_cover, _seed_centers
+from covplan.partition._seeding import _set_cover, _seed_centers
 
 logger = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from coverage._sparse import lookup
-from coverage.partition._flow import _attach_strays, _pieces, _settle
-from coverage.partition._search import (_BALANCE_WEIGHT, _FINAL_WEIGHT, _Plan, _band_key, _empty,
+from covplan._sparse import lookup
+from covplan.partition._flow import _attach_strays, _pieces, _settle
+from covplan.partition._search import (_BALANCE_WEIGHT, _FINAL_WEIGHT, _Plan, _band_key, _empty,
                                         _local_search, _violation)
-from coverage.partition._seeding import _seed_centers
+from covplan.partition._seeding import _seed_centers
 
 _AROUND_ROUNDS = 5          # local-search rounds around a dissolved community
 _REPAIRS = 12               # neighbourhoods re-solved around communities outside the band

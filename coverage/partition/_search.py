@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from coverage.partition._flow import _relocate, _tallies
+from covplan.partition._flow import _relocate, _tallies
 
 if TYPE_CHECKING:
-    from coverage.partition import PartitionProblem
+    from covplan.partition import PartitionProblem
 
 _BALANCE_WEIGHT = 5.0       # local search: weight of the squared excess while balancing ...
 _FINAL_WEIGHT = 0.05        # ... and while cutting minutes at the end
