@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out/demo
+# The folder coverage/ must never be imported as `coverage` from the checkout (it would shadow
+# coverage.py): Python leaves the current folder off sys.path.
+export PYTHONSAFEPATH := 1
 
 .PHONY: demo test setup setup-test browser clean
 
@@ -31,7 +34,7 @@ demo: setup
 	$(BIN)/covplan demo --out $(OUT)
 
 test: setup-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --cov=covplan --cov-report=term:skip-covered
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache .coverage

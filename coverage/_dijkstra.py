@@ -37,8 +37,7 @@ agree to rounding (sums are taken in another order; ~1e-14 relative on São Paul
 only tell for a distance within rounding of `limit_m`. Memory follows the pairs reached: the
 output, about as much again while the rows are put in order, and per-thread scratch arrays.
 No library offers a cut-off multi-source search with sparse output on CSR arrays (igraph has no
-cut-off; networkx works per source in Python; numba cannot be imported beside a package named
-``coverage``), hence this module.
+cut-off; networkx works per source in Python), hence this module.
 """
 
 from __future__ import annotations

@@ -4,22 +4,15 @@ and population-weighted k-means, every method's regions scored by one evaluator.
 
 The evaluator (`evaluate_partition`) takes any labelling of population units — ours or a
 peer's — sites the best center of each region with `covplan.siting.choose_centers` and
-computes the figures of our plan report. Peers run in a separate Python environment (numba,
-pulled in by spopt/libpysal, does ``import covplan`` to find coverage.py and finds this package
-instead), through `benchmarks/peers_regionalize.py`: the instance goes out as an ``.npz`` file
-(unit coordinates, populations, adjacency edge lists), the labels come back the same way.
+computes the figures of our plan report. The peers (`covplan.bench_peers`) run in this process
+on plain arrays of the instance (`peer_inputs`: coordinates, populations, adjacency edges).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import geopandas as gpd
@@ -27,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components, dijkstra
 
+from covplan import bench_peers
 from covplan._errors import InputError
 from covplan._sparse import lookup
 from covplan.config import PlanConfig
@@ -42,9 +36,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PEER_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "peers_regionalize.py"
-PEER_PACKAGES = ("spopt", "scikit-learn", "geopandas")
-DEFAULT_PEERS_VENV = ".venv-peers"
 # Reference figures from issue 4, measured elsewhere with an independent evaluator.
 REFERENCE = {"spopt Max-p (floor 8,000)": {"coverage_share": 0.90, "within_tolerance_share": 0.89},
              "weighted k-means": {"coverage_share": 0.988, "within_tolerance_share": 0.35}}
@@ -337,84 +328,88 @@ def generate_communities(instance: PlanInstance, *, n_communities: int = 65,
 
 
 # ---------------------------------------------------------------------------------------------
-# Peers in their own environment
+# Peers
 
 
-def export_instance(instance: PlanInstance, path: str | os.PathLike[str]) -> Path:
-    """Write what the peers need to an .npz: units and populated cells (coordinates in metres,
-    populations, rook adjacency as edge lists) and each unit's cell."""
+@dataclass(frozen=True, slots=True, eq=False)
+class PeerLevel:
+    """What a peer partitions: points (metres), residents, rook adjacency as (i, j) edges, i < j."""
+
+    x: np.ndarray
+    y: np.ndarray
+    pop: np.ndarray
+    edges: np.ndarray
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PeerInputs:
+    """An instance as the peers see it: its units, its populated cells, and each unit's cell."""
+
+    units: PeerLevel
+    cells: PeerLevel
+    unit_cell: np.ndarray
+
+
+def peer_inputs(instance: PlanInstance) -> PeerInputs:
+    """The units and the populated cells they come from, as plain arrays for the peers."""
     units = instance.reach.units
     cell_ids = units["cell_id"].astype(str).to_numpy()
     cells = instance.population.cells.to_crs(instance.network.crs)
     cells = cells[cells["cell_id"].astype(str).isin(set(cell_ids))].reset_index(drop=True)
     cell_index = {cid: i for i, cid in enumerate(cells["cell_id"].astype(str))}
-    cell_adjacency = sp.triu(piece_adjacency(cells.geometry), k=1).tocoo()
-    unit_adjacency = sp.triu(instance.adjacency, k=1).tocoo()
+    unit_cell = np.array([cell_index[c] for c in cell_ids], dtype="int64")
+    unit_pop = units["pop"].to_numpy(dtype="int64")
+    cell_pop = np.bincount(unit_cell, weights=unit_pop, minlength=len(cells)).astype("int64")
     centroid = cells.geometry.representative_point()
-    path = Path(path)
-    np.savez_compressed(
-        path, unit_x=units.geometry.x.to_numpy(), unit_y=units.geometry.y.to_numpy(),
-        unit_pop=units["pop"].to_numpy(dtype="int64"),
-        unit_cell=np.array([cell_index[c] for c in cell_ids], dtype="int64"),
-        unit_edges=np.column_stack([unit_adjacency.row, unit_adjacency.col]).astype("int64"),
-        cell_x=centroid.x.to_numpy(), cell_y=centroid.y.to_numpy(),
-        cell_pop=np.bincount([cell_index[c] for c in cell_ids], weights=units["pop"].to_numpy(),
-                             minlength=len(cells)).astype("int64"),
-        cell_edges=np.column_stack([cell_adjacency.row, cell_adjacency.col]).astype("int64"))
-    return path
+    return PeerInputs(
+        units=PeerLevel(units.geometry.x.to_numpy(), units.geometry.y.to_numpy(), unit_pop,
+                        _edges(instance.adjacency)),
+        cells=PeerLevel(centroid.x.to_numpy(), centroid.y.to_numpy(), cell_pop,
+                        _edges(piece_adjacency(cells.geometry))),
+        unit_cell=unit_cell)
 
 
-def ensure_peers_python(venv: str | os.PathLike[str] = DEFAULT_PEERS_VENV) -> Path:
-    """The peers' interpreter, creating the venv with spopt, scikit-learn and geopandas if absent."""
-    venv = Path(venv).absolute()      # absolute, not resolved: the venv's python is a symlink
-    python = venv / "bin" / "python"
-    if not python.exists():
-        logger.info("Creating %s with %s (once; a few minutes)", venv, ", ".join(PEER_PACKAGES))
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *PEER_PACKAGES], check=True)
-    return python
+def _edges(adjacency: sp.spmatrix) -> np.ndarray:
+    upper = sp.triu(adjacency, k=1).tocoo()
+    return np.column_stack([upper.row, upper.col]).astype("int64")
 
 
 @dataclass(frozen=True, slots=True)
 class PeerRun:
-    """A peer's labels per unit and its times."""
+    """A peer's labels per unit and its time."""
 
     labels: np.ndarray
-    solve_s: float       # the method's own call, measured inside the peer process
-    wall_s: float        # the whole subprocess, imports included
+    solve_s: float       # the method's own call (its libraries already imported)
     level: str           # 'units' or 'cells'
     n_inputs: int        # units or cells the method partitioned
 
 
-def run_peer(instance_file: str | os.PathLike[str], *, method: str, python: str | os.PathLike[str],
-             level: str = "units", floor: int = 8_000, k: int | None = None, seed: int = 0,
-             timeout_s: float | None = None, extra: tuple[str, ...] = ()) -> PeerRun:
-    """Run `benchmarks/peers_regionalize.py` with `python` and read its labels back per unit."""
-    if not PEER_SCRIPT.exists():
-        msg = f"the peer script is missing: {PEER_SCRIPT} (run from a source checkout)."
+def run_peer(inputs: PeerInputs, *, method: str, level: str = "units", floor: int = 8_000,
+             k: int | None = None, seed: int = 0, construction: int = 99,
+             annealing: int = 10) -> PeerRun:
+    """
+    Run a peer of `covplan.bench_peers` on the units or the cells of `inputs`.
+
+    'maxp' takes `floor` (and spopt's `construction` and `annealing` iterations), 'kmeans'
+    takes `k` (default: residents / 10,000). Labels on cells are handed down to their units.
+    """
+    bench_peers.require(method)
+    if level not in ("units", "cells"):
+        msg = f"`level` must be 'units' or 'cells', got {level!r}."
         raise InputError(msg)
-    out = Path(instance_file).with_name(f"labels_{method}_{level}.npz")
-    # The script runs from its own folder, so a relative interpreter path must be made absolute
-    # (not resolved: a venv's python is a symlink to the base interpreter).
-    command = [str(Path(python).absolute()), str(PEER_SCRIPT), str(instance_file), "--method", method, "--level", level,
-               "--floor", str(floor), "--seed", str(seed), "--out", str(out), *extra]
-    if k is not None:
-        command += ["--k", str(k)]
-    # The peers must not see this package: run from the script's folder with a clean PYTHONPATH.
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    data = inputs.cells if level == "cells" else inputs.units
+    pop = data.pop.astype("float64")
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env,
-                          cwd=PEER_SCRIPT.parent, check=False)
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        msg = f"peer {method} failed ({done.returncode}): {done.stderr.strip()[-2000:]}"
-        raise RuntimeError(msg)
-    result = np.load(out)
-    labels = result["labels"].astype("int64")
+    if method == "maxp":
+        labels = bench_peers.maxp(data.x, data.y, pop, data.edges, floor=floor, seed=seed,
+                                  construction=construction, annealing=annealing)
+    else:
+        k = k or max(1, round(pop.sum() / 10_000))
+        labels = bench_peers.kmeans(data.x, data.y, pop, k=k, seed=seed)
+    solve_s = time.perf_counter() - started
     if level == "cells":
-        labels = labels[np.load(instance_file)["unit_cell"]]
-    return PeerRun(labels=labels, solve_s=float(result["solve_s"]), wall_s=wall, level=level,
-                   n_inputs=int(result["n_inputs"]))
+        labels = labels[inputs.unit_cell]
+    return PeerRun(labels=labels, solve_s=solve_s, level=level, n_inputs=len(pop))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,8 +438,6 @@ def run_plan_benchmark(network: WalkNetwork, population: Population, *,
                        existing_communities: int = 65, seed: int = 0,
                        robustness_seeds: tuple[int, ...] = (1, 2), noise_draws: int = 2,
                        noise: float = 0.01, demo: bool = True,
-                       peers_python: str | os.PathLike[str] | None = None,
-                       peer_timeout_s: float | None = 3_600.0,
                        progress: bool = False) -> dict[str, Any]:
     """
     Our planner (redraw; merge/split from generated existing communities) against spopt Max-p
@@ -456,7 +449,7 @@ def run_plan_benchmark(network: WalkNetwork, population: Population, *,
         The city (e.g. the São Paulo pair). Cells are split onto network nodes as the planner
         does (``config.max_unit_pop``).
     peers
-        Any of 'maxp', 'kmeans'; () runs ours only.
+        Any of 'maxp', 'kmeans' (``pip install "coverage-planner[peers]"``); () runs ours only.
     maxp_level
         'cells' (the populated source cells with their rook adjacency; Max-p builds a dense
         distance matrix and works in pure Python, so it does not scale to ~18k units) or
@@ -468,9 +461,6 @@ def run_plan_benchmark(network: WalkNetwork, population: Population, *,
         a uniform factor in 1 ± `noise` (rounded) at the planner's default seed.
     demo
         Also replay the demo city (69 existing -> ~30) with the same evaluator.
-    peers_python
-        Interpreter of an environment with spopt and scikit-learn; None creates or reuses
-        ``.venv-peers`` in the working folder.
 
     Returns
     -------
@@ -481,6 +471,7 @@ def run_plan_benchmark(network: WalkNetwork, population: Population, *,
     from covplan.plan import plan_communities
 
     config = config or PlanConfig()
+    bench_peers.require(*peers)        # a missing peer fails now, not after the planning
     started = time.perf_counter()
     base = build_instance(network, population, config=config, name="city", progress=progress)
     existing = generate_communities(base, n_communities=existing_communities, seed=seed)
@@ -503,22 +494,18 @@ def run_plan_benchmark(network: WalkNetwork, population: Population, *,
         f"stability {merged.report['stability_share']:.0%}")
 
     if peers:
-        python = Path(peers_python) if peers_python else ensure_peers_python(DEFAULT_PEERS_VENV)
-        with tempfile.TemporaryDirectory(prefix="covplan-peers-") as folder:
-            instance_file = export_instance(instance, Path(folder) / "instance.npz")
-            k = max(1, round(int(instance.reach.pop.sum()) / config.target_pop))
-            if "maxp" in peers:
-                run = run_peer(instance_file, method="maxp", python=python, level=maxp_level,
-                               floor=maxp_floor, seed=seed, timeout_s=peer_timeout_s)
-                methods[f"spopt Max-p (floor {maxp_floor:,})"] = _row(
-                    score(instance, run.labels), runtime_s=run.solve_s, units=run.n_inputs,
-                    note=f"on {run.n_inputs:,} {run.level}; x, y as attributes; {run.wall_s:.1f} s with imports")
-            if "kmeans" in peers:
-                run = run_peer(instance_file, method="kmeans", python=python, level="units",
-                               k=k, seed=seed, timeout_s=peer_timeout_s)
-                methods["weighted k-means"] = _row(
-                    score(instance, run.labels), runtime_s=run.solve_s, units=run.n_inputs,
-                    note=f"k = {k}, sample_weight = population, n_init = 10; {run.wall_s:.1f} s with imports")
+        inputs = peer_inputs(instance)
+        k = max(1, round(int(instance.reach.pop.sum()) / config.target_pop))
+        if "maxp" in peers:
+            run = run_peer(inputs, method="maxp", level=maxp_level, floor=maxp_floor, seed=seed)
+            methods[f"spopt Max-p (floor {maxp_floor:,})"] = _row(
+                score(instance, run.labels), runtime_s=run.solve_s, units=run.n_inputs,
+                note=f"on {run.n_inputs:,} {run.level}; x, y as attributes")
+        if "kmeans" in peers:
+            run = run_peer(inputs, method="kmeans", level="units", k=k, seed=seed)
+            methods["weighted k-means"] = _row(
+                score(instance, run.labels), runtime_s=run.solve_s, units=run.n_inputs,
+                note=f"k = {k}, sample_weight = population, n_init = 10")
 
     robustness = _robustness(network, population, instance, config=config, seeds=robustness_seeds,
                              noise_draws=noise_draws, noise=noise, seed=seed, redraw=redraw,

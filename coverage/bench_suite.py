@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,10 +23,11 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
+from covplan import bench_peers
 from covplan._errors import InputError
-from covplan.bench_plan import (DEFAULT_PEERS_VENV, PlanInstance, build_instance,
-                                 ensure_peers_python, export_instance, generate_communities,
-                                 plan_labels, run_peer, score, with_centers)
+from covplan.bench_plan import (PeerInputs, PeerLevel, PlanInstance, build_instance,
+                                 generate_communities, peer_inputs, plan_labels, run_peer, score,
+                                 with_centers)
 from covplan.config import PlanConfig
 from covplan.synthetic import SYNTHETIC_KINDS
 
@@ -43,7 +43,6 @@ SUITE_CITIES: tuple[str, ...] = ("sao_paulo", "helsinki", "demo", *SYNTHETIC_KIN
 # done after 15 min on 2,189 units), so finer inputs are grouped into blocks of this side first.
 MAXP_MAX_CELLS = 400
 MAXP_BLOCK_M = 400.0
-PEER_TIMEOUT_S = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +104,6 @@ class SuiteResult:
 def run_suite(cities: list[str] | None = None, *, peers: bool = True,
               config: PlanConfig | None = None,
               data_dir: str | os.PathLike[str] = Path("../shared/data"),
-              peers_python: str | os.PathLike[str] | None = None,
               progress: bool = False) -> SuiteResult:
     """
     Run the planner-quality suite.
@@ -115,8 +113,7 @@ def run_suite(cities: list[str] | None = None, *, peers: bool = True,
     cities
         Any of `SUITE_CITIES` (None: all). A real city whose data is missing is skipped.
     peers
-        Also score spopt Max-p and weighted k-means (run in ``.venv-peers``, created on first
-        use, or in `peers_python`).
+        Also score spopt Max-p and weighted k-means (``pip install "coverage-planner[peers]"``).
     config
         The plan parameters (default `PlanConfig()`).
     data_dir
@@ -129,7 +126,7 @@ def run_suite(cities: list[str] | None = None, *, peers: bool = True,
     Raises
     ------
     InputError
-        For an unknown city name.
+        For an unknown city name, or `peers` without the peers' libraries installed.
     """
     config = config or PlanConfig()
     names = list(SUITE_CITIES if cities is None else cities)
@@ -137,10 +134,9 @@ def run_suite(cities: list[str] | None = None, *, peers: bool = True,
     if unknown:
         msg = f"unknown suite cities {unknown}; choose from {', '.join(SUITE_CITIES)}."
         raise InputError(msg)
-    started = time.perf_counter()
-    python = None
     if peers:
-        python = Path(peers_python) if peers_python else ensure_peers_python(DEFAULT_PEERS_VENV)
+        bench_peers.require(*bench_peers.PEERS)   # before any city is planned
+    started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     for name in names:
@@ -151,7 +147,7 @@ def run_suite(cities: list[str] | None = None, *, peers: bool = True,
             continue
         logger.info("Suite: %s", name)
         rows += _run_city(name, _load_city(name, Path(data_dir), config), config=config,
-                          python=python, progress=progress)
+                          peers=peers, progress=progress)
     return SuiteResult(rows=pd.DataFrame(rows), skipped=skipped,
                        runtime_s=time.perf_counter() - started,
                        parameters={**config.to_dict(), "cities": names, "peers": peers})
@@ -226,7 +222,7 @@ def _helsinki_population(path: Path, network) -> Any:
 # One city
 
 
-def _run_city(name: str, city: _City, *, config: PlanConfig, python: Path | None,
+def _run_city(name: str, city: _City, *, config: PlanConfig, peers: bool,
               progress: bool) -> list[dict[str, Any]]:
     from covplan.plan import plan_communities
 
@@ -253,9 +249,9 @@ def _run_city(name: str, city: _City, *, config: PlanConfig, python: Path | None
         labels = plan_labels(instance, plan)
         rows.append(_row(name, mode, instance, labels, elapsed, forced, plan=plan,
                          note=f"{len(communities)} existing" if given else ""))
-    if python is not None:
+    if peers:
         ceilings = _ceilings(plans.get("merge-split") or plans["redraw"], forced, instance)
-        rows += _peer_rows(name, instance, python, ceilings, forced)
+        rows += _peer_rows(name, instance, ceilings, forced)
     return rows
 
 
@@ -329,54 +325,50 @@ def _smallest_regular(labels: np.ndarray, pop: np.ndarray, forced: np.ndarray | 
 # Peers
 
 
-def _peer_rows(name: str, instance: PlanInstance, python: Path, ceilings: dict,
+def _peer_rows(name: str, instance: PlanInstance, ceilings: dict,
                forced: np.ndarray | None) -> list[dict[str, Any]]:
     """Max-p (floor 8,000; on cells, or blocks when cells are many) and weighted k-means."""
     rows = []
     total = int(instance.reach.pop.sum())
-    with tempfile.TemporaryDirectory(prefix="covplan-suite-") as folder:
-        path, level_note = _export_for_peers(instance, Path(folder))
-        floor = round(instance.config.min_pop)     # 8,000 at the default target, as bench plan
-        runs = (("spopt Max-p", {"method": "maxp", "level": "cells", "floor": floor},
-                 f"floor {floor:,} on {level_note}"),
-                ("weighted k-means", {"method": "kmeans", "level": "units",
-                                      "k": max(1, round(total / instance.config.target_pop))},
-                 "k = residents / target"))
-        for mode, options, note in runs:
-            try:
-                run = run_peer(path, python=python, seed=instance.config.seed,
-                               timeout_s=PEER_TIMEOUT_S, **options)
-            except Exception as exc:   # a peer that fails or times out is a row, not the end
-                logger.warning("Suite: %s on %s failed: %s", mode, name, exc)
-                rows.append({"city": name, "mode": mode, "residents": total, "communities": 0,
-                             **ceilings, "within_band": 0, "note": f"failed: {exc}"[:300]})
-                continue
-            rows.append(_row(name, mode, instance, run.labels, run.solve_s, forced,
-                             ceilings=ceilings, note=note))
+    inputs, level_note = _inputs_for_peers(instance)
+    floor = round(instance.config.min_pop)     # 8,000 at the default target, as bench plan
+    runs = (("spopt Max-p", {"method": "maxp", "level": "cells", "floor": floor},
+             f"floor {floor:,} on {level_note}"),
+            ("weighted k-means", {"method": "kmeans", "level": "units",
+                                  "k": max(1, round(total / instance.config.target_pop))},
+             "k = residents / target"))
+    for mode, options, note in runs:
+        try:
+            run = run_peer(inputs, seed=instance.config.seed, **options)
+        except Exception as exc:   # a peer that fails is a row, not the end of the suite
+            logger.warning("Suite: %s on %s failed: %s", mode, name, exc)
+            rows.append({"city": name, "mode": mode, "residents": total, "communities": 0,
+                         **ceilings, "within_band": 0, "note": f"failed: {exc}"[:300]})
+            continue
+        rows.append(_row(name, mode, instance, run.labels, run.solve_s, forced,
+                         ceilings=ceilings, note=note))
     return rows
 
 
-def _export_for_peers(instance: PlanInstance, folder: Path) -> tuple[Path, str]:
-    """The peers' .npz; above MAXP_MAX_CELLS populated cells, its 'cells' become square blocks
+def _inputs_for_peers(instance: PlanInstance) -> tuple[PeerInputs, str]:
+    """The peers' inputs; above MAXP_MAX_CELLS populated cells, its cells become square blocks
     of MAXP_BLOCK_M m (units grouped by position, adjacent where any of their units are)."""
-    path = export_instance(instance, folder / "instance.npz")
-    data = dict(np.load(path))
-    if len(data["cell_pop"]) <= MAXP_MAX_CELLS:
-        return path, f"{len(data['cell_pop']):,} cells"
-    x, y, pop = data["unit_x"], data["unit_y"], data["unit_pop"]
-    col, row = (np.floor(v / MAXP_BLOCK_M).astype("int64") for v in (x, y))
-    key = col * 1_000_000 + row
-    _, block = np.unique(key, return_inverse=True)
+    inputs = peer_inputs(instance)
+    if len(inputs.cells.pop) <= MAXP_MAX_CELLS:
+        return inputs, f"{len(inputs.cells.pop):,} cells"
+    units = inputs.units
+    col, row = (np.floor(v / MAXP_BLOCK_M).astype("int64") for v in (units.x, units.y))
+    _, block = np.unique(col * 1_000_000 + row, return_inverse=True)
     block = block.ravel()
-    weight = np.bincount(block, weights=pop)
+    weight = np.bincount(block, weights=units.pop)
     safe = np.where(weight > 0, weight, 1.0)
-    pairs = block[data["unit_edges"]]
+    pairs = block[units.edges]
     pairs = np.unique(np.sort(pairs[pairs[:, 0] != pairs[:, 1]], axis=1), axis=0)
-    data.update(unit_cell=block, cell_pop=weight.astype("int64"), cell_edges=pairs.astype("int64"),
-                cell_x=np.bincount(block, weights=x * pop) / safe,
-                cell_y=np.bincount(block, weights=y * pop) / safe)
-    np.savez_compressed(path, **data)
-    return path, f"{len(weight):,} blocks of {MAXP_BLOCK_M:.0f} m"
+    blocks = PeerLevel(x=np.bincount(block, weights=units.x * units.pop) / safe,
+                       y=np.bincount(block, weights=units.y * units.pop) / safe,
+                       pop=weight.astype("int64"), edges=pairs.astype("int64"))
+    note = f"{len(weight):,} blocks of {MAXP_BLOCK_M:.0f} m"
+    return replace(inputs, cells=blocks, unit_cell=block), note
 
 
 def _pct(value: float | None, digits: int = 1) -> str:

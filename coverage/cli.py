@@ -375,8 +375,7 @@ def _cmd_bench_plan(args: argparse.Namespace) -> int:
         maxp_level=args.maxp_level, maxp_floor=args.maxp_floor,
         existing_communities=args.existing, seed=config.seed,
         robustness_seeds=tuple(int(s) for s in args.robustness_seeds.split(",") if s),
-        noise_draws=args.noise_draws, noise=args.noise, demo=not args.no_demo,
-        peers_python=args.peers_python, progress=True)
+        noise_draws=args.noise_draws, noise=args.noise, demo=not args.no_demo, progress=True)
     print(format_plan_table(report))
     if args.json:
         write_json(args.json, report)
@@ -391,8 +390,7 @@ def _cmd_bench_suite(args: argparse.Namespace, config) -> int:
         msg = "--suite brings its own cities; drop --network and --population (see --cities)."
         raise InputError(msg)
     cities = [c.strip() for c in args.cities.split(",") if c.strip()] if args.cities else None
-    result = run_suite(cities, peers=not args.no_peers, config=config,
-                       peers_python=args.peers_python, progress=True)
+    result = run_suite(cities, peers=not args.no_peers, config=config, progress=True)
     print(result.to_markdown())
     print(f"\nSuite wall time: {result.runtime_s:.0f} s")
     if args.json:
@@ -468,10 +466,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "plan", help="planner vs spopt Max-p and weighted k-means, one evaluator",
         description="Scores our redraw, merge/split from generated existing communities, spopt "
                     "Max-p and population-weighted k-means with one evaluator, plus robustness "
-                    "runs and the demo replay. The peers run in a separate environment "
-                    "(.venv-peers, created on first use) because numba cannot be imported "
-                    "beside this package. With --suite: the same for every suite city (real "
-                    "data in ../shared/data, the demo, the synthetic cities) against each "
+                    "runs and the demo replay. The peers run in this environment (pip install "
+                    "\"coverage-planner[peers]\"). With --suite: the same for every suite city "
+                    "(real data in ../shared/data, the demo, the synthetic cities) against each "
                     "city's coverage and balance ceilings, as one table.")
     bench_plan.add_argument("--network", default=None,
                             help="OSM PBF/XML file, or GraphML written by osmnx (not with --suite)")
@@ -491,8 +488,6 @@ def _build_parser() -> argparse.ArgumentParser:
                             help="population draws with each cell scaled by 1 ± --noise")
     bench_plan.add_argument("--noise", type=float, default=0.01)
     bench_plan.add_argument("--no-demo", action="store_true", help="skip the demo replay")
-    bench_plan.add_argument("--peers-python", default=None,
-                            help="python of an environment with spopt and scikit-learn")
     bench_plan.add_argument("--json", default=None, help="also write the figures to this JSON file")
     bench_plan.add_argument("--suite", action="store_true",
                             help="run the planner-quality suite over several cities instead")

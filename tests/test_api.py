@@ -12,7 +12,7 @@ import covplan
 
 def test_every_public_name_resolves():
     for name in covplan.__all__:
-        assert getattr(coverage, name) is not None
+        assert getattr(covplan, name) is not None
     assert covplan.plan_communities.__module__ == "covplan.plan"
 
 
@@ -22,6 +22,6 @@ def test_unknown_name_is_an_attribute_error():
 
 
 def test_import_is_lazy():
-    code = "import sys, coverage; print('geopandas' in sys.modules, 'ortools' in sys.modules)"
+    code = "import sys, covplan; print('geopandas' in sys.modules, 'ortools' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

@@ -1,11 +1,8 @@
-"""The planner benchmark's plumbing: the evaluator, generated communities, the peers' exchange."""
+"""The planner benchmark's plumbing: the evaluator, generated communities, the peers."""
 
 from __future__ import annotations
 
-import importlib.util
-import subprocess
 import sys
-from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -14,7 +11,7 @@ import scipy.sparse as sp
 from conftest import grid_graph
 from shapely.geometry import box
 
-from covplan import bench_plan
+from covplan import bench_peers, bench_plan
 from covplan._errors import InputError
 from covplan.config import PlanConfig
 from covplan.network import WalkNetwork
@@ -25,7 +22,6 @@ from covplan.reach import ReachMatrix
 X0, Y0, CRS, N = 500_000.0, 4_000_000.0, "EPSG:32633", 14
 CONFIG = PlanConfig(target_pop=3_000, tolerance=0.25, max_minutes=8.0, candidate_spacing_m=150.0,
                     max_unit_pop=None, restarts=2)
-PEERS_PYTHON = Path(__file__).resolve().parents[1] / bench_plan.DEFAULT_PEERS_VENV / "bin" / "python"
 
 
 def _hand_reach(minutes: sp.csr_matrix, pop: np.ndarray) -> ReachMatrix:
@@ -131,51 +127,55 @@ def test_minutes_beyond_the_limit_are_measured_on_the_network(town):
     assert score.max_minutes <= 2 * 1_300 / instance.network.speed_m_per_min + 2
 
 
-def test_instance_export_matches_the_units(town, tmp_path):
+def test_peer_inputs_match_the_units(town):
     _, population, instance = town
-    path = bench_plan.export_instance(instance, tmp_path / "instance.npz")
-    data = np.load(path)
-    assert data["unit_pop"].sum() == data["cell_pop"].sum() == population.total
-    assert len(data["unit_x"]) == len(instance.reach.units)
-    edges = data["unit_edges"]
+    inputs = bench_plan.peer_inputs(instance)
+    units, cells = inputs.units, inputs.cells
+    assert units.pop.sum() == cells.pop.sum() == population.total
+    assert len(units.x) == len(instance.reach.units)
+    edges = units.edges
     assert len(edges) == instance.adjacency.nnz // 2 and (edges[:, 0] < edges[:, 1]).all()
     assert instance.adjacency[edges[:, 0], edges[:, 1]].all()
     # 13 x 13 square cells: rook neighbours only (2 * 13 * 12 shared edges).
-    assert len(data["cell_edges"]) == 2 * 13 * 12
-    assert np.array_equal(np.bincount(data["unit_cell"], weights=data["unit_pop"]), data["cell_pop"])
+    assert len(cells.edges) == 2 * 13 * 12
+    assert np.array_equal(np.bincount(inputs.unit_cell, weights=units.pop), cells.pop)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
-                    reason="scikit-learn is not installed here (`pip install scikit-learn`)")
-def test_kmeans_peer_through_the_subprocess(town, tmp_path, monkeypatch):
+def test_kmeans_peer(town):
     _, _, instance = town
-    path = bench_plan.export_instance(instance, tmp_path / "instance.npz")
-    run = bench_plan.run_peer(path, method="kmeans", python=sys.executable, k=5, seed=0)
+    inputs = bench_plan.peer_inputs(instance)
+    run = bench_plan.run_peer(inputs, method="kmeans", k=5, seed=0)
     assert run.labels.shape == (len(instance.reach.units),) and len(np.unique(run.labels)) == 5
-    # A relative interpreter path (e.g. '.venv-peers/bin/python') works from any folder.
-    interpreter = Path(sys.executable)
-    monkeypatch.chdir(interpreter.parent.parent)
-    again = bench_plan.run_peer(path, method="kmeans", python=Path("bin") / interpreter.name, k=5,
-                                seed=0)
+    assert run.level == "units" and run.n_inputs == len(instance.reach.units) and run.solve_s > 0
+    again = bench_plan.run_peer(inputs, method="kmeans", k=5, seed=0)
     assert np.array_equal(run.labels, again.labels)
     score = bench_plan.score(instance, run.labels)
     assert score.communities == 5 and score.population_assigned == instance.reach.pop.sum()
 
 
-@pytest.mark.skipif(not PEERS_PYTHON.exists(), reason=f"no peers venv at {PEERS_PYTHON.parent.parent} "
-                    "(python -m venv .venv-peers && .venv-peers/bin/pip install spopt scikit-learn geopandas)")
-def test_maxp_peer_in_its_own_environment(town, tmp_path):
+def test_maxp_peer_on_cells(town):
     _, _, instance = town
-    path = bench_plan.export_instance(instance, tmp_path / "instance.npz")
-    run = bench_plan.run_peer(path, method="maxp", python=PEERS_PYTHON, level="cells", floor=2_000,
-                              seed=0, extra=("--construction", "2", "--annealing", "1"))
+    inputs = bench_plan.peer_inputs(instance)
+    before = np.random.get_state()[1].copy()
+    run = bench_plan.run_peer(inputs, method="maxp", level="cells", floor=2_000, seed=0,
+                              construction=2, annealing=1)
     assert run.level == "cells" and run.n_inputs == 169
     score = bench_plan.score(instance, run.labels)
     assert score.population_min >= 2_000 and score.contiguous_share == 1.0
-    # The peers' environment really is apart: it cannot import our package.
-    probe = subprocess.run([str(PEERS_PYTHON), "-c", "import covplan.siting"], capture_output=True,
-                           cwd=tmp_path, check=False)
-    assert probe.returncode != 0
+    again = bench_plan.run_peer(inputs, method="maxp", level="cells", floor=2_000, seed=0,
+                                construction=2, annealing=1)
+    assert np.array_equal(run.labels, again.labels)
+    # spopt is seeded through numpy's global generator; the caller's state comes back.
+    assert np.array_equal(np.random.get_state()[1], before)
+
+
+def test_a_missing_peer_library_names_the_extra(town, monkeypatch):
+    _, _, instance = town
+    monkeypatch.setitem(sys.modules, "spopt.region", None)     # import now raises ImportError
+    with pytest.raises(InputError, match=r"coverage-planner\[peers\]"):
+        bench_plan.run_peer(bench_plan.peer_inputs(instance), method="maxp", level="cells")
+    with pytest.raises(InputError, match="unknown peer"):
+        bench_peers.require("louvain")
 
 
 def test_benchmark_report_and_table_on_a_small_town(town):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -14,7 +12,7 @@ import scipy.sparse as sp
 from conftest import grid_graph
 from shapely.geometry import box
 
-from covplan import bench_plan, bench_suite
+from covplan import bench_peers, bench_plan, bench_suite
 from covplan._errors import InputError
 from covplan.cli import main
 from covplan.config import PlanConfig
@@ -61,7 +59,7 @@ def test_evaluator_counts_residents_in_balanced_regions():
 def test_city_rows_sit_below_their_ceilings(town):
     net, population, _ = town
     rows = bench_suite._run_city("town", bench_suite._City(net, population, existing=5),
-                                 config=CONFIG, python=None, progress=False)
+                                 config=CONFIG, peers=False, progress=False)
     frame = pd.DataFrame(rows)
     assert list(frame["mode"]) == ["redraw", "merge-split"]
     assert (frame["residents"] == population.total).all()
@@ -77,31 +75,40 @@ def test_city_rows_sit_below_their_ceilings(town):
     json.dumps(result.to_dict(), allow_nan=False)          # NaN became null
 
 
-def test_peers_rows_a_failing_peer_is_a_row(town):
+def test_peers_rows_a_failing_peer_is_a_row(town, monkeypatch):
     _, _, instance = town
     ceilings = {"coverage_ceiling": 1.0, "within_tolerance_pop_share_ceiling": 0.9}
-    # This interpreter has scikit-learn but not spopt: k-means runs, Max-p fails into a row.
-    rows = bench_suite._peer_rows("town", instance, Path(sys.executable), ceilings, None)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no regions")
+
+    monkeypatch.setattr(bench_peers, "maxp", broken)
+    rows = bench_suite._peer_rows("town", instance, ceilings, None)
     by_mode = {r["mode"]: r for r in rows}
     k = round(instance.reach.pop.sum() / CONFIG.target_pop)
     assert by_mode["weighted k-means"]["communities"] == k
     assert by_mode["weighted k-means"]["coverage_ceiling"] == 1.0
-    maxp = by_mode["spopt Max-p"]
-    assert maxp["note"].startswith("failed") or maxp["communities"] > 0
+    assert by_mode["spopt Max-p"]["note"] == "failed: no regions"
+    assert by_mode["spopt Max-p"]["communities"] == 0
 
 
-def test_maxp_gets_blocks_when_cells_are_many(town, tmp_path, monkeypatch):
+def test_maxp_gets_blocks_when_cells_are_many(town, monkeypatch):
     _, population, instance = town
     monkeypatch.setattr(bench_suite, "MAXP_MAX_CELLS", 10)
-    path, note = bench_suite._export_for_peers(instance, tmp_path)
-    data = np.load(path)
+    inputs, note = bench_suite._inputs_for_peers(instance)
     assert "blocks of 400 m" in note
-    n_blocks = len(data["cell_pop"])
-    assert n_blocks <= 16 and data["cell_pop"].sum() == population.total
-    assert np.array_equal(np.bincount(data["unit_cell"], weights=data["unit_pop"],
-                                      minlength=n_blocks), data["cell_pop"])
-    edges = data["cell_edges"]
+    blocks = inputs.cells
+    n_blocks = len(blocks.pop)
+    assert n_blocks <= 16 and blocks.pop.sum() == population.total
+    assert np.array_equal(np.bincount(inputs.unit_cell, weights=inputs.units.pop,
+                                      minlength=n_blocks), blocks.pop)
+    edges = blocks.edges
     assert len(edges) and (edges[:, 0] < edges[:, 1]).all() and edges.max() < n_blocks
+    # Max-p runs on the blocks; its labels come back per unit.
+    run = bench_plan.run_peer(inputs, method="maxp", level="cells", floor=2_000,
+                              construction=2, annealing=1)
+    assert run.n_inputs == n_blocks and run.labels.shape == (len(instance.reach.units),)
+    assert bench_plan.score(instance, run.labels).population_min >= 2_000
 
 
 def test_unknown_and_missing_cities(tmp_path):

@@ -54,7 +54,7 @@ def test_coverage_and_isochrones_commands(tmp_path, grid_files):
     network, population, centers = grid_files
     assert main(["-q", "coverage", "--network", str(network), "--population", str(population),
                  "--centers", str(centers), "--minutes", "3", "--out", str(tmp_path / "cov")]) == 0
-    summary = json.loads((tmp_path / "cov" / "covplan.json").read_text())
+    summary = json.loads((tmp_path / "cov" / "coverage.json").read_text())
     # 3 minutes = 225 m from the middle node: |dr| + |dc| <= 2 on a 100 m grid -> 13 nodes.
     assert summary["population_total"] == 250
     assert summary["population_covered"] == 130

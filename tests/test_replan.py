@@ -7,6 +7,7 @@ from pathlib import Path
 import geopandas as gpd
 import pytest
 import shapely
+from conftest import grid_graph
 from pyproj import Transformer
 
 from covplan._errors import InputError
@@ -17,7 +18,6 @@ from covplan.network import WalkNetwork
 from covplan.population import Population
 from covplan.scenarios import (AddResidents, BaseInputs, CloseRoad, RemoveCenter, Scenario,
                                 ScenarioInputs, load_inputs, load_scenario)
-from tests.conftest import grid_graph
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "scenarios"
 X0, Y0 = 500_000.0, 4_000_000.0

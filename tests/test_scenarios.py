@@ -8,6 +8,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
+from conftest import grid_graph
 from pyproj import Transformer
 from scipy.sparse.csgraph import dijkstra
 
@@ -18,7 +19,6 @@ from covplan.network import WalkNetwork
 from covplan.population import Population
 from covplan.scenarios import (AddLink, AddResidents, CloseRoad, RemoveCenter, ScenarioInputs,
                                 apply_scenario, load_scenario, write_scenario)
-from tests.conftest import grid_graph
 
 X0, Y0 = 500_000.0, 4_000_000.0
 CRS = "EPSG:32633"
