@@ -425,22 +425,27 @@ def add_uncovered(fmap: folium.Map, units: gpd.GeoDataFrame, *, minutes_column: 
     minutes = units[minutes_column].astype(float)
     out = units[(~(minutes <= max_minutes)) & (units["pop"] > 0)].copy()
     out["minutes"] = out[minutes_column].astype(float).round(1)
+    total = int(out["pop"].sum())
+    count = f"{total:,}" if total else "none"
+    return _resident_circles(fmap, out, color=STYLE["uncovered"], class_name="cov-uncovered",
+                             name=f"uncovered residents (> {max_minutes:g} min): {count}",
+                             fields={"unit_id": "unit", "pop": "residents",
+                                     "minutes": "walk (min)", "community_id": "community"})
+
+
+def _resident_circles(fmap: folium.Map, out: gpd.GeoDataFrame, *, color: str, class_name: str,
+                      name: str, fields: dict[str, str], show: bool = True) -> folium.map.Layer:
+    """Units as circles of `color` sized by residents, in a layer of their own."""
     scale = max(float(out["pop"].max()), 1.0) if len(out) else 1.0
     # Whole-pixel radii keep the number of distinct styles, and so the file, small.
     out["radius"] = np.round(4 + 8 * np.sqrt(out["pop"].to_numpy(dtype=float) / scale))
-    total = int(out["pop"].sum())
-    fields = _present(out, {"unit_id": "unit", "pop": "residents", "minutes": "walk (min)",
-                            "community_id": "community"})
 
     def style(feature):
-        return _point_style(STYLE["uncovered"], radius=feature["properties"]["radius"],
-                            class_name="cov-uncovered", stroke=STYLE["uncovered"],
-                            fill_opacity=0.5)
+        return _point_style(color, radius=feature["properties"]["radius"], class_name=class_name,
+                            stroke=color, fill_opacity=0.5)
 
-    count = f"{total:,}" if total else "none"
-    return _add_layer(fmap, out, name=f"uncovered residents (> {max_minutes:g} min): {count}",
-                      style=style, fields=fields, style_columns=("radius",),
-                      marker=folium.CircleMarker(radius=4))
+    return _add_layer(fmap, out, name=name, style=style, fields=_present(out, fields),
+                      style_columns=("radius",), marker=folium.CircleMarker(radius=4), show=show)
 
 
 def add_forced_undersized(fmap: folium.Map, units: gpd.GeoDataFrame, *,
@@ -456,20 +461,12 @@ def add_forced_undersized(fmap: folium.Map, units: gpd.GeoDataFrame, *,
     if out.empty:
         return None
     out["where"] = np.where(out["island"].astype(bool), "network island", "remote pocket")
-    scale = max(float(out["pop"].max()), 1.0)
-    out["radius"] = np.round(4 + 8 * np.sqrt(out["pop"].to_numpy(dtype=float) / scale))
-    fields = _present(out, {"unit_id": "unit", "pop": "residents", "where": "cut off as",
-                            "community_id": "community"})
-
-    def style(feature):
-        return _point_style(STYLE["forced_undersized"], radius=feature["properties"]["radius"],
-                            class_name="cov-forced", stroke=STYLE["forced_undersized"],
-                            fill_opacity=0.5)
-
     name = (f"residents no balanced community can reach (< {min_pop:,.0f} within "
             f"{max_minutes:g} min): {int(out['pop'].sum()):,}")
-    return _add_layer(fmap, out, name=name, style=style, fields=fields, style_columns=("radius",),
-                      marker=folium.CircleMarker(radius=4), show=False)
+    return _resident_circles(fmap, out, color=STYLE["forced_undersized"], class_name="cov-forced",
+                             name=name, show=False,
+                             fields={"unit_id": "unit", "pop": "residents", "where": "cut off as",
+                                     "community_id": "community"})
 
 
 def add_density(fmap: folium.Map, units: gpd.GeoDataFrame, *,

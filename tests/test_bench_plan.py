@@ -8,15 +8,12 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import grid_graph
-from shapely.geometry import box
+from conftest import grid_town
 
 from covplan import bench_peers, bench_plan
 from covplan._errors import InputError
 from covplan.config import PlanConfig
-from covplan.network import WalkNetwork
 from covplan.plan import plan_communities
-from covplan.population import Population
 from covplan.reach import ReachMatrix
 
 X0, Y0, CRS, N = 500_000.0, 4_000_000.0, "EPSG:32633", 14
@@ -70,13 +67,7 @@ def test_evaluator_figures_by_hand():
 
 @pytest.fixture(scope="module")
 def town():
-    net = WalkNetwork.from_graph(grid_graph(N, 100.0))
-    rng = np.random.default_rng(7)
-    cells = [box(X0 + 100 * c, Y0 + 100 * r, X0 + 100 * (c + 1), Y0 + 100 * (r + 1))
-             for r in range(N - 1) for c in range(N - 1)]
-    frame = gpd.GeoDataFrame({"cell_id": [f"c{i}" for i in range(len(cells))],
-                              "pop": rng.integers(20, 180, len(cells))}, geometry=cells, crs=CRS)
-    population = Population.from_frame(frame, population_column="pop", id_column="cell_id")
+    net, population = grid_town(N)
     return net, population, bench_plan.build_instance(net, population, config=CONFIG)
 
 
