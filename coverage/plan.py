@@ -27,7 +27,7 @@ from covplan.bounds import FeasibilityBound, feasibility_bound
 from covplan.config import PlanConfig
 from covplan.isochrones import compute_isochrones
 from covplan.metrics import community_table, plan_report
-from covplan.partition import PartitionProblem, partition_units
+from covplan.partition import PartitionProblem, band_key, partition_units
 from covplan.reach import ReachMatrix, compute_reach
 from covplan.tessellation import dissolve_pieces, piece_adjacency, unit_districts, unit_pieces
 
@@ -444,16 +444,11 @@ def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: _Prior |
 
 
 def _band_key(center_of: np.ndarray, pop: np.ndarray, config: PlanConfig) -> tuple[float, int, int, float]:
-    """The rules' order of an assignment, smaller first (as the planner's core ranks plans):
-    residents of communities outside the band, tiny communities (under half the target),
-    communities outside the band, people beyond its edges."""
+    """`band_key` of an assignment of units to centers (-1: unserved)."""
     served = center_of >= 0
     _, inverse = np.unique(center_of[served], return_inverse=True)
-    sizes = np.bincount(inverse, weights=pop[served])
-    excess = np.maximum(config.min_pop - sizes, 0) + np.maximum(sizes - config.max_pop, 0)
-    out = excess > 0
-    return (float(sizes[out].sum()), int((sizes < 0.5 * config.target_pop).sum()), int(out.sum()),
-            float(excess.sum()))
+    return band_key(np.bincount(inverse, weights=pop[served]), min_pop=config.min_pop,
+                    max_pop=config.max_pop, target_pop=config.target_pop)
 
 
 def _partition_group(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: _Prior | None,

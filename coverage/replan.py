@@ -33,6 +33,7 @@ from covplan._sparse import lookup
 from covplan.config import PlanConfig
 from covplan.isochrones import compute_isochrones
 from covplan.metrics import plan_report
+from covplan.partition import band_key
 from covplan.plan import (
     Plan,
     _centers_out,
@@ -389,10 +390,10 @@ def _solve_window(base: _BaseView, reasons: dict[str, str], reach, adjacency, di
             window |= pulled
         key = _window_key(center_of, window, base, reach, config)
         logger.info("Window of %d communities (%d ring(s)): %d outside the band (%d before)",
-                    len(window), rings, key[0], int((~base.within[list(window)]).sum()))
+                    len(window), rings, key[2], int((~base.within[list(window)]).sum()))
         if best is None or key < best[0]:
             best = (key, window, center_of)
-        if key[0] <= int((~base.within[list(window)]).sum()):
+        if key[2] <= int((~base.within[list(window)]).sum()):
             break
     _, window, center_of = best
     frozen = sorted(set(range(len(base.ids))) - window)
@@ -449,14 +450,13 @@ def _pulled(rows, center_of, reach, frozen, frozen_cands) -> set[int]:
     return {int(i) for i in frozen[np.isin(frozen_cands, reached)]}
 
 
-def _window_key(center_of, window, base, reach, config) -> tuple[int, float]:
+def _window_key(center_of, window, base, reach, config) -> tuple[float, int, int, float]:
+    """`band_key` of the window's re-solved communities."""
     rows = np.flatnonzero(~np.isin(base.comm, sorted(set(range(len(base.ids))) - window))
                           & (center_of >= 0))
     _, inverse = np.unique(center_of[rows], return_inverse=True)
-    sizes = np.bincount(inverse, weights=reach.pop[rows])
-    outside = (sizes < config.min_pop) | (sizes > config.max_pop)
-    short = np.clip(config.min_pop - sizes, 0, None) + np.clip(sizes - config.max_pop, 0, None)
-    return int(outside.sum()), float(short.sum())
+    return band_key(np.bincount(inverse, weights=reach.pop[rows]), min_pop=config.min_pop,
+                    max_pop=config.max_pop, target_pop=config.target_pop)
 
 
 def _name_communities(table: gpd.GeoDataFrame, base: _BaseView, labels: np.ndarray,

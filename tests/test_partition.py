@@ -329,3 +329,15 @@ def test_a_community_with_no_neighbour_is_not_shrunk_and_seeds_no_centers_for_k_
         assert len(_seed_centers(xy, plan.pop, plan.structure, 0, 0.0)) == 0
         assert not _shrink(plan, 0)
     assert sorted(plan.size[plan.alive]) == [9, 9]
+
+
+def test_one_band_scoring_ranks_residents_outside_the_band_first():
+    from covplan.partition import band_key
+
+    # 5,000 is under the band and tiny; 13,000 over it: 18,000 residents outside, 4,000 beyond.
+    assert band_key([5_000, 9_000, 13_000], min_pop=8_000, max_pop=12_000,
+                    target_pop=10_000) == (18_000.0, 0, 2, 4_000.0)
+    assert band_key([4_000, 9_000], min_pop=8_000, max_pop=12_000, target_pop=10_000)[1] == 1
+    # Fewer residents outside wins even with more people beyond the band's edges.
+    assert band_key([6_000, 9_000], min_pop=8_000, max_pop=12_000, target_pop=10_000) < \
+        band_key([7_900, 7_900], min_pop=8_000, max_pop=12_000, target_pop=10_000)

@@ -59,10 +59,13 @@ from covplan.partition._flow import _attach_strays, _pieces, _settle
 from covplan.partition._improve import _improve
 from covplan.partition._refine import (_POLISH_BUDGET, _POLISH_UNITS, _TRANSFERS,
                                         _polish, _reassign, _reduce, _repair, _transfer)
-from covplan.partition._search import (_BALANCE_WEIGHT, _FINAL_WEIGHT, _Plan, _band_key,
+from covplan.partition._search import (_BALANCE_WEIGHT, _FINAL_WEIGHT, _Plan, _band_key, band_key,
                                         _local_search)
 from covplan.partition._seeding import (_greedy_seeds, _packing_bound, _seed_centers,
                                          _set_cover)
+
+__all__ = ["Partition", "PartitionProblem", "band_key", "choose_k", "partition_units",
+           "population_band"]
 
 logger = logging.getLogger(__name__)
 

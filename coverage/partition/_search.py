@@ -210,16 +210,26 @@ def _violation(pop_k, lo: float, hi: float):
     return np.clip(lo - pop_k, 0, None) + np.clip(pop_k - hi, 0, None)
 
 
-def _band_key(pop_k: np.ndarray, problem: PartitionProblem) -> tuple[float, int, int, float]:
-    """The rules' order for community populations, smaller first: residents of communities
-    outside the band (the product's promise is the share of residents in balanced communities),
-    tiny communities (below `_TINY_SHARE` of the target), communities outside the band, people
-    beyond the band's edges."""
-    pop_k = np.asarray(pop_k, dtype="float64")
-    viol = _violation(pop_k, problem.min_pop, problem.max_pop)
+def band_key(sizes, *, min_pop: float, max_pop: float, target_pop: float,
+             tiny_share: float = _TINY_SHARE) -> tuple[float, int, int, float]:
+    """
+    The rules' order for community populations, smaller first — the one scoring of the band
+    used by the planner's core, a district's plan and an incremental re-plan: residents of
+    communities outside the band (the product's promise is the share of residents in balanced
+    communities), tiny communities (below `tiny_share` of the target), communities outside the
+    band, people beyond the band's edges.
+    """
+    sizes = np.asarray(sizes, dtype="float64")
+    viol = _violation(sizes, min_pop, max_pop)
     out = viol > 0
-    return (float(pop_k[out].sum()), int((pop_k < _TINY_SHARE * problem.target_pop).sum()),
+    return (float(sizes[out].sum()), int((sizes < tiny_share * target_pop).sum()),
             int(out.sum()), float(viol.sum()))
+
+
+def _band_key(pop_k: np.ndarray, problem: PartitionProblem) -> tuple[float, int, int, float]:
+    """`band_key` of a problem's community populations."""
+    return band_key(pop_k, min_pop=problem.min_pop, max_pop=problem.max_pop,
+                    target_pop=problem.target_pop)
 
 
 def _band_deltas(pa, pb, p, cost, problem: PartitionProblem, lam: float,
