@@ -20,9 +20,7 @@ import h3
 import numpy as np
 import pandas as pd
 import pyogrio
-import rasterio
 import shapely
-from rasterio.windows import Window
 
 from covplan._errors import CRSError, DataSourceError, InputError
 from covplan._validate import (clean_counts, describe, require_columns, require_crs, require_file,
@@ -250,6 +248,7 @@ class Population:
         """
         require_file(path, what="population raster")
         name = f"population raster {describe(path)}"
+        rasterio = _rasterio(name)
         try:
             with rasterio.open(os.fspath(path)) as src:
                 _check_raster(src, band=band, name=name)
@@ -629,7 +628,7 @@ def _read_populated(src: Any, *, band: int, name: str) -> tuple[np.ndarray, ...]
     rows, cols, values = [], [], []
     skipped = 0
     for top in range(0, src.height, strip):
-        window = Window(0, top, src.width, min(strip, src.height - top))
+        window = _rasterio("").windows.Window(0, top, src.width, min(strip, src.height - top))
         data = src.read(band, window=window, masked=True)
         # NaN counts as nodata: float rasters often mark the sea with NaN but declare nothing.
         pixels = np.ma.filled(data.astype("float64"), np.nan)
@@ -835,3 +834,16 @@ def _piece_points(xy: np.ndarray, weight: np.ndarray, labels: np.ndarray, k: int
     nearest = np.lexsort((distance, labels))
     first = np.unique(labels[nearest], return_index=True)[1]
     return xy[nearest[first]]
+
+
+def _rasterio(name: str):
+    """rasterio, which only raster populations need (the `raster` extra)."""
+    try:
+        import rasterio
+        import rasterio.windows
+    except ImportError as exc:
+        msg = (f"reading {name or 'a population raster'} needs rasterio: "
+               "pip install 'coverage-planner[raster]' (or give the population as vector cells, "
+               "CSV or H3 ids).")
+        raise InputError(msg) from exc
+    return rasterio

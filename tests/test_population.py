@@ -434,3 +434,13 @@ def test_hsy_2015_shapefile(shared_data: Path) -> None:
     assert population.total == 1_117_552
     assert population.population_column == "ASUKKAITA"
     assert population.cells.set_index("cell_id").loc["27699", "pop"] == 30_244
+
+
+def test_raster_without_rasterio_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    path = tmp_path / "people.tif"
+    path.write_bytes(b"II*\x00")
+    monkeypatch.setitem(sys.modules, "rasterio", None)      # as if the extra were not installed
+    with pytest.raises(InputError, match=r"coverage-planner\[raster\]"):
+        Population.from_raster(path)
