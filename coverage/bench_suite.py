@@ -43,6 +43,8 @@ SUITE_CITIES: tuple[str, ...] = ("sao_paulo", "helsinki", "demo", *SYNTHETIC_KIN
 # done after 15 min on 2,189 units), so finer inputs are grouped into blocks of this side first.
 MAXP_MAX_CELLS = 400
 MAXP_BLOCK_M = 400.0
+# The city's ceilings, from the plan report (covplan.bounds), shown beside every row.
+CEILINGS = ("coverage_ceiling", "within_tolerance_pop_share_ceiling")
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +238,6 @@ def _run_city(name: str, city: _City, *, config: PlanConfig, peers: bool,
         existing = generate_communities(base, n_communities=city.existing, seed=config.seed)
         communities, centers = existing.communities, existing.centers
         instance = with_centers(base, centers)
-    forced = _forced_undersized(instance)
     rows = []
     plans: dict[str, Plan] = {}
     for mode, given in (("redraw", {}),
@@ -247,77 +248,47 @@ def _run_city(name: str, city: _City, *, config: PlanConfig, peers: bool,
         elapsed = time.perf_counter() - started
         plans[mode] = plan
         labels = plan_labels(instance, plan)
-        rows.append(_row(name, mode, instance, labels, elapsed, forced, plan=plan,
+        rows.append(_row(name, mode, instance, labels, elapsed, plan=plan, own=True,
                          note=f"{len(communities)} existing" if given else ""))
     if peers:
-        ceilings = _ceilings(plans.get("merge-split") or plans["redraw"], forced, instance)
-        rows += _peer_rows(name, instance, ceilings, forced)
+        # The peers partition the merge/split instance (the same candidates): its plan's proof
+        # of who is forced undersized, and its ceilings, judge them too.
+        rows += _peer_rows(name, instance, plans["merge-split"])
     return rows
 
 
-def _row(city: str, mode: str, instance: PlanInstance, labels: np.ndarray, time_s: float,
-         forced: np.ndarray | None, *, plan: Plan | None = None, ceilings: dict | None = None,
-         note: str = "") -> dict[str, Any]:
+def _row(city: str, mode: str, instance: PlanInstance, labels: np.ndarray, time_s: float, *,
+         plan: Plan, own: bool, note: str = "") -> dict[str, Any]:
+    """One row: the evaluator's figures of `labels` beside the ceilings of `plan`'s report
+    (`labels` are the plan's own when `own`, else a peer's on the same units)."""
     s = score(instance, labels)
-    pop = instance.reach.pop
-    ceilings = ceilings or _ceilings(plan, forced, instance)
-    stability = plan.report.get("stability_share") if plan is not None else None
+    report = plan.report
     return {"city": city, "mode": mode, "residents": s.population_total,
-            "units": len(pop), "communities": s.communities,
-            "coverage": s.coverage_share_of_total, **ceilings,
+            "units": len(instance.reach.pop), "communities": s.communities,
+            "coverage": s.coverage_share_of_total,
+            **{key: report[key] for key in CEILINGS},
             "within_tolerance_pop_share": s.within_tolerance_pop_share,
             "within_band": round(s.within_tolerance_share * s.communities),
             "contiguous_share": s.contiguous_share,
-            "smallest_regular": _smallest_regular(labels, pop, forced, plan),
+            "smallest_regular": _smallest_regular(labels, instance.reach.pop, plan, own=own),
             "mean_minutes": s.mean_minutes, "max_minutes": s.max_minutes,
-            "stability": np.nan if stability is None else stability,
+            "stability": report["stability_share"] if own and report["stability_share"] is not None
+            else np.nan,
             "time_s": round(time_s, 2), "crossing_districts": s.crossing_districts, "note": note}
 
 
-def _forced_undersized(instance: PlanInstance) -> np.ndarray | None:
-    """Per unit, whether no site it reaches gathers the band's floor (None if covplan.bounds is
-    not there): the same proof for our regions and the peers'."""
-    try:
-        from covplan.bounds import feasibility_bound
-    except ImportError:
-        return None
-    bound = feasibility_bound(instance.reach, min_pop=instance.config.min_pop,
-                              component=instance.network.component, adjacency=instance.adjacency)
-    return bound.forced_undersized
-
-
-def _ceilings(plan: Plan | None, forced: np.ndarray | None,
-              instance: PlanInstance) -> dict[str, float]:
-    """The city's ceilings: the plan report's when it has them, else from the instance."""
-    report = plan.report if plan is not None else {}
-    pop, reach = instance.reach.pop, instance.reach
-    total = max(int(pop.sum()), 1)
-    coverage = report.get("coverage_ceiling", float(pop[reach.reachable].sum() / total))
-    balanced = report.get("within_tolerance_pop_share_ceiling")
-    if balanced is None and forced is not None:
-        balanced = float(pop[reach.reachable & ~forced].sum() / total)
-    return {"coverage_ceiling": coverage,
-            "within_tolerance_pop_share_ceiling": np.nan if balanced is None else balanced}
-
-
-def _smallest_regular(labels: np.ndarray, pop: np.ndarray, forced: np.ndarray | None,
-                      plan: Plan | None) -> float:
-    """The smallest community that is not an exception: the plan's own flag when it has one,
-    else a region whose members are all forced undersized (covplan.bounds) is an exception."""
-    if plan is not None and "exception" in plan.communities.columns:
-        table = plan.communities
-        flag = table["exception"]
-        # A bool column, or the reason as text ('' for a regular community).
-        exception = (flag.to_numpy(dtype=bool) if flag.dtype == bool
-                     else flag.fillna("").astype(str).ne("").to_numpy())
-        regular = table.loc[~exception, "population"]
+def _smallest_regular(labels: np.ndarray, pop: np.ndarray, plan: Plan, *, own: bool) -> float:
+    """The smallest community that is not an exception: the plan's own flag for its
+    communities; for a peer's regions, a region all of whose members the plan's bound proves
+    forced undersized is an exception."""
+    if own:
+        regular = plan.communities.loc[plan.communities["exception"].fillna("") == "", "population"]
         return float(regular.min()) if len(regular) else np.nan
+    forced = plan.units["forced_undersized"].to_numpy(dtype=bool)
     member = labels >= 0
     _, region = np.unique(labels[member], return_inverse=True)
     sizes = np.bincount(region, weights=pop[member])
-    if forced is not None:
-        not_forced = np.bincount(region, weights=~forced[member])
-        sizes = sizes[not_forced > 0]
+    sizes = sizes[np.bincount(region, weights=~forced[member]) > 0]
     return float(sizes.min()) if len(sizes) else np.nan
 
 
@@ -325,8 +296,7 @@ def _smallest_regular(labels: np.ndarray, pop: np.ndarray, forced: np.ndarray | 
 # Peers
 
 
-def _peer_rows(name: str, instance: PlanInstance, ceilings: dict,
-               forced: np.ndarray | None) -> list[dict[str, Any]]:
+def _peer_rows(name: str, instance: PlanInstance, plan: Plan) -> list[dict[str, Any]]:
     """Max-p (floor 8,000; on cells, or blocks when cells are many) and weighted k-means."""
     rows = []
     total = int(instance.reach.pop.sum())
@@ -343,10 +313,11 @@ def _peer_rows(name: str, instance: PlanInstance, ceilings: dict,
         except Exception as exc:   # a peer that fails is a row, not the end of the suite
             logger.warning("Suite: %s on %s failed: %s", mode, name, exc)
             rows.append({"city": name, "mode": mode, "residents": total, "communities": 0,
-                         **ceilings, "within_band": 0, "note": f"failed: {exc}"[:300]})
+                         **{key: plan.report[key] for key in CEILINGS}, "within_band": 0,
+                         "note": f"failed: {exc}"[:300]})
             continue
-        rows.append(_row(name, mode, instance, run.labels, run.solve_s, forced,
-                         ceilings=ceilings, note=note))
+        rows.append(_row(name, mode, instance, run.labels, run.solve_s, plan=plan, own=False,
+                         note=note))
     return rows
 
 

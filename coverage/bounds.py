@@ -43,30 +43,26 @@ class FeasibilityBound:
 
     @property
     def population_total(self) -> int:
-        return int(self.pop.sum())
+        return self.figures()["population_total"]
 
     @property
     def forced_undersized_population(self) -> int:
-        return int(self.pop[self.forced_undersized].sum())
+        return self.figures()["forced_undersized_population"]
 
     @property
     def unreachable_population(self) -> int:
-        return int(self.pop[~self.reachable].sum())
+        return self.figures()["unreachable_population"]
 
     @property
     def coverage_ceiling(self) -> float:
         """Share of residents some plan could cover: those reaching at least one site."""
-        total = self.population_total
-        return 1.0 - self.unreachable_population / total if total else 1.0
+        return self.figures()["coverage_ceiling"]
 
     @property
     def within_tolerance_pop_share_ceiling(self) -> float:
         """Share of residents some plan could put in a community within the band: everyone but
         the forced-undersized and those no site reaches (who are in no community at all)."""
-        total = self.population_total
-        if not total:
-            return 1.0
-        return 1.0 - (self.forced_undersized_population + self.unreachable_population) / total
+        return self.figures()["within_tolerance_pop_share_ceiling"]
 
     def figures(self, mask: np.ndarray | None = None) -> dict:
         """The ceilings of the units in `mask` (all units without one), for a report."""

@@ -36,22 +36,23 @@ def _exception(forced: np.ndarray, island: np.ndarray) -> str:
 
 
 def _note(population: float, contiguous: bool, exception: str, best_gather: float,
-          remote: int, config: PlanConfig) -> str:
+          remote: int, config: PlanConfig, *, in_district: bool = False) -> str:
     """
-    Why a community misses a rule. "Cannot" only where `covplan.bounds` proves it; otherwise
-    what the planner did not find and by how much the community misses.
+    Why a community misses a rule. "Cannot" only where `covplan.bounds` proves it (what the
+    bound counted, the note names: contiguous residents, of the district when there are
+    districts); otherwise what the planner did not find and by how much the community misses.
     """
     notes = []
     limit = f"{config.max_minutes:g} min"
+    gathered = (f"gathers {config.min_pop:,.0f} contiguous residents"
+                f"{' of its district' if in_district else ''} within {limit} (at most "
+                f"{best_gather:,.0f}), so it cannot be balanced")
     if exception == "island":
         notes.append(f"exception (island): its {population:,.0f} residents are cut off from the "
-                     f"main walking network; no site they reach gathers {config.min_pop:,.0f} "
-                     f"contiguous residents within {limit} (at most {best_gather:,.0f}), so it "
-                     "cannot be balanced")
+                     f"main walking network; no site they reach {gathered}")
     elif exception:
         notes.append(f"exception (remote pocket): its {population:,.0f} residents reach no site "
-                     f"that gathers {config.min_pop:,.0f} contiguous residents within {limit} (at "
-                     f"most {best_gather:,.0f}), so it cannot be balanced")
+                     f"that {gathered}")
     elif population < config.min_pop:
         short = config.min_pop - population
         notes.append(f"smaller than target: the planner did not find a balanced split here; it misses "
@@ -116,7 +117,7 @@ def community_table(units: gpd.GeoDataFrame, labels: np.ndarray, center_of: np.n
             "previous_ids": "" if prior_unit is None else _previous_ids(prior_unit[members], member_pop, prior_ids),
             "note": _note(total, contiguous, exception,
                           float(bound.best_gather[members].max()) if len(members) else 0.0,
-                          remote, config),
+                          remote, config, in_district=districts is not None),
         })
     table = pd.DataFrame(rows)
     geometry = [shapes.loc[i, "geometry"] if i in shapes.index else None for i in range(len(planned))]

@@ -448,7 +448,8 @@ def _band_key(center_of: np.ndarray, pop: np.ndarray, config: PlanConfig) -> tup
     served = center_of >= 0
     _, inverse = np.unique(center_of[served], return_inverse=True)
     return band_key(np.bincount(inverse, weights=pop[served]), min_pop=config.min_pop,
-                    max_pop=config.max_pop, target_pop=config.target_pop)
+                    max_pop=config.max_pop, target_pop=config.target_pop,
+                    tiny_share=config.min_pop_exception)
 
 
 def _partition_group(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: _Prior | None,
@@ -463,7 +464,7 @@ def _partition_group(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: _Prior
         existing=reach.candidates["existing"].to_numpy()[cols],
         unit_prior=None if prior is None else prior.unit[rows],
         candidate_prior=None if prior is None else prior.candidate[cols],
-        stability_minutes=config.stability_minutes, xy=xy)
+        stability_minutes=config.stability_minutes, xy=xy, tiny_share=config.min_pop_exception)
     result = partition_units(problem, seed=config.seed, restarts=config.restarts)
     return np.where(result.center >= 0, cols[np.maximum(result.center, 0)], -1)
 

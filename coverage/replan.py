@@ -456,7 +456,8 @@ def _window_key(center_of, window, base, reach, config) -> tuple[float, int, int
                           & (center_of >= 0))
     _, inverse = np.unique(center_of[rows], return_inverse=True)
     return band_key(np.bincount(inverse, weights=reach.pop[rows]), min_pop=config.min_pop,
-                    max_pop=config.max_pop, target_pop=config.target_pop)
+                    max_pop=config.max_pop, target_pop=config.target_pop,
+                    tiny_share=config.min_pop_exception)
 
 
 def _name_communities(table: gpd.GeoDataFrame, base: _BaseView, labels: np.ndarray,

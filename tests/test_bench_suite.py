@@ -15,6 +15,7 @@ from covplan import bench_peers, bench_plan, bench_suite
 from covplan._errors import InputError
 from covplan.cli import main
 from covplan.config import PlanConfig
+from covplan.plan import plan_communities
 from covplan.reach import ReachMatrix
 
 X0, Y0, CRS, N = 500_000.0, 4_000_000.0, "EPSG:32633", 14
@@ -67,18 +68,21 @@ def test_city_rows_sit_below_their_ceilings(town):
 
 
 def test_peers_rows_a_failing_peer_is_a_row(town, monkeypatch):
-    _, _, instance = town
-    ceilings = {"coverage_ceiling": 1.0, "within_tolerance_pop_share_ceiling": 0.9}
+    net, population, instance = town
+    plan = plan_communities(net, population, config=CONFIG)
 
     def broken(*args, **kwargs):
         raise RuntimeError("no regions")
 
     monkeypatch.setattr(bench_peers, "maxp", broken)
-    rows = bench_suite._peer_rows("town", instance, ceilings, None)
+    rows = bench_suite._peer_rows("town", instance, plan)
     by_mode = {r["mode"]: r for r in rows}
     k = round(instance.reach.pop.sum() / CONFIG.target_pop)
     assert by_mode["weighted k-means"]["communities"] == k
-    assert by_mode["weighted k-means"]["coverage_ceiling"] == 1.0
+    assert by_mode["weighted k-means"]["coverage_ceiling"] == plan.report["coverage_ceiling"]
+    assert by_mode["spopt Max-p"]["within_tolerance_pop_share_ceiling"] == \
+        plan.report["within_tolerance_pop_share_ceiling"]
+    assert by_mode["weighted k-means"]["smallest_regular"] > 0
     assert by_mode["spopt Max-p"]["note"] == "failed: no regions"
     assert by_mode["spopt Max-p"]["communities"] == 0
 

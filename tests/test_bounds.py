@@ -197,6 +197,9 @@ def test_notes_say_what_the_planner_did_not_find_and_by_how_much():
     assert "did not find" in over and "250 residents" in over and "cannot" not in over
     assert _note(3_000, True, "", 9_000.0, 0, CONFIG) == ""
     assert "not contiguous" in _note(3_000, False, "", 9_000.0, 0, CONFIG)
+    # A proof that counted one district says so.
+    pocket = _note(600, True, "remote pocket", 1_900.0, 0, CONFIG, in_district=True)
+    assert "gathers 2,250 contiguous residents of its district within 8 min (at most 1,900)" in pocket
 
 
 def test_a_band_no_site_can_gather_is_refused_with_the_numbers(town):

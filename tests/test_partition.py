@@ -282,7 +282,6 @@ def test_improvement_splits_an_oversized_community_two_centers_can_serve():
 def test_improvement_never_breaks_a_rule_that_held(seed):
     from covplan.partition._flow import _assign, _pieces
     from covplan.partition._improve import _improve
-    from covplan.partition._search import _TINY_SHARE
     from covplan.partition._seeding import _seed_centers, _set_cover
 
     reach, pop, adjacency, xy = grid(14, 12, limit=7.0, seed=seed)
@@ -297,13 +296,13 @@ def test_improvement_never_breaks_a_rule_that_held(seed):
     plan = plan_from_labels(problem, _pieces(label, adjacency))
     center0, sizes0, ok0 = plan_rules(plan)
     key0 = plan.key()
-    tiny0 = int((sizes0 < _TINY_SHARE * problem.target_pop).sum())
+    tiny0 = int((sizes0 < problem.tiny_share * problem.target_pop).sum())
 
     plan = _improve(plan, np.linspace(0, np.pi, 4, endpoint=False) + seed, budget=40 * len(pop))
     center, sizes, ok = plan_rules(plan)
     assert np.array_equal(center >= 0, center0 >= 0)        # coverage: served units stay served
     assert ok or not ok0                                    # contiguity and reach hold if they held
-    assert int((sizes < _TINY_SHARE * problem.target_pop).sum()) <= tiny0
+    assert int((sizes < problem.tiny_share * problem.target_pop).sum()) <= tiny0
     assert plan.key()[:4] < key0[:4]                        # and the poor start got better
     assert sizes.sum() == sizes0.sum()
 

@@ -100,6 +100,7 @@ class PartitionProblem:
     stability_minutes: float = 2.0    # per-person cost of leaving one's old community
     existing_bonus_minutes: float = 0.5  # per-person preference for an existing center site
     xy: np.ndarray | None = None      # units x 2 coordinates in metres (seeding); None: greedy
+    tiny_share: float = 0.5           # a community below this share of the target is tiny
 
     @property
     def min_pop(self) -> float:

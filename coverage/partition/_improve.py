@@ -23,7 +23,7 @@ import numpy as np
 
 from covplan.partition._flow import _attach_strays, _pieces, _settle
 from covplan.partition._refine import _reduce, _Window
-from covplan.partition._search import (_BALANCE_WEIGHT, _FINAL_WEIGHT, _TINY_SHARE, _band_key,
+from covplan.partition._search import (_BALANCE_WEIGHT, _FINAL_WEIGHT, _band_key,
                                         _empty, _local_search, _Plan)
 from covplan.partition._seeding import _set_cover, _seed_centers
 
@@ -190,7 +190,7 @@ def _improve(plan: _Plan, angles: np.ndarray, budget: int) -> _Plan:
         alive = plan.alive
         popk = plan.popk[alive]
         out = (popk < problem.min_pop) | (popk > problem.max_pop)
-        tiny = popk < _TINY_SHARE * problem.target_pop
+        tiny = popk < problem.tiny_share * problem.target_pop
         order = np.lexsort((alive, -popk, ~tiny))
         todo = [int(alive[i]) for i in order if out[i] and int(alive[i]) not in failed]
         if not todo:

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 
 _BALANCE_WEIGHT = 5.0       # local search: weight of the squared excess while balancing ...
 _FINAL_WEIGHT = 0.05        # ... and while cutting minutes at the end
-_TINY_SHARE = 0.5           # a community below this share of the target is tiny: avoided first
 
 
 class _Plan:
@@ -211,7 +210,7 @@ def _violation(pop_k, lo: float, hi: float):
 
 
 def band_key(sizes, *, min_pop: float, max_pop: float, target_pop: float,
-             tiny_share: float = _TINY_SHARE) -> tuple[float, int, int, float]:
+             tiny_share: float = 0.5) -> tuple[float, int, int, float]:
     """
     The rules' order for community populations, smaller first — the one scoring of the band
     used by the planner's core, a district's plan and an incremental re-plan: residents of
@@ -229,7 +228,7 @@ def band_key(sizes, *, min_pop: float, max_pop: float, target_pop: float,
 def _band_key(pop_k: np.ndarray, problem: PartitionProblem) -> tuple[float, int, int, float]:
     """`band_key` of a problem's community populations."""
     return band_key(pop_k, min_pop=problem.min_pop, max_pop=problem.max_pop,
-                    target_pop=problem.target_pop)
+                    target_pop=problem.target_pop, tiny_share=problem.tiny_share)
 
 
 def _band_deltas(pa, pb, p, cost, problem: PartitionProblem, lam: float,
@@ -243,7 +242,7 @@ def _band_deltas(pa, pb, p, cost, problem: PartitionProblem, lam: float,
     band but near its edges). Scalars or arrays.
     """
     lo, hi, target = problem.min_pop, problem.max_pop, problem.target_pop
-    zone, tiny = (hi - lo) / 4, _TINY_SHARE * target
+    zone, tiny = (hi - lo) / 4, problem.tiny_share * target
     if np.ndim(pa) == 0 and np.ndim(pb) == 0 and np.ndim(p) == 0:   # the hot path: plain floats
         def out(x):
             return max(lo - x, 0.0) + max(x - hi, 0.0)
