@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-
-from covplan._errors import CRSError, DataSourceError, InputError
+from covplan.errors import CRSError, DataSourceError, InputError
 
 if TYPE_CHECKING:
     import geopandas as gpd

@@ -12,14 +12,13 @@ from typing import TYPE_CHECKING
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-
-from covplan._errors import InputError
 from covplan._sparse import lookup
-from covplan.reach import DEFAULT_MAX_MINUTES, compute_reach
+from covplan.errors import InputError
+from covplan.reach.matrix import DEFAULT_MAX_MINUTES, compute_reach
 
 if TYPE_CHECKING:
-    from covplan.network import WalkNetwork
-    from covplan.population import Population
+    from covplan.inputs.network import WalkNetwork
+    from covplan.inputs.population import Population
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from covplan import __version__
-from covplan._errors import CoverageError, InputError
+from covplan.errors import CoverageError, InputError
 
 logger = logging.getLogger("covplan.cli")
 
@@ -48,8 +48,8 @@ def _add_population_options(p: argparse.ArgumentParser) -> None:
 
 
 def _load_inputs(args: argparse.Namespace):
-    from covplan.network import load_network
-    from covplan.population import load_population
+    from covplan.inputs.network import load_network
+    from covplan.inputs.population import load_population
 
     network = load_network(args.network, walk_speed_kmh=args.walk_speed_kmh, progress=True)
     population = load_population(args.population, population_column=args.population_column)
@@ -62,8 +62,8 @@ def _load_inputs(args: argparse.Namespace):
 
 def _cmd_coverage(args: argparse.Namespace) -> int:
     from covplan.assess import assess_coverage
-    from covplan.inputs import load_centers, load_communities
-    from covplan.isochrones import compute_isochrones
+    from covplan.inputs.areas import load_centers, load_communities
+    from covplan.reach.isochrones import compute_isochrones
 
     network, population = _load_inputs(args)
     centers = load_centers(args.centers)
@@ -83,8 +83,8 @@ def _add_map_option(p: argparse.ArgumentParser) -> None:
 
 def _write_coverage(out: Path, result, isochrones, extra_layers=None, title="coverage",
                     map_name="map.html", *, self_contained: bool = True) -> None:
-    from covplan.io import prepare_folder, write_json, write_layers
-    from covplan.maps import coverage_map, save_map
+    from covplan.output.files import prepare_folder, write_json, write_layers
+    from covplan.output.maps import coverage_map, save_map
 
     prepare_folder(out)
     layers = {"units": result.units, "centers": result.centers, "isochrones": isochrones}
@@ -143,14 +143,14 @@ def _plan_scenario(args: argparse.Namespace):
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from covplan.io import write_json, write_plan
-    from covplan.replan import plan_inputs, replan_scenario
+    from covplan.output.files import write_json, write_plan
+    from covplan.plan.replan import plan_inputs, replan_scenario
     from covplan.scenarios import apply_scenario, load_inputs, resolved_parameters, write_scenario
 
     scenario = _plan_scenario(args)
     base_plan = None
     if args.base_plan:
-        from covplan.io import read_plan
+        from covplan.output.files import read_plan
 
         base_plan = read_plan(args.base_plan)
     config = _plan_config(args, scenario.config(base_plan.config if base_plan else None))
@@ -207,7 +207,7 @@ def _add_plan_options(p: argparse.ArgumentParser, *, overrides: bool = False) ->
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from covplan.compare import compare_plans, write_comparison
+    from covplan.output.compare import compare_plans, write_comparison
 
     comparison = compare_plans(args.plan_a, args.plan_b)
     write_comparison(comparison, args.out, self_contained=not args.cdn_maps)
@@ -215,11 +215,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_isochrones(args: argparse.Namespace) -> int:
-    from covplan.inputs import load_centers
-    from covplan.io import prepare_folder, write_layers
-    from covplan.isochrones import compute_isochrones, dissolve_isochrones
-    from covplan.maps import isochrone_map, save_map
-    from covplan.network import load_network
+    from covplan.inputs.areas import load_centers
+    from covplan.inputs.network import load_network
+    from covplan.output.files import prepare_folder, write_layers
+    from covplan.output.maps import isochrone_map, save_map
+    from covplan.reach.isochrones import compute_isochrones, dissolve_isochrones
 
     network = load_network(args.network, walk_speed_kmh=args.walk_speed_kmh, progress=True)
     centers = load_centers(args.centers)
@@ -236,7 +236,7 @@ def _cmd_isochrones(args: argparse.Namespace) -> int:
 
 def _write_demo_scenario(out: Path, seed: int, config) -> None:
     """scenario.toml and resolved.json of the demo replay: `covplan plan --scenario` repeats it."""
-    from covplan.io import write_json
+    from covplan.output.files import write_json
     from covplan.scenarios import BaseInputs, Scenario, resolved_parameters, write_scenario
 
     scenario = Scenario(name="demo", base=BaseInputs(demo=True, demo_seed=seed),
@@ -247,11 +247,11 @@ def _write_demo_scenario(out: Path, seed: int, config) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from covplan.assess import assess_coverage
-    from covplan.demo import build_demo_city
-    from covplan.inputs import load_centers, load_communities, load_districts
-    from covplan.isochrones import compute_isochrones
-    from covplan.network import load_network
-    from covplan.population import load_population
+    from covplan.cities.demo import build_demo_city
+    from covplan.inputs.areas import load_centers, load_communities, load_districts
+    from covplan.inputs.network import load_network
+    from covplan.inputs.population import load_population
+    from covplan.reach.isochrones import compute_isochrones
 
     started = time.perf_counter()
     city = build_demo_city(seed=args.seed)
@@ -268,8 +268,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _write_coverage(out, result, isochrones, title="asis", map_name="asis_map.html",
                     extra_layers={"districts": districts, "railway": city.railway},
                     self_contained=not args.cdn_maps)
-    from covplan.io import write_plan
-    from covplan.plan import plan_communities
+    from covplan.output.files import write_plan
+    from covplan.plan.pipeline import plan_communities
 
     plan = plan_communities(network, population, communities=communities, centers=centers,
                             districts=districts, config=_plan_config(args), progress=True)
@@ -287,8 +287,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from covplan.bench import format_table, run_reach_benchmark
-    from covplan.io import write_json
+    from covplan.bench.engines import format_table, run_reach_benchmark
+    from covplan.output.files import write_json
 
     network, population = _load_inputs(args)
     peers = tuple(p for p in args.peers.split(",") if p)
@@ -303,13 +303,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_site(args: argparse.Namespace) -> int:
     import geopandas as gpd
     import pandas as pd
-
-    from covplan.inputs import load_centers, load_communities
-    from covplan.io import prepare_folder, write_json, write_layers
-    from covplan.isochrones import compute_isochrones
-    from covplan.maps import isochrone_map, save_map
-    from covplan.reach import compute_reach
-    from covplan.siting import choose_community_centers, site_new_centers
+    from covplan.inputs.areas import load_centers, load_communities
+    from covplan.output.files import prepare_folder, write_json, write_layers
+    from covplan.output.maps import isochrone_map, save_map
+    from covplan.reach.isochrones import compute_isochrones
+    from covplan.reach.matrix import compute_reach
+    from covplan.solve.siting import choose_community_centers, site_new_centers
 
     if not args.communities and not args.budget:
         msg = "covplan site needs --communities (best center for each) and/or --budget N (new centers)."
@@ -356,10 +355,10 @@ def _cmd_site(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_plan(args: argparse.Namespace) -> int:
-    from covplan.bench_plan import format_plan_table, run_plan_benchmark
-    from covplan.io import write_json
-    from covplan.network import load_network
-    from covplan.population import load_population
+    from covplan.bench.planner import format_plan_table, run_plan_benchmark
+    from covplan.inputs.network import load_network
+    from covplan.inputs.population import load_population
+    from covplan.output.files import write_json
 
     config = _plan_config(args)
     if args.suite:
@@ -383,8 +382,8 @@ def _cmd_bench_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_suite(args: argparse.Namespace, config) -> int:
-    from covplan.bench_suite import run_suite
-    from covplan.io import write_json
+    from covplan.bench.suite import run_suite
+    from covplan.output.files import write_json
 
     if args.network or args.population:
         msg = "--suite brings its own cities; drop --network and --population (see --cities)."

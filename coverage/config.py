@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from covplan._errors import InputError
-from covplan.network import DEFAULT_WALK_SPEED_KMH
-from covplan.partition import population_band
-from covplan.reach import DEFAULT_CANDIDATE_SPACING_M, DEFAULT_MAX_MINUTES, MAX_MINUTES_LIMIT
-
+from covplan.errors import InputError
+from covplan.inputs.network import DEFAULT_WALK_SPEED_KMH
+from covplan.reach.matrix import DEFAULT_CANDIDATE_SPACING_M, DEFAULT_MAX_MINUTES, MAX_MINUTES_LIMIT
+from covplan.solve.partition.core import population_band
 
 EXCEPTION_MODES = ("separate", "attach")
 

@@ -7,14 +7,13 @@ from typing import TYPE_CHECKING
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-
 from covplan import __version__
 from covplan._sparse import lookup
 
 if TYPE_CHECKING:
-    from covplan.bounds import FeasibilityBound
     from covplan.config import PlanConfig
-    from covplan.reach import ReachMatrix
+    from covplan.reach.matrix import ReachMatrix
+    from covplan.solve.bounds import FeasibilityBound
 
 
 def _previous_ids(members_prior: np.ndarray, pop: np.ndarray, ids: list[str]) -> str:
@@ -29,7 +28,7 @@ def _previous_ids(members_prior: np.ndarray, pop: np.ndarray, ids: list[str]) ->
 
 def _exception(forced: np.ndarray, island: np.ndarray) -> str:
     """The proven reason a community is an exception ('' if it is not one): all its members
-    are forced undersized (see `covplan.bounds`)."""
+    are forced undersized (see `covplan.solve.bounds`)."""
     if not len(forced) or not forced.all():
         return ""
     return "island" if island.any() else "remote pocket"
@@ -38,7 +37,7 @@ def _exception(forced: np.ndarray, island: np.ndarray) -> str:
 def _note(population: float, contiguous: bool, exception: str, best_gather: float,
           remote: int, config: PlanConfig, *, in_district: bool = False) -> str:
     """
-    Why a community misses a rule. "Cannot" only where `covplan.bounds` proves it (what the
+    Why a community misses a rule. "Cannot" only where `covplan.solve.bounds` proves it (what the
     bound counted, the note names: contiguous residents, of the district when there are
     districts); otherwise what the planner did not find and by how much the community misses.
     """
@@ -169,7 +168,7 @@ def plan_report(units: gpd.GeoDataFrame, table: gpd.GeoDataFrame, *, config: Pla
 def balance_figures(units: gpd.GeoDataFrame, table: gpd.GeoDataFrame, bound: FeasibilityBound, *,
                     config: PlanConfig, mask: np.ndarray | None = None) -> dict:
     """
-    Residents in balanced communities against what the walking rule allows (`covplan.bounds`),
+    Residents in balanced communities against what the walking rule allows (`covplan.solve.bounds`),
     coverage against its ceiling, and the exceptions: the figures that show how far a plan is
     from the best possible one. `mask` restricts them to some units (a district).
     """

@@ -36,14 +36,13 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
-
 from covplan import __version__
-from covplan._errors import DataSourceError, InputError
 from covplan.config import PlanConfig
-from covplan.crs import WGS84
-from covplan.network import WalkNetwork
-from covplan.population import Population, largest_remainder
-from covplan.snap import DEFAULT_MAX_ACCESS_M, snap_points
+from covplan.errors import DataSourceError, InputError
+from covplan.inputs.crs import WGS84
+from covplan.inputs.network import WalkNetwork
+from covplan.inputs.population import Population, largest_remainder
+from covplan.inputs.snap import DEFAULT_MAX_ACCESS_M, snap_points
 
 if TYPE_CHECKING:
     import pyproj
@@ -539,13 +538,13 @@ class ScenarioInputs:
 def load_inputs(scenario: Scenario, *, config: PlanConfig | None = None,
                 progress: bool = False) -> ScenarioInputs:
     """The base inputs a scenario names, unchanged (`config` defaults to PlanConfig())."""
-    from covplan.inputs import load_centers, load_communities, load_districts
-    from covplan.network import load_network
-    from covplan.population import load_population
+    from covplan.inputs.areas import load_centers, load_communities, load_districts
+    from covplan.inputs.network import load_network
+    from covplan.inputs.population import load_population
 
     base = scenario.base
     if base.demo:
-        from covplan.demo import build_demo_city
+        from covplan.cities.demo import build_demo_city
 
         city = build_demo_city(seed=base.demo_seed)
         return ScenarioInputs(
@@ -674,7 +673,7 @@ def _polygon(change: AddResidents | ScalePopulation, crs: pyproj.CRS, hull, wher
         shape = shapely.Polygon(change.polygon)
         series = gpd.GeoSeries([shape], crs=WGS84)
     else:
-        from covplan.inputs import read_vector
+        from covplan.inputs.areas import read_vector
 
         frame = read_vector(change.polygon_file, what=f"{where}.polygon_file")
         series = gpd.GeoSeries([shapely.union_all(frame.geometry.values)], crs=frame.crs)

@@ -47,10 +47,9 @@ def grid_town(n: int = 14, *, seed: int = 7, crs: str = "EPSG:32633"):
     (seeded): the small town the planner and benchmark tests share."""
     import geopandas as gpd
     import numpy as np
+    from covplan.inputs.network import WalkNetwork
+    from covplan.inputs.population import Population
     from shapely.geometry import box
-
-    from covplan.network import WalkNetwork
-    from covplan.population import Population
 
     x0, y0 = 500_000.0, 4_000_000.0
     net = WalkNetwork.from_graph(grid_graph(n, 100.0, crs=crs, x0=x0, y0=y0))

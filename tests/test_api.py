@@ -5,15 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 import covplan
+import pytest
 
 
 def test_every_public_name_resolves():
     for name in covplan.__all__:
         assert getattr(covplan, name) is not None
-    assert covplan.plan_communities.__module__ == "covplan.plan"
+    assert covplan.plan_communities.__module__ == "covplan.plan.pipeline"
 
 
 def test_unknown_name_is_an_attribute_error():

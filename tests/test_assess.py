@@ -6,13 +6,12 @@ import geopandas as gpd
 import networkx as nx
 import numpy as np
 import pytest
-from shapely.geometry import Point, box
-
 from covplan.assess import assess_coverage
-from covplan.demo import build_demo_city
-from covplan.inputs import load_centers, load_communities
-from covplan.network import WalkNetwork, load_network
-from covplan.population import Population, load_population
+from covplan.cities.demo import build_demo_city
+from covplan.inputs.areas import load_centers, load_communities
+from covplan.inputs.network import WalkNetwork, load_network
+from covplan.inputs.population import Population, load_population
+from shapely.geometry import Point, box
 
 X0, Y0 = 500_000.0, 4_000_000.0
 CRS = "EPSG:32633"

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from conftest import grid_town
-
-from covplan import bench_peers, bench_plan
-from covplan._errors import InputError
+from covplan.bench import peers as bench_peers
+from covplan.bench import planner as bench_plan
 from covplan.config import PlanConfig
-from covplan.plan import plan_communities
-from covplan.reach import ReachMatrix
+from covplan.errors import InputError
+from covplan.plan.pipeline import plan_communities
+from covplan.reach.matrix import ReachMatrix
 
 X0, Y0, CRS, N = 500_000.0, 4_000_000.0, "EPSG:32633", 14
 CONFIG = PlanConfig(target_pop=3_000, tolerance=0.25, max_minutes=8.0, candidate_spacing_m=150.0,

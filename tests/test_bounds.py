@@ -8,15 +8,14 @@ import geopandas as gpd
 import networkx as nx
 import numpy as np
 import pytest
-from shapely.geometry import box
-
-from covplan._errors import InfeasibleError
-from covplan.bounds import feasibility_bound
 from covplan.config import PlanConfig
+from covplan.errors import InfeasibleError
+from covplan.inputs.network import WalkNetwork
+from covplan.inputs.population import Population
 from covplan.metrics import _note
-from covplan.network import WalkNetwork
-from covplan.plan import plan_communities, prepare_planning
-from covplan.population import Population
+from covplan.plan.pipeline import plan_communities, prepare_planning
+from covplan.solve.bounds import feasibility_bound
+from shapely.geometry import box
 
 X0, Y0 = 500_000.0, 4_000_000.0
 CRS = "EPSG:32633"
@@ -210,7 +209,7 @@ def test_a_band_no_site_can_gather_is_refused_with_the_numbers(town):
 
 
 def test_the_plan_map_shows_the_forced_undersized_residents(town):
-    from covplan.maps import plan_map
+    from covplan.output.maps import plan_map
 
     net, population = town
     html = plan_map(plan_communities(net, population, config=CONFIG)).get_root().render()
@@ -224,8 +223,7 @@ def test_a_detached_exception_piece_gets_its_own_free_site():
     from types import SimpleNamespace
 
     import scipy.sparse as sp
-
-    from covplan.plan import _split_detached
+    from covplan.plan.pipeline import _split_detached
 
     # Units 0-1 and 2-3 touch; candidate 0 reaches all four, candidate 1 only units 2 and 3.
     minutes = sp.csr_matrix(np.array([[5.0, 0], [6.0, 0], [7.0, 3.0], [8.0, 4.0]]))

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from covplan.maps import plan_map, save_map
+from covplan.output.maps import plan_map, save_map
 from test_maps import demo_plan
 
 CHROMIUM = Path("/usr/bin/chromium")

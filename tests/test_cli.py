@@ -8,9 +8,8 @@ import geopandas as gpd
 import osmnx as ox
 import pyogrio
 import pytest
-from shapely.geometry import Point
-
 from covplan.cli import main
+from shapely.geometry import Point
 
 X0, Y0 = 500_000.0, 4_000_000.0
 CRS = "EPSG:32633"
@@ -187,7 +186,7 @@ def test_compare_command(tmp_path, grid_files):
 
     args = _build_parser().parse_args(["compare", "a", "b", "--out", "c"])
     assert (args.plan_a, args.plan_b, args.out, args.func) == ("a", "b", "c", _cmd_compare)
-    pytest.importorskip("covplan.compare")
+    pytest.importorskip("covplan.output.compare")
     network, population, centers = grid_files
     common = ["--network", str(network), "--population", str(population), "--centers", str(centers),
               "--tolerance", "0.5", "--minutes", "3"]

@@ -8,13 +8,12 @@ import geopandas as gpd
 import pandas as pd
 import pyproj
 import pytest
+from covplan.config import PlanConfig
+from covplan.errors import DataSourceError, InputError
+from covplan.output.compare import PlanComparison, compare_plans, write_comparison
+from covplan.plan.pipeline import Plan
 from shapely.geometry import Point, box
 from shapely.ops import unary_union
-
-from covplan._errors import DataSourceError, InputError
-from covplan.compare import PlanComparison, compare_plans, write_comparison
-from covplan.config import PlanConfig
-from covplan.plan import Plan
 
 CRS = "EPSG:32633"
 X0, Y0 = 500_000.0, 4_000_000.0
@@ -234,12 +233,12 @@ def test_write_comparison_writes_summary_table_and_map(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_folders(tmp_path_factory):
-    from covplan.demo import build_demo_city
-    from covplan.inputs import load_centers, load_communities, load_districts
-    from covplan.io import write_plan
-    from covplan.network import load_network
-    from covplan.plan import plan_communities
-    from covplan.population import load_population
+    from covplan.cities.demo import build_demo_city
+    from covplan.inputs.areas import load_centers, load_communities, load_districts
+    from covplan.inputs.network import load_network
+    from covplan.inputs.population import load_population
+    from covplan.output.files import write_plan
+    from covplan.plan.pipeline import plan_communities
 
     city = build_demo_city(seed=0)
     network = load_network(city.graph)

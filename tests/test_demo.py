@@ -10,11 +10,10 @@ import networkx as nx
 import numpy as np
 import pytest
 import shapely
+from covplan.cities.demo import DemoCity, build_demo_city, demo_summary
+from covplan.errors import InputError
 from geopandas.testing import assert_geodataframe_equal
 from pyproj import Transformer
-
-from covplan._errors import InputError
-from covplan.demo import DemoCity, build_demo_city, demo_summary
 
 WORK_CRS = "EPSG:32647"
 TOTAL = 300_000

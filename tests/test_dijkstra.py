@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from covplan.reach import engine as _dijkstra
+from covplan.reach.engine import bounded_distances
 from scipy.sparse.csgraph import dijkstra
-
-from covplan import _dijkstra
-from covplan._dijkstra import bounded_distances
 
 
 class _Builder:

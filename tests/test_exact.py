@@ -7,10 +7,9 @@ import itertools
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from covplan.errors import InfeasibleError, InputError
+from covplan.solve.exact import partition_objective, solve_exact
 from scipy.optimize import Bounds, LinearConstraint, milp
-
-from covplan._errors import InfeasibleError, InputError
-from covplan.exact import partition_objective, solve_exact
 
 INF = np.inf
 A, B, C, D = range(4)

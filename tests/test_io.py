@@ -7,15 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import grid_graph
+from covplan.config import PlanConfig
+from covplan.errors import DataSourceError
+from covplan.inputs.network import WalkNetwork
+from covplan.inputs.population import Population
+from covplan.output.files import read_plan, write_layers, write_plan
+from covplan.plan.pipeline import plan_communities
 from geopandas.testing import assert_geodataframe_equal
 from shapely.geometry import box
-
-from covplan._errors import DataSourceError
-from covplan.config import PlanConfig
-from covplan.io import read_plan, write_layers, write_plan
-from covplan.network import WalkNetwork
-from covplan.plan import plan_communities
-from covplan.population import Population
 
 X0, Y0 = 500_000.0, 4_000_000.0
 CRS = "EPSG:32633"

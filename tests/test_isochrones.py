@@ -5,11 +5,10 @@ from __future__ import annotations
 import geopandas as gpd
 import pytest
 import shapely
+from covplan.errors import InputError
+from covplan.inputs.network import WalkNetwork
+from covplan.reach.isochrones import compute_isochrones, dissolve_isochrones
 from shapely.geometry import LineString, Point
-
-from covplan._errors import InputError
-from covplan.isochrones import compute_isochrones, dissolve_isochrones
-from covplan.network import WalkNetwork
 
 X0, Y0 = 500_000.0, 4_000_000.0
 CRS = "EPSG:32633"

@@ -13,21 +13,26 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
-from shapely.geometry import box
-
 from conftest import grid_graph
-from covplan._errors import DataSourceError, InputError
 from covplan.assess import assess_coverage
+from covplan.cities.demo import build_demo_city
 from covplan.config import PlanConfig
-from covplan.demo import build_demo_city
-from covplan.inputs import load_centers, load_communities, load_districts
-from covplan.isochrones import compute_isochrones
-from covplan.maps import (MapPanel, add_plan_communities, coverage_map, isochrone_map, plan_map,
-                           save_map)
-from covplan.network import WalkNetwork, load_network
-from covplan.offline import map_html
-from covplan.plan import plan_communities
-from covplan.population import Population, load_population
+from covplan.errors import DataSourceError, InputError
+from covplan.inputs.areas import load_centers, load_communities, load_districts
+from covplan.inputs.network import WalkNetwork, load_network
+from covplan.inputs.population import Population, load_population
+from covplan.output.maps import (
+    MapPanel,
+    add_plan_communities,
+    coverage_map,
+    isochrone_map,
+    plan_map,
+    save_map,
+)
+from covplan.output.offline import map_html
+from covplan.plan.pipeline import plan_communities
+from covplan.reach.isochrones import compute_isochrones
+from shapely.geometry import box
 
 X0, Y0 = 500_000.0, 4_000_000.0
 CRS = "EPSG:32633"

@@ -1,4 +1,4 @@
-"""Tests of covplan.network: hand-made OSM XML and osmnx graphs, then the real city files."""
+"""Tests of covplan.inputs.network: hand-made OSM XML and osmnx graphs, then the real city files."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import networkx as nx
 import numpy as np
 import pyproj
 import pytest
+from covplan.errors import CRSError, DataSourceError, InputError
+from covplan.inputs.network import DEFAULT_WALK_SPEED_KMH, WalkNetwork, load_network
 from shapely.geometry import LineString
-
-from covplan._errors import CRSError, DataSourceError, InputError
-from covplan.network import DEFAULT_WALK_SPEED_KMH, WalkNetwork, load_network
 
 GEOD = pyproj.Geod(ellps="WGS84")
 
@@ -126,9 +125,9 @@ def test_foot_oneway_makes_directed_arcs(tmp_path):
 
 
 def test_summary_is_logged(osm_file, caplog):
-    with caplog.at_level(logging.INFO, logger="covplan.network"):
+    with caplog.at_level(logging.INFO, logger="covplan.inputs.network"):
         WalkNetwork.from_osm(osm_file)
-    lines = [r.getMessage() for r in caplog.records if r.name == "covplan.network"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "covplan.inputs.network"]
     assert len(lines) == 1
     assert "7 nodes, 5 edges" in lines[0] and "1 island(s)" in lines[0]
 

@@ -16,7 +16,7 @@ import covplan
 NEIGHBOURS = """
 import covplan, coverage, numba, libpysal, mapclassify, spopt
 import numpy as np
-from covplan.plan import plan_communities
+from covplan.plan.pipeline import plan_communities
 
 assert hasattr(coverage, "Coverage"), coverage.__file__          # coverage.py, not our folder
 

@@ -7,13 +7,12 @@ import importlib.util
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from covplan._sparse import lookup
+from covplan.errors import InfeasibleError, InputError
+from covplan.solve.partition.core import Partition, PartitionProblem, choose_k, partition_units
 from scipy.sparse.csgraph import connected_components
 
-from covplan._errors import InfeasibleError, InputError
-from covplan._sparse import lookup
-from covplan.partition import Partition, PartitionProblem, choose_k, partition_units
-
-HAS_EXACT = importlib.util.find_spec("covplan.exact") is not None
+HAS_EXACT = importlib.util.find_spec("covplan.solve.exact") is not None
 
 
 def grid(w: int = 12, h: int = 10, *, limit: float = 8.0, step: int = 2, seed: int = 0,
@@ -164,10 +163,10 @@ def test_priors_keep_a_valid_old_plan():
     assert pop[kept].sum() >= 0.95 * pop.sum()
 
 
-@pytest.mark.skipif(not HAS_EXACT, reason="covplan.exact (the MIP yardstick) is not available")
+@pytest.mark.skipif(not HAS_EXACT, reason="covplan.solve.exact (the MIP yardstick) is not available")
 @pytest.mark.parametrize("seed", range(6))
 def test_objective_within_two_percent_of_the_exact_mip(seed):
-    from covplan.exact import partition_objective, solve_exact
+    from covplan.solve.exact import partition_objective, solve_exact
 
     reach, pop, adjacency, xy = grid(15, 20, limit=9.0, seed=seed)
     k = 6
@@ -184,13 +183,12 @@ def test_objective_within_two_percent_of_the_exact_mip(seed):
 
 
 def demo_problem():
+    from covplan.cities.demo import build_demo_city
+    from covplan.inputs.areas import load_centers
+    from covplan.inputs.network import load_network
+    from covplan.inputs.population import load_population
+    from covplan.reach.matrix import compute_reach
     from scipy.spatial import cKDTree
-
-    from covplan.demo import build_demo_city
-    from covplan.inputs import load_centers
-    from covplan.network import load_network
-    from covplan.population import load_population
-    from covplan.reach import compute_reach
 
     city = build_demo_city(seed=0)
     population = load_population(city.population, population_column="population", id_column="cell_id")
@@ -215,11 +213,10 @@ def test_demo_city_goal():
 @pytest.mark.slow
 def test_sao_paulo_goal(shared_data):
     import geopandas as gpd
-
-    from covplan.network import load_network
-    from covplan.population import load_population
-    from covplan.reach import compute_reach
-    from covplan.tessellation import piece_adjacency, unit_pieces
+    from covplan.inputs.network import load_network
+    from covplan.inputs.population import load_population
+    from covplan.inputs.tessellation import piece_adjacency, unit_pieces
+    from covplan.reach.matrix import compute_reach
 
     network = load_network(shared_data / "sao_paulo" / "spo_osm.pbf")
     population = load_population(shared_data / "sao_paulo" / "spo_hexgrid.csv").disaggregate(
@@ -236,13 +233,13 @@ def test_sao_paulo_goal(shared_data):
 
 
 def plan_from_labels(problem: PartitionProblem, label: np.ndarray):
-    """A `_Plan` (the core's working state) holding the given communities."""
-    from covplan.partition import _matrices
-    from covplan.partition._search import _Plan
+    """A `SearchPlan` (the core's working state) holding the given communities."""
+    from covplan.solve.partition.core import _matrices
+    from covplan.solve.partition.search import SearchPlan
 
     minutes = sp.csr_matrix(problem.minutes, dtype="float64")
     minutes.sort_indices()
-    return _Plan(problem, *_matrices(problem, minutes), np.asarray(label, dtype="int64"))
+    return SearchPlan(problem, *_matrices(problem, minutes), np.asarray(label, dtype="int64"))
 
 
 def plan_rules(plan) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -258,7 +255,7 @@ def plan_rules(plan) -> tuple[np.ndarray, np.ndarray, bool]:
 
 
 def test_improvement_splits_an_oversized_community_two_centers_can_serve():
-    from covplan.partition._improve import _improve
+    from covplan.solve.partition.improve import improve
 
     # A 16 x 4 strip of 100 residents a cell: the left half is one community of twice the
     # target (one center reaches all of it), the right half two communities in the band.
@@ -271,7 +268,7 @@ def test_improvement_splits_an_oversized_community_two_centers_can_serve():
     before = plan_rules(plan)
     assert before[2]
 
-    plan = _improve(plan, np.linspace(0, np.pi, 4, endpoint=False), budget=40 * 64)
+    plan = improve(plan, np.linspace(0, np.pi, 4, endpoint=False), budget=40 * 64)
     center, sizes, ok = plan_rules(plan)
     assert ok and (center >= 0).all()
     assert len(sizes) == 4
@@ -280,9 +277,9 @@ def test_improvement_splits_an_oversized_community_two_centers_can_serve():
 
 @pytest.mark.parametrize("seed", range(4))
 def test_improvement_never_breaks_a_rule_that_held(seed):
-    from covplan.partition._flow import _assign, _pieces
-    from covplan.partition._improve import _improve
-    from covplan.partition._seeding import _seed_centers, _set_cover
+    from covplan.solve.partition.flow import assign_by_flow, split_pieces
+    from covplan.solve.partition.improve import improve
+    from covplan.solve.partition.seeding import seed_centers, set_cover
 
     reach, pop, adjacency, xy = grid(14, 12, limit=7.0, seed=seed)
     problem = PartitionProblem(reach, pop, adjacency, target_pop=pop.sum() / 6, tolerance=0.2, xy=xy)
@@ -290,15 +287,15 @@ def test_improvement_never_breaks_a_rule_that_held(seed):
     # connected piece a community.
     plan = plan_from_labels(problem, np.zeros(len(pop), dtype=np.int64))
     k = (3, 4, 9, 11)[seed]
-    seeds = _seed_centers(xy, plan.pop, plan.structure, k, 0.3)
-    centers = np.array(_set_cover(plan.structure, plan.pop, seeds))
-    label = _assign(plan.pop, 0, plan.pop.sum(), plan.per_person, centers)
-    plan = plan_from_labels(problem, _pieces(label, adjacency))
+    seeds = seed_centers(xy, plan.pop, plan.structure, k, 0.3)
+    centers = np.array(set_cover(plan.structure, plan.pop, seeds))
+    label = assign_by_flow(plan.pop, 0, plan.pop.sum(), plan.per_person, centers)
+    plan = plan_from_labels(problem, split_pieces(label, adjacency))
     center0, sizes0, ok0 = plan_rules(plan)
     key0 = plan.key()
     tiny0 = int((sizes0 < problem.tiny_share * problem.target_pop).sum())
 
-    plan = _improve(plan, np.linspace(0, np.pi, 4, endpoint=False) + seed, budget=40 * len(pop))
+    plan = improve(plan, np.linspace(0, np.pi, 4, endpoint=False) + seed, budget=40 * len(pop))
     center, sizes, ok = plan_rules(plan)
     assert np.array_equal(center >= 0, center0 >= 0)        # coverage: served units stay served
     assert ok or not ok0                                    # contiguity and reach hold if they held
@@ -310,8 +307,8 @@ def test_improvement_never_breaks_a_rule_that_held(seed):
 def test_a_community_with_no_neighbour_is_not_shrunk_and_seeds_no_centers_for_k_0():
     import warnings
 
-    from covplan.partition._refine import _shrink
-    from covplan.partition._seeding import _seed_centers
+    from covplan.solve.partition.refine import shrink
+    from covplan.solve.partition.seeding import seed_centers
 
     # Two separate 3 x 3 islands (no edge between them): each community's window is itself,
     # so a window with one center less would have none (this used to divide by k = 0).
@@ -325,13 +322,13 @@ def test_a_community_with_no_neighbour_is_not_shrunk_and_seeds_no_centers_for_k_
     plan = plan_from_labels(problem, (np.arange(18) >= 9).astype(np.int64))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert len(_seed_centers(xy, plan.pop, plan.structure, 0, 0.0)) == 0
-        assert not _shrink(plan, 0)
+        assert len(seed_centers(xy, plan.pop, plan.structure, 0, 0.0)) == 0
+        assert not shrink(plan, 0)
     assert sorted(plan.size[plan.alive]) == [9, 9]
 
 
 def test_one_band_scoring_ranks_residents_outside_the_band_first():
-    from covplan.partition import band_key
+    from covplan.solve.partition.core import band_key
 
     # 5,000 is under the band and tiny; 13,000 over it: 18,000 residents outside, 4,000 beyond.
     assert band_key([5_000, 9_000, 13_000], min_pop=8_000, max_pop=12_000,

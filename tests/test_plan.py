@@ -6,14 +6,13 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
-from shapely.geometry import box
-
 from conftest import grid_graph
-from covplan._errors import InputError
 from covplan.config import PlanConfig
-from covplan.network import WalkNetwork
-from covplan.plan import plan_communities
-from covplan.population import Population
+from covplan.errors import InputError
+from covplan.inputs.network import WalkNetwork
+from covplan.inputs.population import Population
+from covplan.plan.pipeline import plan_communities
+from shapely.geometry import box
 
 X0, Y0 = 500_000.0, 4_000_000.0
 CRS = "EPSG:32633"
@@ -128,10 +127,10 @@ def test_target_below_largest_unit_splits_it(town):
 
 @pytest.fixture(scope="module")
 def demo_replay():
-    from covplan.demo import build_demo_city
-    from covplan.inputs import load_centers, load_communities, load_districts
-    from covplan.network import load_network
-    from covplan.population import load_population
+    from covplan.cities.demo import build_demo_city
+    from covplan.inputs.areas import load_centers, load_communities, load_districts
+    from covplan.inputs.network import load_network
+    from covplan.inputs.population import load_population
 
     city = build_demo_city()
     network = load_network(city.graph)
@@ -164,10 +163,9 @@ def test_demo_replay_meets_the_goals(demo_replay):
 
 
 def test_demo_replay_is_deterministic(demo_replay):
-    from covplan.demo import build_demo_city
-    from covplan.inputs import load_centers, load_communities, load_districts
-    from covplan.network import load_network
-    from covplan.population import load_population
+    from covplan.cities.demo import build_demo_city
+    from covplan.inputs.areas import load_centers, load_communities
+    from covplan.inputs.network import load_network
 
     plan, population, districts = demo_replay
     city = build_demo_city()

@@ -1,4 +1,4 @@
-"""Tests for covplan.population: one set of people through every source, splits, bad input."""
+"""Tests for covplan.inputs.population: one set of people through every source, splits, bad input."""
 
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ import pyproj
 import pytest
 import rasterio
 from affine import Affine
+from covplan.errors import CRSError, DataSourceError, InputError
+from covplan.inputs.population import Population, largest_remainder, load_population
 from shapely.geometry import Point, Polygon, box
-
-from covplan._errors import CRSError, DataSourceError, InputError
-from covplan.population import Population, largest_remainder, load_population
 
 UTM = "EPSG:32633"          # UTM 33N: central Europe, metres
 ORIGIN = (500_000.0, 5_000_000.0)   # top-left corner of the synthetic raster
@@ -153,7 +152,7 @@ def test_raster_cells_are_pixel_boxes(raster_pop: Population) -> None:
 def test_fractional_raster_rounds_to_the_rounded_sum(tmp_path: Path, caplog) -> None:
     data = np.array([[0.4, 0.4, 0.4], [1.5, -9999.0, 0.0]], dtype="float32")
     path = _write_raster(tmp_path / "frac.tif", data, nodata=-9999.0)
-    with caplog.at_level(logging.INFO, logger="covplan.population"):
+    with caplog.at_level(logging.INFO, logger="covplan.inputs.population"):
         population = Population.from_raster(path)
     assert population.total == 3       # round(2.7)
     # floors 0, 0, 0, 1; the two missing people go to the largest remainders: 1.5, then the

@@ -7,14 +7,13 @@ import networkx as nx
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from shapely.geometry import Point
-
 from conftest import grid_graph
-from covplan._dijkstra import bounded_distances
-from covplan._errors import CoverageWarning, InputError
-from covplan.network import WalkNetwork
-from covplan.population import Population
-from covplan.reach import compute_reach, node_times
+from covplan.errors import CoverageWarning, InputError
+from covplan.inputs.network import WalkNetwork
+from covplan.inputs.population import Population
+from covplan.reach.engine import bounded_distances
+from covplan.reach.matrix import compute_reach, node_times
+from shapely.geometry import Point
 
 X0, Y0 = 500_000.0, 4_000_000.0
 SPEED = 75.0  # metres per minute at 4.5 km/h

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from covplan.network import load_network
-from covplan.population import load_population
-from covplan.reach import compute_reach
-from covplan.snap import snap_points
+from covplan.inputs.network import load_network
+from covplan.inputs.population import load_population
+from covplan.inputs.snap import snap_points
+from covplan.reach.matrix import compute_reach
 
 pytestmark = pytest.mark.slow
 

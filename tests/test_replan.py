@@ -8,16 +8,23 @@ import geopandas as gpd
 import pytest
 import shapely
 from conftest import grid_graph
-from pyproj import Transformer
-
-from covplan._errors import InputError
 from covplan.config import PlanConfig
-from covplan.plan import Plan
-from covplan.replan import _global_reason, plan_inputs, plan_scenario, replan_scenario
-from covplan.network import WalkNetwork
-from covplan.population import Population
-from covplan.scenarios import (AddResidents, BaseInputs, CloseRoad, RemoveCenter, Scenario,
-                                ScenarioInputs, load_inputs, load_scenario)
+from covplan.errors import InputError
+from covplan.inputs.network import WalkNetwork
+from covplan.inputs.population import Population
+from covplan.plan.pipeline import Plan
+from covplan.plan.replan import _global_reason, plan_inputs, plan_scenario, replan_scenario
+from covplan.scenarios import (
+    AddResidents,
+    BaseInputs,
+    CloseRoad,
+    RemoveCenter,
+    Scenario,
+    ScenarioInputs,
+    load_inputs,
+    load_scenario,
+)
+from pyproj import Transformer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "scenarios"
 X0, Y0 = 500_000.0, 4_000_000.0

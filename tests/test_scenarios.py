@@ -9,16 +9,23 @@ import numpy as np
 import pytest
 import shapely
 from conftest import grid_graph
+from covplan.config import PlanConfig
+from covplan.errors import InputError
+from covplan.inputs.areas import load_centers, load_communities, load_districts
+from covplan.inputs.network import WalkNetwork
+from covplan.inputs.population import Population
+from covplan.scenarios import (
+    AddLink,
+    AddResidents,
+    CloseRoad,
+    RemoveCenter,
+    ScenarioInputs,
+    apply_scenario,
+    load_scenario,
+    write_scenario,
+)
 from pyproj import Transformer
 from scipy.sparse.csgraph import dijkstra
-
-from covplan._errors import InputError
-from covplan.config import PlanConfig
-from covplan.inputs import load_centers, load_communities, load_districts
-from covplan.network import WalkNetwork
-from covplan.population import Population
-from covplan.scenarios import (AddLink, AddResidents, CloseRoad, RemoveCenter, ScenarioInputs,
-                                apply_scenario, load_scenario, write_scenario)
 
 X0, Y0 = 500_000.0, 4_000_000.0
 CRS = "EPSG:32633"

@@ -8,10 +8,9 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import scipy.sparse as sp
-
-from covplan._errors import InputError
 from covplan._sparse import lookup
-from covplan.siting import (
+from covplan.errors import InputError
+from covplan.solve.siting import (
     choose_centers,
     choose_community_centers,
     place_centers,
@@ -163,11 +162,11 @@ def test_placement_against_brute_force_on_random_instances():
 
 @pytest.fixture(scope="module")
 def demo_reach():
-    from covplan.demo import build_demo_city
-    from covplan.inputs import load_centers, load_communities
-    from covplan.network import load_network
-    from covplan.population import load_population
-    from covplan.reach import compute_reach
+    from covplan.cities.demo import build_demo_city
+    from covplan.inputs.areas import load_centers, load_communities
+    from covplan.inputs.network import load_network
+    from covplan.inputs.population import load_population
+    from covplan.reach.matrix import compute_reach
 
     city = build_demo_city(seed=0)
     network = load_network(city.graph)

@@ -9,13 +9,12 @@ import networkx as nx
 import numpy as np
 import pytest
 import shapely
+from covplan.cities.synthetic import SYNTHETIC_KINDS, SyntheticCity, build_synthetic_city
+from covplan.errors import InputError
+from covplan.inputs.network import load_network
+from covplan.inputs.population import load_population
+from covplan.inputs.snap import snap_points
 from geopandas.testing import assert_geodataframe_equal
-
-from covplan._errors import InputError
-from covplan.network import load_network
-from covplan.population import load_population
-from covplan.snap import snap_points
-from covplan.synthetic import SYNTHETIC_KINDS, SyntheticCity, build_synthetic_city
 
 TOTALS = {"core_fringe": 300_000, "river": 250_000, "linear": 240_000, "islands": 220_000}
 

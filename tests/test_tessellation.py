@@ -1,4 +1,4 @@
-"""Tests for covplan.tessellation: unit pieces, their adjacency, dissolving and district cuts."""
+"""Tests for covplan.inputs.tessellation: unit pieces, their adjacency, dissolving and district cuts."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ import h3
 import numpy as np
 import pytest
 import shapely
+from covplan.errors import CRSError, InputError
+from covplan.inputs.tessellation import (
+    dissolve_pieces,
+    piece_adjacency,
+    unit_districts,
+    unit_pieces,
+)
 from shapely.geometry import Point, box
-
-from covplan._errors import CRSError, InputError
-from covplan.tessellation import dissolve_pieces, piece_adjacency, unit_districts, unit_pieces
 
 UTM = "EPSG:32633"
 

@@ -1,0 +1,1 @@
+"""Benchmarks: walk-time engines, the planner against its peers, the planner-quality suite."""

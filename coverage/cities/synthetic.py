@@ -1,0 +1,455 @@
+"""
+Synthetic cities that stress the community planner in different ways, for the planner suite.
+
+Each kind is built like the demo city (`covplan.cities.demo`, whose helpers it reuses): streets on a
+jittered lattice (local streets 125 m apart, arterials every 500 m), populated 100 m cells,
+uneven existing communities (power regions, as in the demo) with one service center each, every
+layer in EPSG:4326 so that it flows through the ordinary loaders. What differs is the shape that
+makes planning hard:
+
+- ``core_fringe``: a very dense core (cells of 800+ residents) and villages of a few hundred to a
+  few thousand residents far apart along a few country roads, too small to fill a community.
+- ``river``: a meandering river crossed by three bridges only (the network crosses nowhere else),
+  dense on both banks, so straight-line neighbours can be half an hour apart on foot.
+- ``linear``: a 24 km x 1.2 km strip along one main road, in three districts.
+- ``islands``: a lake with two inhabited islands whose paths join nothing else, a gated estate
+  with its own footpaths behind a wall, and a high-rise block next to an almost empty airfield.
+
+Cities are laid out in metres around their middle (city coordinates) and moved to lon/lat last.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import geopandas as gpd
+import networkx as nx
+import numpy as np
+import shapely
+import shapely.affinity
+
+# Private demo helpers, shared so both cities are built the same way (see the module docstring).
+from covplan.cities.demo import (
+    CELL_M,
+    check_seed,
+    choose_center_nodes,
+    district_communities,
+    locate,
+    round_to_total,
+    street_graph,
+)
+from covplan.errors import InputError
+from pyproj import Transformer
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+from shapely.geometry import LineString, Point, Polygon, box
+from shapely.geometry.base import BaseGeometry
+
+__all__ = ["SYNTHETIC_KINDS", "SyntheticCity", "build_synthetic_city"]
+
+logger = logging.getLogger(__name__)
+
+_STEP = 62.5                 # lattice step; streets on every second line -> 125 m blocks
+_ARTERIAL_EVERY = 8          # lattice lines: arterials 500 m apart, never jittered
+_JITTER_M = 8.0
+_UNBUILT_SHARE = 0.05        # local block sides never built
+_MEAN_COMMUNITY = 4_300      # existing communities average about the demo's size
+_MAX_ACCESS_M = 300.0        # no one lives farther from a street node than this
+
+
+@dataclass(frozen=True, slots=True, eq=False)   # eq=False: pandas fields don't compare to bool
+class SyntheticCity:
+    """
+    A synthetic city, every layer in EPSG:4326 (the layers of `covplan.cities.demo.DemoCity`).
+
+    Attributes
+    ----------
+    graph
+        osmnx-style walk graph (``crs`` EPSG:4326; nodes ``x``/``y``; edges ``length`` in m,
+        ``highway``, ``name``, ``osmid``, ``bridge='yes'`` on bridges), both directions.
+    population
+        Populated 100 m cells: ``cell_id`` ('R<row>C<col>'), ``population`` (int), polygons.
+    communities
+        Existing communities (convex polygons covering every populated cell): ``community_id``
+        ('C01'...), ``population`` (residents of the cells whose centroid lies inside) and
+        ``district_id`` when the city has districts.
+    centers
+        One service center per community on a street node: ``center_id``, ``community_id``.
+    districts
+        ``district_id``, ``name`` and polygons, or None.
+    features
+        What shapes the city, for maps and tests: ``kind`` ('river', 'lake', 'island',
+        'estate', 'village', 'airfield', 'high-rise'), ``name``, polygons.
+    name, work_crs, seed
+        The kind, the UTM CRS the city was laid out in, and the seed it was built from.
+    """
+
+    graph: nx.MultiDiGraph
+    population: gpd.GeoDataFrame
+    communities: gpd.GeoDataFrame
+    centers: gpd.GeoDataFrame
+    districts: gpd.GeoDataFrame | None
+    features: gpd.GeoDataFrame
+    name: str
+    work_crs: str
+    seed: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    lon: float
+    lat: float
+    work_crs: str            # the UTM zone of (lon, lat): the zone the loaders will choose
+    total: int               # residents, exact for every seed
+    half: tuple[float, float]   # half width and half height of the extent, m
+    layout: Callable[[np.random.Generator, np.ndarray], _Layout]
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """What a kind decides: where streets run, what they cannot cross, and who lives where."""
+
+    built: BaseGeometry                   # streets run where both ends lie inside
+    weight: np.ndarray                    # expected residents per cell, before noise and rounding
+    barrier: BaseGeometry | None = None   # no street crosses it, bridges aside
+    bridges: dict[int, tuple[str, str]] | None = None   # lattice column -> (highway, name)
+    paths: BaseGeometry | None = None     # every lattice line is a footpath here, not every second
+    no_local: BaseGeometry | None = None  # arterials only (airfield)
+    rural: BaseGeometry | None = None     # arterials here are country roads
+    islands: bool = False                 # keep detached pieces of >= 10 nodes, not just the main
+    districts: tuple[tuple[str, str, Polygon], ...] | None = None
+    features: tuple[tuple[str, str, BaseGeometry], ...] = ()
+
+
+def build_synthetic_city(kind: str, *, seed: int = 0) -> SyntheticCity:
+    """
+    Build a synthetic city of one of `SYNTHETIC_KINDS`.
+
+    Parameters
+    ----------
+    kind
+        'core_fringe', 'river', 'linear' or 'islands' (see the module docstring).
+    seed
+        Seed of the one random generator (numpy ``default_rng``); the same seed gives an
+        identical city. The frame (extent, river, lake, islands, roads) and the total are the
+        same for every seed; the seed moves street jitter, missing streets, villages, towns,
+        the park, cell counts, communities and centers.
+
+    Raises
+    ------
+    InputError
+        For an unknown kind or a negative seed (TypeError for a seed that is not an int).
+
+    Examples
+    --------
+    >>> city = build_synthetic_city("river")
+    >>> int(city.population["population"].sum())
+    250000
+    """
+    if kind not in _KINDS:
+        msg = f"unknown synthetic city {kind!r}; choose one of {', '.join(SYNTHETIC_KINDS)}."
+        raise InputError(msg)
+    check_seed(seed)
+    spec = _KINDS[kind]
+    rng = np.random.default_rng(seed)
+    origin = np.array(Transformer.from_crs("EPSG:4326", spec.work_crs, always_xy=True)
+                      .transform(spec.lon, spec.lat))
+    extent = box(-spec.half[0], -spec.half[1], spec.half[0], spec.half[1])
+    squares, cell_xy = _cells(spec.half)
+    layout = spec.layout(rng, cell_xy)
+    node_xy, edges = _streets(rng, spec.half, layout)
+
+    # Residents: noise like the demo's, nobody far from a street, integers summing to the total.
+    weight = layout.weight * np.minimum(rng.lognormal(0.0, 0.3, size=len(cell_xy)), 1.5)
+    weight[rng.random(len(cell_xy)) < 0.02] = 0.0                   # vacant lots
+    weight[cKDTree(node_xy).query(cell_xy)[0] > _MAX_ACCESS_M] = 0.0
+    pop = round_to_total(weight, spec.total)
+    kept = pop > 0
+    squares, cell_xy, pop = squares[kept], cell_xy[kept], pop[kept]
+
+    districts = layout.districts or (("", "", shapely.segmentize(extent, 100.0)),)
+    communities, cell_label, community_district = _existing_communities(
+        rng, [d[2] for d in districts], cell_xy, pop, node_xy, spec.total)
+    center_nodes = choose_center_nodes(rng, communities, cell_xy, pop, cell_label, node_xy)
+
+    to_lonlat = Transformer.from_crs(spec.work_crs, "EPSG:4326", always_xy=True)
+    node_lonlat = np.column_stack(to_lonlat.transform(*(node_xy + origin).T))
+    graph = street_graph(node_lonlat, edges)
+    graph.graph["created_with"] = "covplan.cities.synthetic"
+
+    def frame(columns: dict, shapes: list) -> gpd.GeoDataFrame:
+        placed = shapely.transform(np.asarray(shapes, dtype=object), lambda xy: xy + origin)
+        return gpd.GeoDataFrame(columns, geometry=placed, crs=spec.work_crs).to_crs("EPSG:4326")
+
+    row, col = ((cell_xy + np.array(spec.half)) // CELL_M).astype(int).T[::-1]
+    ids = [f"C{k + 1:02d}" for k in range(len(communities))]
+    columns = {"community_id": ids,
+               "population": np.bincount(cell_label, weights=pop,
+                                         minlength=len(ids)).astype(np.int64)}
+    if layout.districts:
+        columns["district_id"] = [districts[d][0] for d in community_district]
+    city = SyntheticCity(
+        graph=graph,
+        population=frame({"cell_id": [f"R{r:03d}C{c:03d}" for r, c in zip(row, col)],
+                          "population": pop}, list(squares)),
+        communities=frame(columns, communities),
+        centers=gpd.GeoDataFrame(
+            {"center_id": [f"S{k + 1:02d}" for k in range(len(ids))], "community_id": ids},
+            geometry=shapely.points(node_lonlat[center_nodes]), crs="EPSG:4326"),
+        districts=None if not layout.districts else frame(
+            {"district_id": [d[0] for d in districts], "name": [d[1] for d in districts]},
+            [d[2] for d in districts]),
+        features=frame({"kind": [f[0] for f in layout.features],
+                        "name": [f[1] for f in layout.features]},
+                       [shapely.intersection(f[2], extent) for f in layout.features]),
+        name=kind, work_crs=spec.work_crs, seed=int(seed))
+    logger.info("Built the synthetic %s city (seed %d): %d nodes, %d cells, %d residents, "
+                "%d communities", kind, seed, graph.number_of_nodes(), len(city.population),
+                spec.total, len(ids))
+    return city
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared frame: cells and the street lattice
+
+
+def _cells(half: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Every 100 m cell of the extent: squares and centroids (city coordinates)."""
+    cols, rows = (np.arange(int(2 * h / CELL_M)) for h in half)
+    col, row = (a.ravel() for a in np.meshgrid(cols, rows))
+    xy = (np.column_stack([col, row]) + 0.5) * CELL_M - np.array(half)
+    return shapely.box(*(xy - CELL_M / 2).T, *(xy + CELL_M / 2).T), xy
+
+
+def _streets(rng: np.random.Generator, half: tuple[float, float], layout: _Layout,
+             ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """
+    Street nodes (city coordinates) and undirected edges in the arrays `covplan.cities.demo._graph`
+    takes (u, v, highway, name, osmid, structure).
+
+    The lattice has a node every _STEP m; streets follow every second line (every line inside
+    `layout.paths`), arterials every eighth. Edges are kept where both ends lie in
+    `layout.built` and the edge does not cross `layout.barrier`, except the bridges.
+    """
+    ni, nj = (int(h // _STEP) for h in half)
+    i, j = (a.ravel() for a in np.meshgrid(np.arange(-ni, ni + 1), np.arange(-nj, nj + 1)))
+    on_arterial = (i % _ARTERIAL_EVERY == 0) | (j % _ARTERIAL_EVERY == 0)
+    jitter = rng.uniform(-_JITTER_M, _JITTER_M, size=(i.size, 2)) * ~on_arterial[:, None]
+    xy = np.column_stack([i * _STEP, j * _STEP]) + jitter
+    width = 2 * ni + 1
+
+    # Every lattice neighbour pair; `line` is the row (east-west) or column (north-south).
+    east = np.flatnonzero(i < ni)
+    north = np.flatnonzero(j < nj)
+    u = np.concatenate([east, north])
+    v = np.concatenate([east + 1, north + width])
+    north_south = np.repeat([False, True], [east.size, north.size])
+    line = np.where(north_south, i[u], j[u])
+    along = np.where(north_south, j[u], i[u]) // 2          # which block side along the line
+    arterial = line % _ARTERIAL_EVERY == 0
+
+    segments = shapely.linestrings(np.stack([xy[u], xy[v]], axis=1))
+    inside = shapely.contains_xy(layout.built, *xy.T)
+    street = line % 2 == 0
+    if layout.paths is not None:
+        in_paths = shapely.contains_xy(layout.paths, *xy.T)
+        street |= in_paths[u] & in_paths[v]
+    crossing = (shapely.intersects(segments, layout.barrier) if layout.barrier is not None
+                else np.zeros(u.size, dtype=bool))
+    bridges = layout.bridges or {}
+    bridge = crossing & north_south & np.isin(line, list(bridges))
+    _, side = np.unique((north_south * 10_000 + line + 5_000) * 10_000 + along + 5_000,
+                        return_inverse=True)
+    unbuilt = (rng.random(side.max() + 1) < _UNBUILT_SHARE)[side] & ~arterial
+    if layout.no_local is not None:
+        empty = shapely.contains_xy(layout.no_local, *xy.T)
+        unbuilt |= empty[u] & empty[v] & ~arterial
+    keep = street & ((inside[u] & inside[v] & ~crossing) | bridge) & ~unbuilt
+
+    # The main piece only; with islands also detached pieces of 10+ nodes (stray bits dropped).
+    adjacency = coo_matrix((np.ones(keep.sum()), (u[keep], v[keep])), shape=(i.size, i.size))
+    _, component = connected_components(adjacency, directed=False)
+    used = np.zeros(i.size, dtype=bool)
+    used[u[keep]] = used[v[keep]] = True
+    sizes = np.bincount(component[used], minlength=component.max() + 1)
+    wanted = sizes >= 10 if layout.islands else np.arange(sizes.size) == sizes.argmax()
+    in_city = used & wanted[component]
+    keep &= in_city[u]
+    row_of = np.cumsum(in_city) - 1
+
+    rural = (shapely.contains_xy(layout.rural, *((xy[u] + xy[v]) / 2).T)
+             if layout.rural is not None else np.zeros(u.size, dtype=bool))
+    path = street & (line % 2 == 1)
+    highway = np.where(path, "footway", np.where(arterial, np.where(rural, "tertiary", "primary"),
+                                                 "residential"))
+    name = np.array([f"{'North' if ns else 'East'} {'Avenue' if a else 'Lane'} {ln}"
+                     for ns, ln, a in zip(north_south, line, arterial)], dtype=object)
+    name[path] = "Estate Path"
+    structure = np.where(bridge, "bridge", "")
+    for column, (kind, title) in bridges.items():
+        on = bridge & (line == column)
+        highway[on], name[on] = kind, title
+    edges = {"u": row_of[u], "v": row_of[v], "highway": highway, "name": name,
+             "osmid": np.where(bridge, 9_000 + line, 10_000 + 1_000 * north_south + line),
+             "structure": structure}
+    return xy[in_city], {key: values[keep] for key, values in edges.items()}
+
+
+def _existing_communities(rng: np.random.Generator, districts: list[Polygon], cell_xy: np.ndarray,
+                          pop: np.ndarray, node_xy: np.ndarray, total: int,
+                          ) -> tuple[list[Polygon], np.ndarray, np.ndarray]:
+    """
+    Communities of about _MEAN_COMMUNITY residents on average, shared among districts by their
+    residents and drawn as the demo draws its own (uneven power regions, 1,500-25,000 each).
+
+    Returns the polygons, the community of each cell and the district of each community.
+    """
+    cell_district = locate(districts, cell_xy)
+    district_pop = np.bincount(cell_district, weights=pop, minlength=len(districts))
+    counts = round_to_total(district_pop, max(len(districts), round(total / _MEAN_COMMUNITY)))
+    polygons, cell_label, community_district = [], np.empty(len(cell_xy), dtype=np.int64), []
+    for d, count in enumerate(counts):
+        cells = np.flatnonzero(cell_district == d)
+        regions, label = district_communities(rng, districts[d], cell_xy[cells], pop[cells],
+                                               int(count), node_xy)
+        cell_label[cells] = label + len(polygons)
+        polygons += regions
+        community_district += [d] * int(count)
+    return polygons, cell_label, np.array(community_district, dtype=np.int64)
+
+
+def _gauss(xy: np.ndarray, center: tuple[float, float], scale: float) -> np.ndarray:
+    return np.exp(-(np.hypot(*(xy - center).T) / scale) ** 2)
+
+
+def _inside(geometry: BaseGeometry, xy: np.ndarray) -> np.ndarray:
+    return shapely.contains_xy(geometry, *xy.T)
+
+
+def _ellipse(cx: float, cy: float, ax: float, ay: float) -> Polygon:
+    return shapely.affinity.scale(Point(cx, cy).buffer(1.0, quad_segs=32), ax, ay)
+
+
+def _fill(weight: np.ndarray, where: np.ndarray, residents: float) -> None:
+    """Spread `residents` evenly over the cells `where` (in place)."""
+    weight[where] = residents / max(int(where.sum()), 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The kinds
+
+
+def _core_fringe(rng: np.random.Generator, xy: np.ndarray) -> _Layout:
+    """A city of radius 2.3 km with a very dense core; villages of 200-3,000 residents along six
+    country roads, 2-5 km beyond its edge."""
+    core_r, total = 2_300.0, _KINDS["core_fringe"].total
+    roads = [LineString([(0, 0), (0, 7_800)]), LineString([(0, 0), (0, -7_800)]),
+             LineString([(0, 0), (7_800, 0)]), LineString([(0, 0), (-7_800, 0)]),
+             LineString([(-4_000, 0), (-4_000, 7_000)]), LineString([(0, -4_000), (7_000, -4_000)])]
+    stops = [(4_400, 6_000, 7_500)] * 4 + [(2_000, 4_500, 6_600)] * 2   # m along each road
+    weight = np.zeros(len(xy))
+    villages = []
+    for road, along in zip(roads, stops):
+        for s in along:
+            where = road.interpolate(s + rng.uniform(-250.0, 250.0))
+            residents = float(np.exp(rng.uniform(np.log(200.0), np.log(3_000.0))))
+            radius = 110.0 + 0.07 * residents
+            village = where.buffer(radius)
+            cells = _inside(village, xy)
+            if cells.any():
+                _fill(weight, cells, residents)
+                villages.append(("village", f"Village {len(villages) + 1}", village))
+    r = np.hypot(*xy.T)
+    # Suburbs stay dense enough (~100 per cell) that the city's edge is no remote pocket itself.
+    core = np.where(r <= core_r, 1_000 * np.exp(-(r / 700) ** 2) + 150, 0.0)
+    weight += core * (total - weight.sum()) / core.sum()
+    built = shapely.union_all([Point(0, 0).buffer(core_r + 200),
+                               *(road.buffer(15.0) for road in roads),
+                               *(v.buffer(80.0) for _, _, v in villages)])
+    return _Layout(built=built, weight=weight, rural=_outside(Point(0, 0).buffer(core_r + 200)),
+                   features=tuple(villages))
+
+
+def _outside(area: BaseGeometry) -> BaseGeometry:
+    return box(-1e6, -1e6, 1e6, 1e6).difference(area)
+
+
+def _river(rng: np.random.Generator, xy: np.ndarray) -> _Layout:
+    """A 180 m river meandering west to east through the middle; three bridges."""
+    x = np.linspace(-4_000.0, 4_000.0, 161)
+    river = LineString(np.column_stack([x, 250 * np.sin(2 * np.pi * (x + 700) / 5_500) - 150]))
+    water = river.buffer(90.0)
+    weight = 380 * _gauss(xy, (0.0, 0.0), 1_800) + 90 * np.exp(-np.hypot(*xy.T) / 2_500) + 40
+    # Homes stop at a rounded footprint: square corners would leave remote pockets of their own.
+    footprint = _ellipse(0.0, 0.0, 3_400.0, 2_400.0)
+    weight[~_inside(footprint, xy) | _inside(water.buffer(40.0), xy)] = 0.0
+    park = _ellipse(rng.uniform(-2_500, -1_500), 1_600, 300, 220)
+    weight[_inside(park, xy)] = 0.0
+    bridges = {-32: ("primary", "West Bridge"), 8: ("footway", "Footbridge"),
+               40: ("primary", "East Bridge")}
+    return _Layout(built=_outside(water), weight=weight, barrier=water, bridges=bridges,
+                   features=(("river", "River", water), ("park", "Park", park)))
+
+
+def _linear(rng: np.random.Generator, xy: np.ndarray) -> _Layout:
+    """A 1.2 km strip along Main Road (y = 0), towns along it, three districts."""
+    towns = np.sort(rng.uniform(-11_000.0, 11_000.0, size=6))
+    # Between the towns ~50 residents per cell: a 15-minute stretch still holds a community.
+    along = 150 + sum(150 * np.exp(-((xy[:, 0] - c) / 1_400) ** 2) for c in towns)
+    weight = along * np.exp(-(xy[:, 1] / 700) ** 2)
+    cuts = (-12_000.0, -4_000.0, 4_000.0, 12_000.0)
+    names = ("West", "Centre", "East")
+    districts = tuple((f"D{k + 1}", names[k],
+                       shapely.segmentize(box(cuts[k], -600.0, cuts[k + 1], 600.0), 100.0))
+                      for k in range(3))
+    return _Layout(built=box(-12_001.0, -601.0, 12_001.0, 601.0), weight=weight,
+                   districts=districts)
+
+
+def _islands(rng: np.random.Generator, xy: np.ndarray) -> _Layout:
+    """
+    A lake (north-east) holding two inhabited islands more than 500 m from every shore, a walled
+    estate with its own footpaths, a high-rise block beside an almost empty airfield.
+    """
+    total = _KINDS["islands"].total
+    lake = _ellipse(2_300, 1_400, 1_700, 1_400)
+    big, small = _ellipse(2_500, 1_500, 330, 250), _ellipse(1_650, 1_150, 200, 150)
+    estate = box(-2_900, -2_600, -2_100, -1_950)
+    towers = box(-500, -2_600, 100, -2_200)
+    airfield = box(100, -2_900, 1_900, -1_500)
+    weight = np.zeros(len(xy))
+    fixed = {big: rng.uniform(2_200, 3_000), small: rng.uniform(300, 600),
+             estate: rng.uniform(1_800, 2_600), towers: 18_000.0, airfield: 3.0 * 250}
+    for area, residents in fixed.items():
+        _fill(weight, _inside(area, xy), residents)
+    # A rounded footprint and ~80 residents per cell at its edge: the town's own edge and the
+    # lake shore are no remote pockets, only the islands, the estate and the airfield are.
+    town = (_inside(_ellipse(-300.0, -200.0, 3_300.0, 2_800.0), xy)
+            & ~_inside(shapely.union_all([lake, *fixed]), xy))
+    main = np.where(town, 200 * _gauss(xy, (-800.0, 200.0), 1_800) + 110, 0.0)
+    weight += main * (total - weight.sum()) / main.sum()
+    water = lake.difference(shapely.union_all([big, small]))
+    return _Layout(built=_outside(water), weight=weight,
+                   barrier=shapely.union_all([water, estate.exterior]),
+                   paths=shapely.union_all([estate, small]),   # too small for 125 m blocks
+                   no_local=airfield, islands=True,
+                   features=(("lake", "Lake", water), ("island", "Big Island", big),
+                             ("island", "Small Island", small), ("estate", "Gated Estate", estate),
+                             ("high-rise", "Tower Block", towers),
+                             ("airfield", "Airfield", airfield)))
+
+
+_KINDS: dict[str, _Kind] = {
+    # Dhaka-like density; UTM 46N.
+    "core_fringe": _Kind(90.40, 23.78, "EPSG:32646", 300_000, (8_000.0, 8_000.0), _core_fringe),
+    # A Danube-like river; UTM 34N.
+    "river": _Kind(19.05, 47.50, "EPSG:32634", 250_000, (3_500.0, 2_500.0), _river),
+    # A valley city like Lanzhou; UTM 48N.
+    "linear": _Kind(103.83, 36.06, "EPSG:32648", 240_000, (12_000.0, 600.0), _linear),
+    # A lake city like Srinagar; UTM 43N.
+    "islands": _Kind(74.80, 34.08, "EPSG:32643", 220_000, (3_500.0, 3_000.0), _islands),
+}
+SYNTHETIC_KINDS: tuple[str, ...] = tuple(_KINDS)

@@ -1,0 +1,1 @@
+"""Reading the inputs: the walking network, the population grid, centers, communities, districts."""

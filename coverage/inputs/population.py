@@ -1,0 +1,855 @@
+"""
+Population sources -> `Population`: the cells as read, and the point units the planner assigns.
+
+Every loader conserves people to the person: counts become integers (fractional sources are
+rounded by largest remainder so the total equals the rounded sum), and every transformation
+logs its total at INFO so a lost resident shows up in the log, not in a plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import geopandas as gpd
+import h3
+import numpy as np
+import pandas as pd
+import pyogrio
+import shapely
+from covplan._validate import (
+    clean_counts,
+    describe,
+    require_columns,
+    require_crs,
+    require_file,
+    require_not_empty,
+    require_positive,
+)
+from covplan.errors import CRSError, DataSourceError, InputError
+from covplan.inputs.crs import local_metric_crs
+
+if TYPE_CHECKING:
+    import pyproj
+
+__all__ = ["Population", "load_population"]
+
+logger = logging.getLogger(__name__)
+
+# Auto-detected population columns, in priority order (case-insensitive); 'asukkaita' is HSY's.
+_POP_NAMES = ("pop", "population", "pop_total", "total", "residents", "inhabitants", "count",
+              "value", "asukkaita")
+_POP_PATTERN = re.compile(r"^(pop|population)[_-]?(19|20)\d{2}$", re.IGNORECASE)
+_ID_NAMES = ("cell_id", "id", "h3", "h3_id", "hex_id", "grid_id", "index", "fid", "objectid")
+_LON_NAMES = ("lon", "lng", "long", "longitude", "x")
+_LAT_NAMES = ("lat", "latitude", "y")
+_FLOOR_NAMES = ("floors", "levels", "building:levels")
+_CELL_TYPES = ("Polygon", "MultiPolygon", "Point")
+_ONTO = ("nodes", "buildings", "grid")
+_MAX_SUBCELLS = 5_000_000      # more grid pieces than this means a unit mix-up, not a plan
+_RASTER_STRIP_PIXELS = 1 << 24  # read rasters in strips of ~16 M pixels to bound memory
+_READ_ERRORS = (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError,
+                pyogrio.errors.FieldError, pyogrio.errors.GeometryError, OSError, ValueError)
+
+
+@dataclass(frozen=True, slots=True, eq=False)   # eq=False: pandas fields don't compare to bool
+class Population:
+    """
+    Residents as source cells and as point units, the pieces the planner assigns to centers.
+
+    Attributes
+    ----------
+    units
+        One row per unit: `unit_id` (int64, 0..k-1), `cell_id` (str), `pop` (int64 > 0) and a
+        Point `geometry`. Before `disaggregate` there is one unit per populated cell, at the
+        cell's centroid (or a point inside it when the centroid falls outside).
+    cells
+        The source cells as read: `cell_id` (str), `pop` (int64 >= 0), Polygon/MultiPolygon or
+        Point `geometry`. Cells with no one keep their row here but get no unit.
+    source
+        Where the data came from (a path, 'GeoDataFrame', ...).
+    population_column
+        The source column (or raster band) the counts came from.
+
+    Notes
+    -----
+    ``units.pop.sum() == cells.pop.sum()`` always holds; construction checks it.
+    """
+
+    units: gpd.GeoDataFrame
+    cells: gpd.GeoDataFrame
+    source: str
+    population_column: str
+
+    def __post_init__(self) -> None:
+        in_units, in_cells = int(self.units["pop"].sum()), int(self.cells["pop"].sum())
+        if in_units != in_cells:
+            msg = (f"Population from {self.source}: units hold {in_units:,} people but cells hold "
+                   f"{in_cells:,}; build units with Population.from_* or disaggregate().")
+            raise InputError(msg)
+
+    @property
+    def total(self) -> int:
+        """Total number of residents."""
+        return int(self.cells["pop"].sum())
+
+    @property
+    def crs(self) -> pyproj.CRS:
+        """CRS of `units` and `cells`."""
+        return self.cells.crs
+
+    def to_crs(self, crs: pyproj.CRS | str) -> Population:
+        """Return a copy with `units` and `cells` projected to `crs`."""
+        return Population(units=self.units.to_crs(crs), cells=self.cells.to_crs(crs),
+                          source=self.source, population_column=self.population_column)
+
+    @classmethod
+    def from_frame(cls, frame: gpd.GeoDataFrame, *, population_column: str | None = None,
+                   id_column: str | None = None) -> Population:
+        """
+        Cells from a GeoDataFrame of polygons or points with a count column.
+
+        Parameters
+        ----------
+        frame
+            One row per cell; needs a CRS. Its CRS becomes the population's CRS.
+        population_column
+            Column of counts; None picks the first of pop, population, pop_total, total,
+            residents, inhabitants, count, value, asukkaita, popYYYY (case-insensitive), else
+            the only numeric non-id column.
+        id_column
+            Column of unique cell ids; None uses the first unique column among cell_id, id, h3,
+            index, fid, ..., else numbers the rows 0..n-1.
+
+        Raises
+        ------
+        CRSError
+            If `frame` has no CRS.
+        InputError
+            If it is empty, the column is missing or ambiguous, a count is negative, NaN or not
+            a number, ids repeat, or a geometry is neither polygon nor point.
+        """
+        if not isinstance(frame, gpd.GeoDataFrame):
+            msg = f"`frame` must be a GeoDataFrame, got {type(frame).__name__}."
+            raise TypeError(msg)
+        return _from_geoframe(frame, population_column=population_column, id_column=id_column,
+                              source="GeoDataFrame", name="the population GeoDataFrame")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], *, layer: str | None = None,
+                  population_column: str | None = None,
+                  id_column: str | None = None) -> Population:
+        """
+        Cells from a vector file: GeoPackage, GeoJSON, Shapefile, FlatGeobuf, or any of them zipped.
+
+        `path` may be a plain ``.zip`` or a GDAL ``/vsizip/...`` path. A file with several layers
+        needs `layer`. Other parameters as in `from_frame`.
+
+        Raises
+        ------
+        DataSourceError
+            If the file is missing, empty or cannot be parsed.
+        CRSError
+            If the data has no CRS (e.g. a shapefile without its .prj).
+        InputError
+            As in `from_frame`, or if `layer` is missing or not named when several exist.
+        """
+        require_file(path, what="population")
+        text, name = os.fspath(path), f"population file {describe(path)}"
+        try:
+            layers = [str(row[0]) for row in pyogrio.list_layers(text)]
+            if layer is None and len(layers) > 1:
+                msg = f"{name} has {len(layers)} layers {layers}; pass layer= to choose one."
+                raise InputError(msg)
+            if layer is not None and layer not in layers:
+                msg = f"{name} has no layer {layer!r}; its layers are {layers}."
+                raise InputError(msg)
+            frame = gpd.read_file(text, layer=layer)
+        except _READ_ERRORS as exc:
+            if isinstance(exc, InputError):
+                raise
+            msg = (f"cannot read {name}: {exc}. Check that it is an intact GeoPackage, GeoJSON, "
+                   "Shapefile or FlatGeobuf (re-export or re-download it).")
+            raise DataSourceError(msg) from exc
+        return _from_geoframe(frame, population_column=population_column, id_column=id_column,
+                              source=text, name=name)
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike[str], *, lon_column: str | None = None,
+                 lat_column: str | None = None, population_column: str | None = None,
+                 id_column: str | None = None, crs: Any = "EPSG:4326") -> Population:
+        """
+        Cells from a CSV: points from coordinate columns, or H3 hexagons from an id column.
+
+        With neither `lon_column` nor `lat_column` given, a column of valid H3 ids (`id_column`
+        if given, else detected, e.g. 'h3' or 'id') makes hexagon cells as in `from_h3`;
+        otherwise points are built from lon/lng/longitude/x and lat/latitude/y in `crs`.
+
+        Raises
+        ------
+        DataSourceError
+            If the file is missing, empty or not parseable as CSV.
+        InputError
+            If it has neither coordinates nor H3 ids, or as in `from_frame`.
+        """
+        require_file(path, what="population CSV")
+        name = f"population CSV {describe(path)}"
+        try:
+            table = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            msg = f"cannot parse {name} as CSV: {exc}. Check the delimiter and encoding (UTF-8)."
+            raise DataSourceError(msg) from exc
+        return _from_table(table, lon_column=lon_column, lat_column=lat_column, h3_column=None,
+                           population_column=population_column, id_column=id_column, crs=crs,
+                           source=os.fspath(path), name=name)
+
+    @classmethod
+    def from_h3(cls, table: pd.DataFrame, *, h3_column: str | None = None,
+                population_column: str | None = None) -> Population:
+        """
+        Hexagon cells (EPSG:4326) from a table of H3 ids and counts.
+
+        `h3_column` None detects a string column whose values are H3 ids. Ids must be unique.
+
+        Raises
+        ------
+        InputError
+            If no H3 column is found, an id is invalid (some are listed), or as in `from_frame`.
+        """
+        if not isinstance(table, pd.DataFrame):
+            msg = f"`table` must be a DataFrame, got {type(table).__name__}."
+            raise TypeError(msg)
+        name = "the population H3 table"
+        require_not_empty(table, name=name)
+        column = h3_column if h3_column is not None else _find_h3_column(table)
+        if column is None:
+            msg = (f"{name} has no column of H3 ids; it has {list(table.columns)}. "
+                   "Pass h3_column= naming the column of ids such as '89a8100c603ffff'.")
+            raise InputError(msg)
+        return _from_h3_table(table, column=column, population_column=population_column,
+                              source="H3 table", name=name)
+
+    @classmethod
+    def from_raster(cls, path: str | os.PathLike[str], *, band: int = 1) -> Population:
+        """
+        One cell per populated pixel of a counts-per-pixel GeoTIFF (WorldPop, GHS-POP).
+
+        Nodata, NaN and pixels <= 0 are skipped (the total is unchanged); the cell is the pixel's
+        box, `cell_id` is ``"r{row}c{col}"``. Fractional counts are rounded by largest remainder
+        so the total equals the rounded raster sum (logged at INFO). Clip large rasters to the
+        study area first: every populated pixel becomes a polygon.
+
+        Raises
+        ------
+        DataSourceError
+            If the file is missing, empty or not a readable raster.
+        CRSError
+            If the raster has no CRS.
+        InputError
+            If `band` does not exist, a pixel is negative but not nodata, or no pixel is populated.
+        """
+        require_file(path, what="population raster")
+        name = f"population raster {describe(path)}"
+        rasterio = _rasterio(name)
+        try:
+            with rasterio.open(os.fspath(path)) as src:
+                _check_raster(src, band=band, name=name)
+                rows, cols, values = _read_populated(src, band=band, name=name)
+                transform, crs = src.transform, src.crs
+        except rasterio.errors.RasterioError as exc:
+            msg = f"cannot read {name}: {exc}. Check that it is an intact GeoTIFF."
+            raise DataSourceError(msg) from exc
+        if len(values) == 0:
+            msg = f"{name} has no pixel with population > 0 in band {band}; check band= and nodata."
+            raise InputError(msg)
+        ids = np.char.add(np.char.add("r", rows.astype(str)), np.char.add("c", cols.astype(str)))
+        geometry = gpd.GeoSeries(_pixel_boxes(transform, rows, cols), crs=crs.to_wkt())
+        return _assemble(geometry, values, pd.Series(ids), source=os.fspath(path), name=name,
+                         column=f"band {band}")
+
+    def disaggregate(self, *, onto: str, network: Any = None,
+                     buildings: gpd.GeoDataFrame | None = None, cell_size_m: float | None = None,
+                     max_unit_pop: float | None = None) -> Population:
+        """
+        Split each populated polygon cell into several units, conserving every cell's count.
+
+        Always starts from `cells`, so calling it twice does not split twice.
+
+        Parameters
+        ----------
+        onto
+            'nodes': the `network` nodes inside the cell, equal weights. 'buildings': the
+            `buildings` (polygons weighted by footprint area, times a 'floors'/'levels' column
+            when present; points weighted equally, times floors) whose representative point is
+            inside. 'grid': squares of `cell_size_m` metres on a grid aligned to the working
+            CRS, clipped to the cell and weighted by clipped area.
+        network
+            For 'nodes': an object with `x`, `y` (float arrays in `network.crs`) and `crs`,
+            such as a WalkNetwork.
+        buildings
+            For 'buildings': footprints or points with a CRS.
+        cell_size_m
+            For 'grid': side of the squares, metres.
+        max_unit_pop
+            None gives every target with people its own unit. Given, only cells with
+            pop > `max_unit_pop` are split, into at most ``ceil(2 * pop / max_unit_pop)``
+            pieces (about half of `max_unit_pop` each, so pieces stay under it despite uneven
+            targets): targets are grouped by recursive weighted bisection along the longer
+            axis, and each piece sits at its member target nearest its weighted mean.
+
+        Returns
+        -------
+        Population
+            Same `cells`; new `units` in this population's CRS. A cell with no target inside
+            (or a point cell) keeps one unit. Counts are split by largest remainder (ties to
+            the lowest index) so each cell's units sum exactly to its pop; zero-pop units
+            are dropped and `unit_id` renumbered.
+
+        Raises
+        ------
+        InputError
+            If `onto` is unknown or its input is missing or unusable.
+        CRSError
+            If `network` or `buildings` has no CRS.
+        """
+        _check_disaggregate_args(onto, network, buildings, cell_size_m, max_unit_pop)
+        work_crs = local_metric_crs(tuple(self.cells.total_bounds), self.crs)
+        cells_w = self.cells.to_crs(work_crs)
+        pop = cells_w["pop"].to_numpy()
+        geoms = np.asarray(cells_w.geometry.values)
+        to_split = (pop > 0) & np.isin(shapely.get_type_id(geoms), (3, 6))  # polygons only
+        if max_unit_pop is not None:
+            to_split &= pop > max_unit_pop
+        split_pos = np.flatnonzero(to_split)
+        if onto == "nodes":
+            owner, xy, weight = _node_targets(network, geoms, split_pos, work_crs)
+        elif onto == "buildings":
+            owner, xy, weight = _building_targets(buildings, geoms, split_pos, work_crs)
+        else:
+            owner, xy, weight = _grid_targets(geoms, split_pos, float(cell_size_m))
+        units_w = _split_cells(cells_w, owner, xy, weight, max_unit_pop=max_unit_pop)
+        bare = len(np.setdiff1d(split_pos, owner))
+        logger.info("Disaggregated %d of %d populated cells onto %s: %d units; %d cell(s) had no "
+                    "target inside and kept one unit; total %s unchanged", len(split_pos),
+                    int((pop > 0).sum()), onto, len(units_w), bare, f"{self.total:,}")
+        return Population(units=units_w.to_crs(self.crs), cells=self.cells, source=self.source,
+                          population_column=self.population_column)
+
+
+def load_population(source: Any, *, population_column: str | None = None,
+                    layer: str | None = None, id_column: str | None = None,
+                    **kwargs: Any) -> Population:
+    """
+    Load population from whatever the user has, dispatching on type and file suffix.
+
+    A `Population` is returned as is; a GeoDataFrame goes to `Population.from_frame`; a
+    DataFrame to the H3 or lon/lat table loader (`h3_column`, `lon_column`, `lat_column`,
+    `crs` in `kwargs`); a path ending .tif/.tiff to `from_raster` (`band` in `kwargs`),
+    .csv/.csv.gz to `from_csv`, anything else to `from_file`.
+
+    Raises
+    ------
+    TypeError
+        If `source` is none of these.
+    """
+    if isinstance(source, Population):
+        return source
+    if isinstance(source, gpd.GeoDataFrame):
+        return Population.from_frame(source, population_column=population_column,
+                                     id_column=id_column, **kwargs)
+    if isinstance(source, pd.DataFrame):
+        options = {"lon_column": None, "lat_column": None, "h3_column": None,
+                   "crs": "EPSG:4326"} | kwargs
+        return _from_table(source, population_column=population_column, id_column=id_column,
+                           source="DataFrame", name="the population DataFrame", **options)
+    if not isinstance(source, (str, os.PathLike)):
+        msg = (f"`source` must be a path, GeoDataFrame, DataFrame or Population, got "
+               f"{type(source).__name__}.")
+        raise TypeError(msg)
+    lower = os.fspath(source).lower()
+    if lower.endswith((".tif", ".tiff")):
+        if population_column is not None or id_column is not None or layer is not None:
+            msg = "population_column=, id_column= and layer= do not apply to rasters; use band=."
+            raise InputError(msg)
+        return Population.from_raster(source, **kwargs)
+    if lower.endswith((".csv", ".csv.gz")):
+        return Population.from_csv(source, population_column=population_column,
+                                   id_column=id_column, **kwargs)
+    return Population.from_file(source, layer=layer, population_column=population_column,
+                                id_column=id_column, **kwargs)
+
+
+# --- building cells ------------------------------------------------------------------------
+
+def _from_geoframe(frame: gpd.GeoDataFrame, *, population_column: str | None,
+                   id_column: str | None, source: str, name: str) -> Population:
+    """Validate a frame of cells and build the Population (the shared core of every loader)."""
+    require_not_empty(frame, name=name)
+    require_crs(frame, name=name)
+    ids, id_name = _cell_ids(frame, id_column, name=name)
+    column = population_column
+    if column is None:
+        column = _pick_population_column(frame, exclude={id_name, frame.geometry.name}, name=name)
+    require_columns(frame, [column], name=name)
+    counts = clean_counts(frame[column], name=name, column=str(column))
+    geometry = _check_geometry(frame, counts, name=name)
+    return _assemble(geometry, counts, ids, source=source, name=name, column=str(column))
+
+
+def _assemble(geometry: gpd.GeoSeries, counts: np.ndarray, ids: pd.Series, *, source: str,
+              name: str, column: str) -> Population:
+    """Integer counts, the cells frame and one unit per populated cell."""
+    pop = _to_integers(counts, name=name)
+    cells = gpd.GeoDataFrame({"cell_id": ids.astype(str).to_numpy(), "pop": pop},
+                             geometry=geometry.values, crs=geometry.crs)
+    populated = pop > 0
+    points = _inner_points(np.asarray(geometry.values)[populated])
+    units = _units_frame(cells["cell_id"].to_numpy()[populated], pop[populated], points,
+                         crs=cells.crs)
+    logger.info("Loaded %d cells, %s people from %s (column %r)", len(cells),
+                f"{int(pop.sum()):,}", source, column)
+    if not populated.all():
+        logger.info("%d cell(s) with pop 0 are kept in `cells` but get no unit",
+                    int((~populated).sum()))
+    return Population(units=units, cells=cells, source=source, population_column=column)
+
+
+def _units_frame(cell_ids: np.ndarray, pop: np.ndarray, points: np.ndarray, *,
+                 crs: Any) -> gpd.GeoDataFrame:
+    """The units frame with unit_id 0..k-1."""
+    return gpd.GeoDataFrame({"unit_id": np.arange(len(pop), dtype=np.int64),
+                             "cell_id": np.asarray(cell_ids, dtype=str),
+                             "pop": np.asarray(pop, dtype=np.int64)}, geometry=points, crs=crs)
+
+
+def _to_integers(counts: np.ndarray, *, name: str) -> np.ndarray:
+    """Counts as int64; fractional ones rounded by largest remainder to the rounded total."""
+    rounded = np.round(counts)
+    if np.array_equal(rounded, counts):
+        return rounded.astype(np.int64)
+    exact = math.fsum(counts)
+    total = math.floor(exact + 0.5)
+    logger.info("%s: fractional counts (sum %.3f) rounded to integers by largest remainder; "
+                "total %s (changed by %+.3f, under 1 per cell)", name, exact, f"{total:,}",
+                total - exact)
+    return largest_remainder(counts, total)
+
+
+def largest_remainder(shares: np.ndarray, total: int) -> np.ndarray:
+    """Integers summing to `total`, each floor(share) or one more; ties go to the lowest index."""
+    base = np.floor(shares).astype(np.int64)
+    short = int(total - base.sum())
+    # Float error in the shares can only move the shortfall by a rounding hair; clip for safety.
+    short = min(max(short, 0), len(shares))
+    order = np.argsort(-(shares - base), kind="stable")
+    base[order[:short]] += 1
+    return base
+
+
+def _inner_points(geoms: np.ndarray) -> np.ndarray:
+    """Centroids, or a point surely inside where the centroid falls outside (e.g. L shapes)."""
+    if len(geoms) == 0:
+        return np.empty(0, dtype=object)
+    # shapely directly: planar centroids of small cells are fine in lon/lat and warn-free here.
+    points = shapely.centroid(geoms)
+    outside = ~shapely.contains(geoms, points)   # on the boundary (bow-tie centre) is outside
+    points[outside] = shapely.point_on_surface(geoms[outside])
+    return points
+
+
+def _check_geometry(frame: gpd.GeoDataFrame, counts: np.ndarray, *, name: str) -> gpd.GeoSeries:
+    """Raise on unusable geometries; repair invalid polygons (logged). Returns a 0..n-1 series."""
+    geometry = frame.geometry.reset_index(drop=True)
+    missing = (geometry.isna() | geometry.is_empty).to_numpy()
+    if (missing & (counts > 0)).any():
+        rows = list(frame.index[missing & (counts > 0)][:5])
+        msg = f"{name}: rows {rows} have people but no geometry; fix or drop them."
+        raise InputError(msg)
+    types = geometry.geom_type.to_numpy()
+    bad = ~missing & ~np.isin(types, _CELL_TYPES)
+    if bad.any():
+        msg = (f"{name}: geometry type(s) {sorted(set(types[bad]))} (rows "
+               f"{list(frame.index[bad][:5])}) cannot be cells; use polygons or points "
+               "(`.explode()` multi-points first).")
+        raise InputError(msg)
+    invalid = ~missing & ~geometry.is_valid.to_numpy()
+    if invalid.any():
+        geometry[invalid] = geometry[invalid].make_valid(method="structure", keep_collapsed=False)
+        logger.info("%s: repaired %d invalid polygon(s)", name, int(invalid.sum()))
+    return geometry
+
+
+# --- columns ---------------------------------------------------------------------------------
+
+def _cell_ids(frame: pd.DataFrame, id_column: str | None, *, name: str) -> tuple[pd.Series, Any]:
+    """Cell ids as strings and the column they came from (None: numbered 0..n-1)."""
+    if id_column is not None:
+        require_columns(frame, [id_column], name=name)
+        ids = frame[id_column]
+        bad = ids.isna() | ids.duplicated(keep=False)
+        if bad.any():
+            msg = (f"{name}: id column {id_column!r} has missing or repeated values, e.g. "
+                   f"{list(ids[bad].head(5))}; cell ids must be unique. Aggregate the rows, pass "
+                   "another id_column=, or none to number the cells 0..n-1.")
+            raise InputError(msg)
+        return _id_strings(ids), id_column
+    by_name = {str(c).lower(): c for c in reversed(frame.columns)}
+    for want in _ID_NAMES:
+        column = by_name.get(want)
+        if column is not None and frame[column].notna().all() and frame[column].is_unique:
+            return _id_strings(frame[column]), column
+    return pd.Series(np.arange(len(frame)).astype(str)), None
+
+
+def _id_strings(ids: pd.Series) -> pd.Series:
+    """Ids as str, writing whole floats (1.0, read from a float column) as '1'."""
+    if pd.api.types.is_float_dtype(ids) and (ids == np.round(ids)).all():
+        ids = ids.astype(np.int64)
+    return ids.astype(str).reset_index(drop=True)
+
+
+def _pick_population_column(frame: pd.DataFrame, *, exclude: set[Any], name: str) -> Any:
+    """The population column by name, pattern, or as the only numeric non-id column."""
+    columns = [c for c in frame.columns if c not in exclude]
+    by_name = {str(c).lower(): c for c in reversed(columns)}
+    for want in _POP_NAMES:
+        if want in by_name:
+            return by_name[want]
+    dated = [c for c in columns if _POP_PATTERN.match(str(c))]
+    if len(dated) == 1:
+        return dated[0]
+    skip = {*_ID_NAMES, *_LON_NAMES, *_LAT_NAMES}
+    numeric = [c for c in columns if str(c).lower() not in skip and not
+               pd.api.types.is_bool_dtype(frame[c]) and pd.api.types.is_numeric_dtype(frame[c])]
+    if not dated and len(numeric) == 1:
+        logger.info("%s: using %r, the only numeric column, as population", name, numeric[0])
+        return numeric[0]
+    options = dated or numeric or columns
+    msg = (f"{name}: cannot tell which column holds the population; it has {columns}. "
+           f"Pass population_column=, e.g. population_column={options[0]!r}.")
+    raise InputError(msg)
+
+
+def _find_h3_column(table: pd.DataFrame, prefer: Any = None) -> Any:
+    """A string column whose first values are valid H3 ids (`prefer`, then id-like names first)."""
+    names = {str(c).lower(): i for i, c in enumerate(_ID_NAMES)}
+    ordered = sorted(table.columns, key=lambda c: names.get(str(c).lower(), len(names)))
+    if prefer is not None and prefer in table.columns:
+        ordered = [prefer] + [c for c in ordered if c != prefer]
+    for column in ordered:
+        sample = table[column].dropna().head(20)
+        if len(sample) and all(isinstance(v, str) and h3.is_valid_cell(v) for v in sample):
+            return column
+    return None
+
+
+# --- tables and H3 ---------------------------------------------------------------------------
+
+def _from_table(table: pd.DataFrame, *, lon_column: str | None, lat_column: str | None,
+                h3_column: str | None, population_column: str | None, id_column: str | None,
+                crs: Any, source: str, name: str) -> Population:
+    """A plain table: H3 hexagons when it has H3 ids and no coordinate preference, else points."""
+    require_not_empty(table, name=name)
+    if h3_column is None and lon_column is None and lat_column is None:
+        h3_column = _find_h3_column(table, prefer=id_column)
+    if h3_column is not None:
+        return _from_h3_table(table, column=h3_column, population_column=population_column,
+                              source=source, name=name)
+    lon = lon_column or _find_name(table, _LON_NAMES)
+    lat = lat_column or _find_name(table, _LAT_NAMES)
+    if lon is None or lat is None:
+        msg = (f"{name} has neither lon/lat columns nor a column of H3 ids; it has "
+               f"{list(table.columns)}. Pass lon_column= and lat_column= (and crs= if they are "
+               "not WGS84 degrees), or add an H3 id column.")
+        raise InputError(msg)
+    require_columns(table, [lon, lat], name=name)
+    x, y = _coordinates(table, lon, name=name), _coordinates(table, lat, name=name)
+    frame = gpd.GeoDataFrame(table.drop(columns=[lon, lat]), geometry=gpd.points_from_xy(x, y),
+                             crs=crs)
+    outside = (np.abs(x) > 180).any() or (np.abs(y) > 90).any()
+    if frame.crs is not None and frame.crs.is_geographic and outside:
+        msg = (f"{name}: columns {lon!r}/{lat!r} hold values outside lon/lat degrees (x in "
+               f"[{x.min():g}, {x.max():g}], y in [{y.min():g}, {y.max():g}]); pass crs= naming "
+               "their projected CRS, or check the columns are not swapped.")
+        raise CRSError(msg)
+    return _from_geoframe(frame, population_column=population_column, id_column=id_column,
+                          source=source, name=name)
+
+
+def _coordinates(table: pd.DataFrame, column: Any, *, name: str) -> np.ndarray:
+    """A coordinate column as float64, raising on text, NaN or infinity."""
+    values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype="float64")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        msg = (f"{name}: coordinate column {column!r} has {int(bad.sum())} missing or non-numeric "
+               f"value(s), e.g. rows {list(table.index[bad][:5])}; fix or drop those rows.")
+        raise InputError(msg)
+    return values
+
+
+def _find_name(table: pd.DataFrame, names: tuple[str, ...]) -> Any:
+    """The first column whose lower-cased name is in `names`, by priority of `names`."""
+    by_name = {str(c).lower(): c for c in reversed(table.columns)}
+    return next((by_name[n] for n in names if n in by_name), None)
+
+
+def _from_h3_table(table: pd.DataFrame, *, column: Any, population_column: str | None,
+                   source: str, name: str) -> Population:
+    """Validate H3 ids and make their hexagons (EPSG:4326) the cells."""
+    require_columns(table, [column], name=name)
+    ids = table[column]
+    valid = np.array([isinstance(v, str) and h3.is_valid_cell(v) for v in ids], dtype=bool)
+    if not valid.all():
+        msg = (f"{name}: column {column!r} has {int((~valid).sum())} invalid H3 id(s), e.g. "
+               f"{list(ids[~valid].head(5))} (rows {list(table.index[~valid][:5])}); H3 ids are "
+               "hexadecimal strings such as '89a8100c603ffff'. Fix them or pass h3_column=.")
+        raise InputError(msg)
+    # cell_to_boundary gives (lat, lng); shapely wants (x=lng, y=lat).
+    hexagons = [shapely.Polygon([(lng, lat) for lat, lng in h3.cell_to_boundary(v)]) for v in ids]
+    frame = gpd.GeoDataFrame(table, geometry=hexagons, crs="EPSG:4326")
+    return _from_geoframe(frame, population_column=population_column, id_column=column,
+                          source=source, name=name)
+
+
+# --- rasters ---------------------------------------------------------------------------------
+
+def _check_raster(src: Any, *, band: int, name: str) -> None:
+    """Raise unless the raster has a CRS and the band exists."""
+    if src.crs is None:
+        msg = f"{name} has no CRS; fix its georeferencing (e.g. `gdal_edit.py -a_srs EPSG:4326`)."
+        raise CRSError(msg)
+    whole = isinstance(band, (int, np.integer)) and not isinstance(band, bool)
+    if not whole or not 1 <= band <= src.count:
+        msg = f"`band` must be an int from 1 to {src.count} for {name}, got {band!r}."
+        raise InputError(msg)
+
+
+def _read_populated(src: Any, *, band: int, name: str) -> tuple[np.ndarray, ...]:
+    """Rows, cols and values of pixels > 0, read in strips; raise on negative non-nodata pixels."""
+    strip = max(1, _RASTER_STRIP_PIXELS // max(src.width, 1))
+    rows, cols, values = [], [], []
+    skipped = 0
+    for top in range(0, src.height, strip):
+        window = _rasterio("").windows.Window(0, top, src.width, min(strip, src.height - top))
+        data = src.read(band, window=window, masked=True)
+        # NaN counts as nodata: float rasters often mark the sea with NaN but declare nothing.
+        pixels = np.ma.filled(data.astype("float64"), np.nan)
+        negative = pixels < 0
+        if negative.any():
+            r, c = (int(v[0]) for v in np.nonzero(negative))
+            msg = (f"{name}: band {band} has {int(negative.sum())} negative pixel(s) that are "
+                   f"not nodata ({src.nodatavals[band - 1]}), e.g. {pixels[r, c]:g} at row "
+                   f"{r + top}, col {c}; set the raster's nodata value to it (e.g. `gdal_edit.py "
+                   "-a_nodata`) or fix the pixels.")
+            raise InputError(msg)
+        keep = pixels > 0
+        skipped += int(keep.size - keep.sum())
+        r, c = np.nonzero(keep)
+        rows.append(r + top)
+        cols.append(c)
+        values.append(pixels[r, c])
+    logger.info("%s: %d populated pixels; %d nodata or empty pixels skipped", name,
+                sum(len(v) for v in values), skipped)
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(values)
+
+
+def _pixel_boxes(transform: Any, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Pixel footprints through the affine transform (also right for rotated rasters)."""
+    corner_col = cols[:, None] + np.array([0, 1, 1, 0, 0])
+    corner_row = rows[:, None] + np.array([0, 0, 1, 1, 0])
+    x = transform.a * corner_col + transform.b * corner_row + transform.c
+    y = transform.d * corner_col + transform.e * corner_row + transform.f
+    return shapely.polygons(np.stack([x, y], axis=-1))
+
+
+# --- disaggregation --------------------------------------------------------------------------
+
+def _check_disaggregate_args(onto: str, network: Any, buildings: Any, cell_size_m: Any,
+                             max_unit_pop: Any) -> None:
+    """Raise unless `onto` is known and its input is given."""
+    if onto not in _ONTO:
+        msg = f"`onto` must be one of {list(_ONTO)}, got {onto!r}."
+        raise InputError(msg)
+    needed = {"nodes": ("network", network), "buildings": ("buildings", buildings),
+              "grid": ("cell_size_m", cell_size_m)}[onto]
+    if needed[1] is None:
+        msg = f"disaggregate(onto={onto!r}) needs `{needed[0]}=`."
+        raise InputError(msg)
+    if onto == "grid":
+        require_positive(cell_size_m, name="cell_size_m")
+    if max_unit_pop is not None:
+        require_positive(max_unit_pop, name="max_unit_pop")
+
+
+def _assign_points(points: np.ndarray, geoms: np.ndarray,
+                   split_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(point index, cell position) for points in the cells to split; a boundary point goes to
+    the lowest cell position so nobody is counted twice."""
+    tree = shapely.STRtree(geoms[split_pos])
+    point_idx, tree_idx = tree.query(points, predicate="intersects")
+    order = np.lexsort((tree_idx, point_idx))
+    point_idx, tree_idx = point_idx[order], tree_idx[order]
+    first = np.unique(point_idx, return_index=True)[1]
+    return point_idx[first], split_pos[tree_idx[first]]
+
+
+def _node_targets(network: Any, geoms: np.ndarray, split_pos: np.ndarray,
+                  work_crs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Network nodes inside the cells, weight 1 each."""
+    for attribute in ("x", "y", "crs"):
+        if not hasattr(network, attribute):
+            msg = f"`network` must have x, y and crs (a WalkNetwork); it lacks {attribute!r}."
+            raise TypeError(msg)
+    if network.crs is None:
+        msg = "`network` has no CRS; its x/y cannot be placed against the population cells."
+        raise CRSError(msg)
+    x, y = np.asarray(network.x, dtype="float64"), np.asarray(network.y, dtype="float64")
+    nodes = gpd.GeoSeries(gpd.points_from_xy(x, y), crs=network.crs).to_crs(work_crs)
+    points = np.asarray(nodes.values)
+    idx, owner = _assign_points(points, geoms, split_pos)
+    return owner, shapely.get_coordinates(points[idx]), np.ones(len(idx))
+
+
+def _building_targets(buildings: gpd.GeoDataFrame, geoms: np.ndarray, split_pos: np.ndarray,
+                      work_crs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Buildings whose representative point is inside, weighted by area (polygons) x floors."""
+    if not isinstance(buildings, gpd.GeoDataFrame):
+        msg = f"`buildings` must be a GeoDataFrame, got {type(buildings).__name__}."
+        raise TypeError(msg)
+    require_crs(buildings, name="`buildings`")
+    frame = buildings.to_crs(work_crs)
+    frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
+    shapes = np.asarray(frame.geometry.values)
+    polygonal = np.isin(shapely.get_type_id(shapes), (3, 6))
+    # Area only means something if every building has one; a mix falls back to equal weights.
+    weight = shapely.area(shapes) if polygonal.all() else np.ones(len(shapes))
+    floor_column = _find_name(frame, _FLOOR_NAMES)
+    if floor_column is not None:
+        floors = pd.to_numeric(frame[floor_column], errors="coerce").to_numpy(dtype="float64")
+        unknown = ~(floors > 0)
+        floors[unknown] = 1.0   # an unknown floor count should not erase a building's residents
+        weight = weight * floors
+        logger.info("Weighting buildings by %r (%d unknown taken as 1)", floor_column,
+                    int(unknown.sum()))
+    points = shapely.point_on_surface(shapes)
+    idx, owner = _assign_points(points, geoms, split_pos)
+    return owner, shapely.get_coordinates(points[idx]), weight[idx]
+
+
+def _grid_targets(geoms: np.ndarray, split_pos: np.ndarray,
+                  size: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Squares of `size` metres clipped to each cell, weighted by clipped area."""
+    bounds = shapely.bounds(geoms[split_pos])
+    lo = np.floor(bounds[:, :2] / size).astype(np.int64)
+    hi = np.maximum(np.ceil(bounds[:, 2:] / size).astype(np.int64), lo + 1)
+    shape = hi - lo
+    count = int((shape[:, 0] * shape[:, 1]).sum())
+    if count > _MAX_SUBCELLS:
+        msg = (f"disaggregate(onto='grid', cell_size_m={size:g}) would make {count:,} squares; "
+               "use a larger cell_size_m (metres, not degrees or km).")
+        raise InputError(msg)
+    owner = np.repeat(split_pos, shape[:, 0] * shape[:, 1])
+    ix = np.concatenate([np.repeat(np.arange(a, b), n) for a, b, n in
+                         zip(lo[:, 0], hi[:, 0], shape[:, 1], strict=True)] or [np.empty(0, int)])
+    iy = np.concatenate([np.tile(np.arange(a, b), n) for a, b, n in
+                         zip(lo[:, 1], hi[:, 1], shape[:, 0], strict=True)] or [np.empty(0, int)])
+    squares = shapely.box(ix * size, iy * size, (ix + 1) * size, (iy + 1) * size)
+    pieces = shapely.intersection(squares, geoms[owner])
+    area = shapely.area(pieces)
+    keep = area > 0
+    points = _inner_points(pieces[keep])
+    return owner[keep], shapely.get_coordinates(points), area[keep]
+
+
+def _split_cells(cells_w: gpd.GeoDataFrame, owner: np.ndarray, xy: np.ndarray,
+                 weight: np.ndarray, *, max_unit_pop: float | None) -> gpd.GeoDataFrame:
+    """Units of every populated cell: targets grouped into pieces, counts by largest remainder."""
+    pop = cells_w["pop"].to_numpy()
+    geoms = np.asarray(cells_w.geometry.values)
+    order = np.argsort(owner, kind="stable")
+    owner, xy, weight = owner[order], xy[order], weight[order]
+    starts = np.searchsorted(owner, np.arange(len(pop) + 1))
+    # Cells without targets (unsplit, points, or nothing inside) keep one unit at an inner point.
+    plain = np.flatnonzero((pop > 0) & (starts[1:] == starts[:-1]))
+    unit_cell, unit_pop = [plain], [pop[plain]]
+    unit_xy = [shapely.get_coordinates(_inner_points(geoms[plain])).reshape(-1, 2)]
+    for pos in np.unique(owner):
+        lo, hi = starts[pos], starts[pos + 1]
+        w = weight[lo:hi] if weight[lo:hi].sum() > 0 else np.ones(hi - lo)
+        k = hi - lo
+        if max_unit_pop is not None:
+            k = min(k, math.ceil(2 * pop[pos] / max_unit_pop))
+        labels = _bisect(xy[lo:hi], w, k)
+        piece_w = np.bincount(labels, weights=w, minlength=k)
+        unit_pop.append(largest_remainder(pop[pos] * piece_w / piece_w.sum(), int(pop[pos])))
+        unit_cell.append(np.full(k, pos))
+        unit_xy.append(_piece_points(xy[lo:hi], w, labels, k))
+    cell_pos, counts = np.concatenate(unit_cell), np.concatenate(unit_pop).astype(np.int64)
+    points = shapely.points(np.concatenate(unit_xy))
+    # Largest remainder keeps each cell's sum, so zero units carry no one; list units by cell.
+    keep = np.flatnonzero(counts > 0)
+    keep = keep[np.argsort(cell_pos[keep], kind="stable")]
+    return _units_frame(cells_w["cell_id"].to_numpy()[cell_pos[keep]], counts[keep],
+                        points[keep], crs=cells_w.crs)
+
+
+def _bisect(xy: np.ndarray, weight: np.ndarray, k: int) -> np.ndarray:
+    """Labels 0..k-1 from recursive weighted bisection along the longer axis; needs k <= len(xy).
+
+    Compact, weight-balanced pieces without a random start, so results are deterministic.
+    """
+    labels = np.zeros(len(xy), dtype=np.int64)
+    if k == len(xy):
+        return np.arange(k)
+    stack = [(np.arange(len(xy)), k, 0)]
+    while stack:
+        idx, parts, first = stack.pop()
+        if parts == 1:
+            labels[idx] = first
+            continue
+        left = parts // 2
+        span = np.ptp(xy[idx], axis=0)
+        coordinate = xy[idx, int(span[1] > span[0])]
+        idx = idx[np.lexsort((idx, coordinate))]   # ties by index keep it deterministic
+        cumulative = np.cumsum(weight[idx])
+        goal = cumulative[-1] * left / parts
+        cut = int(np.searchsorted(cumulative, goal)) + 1
+        if cut > 1 and goal - cumulative[cut - 2] < cumulative[cut - 1] - goal:
+            cut -= 1   # the cut one earlier is closer to the goal
+        cut = min(max(cut, left), len(idx) - (parts - left))   # each side keeps enough targets
+        stack += [(idx[:cut], left, first), (idx[cut:], parts - left, first + left)]
+    return labels
+
+
+def _piece_points(xy: np.ndarray, weight: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per piece, the member target nearest its weighted mean (units stay on real targets)."""
+    if k == len(xy):
+        out = np.empty_like(xy)
+        out[labels] = xy
+        return out
+    total = np.bincount(labels, weights=weight, minlength=k)
+    # A weightless piece gets no one and is dropped later; any member will do for its point.
+    total[total == 0] = 1.0
+    mean = np.stack([np.bincount(labels, weights=weight * xy[:, i], minlength=k) for i in (0, 1)],
+                    axis=1) / total[:, None]
+    distance = np.hypot(*(xy - mean[labels]).T)
+    nearest = np.lexsort((distance, labels))
+    first = np.unique(labels[nearest], return_index=True)[1]
+    return xy[nearest[first]]
+
+
+def _rasterio(name: str):
+    """rasterio, which only raster populations need (the `raster` extra)."""
+    try:
+        import rasterio
+        import rasterio.windows
+    except ImportError as exc:
+        msg = (f"reading {name or 'a population raster'} needs rasterio: "
+               "pip install 'coverage-planner[raster]' (or give the population as vector cells, "
+               "CSV or H3 ids).")
+        raise InputError(msg) from exc
+    return rasterio

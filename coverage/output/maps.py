@@ -1,0 +1,667 @@
+"""
+Folium maps of coverage results and plans, for planners to hand out.
+
+Each `*_map` function returns a `folium.Map`; `m=` adds its layers to an existing map, so
+``plan_map(plan, m=coverage_map(result))`` composes. Every layer sits in the layer control and has
+tooltips; a title, a summary panel and one legend per coloured layer are Leaflet controls.
+`save_map` writes a map as one self-contained HTML file (no CDN, see `covplan.output.offline`).
+
+Maps draw only Leaflet vectors (circle markers, polygons) and plain HTML panels, so a
+self-contained file needs Leaflet alone: no marker-icon fonts, Bootstrap, jQuery or D3.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import logging
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import folium
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from branca.element import Element, MacroElement
+from covplan.errors import DataSourceError
+from covplan.output.offline import map_html
+from jinja2 import Template
+
+if TYPE_CHECKING:
+    from covplan.assess import CoverageResult
+    from covplan.plan.pipeline import Plan
+
+logger = logging.getLogger(__name__)
+
+OSM_ATTRIBUTION = "© OpenStreetMap contributors"
+STYLE = {
+    "line": "#333333",
+    "previous_line": "#444444",
+    "center_existing": "#1f4e9c",
+    "center_new": "#1a9641",
+    "uncovered": "#d7191c",
+    "unreachable": "#777777",
+    "forced_undersized": "#7b3294",
+    # Residents per community by deviation from the target: blue under, pale within, red over.
+    "deviation_colors": ["#2166ac", "#67a9cf", "#d1e5f0", "#f7f7f7", "#fddbc7", "#ef8a62",
+                         "#b2182b"],
+    "minutes_colors": ["#1a9641", "#a6d96a", "#fee08b", "#fdae61", "#d7191c"],
+    "share_colors": ["#d7191c", "#fdae61", "#fee08b", "#a6d96a", "#1a9641"],
+    "band_colors": {5.0: "#08519c", 10.0: "#3182bd", 15.0: "#6baed6"},
+    "band_default": "#9ecae1",
+    "density_colors": ["#ffffd4", "#fee391", "#fec44f", "#fe9929", "#ec7014", "#cc4c02",
+                       "#8c2d04"],
+    "density_breaks_km2": [1_000, 2_500, 5_000, 10_000, 20_000, 40_000],
+    "density_h3_resolution": 9,     # hexagons of about 0.1 km²
+    "unit_radius": 3,
+    "center_radius": 7,
+    "simplify_m": 5.0,              # display only: a few metres in the metric CRS
+    # Walk areas are buffered streets: each block between them is a hole. Holes under a hectare
+    # are filled for display (the area's outline and large barriers stay) to keep files small.
+    "isochrone_simplify_m": 10.0,
+    "isochrone_min_hole_m2": 10_000.0,
+    "coordinate_step_deg": 1e-5,    # about one metre
+    "points_pane": "coverage-points",
+}
+_PANEL_CSS = """<style>
+.cov-panel {background: rgba(255,255,255,0.92); padding: 6px 9px; border-radius: 4px;
+  box-shadow: 0 1px 5px rgba(0,0,0,0.35); font: 12px/1.45 "Helvetica Neue", Arial, sans-serif;
+  color: #222; max-width: 320px;}
+.cov-title {font-size: 15px; font-weight: bold;}
+.cov-panel table {border-collapse: collapse;}
+.cov-panel td {padding: 1px 4px; vertical-align: middle;}
+.cov-swatch {display: inline-block; width: 16px; height: 11px; border: 1px solid #999;}
+</style>"""
+
+
+class MapPanel(MacroElement):
+    """
+    A box of HTML in a corner of the map (title, summary or legend), as a Leaflet control.
+
+    With `layer`, the panel shows only while that layer is switched on (a legend follows its
+    layer). Hand-written because folium has no HTML control and branca's legend needs D3.
+    """
+
+    _template = Template("""
+{% macro script(this, kwargs) %}
+var {{ this.get_name() }} = L.control({position: {{ this.position|tojson }}});
+{{ this.get_name() }}.onAdd = function () {
+    var div = L.DomUtil.create("div", {{ this.css_class|tojson }});
+    div.innerHTML = {{ this.content|tojson }};
+    L.DomEvent.disableClickPropagation(div);
+    L.DomEvent.disableScrollPropagation(div);
+    return div;
+};
+{{ this.get_name() }}.addTo({{ this._parent.get_name() }});
+{%- if this.layer %}
+(function (map, layer, panel) {
+    function follow() {
+        panel.getContainer().style.display = map.hasLayer(layer) ? "" : "none";
+    }
+    map.on("overlayadd overlayremove", follow);
+    follow();
+})({{ this._parent.get_name() }}, {{ this.layer.get_name() }}, {{ this.get_name() }});
+{%- endif %}
+{% endmacro %}
+""")
+
+    def __init__(self, content: str, *, position: str = "bottomright", css_class: str = "",
+                 layer: folium.map.Layer | None = None) -> None:
+        super().__init__()
+        self._name = "MapPanel"
+        self.content = content
+        self.position = position
+        self.css_class = f"cov-panel {css_class}".strip()
+        self.layer = layer
+
+    def render(self, **kwargs: Any) -> None:
+        super().render(**kwargs)
+        self.get_root().header.add_child(Element(_PANEL_CSS), name="coverage_panel_css")
+
+
+# --- saving and the base map --------------------------------------------------------------------
+
+def save_map(fmap: folium.Map, path: str | os.PathLike[str], *,
+             self_contained: bool = True) -> Path:
+    """
+    Write `fmap` as one HTML file.
+
+    Parameters
+    ----------
+    fmap
+        A folium map, e.g. from `plan_map`.
+    path
+        The HTML file to write (replaced if present).
+    self_contained
+        True: Leaflet and every script and style the map uses are embedded, taken from the
+        packages installed with coverage-planner, so the file opens on a network without
+        internet (only the base tiles are then missing). False: link them from CDNs (smaller).
+
+    Returns
+    -------
+    Path
+        The written file.
+
+    Raises
+    ------
+    InputError
+        If `self_contained` and the map uses a folium plugin or icon that is not bundled.
+    DataSourceError
+        If the file cannot be written.
+    """
+    target = Path(path)
+    page = map_html(fmap, self_contained=self_contained)
+    try:
+        target.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        msg = f"cannot write map '{target}': {exc.strerror}; choose another output folder."
+        raise DataSourceError(msg) from exc
+    logger.info("Wrote %s (%.0f kB, %s)", target, len(page.encode("utf-8")) / 1024,
+                "self-contained" if self_contained else "CDN links")
+    return target
+
+
+def base_map(frame: gpd.GeoDataFrame, *, m: folium.Map | None = None) -> folium.Map:
+    """A map fitted to `frame` (any CRS), with OSM tiles and their attribution, or `m` itself."""
+    if m is not None:
+        return m
+    minx, miny, maxx, maxy = frame.to_crs(4326).total_bounds
+    # Quarter zoom steps let the city fill the window instead of snapping a level out.
+    fmap = folium.Map(location=[(miny + maxy) / 2, (minx + maxx) / 2], zoom_start=13,
+                      tiles=None, control_scale=True, zoom_control="bottomleft",
+                      zoom_snap=0.25, zoom_delta=0.5)
+    folium.TileLayer("OpenStreetMap", name="OpenStreetMap", attr=OSM_ATTRIBUTION).add_to(fmap)
+    fmap.fit_bounds([[miny, minx], [maxy, maxx]])
+    return fmap
+
+
+def titled_map(fmap: folium.Map, title: str, *, fresh: bool) -> None:
+    """A title panel and page title on a map this module created; composed maps keep theirs."""
+    if fresh:
+        fmap.get_root().title = title
+        MapPanel(html.escape(title), position="topleft", css_class="cov-title").add_to(fmap)
+
+
+def finish_map(fmap: folium.Map) -> folium.Map:
+    # The layer control lists the layers present when it renders and must come after them, so a
+    # composed map gets one control, at the end.
+    for key, child in list(fmap._children.items()):
+        if isinstance(child, folium.LayerControl):
+            del fmap._children[key]
+    folium.LayerControl(collapsed=False).add_to(fmap)
+    return fmap
+
+
+# --- display data ---------------------------------------------------------------------------------
+
+def geojson_layer(frame: gpd.GeoDataFrame, *, simplify_m: float = 0.0, min_hole_m2: float = 0.0) -> dict:
+    """
+    GeoJSON in lon/lat for display: holes under `min_hole_m2` filled, outlines thinned by
+    `simplify_m` metres, coordinates rounded to about a metre, floats to two decimals, empty
+    geometries dropped.
+    """
+    out = frame[~frame.geometry.is_empty & frame.geometry.notna()]
+    if (simplify_m > 0 or min_hole_m2 > 0) and len(out):
+        metric = out.to_crs(out.estimate_utm_crs())
+        shapes = metric.geometry
+        if min_hole_m2 > 0:
+            shapes = shapes.apply(_fill_holes, min_hole_m2=min_hole_m2)
+        out = metric.set_geometry(shapes.simplify(simplify_m, preserve_topology=True))
+    out = out.to_crs(4326)
+    shapes = out.geometry.values
+    invalid = ~shapely.is_valid(shapes)
+    if invalid.any():       # rounding coordinates needs valid input; repair for display only
+        shapes = shapes.copy()
+        shapes[invalid] = shapely.make_valid(shapes[invalid])
+    out = out.set_geometry(shapely.set_precision(shapes, STYLE["coordinate_step_deg"]))
+    out = out[~out.geometry.is_empty]
+    for col in out.columns:
+        if col != out.geometry.name and out[col].dtype.kind == "f":
+            out[col] = out[col].replace([np.inf, -np.inf], np.nan).round(2)
+    return out.to_geo_dict(na="null", show_bbox=False, drop_id=False)
+
+
+def _fill_holes(shape, *, min_hole_m2: float):
+    """`shape` without the holes smaller than `min_hole_m2` (metric CRS)."""
+    if shape.geom_type == "MultiPolygon":
+        return shapely.MultiPolygon([_fill_holes(p, min_hole_m2=min_hole_m2) for p in shape.geoms])
+    if shape.geom_type != "Polygon":
+        return shape
+    return shapely.Polygon(shape.exterior, [ring for ring in shape.interiors
+                                            if shapely.Polygon(ring).area >= min_hole_m2])
+
+
+def _add_layer(fmap: folium.Map, frame: gpd.GeoDataFrame, *, name: str, style,
+               fields: dict[str, str], style_columns: tuple[str, ...] = (), show: bool = True,
+               simplify_m: float = 0.0, min_hole_m2: float = 0.0, popup: bool = False,
+               marker: folium.CircleMarker | None = None) -> folium.map.Layer:
+    """
+    One GeoJSON layer with a tooltip of `fields` (column -> label) and optionally the same as a
+    popup; an empty, labelled group when there is nothing to draw.
+    """
+    columns = list(dict.fromkeys([*fields, *style_columns]))
+    data = geojson_layer(frame[columns + [frame.geometry.name]], simplify_m=simplify_m,
+                    min_hole_m2=min_hole_m2)
+    if not data["features"]:
+        return folium.FeatureGroup(name=name, show=show).add_to(fmap)
+    if marker is not None:
+        _points_pane(fmap)
+    names, labels = list(fields), list(fields.values())
+    return folium.GeoJson(
+        data, name=name, show=show, style_function=style, marker=marker,
+        tooltip=folium.GeoJsonTooltip(fields=names, aliases=labels, localize=True, sticky=True),
+        popup=folium.GeoJsonPopup(fields=names, aliases=labels, localize=True) if popup else None,
+    ).add_to(fmap)
+
+
+def _points_pane(fmap: folium.Map) -> None:
+    # Points live in a pane above the polygons, so switching a polygon layer back on never
+    # buries them; the pane must exist before the first layer that uses it.
+    for child in fmap._children.values():
+        if isinstance(child, folium.map.CustomPane) and child.name == STYLE["points_pane"]:
+            return
+    folium.map.CustomPane(STYLE["points_pane"], z_index=450, pointer_events=True).add_to(fmap)
+
+
+def _present(frame: pd.DataFrame, wanted: dict[str, str]) -> dict[str, str]:
+    return {column: label for column, label in wanted.items() if column in frame.columns}
+
+
+def _legend(title: str, rows: list[tuple[str, str]]) -> str:
+    """A legend: a title and one swatch and label per class."""
+    body = "".join(f'<tr><td><span class="cov-swatch" style="background:{color}"></span></td>'
+                   f"<td>{html.escape(label)}</td></tr>" for color, label in rows)
+    return f"<b>{html.escape(title)}</b><table>{body}</table>"
+
+
+def _step_labels(edges: list[float], fmt) -> list[str]:
+    """'under a', 'a – b', ..., 'z or more' for classes split at `edges`."""
+    return ([f"under {fmt(edges[0])}"]
+            + [f"{fmt(a)} – {fmt(b)}" for a, b in itertools.pairwise(edges)]
+            + [f"{fmt(edges[-1])} or more"])
+
+
+def _classes(values: np.ndarray, edges: list[float]) -> np.ndarray:
+    """Class index per value for (-inf, e0), [e0, e1), ..., [e_last, inf); NaN and inf -> -1."""
+    values = np.asarray(values, dtype=float)
+    index = np.searchsorted(np.asarray(edges, dtype=float), values, side="right")
+    return np.where(np.isfinite(values), index, -1)
+
+
+def _point_style(color: str, *, radius: float, class_name: str, stroke: str = "#ffffff",
+                 fill_opacity: float = 0.9) -> dict:
+    return {"color": stroke, "weight": 1, "fill": True, "fillColor": color,
+            "fillOpacity": fill_opacity, "radius": radius, "className": class_name,
+            "pane": STYLE["points_pane"]}
+
+
+def _round_minutes(frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
+    """Minutes to one decimal for display, in the columns `frame` has."""
+    for column in columns:
+        if column in frame.columns:
+            frame[column] = frame[column].astype(float).round(1)
+
+
+def _int(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+# --- plan layers ----------------------------------------------------------------------------------
+
+def add_plan_communities(fmap: folium.Map, communities: gpd.GeoDataFrame, *, target_pop: float,
+                         tolerance: float) -> folium.map.Layer:
+    """Communities filled by residents relative to the target (pale = within), with a legend."""
+    t = tolerance
+    deviations = [-2 * t, -t, -t / 2, t / 2, t, 2 * t]
+    colors = STYLE["deviation_colors"]
+    frame = communities.copy()
+    deviation = np.round(frame["population"].to_numpy(dtype=float) / target_pop - 1, 9)
+    # Classes close towards the target, so exactly target ± tolerance falls in a "within" class.
+    frame["deviation_class"] = np.where(
+        deviation <= 0, np.searchsorted(deviations, deviation, side="right"),
+        np.searchsorted(deviations, deviation, side="left"))
+    frame["deviation"] = [f"{d:+.0%}" for d in deviation]
+    _round_minutes(frame, ("mean_minutes", "max_minutes"))
+    fields = _present(frame, {
+        "community_id": "community", "population": "residents", "deviation": "from target",
+        "center_id": "center", "mean_minutes": "mean walk (min)",
+        "max_minutes": "longest walk (min)", "district": "district",
+        "previous_ids": "from old communities (residents)", "note": "note"})
+
+    def style(feature):
+        return {"color": STYLE["line"], "weight": 1.5, "fillOpacity": 0.55,
+                "fillColor": colors[int(feature["properties"]["deviation_class"])],
+                "className": "cov-community"}
+
+    layer = _add_layer(fmap, frame, name="communities", style=style, fields=fields,
+                       style_columns=("deviation_class",), simplify_m=STYLE["simplify_m"])
+    labels = _step_labels([target_pop * (1 + d) for d in deviations], _int)
+    labels = [f"{label} (within)" if 2 <= i <= 4 else label for i, label in enumerate(labels)]
+    title = f"Residents per community (target {_int(target_pop)} ± {t:.0%})"
+    MapPanel(_legend(title, list(zip(colors, labels))), layer=layer).add_to(fmap)
+    return layer
+
+
+def add_plan_centers(fmap: folium.Map, centers: gpd.GeoDataFrame,
+                     communities: gpd.GeoDataFrame) -> folium.map.Layer:
+    """Planned centers (kept sites blue, new sites green); popups give their community's figures."""
+    figures = [c for c in ("community_id", "population", "mean_minutes", "max_minutes",
+                           "previous_ids") if c in communities.columns]
+    frame = centers.drop(columns=[c for c in figures if c != "community_id"], errors="ignore")
+    frame = frame.merge(pd.DataFrame(communities[figures]), on="community_id", how="left")
+    frame = gpd.GeoDataFrame(frame, geometry=centers.geometry.name, crs=centers.crs)
+    frame["site"] = np.where(frame["existing"].astype(bool), "existing center", "new site")
+    _round_minutes(frame, ("mean_minutes", "max_minutes"))
+    fields = _present(frame, {
+        "center_id": "center", "site": "site", "community_id": "community",
+        "population": "residents", "mean_minutes": "mean walk (min)",
+        "max_minutes": "longest walk (min)", "previous_ids": "replaces old communities"})
+    radius = STYLE["center_radius"]
+
+    def style(feature):
+        existing = feature["properties"]["site"] == "existing center"
+        color = STYLE["center_existing"] if existing else STYLE["center_new"]
+        return _point_style(color, radius=radius, class_name="cov-center", stroke="#ffffff")
+
+    layer = _add_layer(fmap, frame, name="service centers", style=style, fields=fields,
+                       popup=True, marker=folium.CircleMarker(radius=radius))
+    MapPanel(_legend("Service centers", [(STYLE["center_existing"], "existing center kept"),
+                                         (STYLE["center_new"], "new site")]),
+             layer=layer).add_to(fmap)
+    return layer
+
+
+def add_previous(fmap: folium.Map, previous: gpd.GeoDataFrame) -> folium.map.Layer:
+    """Old community boundaries, dashed, without fill."""
+    fields = _present(previous, {"community_id": "old community", "name": "name",
+                                 "population": "residents"})
+
+    def style(_feature):
+        return {"color": STYLE["previous_line"], "weight": 1.5, "dashArray": "6 4",
+                "fill": False, "className": "cov-previous"}
+
+    return _add_layer(fmap, previous, name="old communities (dashed)", style=style,
+                      fields=fields or {"community_id": "old community"},
+                      simplify_m=STYLE["simplify_m"])
+
+
+def add_isochrones(fmap: folium.Map, isochrones: gpd.GeoDataFrame, *,
+                   show: bool = True) -> list[folium.map.Layer]:
+    """One layer per time band, the largest drawn first so smaller bands stay visible."""
+    layers = []
+    frame = isochrones.copy()
+    if "area_m2" in frame.columns:
+        frame["area_km2"] = (frame["area_m2"].astype(float) / 1e6).round(2)
+    fields = _present(frame, {"center_id": "center", "community_id": "community",
+                              "minutes": "minutes", "area_km2": "area (km²)"})
+    for band in sorted(frame["minutes"].unique(), reverse=True):
+        color = STYLE["band_colors"].get(float(band), STYLE["band_default"])
+
+        def style(_feature, color=color):
+            return {"color": color, "weight": 1, "fillColor": color, "fillOpacity": 0.12,
+                    "className": "cov-isochrone"}
+
+        layers.append(_add_layer(fmap, frame[frame["minutes"] == band], style=style,
+                                 name=f"{band:g}-minute walk", fields=fields, show=show,
+                                 simplify_m=STYLE["isochrone_simplify_m"],
+                                 min_hole_m2=STYLE["isochrone_min_hole_m2"]))
+    return layers
+
+
+def add_uncovered(fmap: folium.Map, units: gpd.GeoDataFrame, *, minutes_column: str,
+                  max_minutes: float) -> folium.map.Layer:
+    """
+    Residents beyond `max_minutes` of their center (or reaching none), as red circles sized by
+    population, in their own layer.
+    """
+    minutes = units[minutes_column].astype(float)
+    out = units[(~(minutes <= max_minutes)) & (units["pop"] > 0)].copy()
+    out["minutes"] = out[minutes_column].astype(float).round(1)
+    total = int(out["pop"].sum())
+    count = f"{total:,}" if total else "none"
+    return _resident_circles(fmap, out, color=STYLE["uncovered"], class_name="cov-uncovered",
+                             name=f"uncovered residents (> {max_minutes:g} min): {count}",
+                             fields={"unit_id": "unit", "pop": "residents",
+                                     "minutes": "walk (min)", "community_id": "community"})
+
+
+def _resident_circles(fmap: folium.Map, out: gpd.GeoDataFrame, *, color: str, class_name: str,
+                      name: str, fields: dict[str, str], show: bool = True) -> folium.map.Layer:
+    """Units as circles of `color` sized by residents, in a layer of their own."""
+    scale = max(float(out["pop"].max()), 1.0) if len(out) else 1.0
+    # Whole-pixel radii keep the number of distinct styles, and so the file, small.
+    out["radius"] = np.round(4 + 8 * np.sqrt(out["pop"].to_numpy(dtype=float) / scale))
+
+    def style(feature):
+        return _point_style(color, radius=feature["properties"]["radius"], class_name=class_name,
+                            stroke=color, fill_opacity=0.5)
+
+    return _add_layer(fmap, out, name=name, style=style, fields=_present(out, fields),
+                      style_columns=("radius",), marker=folium.CircleMarker(radius=4), show=show)
+
+
+def add_forced_undersized(fmap: folium.Map, units: gpd.GeoDataFrame, *,
+                          min_pop: float, max_minutes: float) -> folium.map.Layer | None:
+    """
+    Residents who can only be in an undersized community, whatever the plan (no site they reach
+    gathers `min_pop` within the limit; see `covplan.solve.bounds`), as purple circles in their own
+    layer. None when the plan has no such column or no such resident.
+    """
+    if "forced_undersized" not in units.columns:
+        return None
+    out = units[units["forced_undersized"].astype(bool) & (units["pop"] > 0)].copy()
+    if out.empty:
+        return None
+    out["where"] = np.where(out["island"].astype(bool), "network island", "remote pocket")
+    name = (f"residents no balanced community can reach (< {min_pop:,.0f} within "
+            f"{max_minutes:g} min): {int(out['pop'].sum()):,}")
+    return _resident_circles(fmap, out, color=STYLE["forced_undersized"], class_name="cov-forced",
+                             name=name, show=False,
+                             fields={"unit_id": "unit", "pop": "residents", "where": "cut off as",
+                                     "community_id": "community"})
+
+
+def add_density(fmap: folium.Map, units: gpd.GeoDataFrame, *,
+                show: bool = False) -> folium.map.Layer:
+    """Residents per km² on H3 hexagons (about 0.1 km² each), with a legend."""
+    import h3
+
+    resolution = STYLE["density_h3_resolution"]
+    points = units[units["pop"] > 0].to_crs(4326)
+    cells = [h3.latlng_to_cell(y, x, resolution)
+             for x, y in zip(points.geometry.x.to_numpy(), points.geometry.y.to_numpy())]
+    pop = pd.Series(points["pop"].to_numpy(), index=cells).groupby(level=0).sum().sort_index()
+    polygons = [shapely.Polygon([(lng, lat) for lat, lng in h3.cell_to_boundary(cell)])
+                for cell in pop.index]
+    area = np.array([h3.cell_area(c, unit="km^2") for c in pop.index])
+    frame = gpd.GeoDataFrame({"residents": pop.to_numpy().astype("int64"),
+                              "per_km2": np.round(pop.to_numpy() / area, -1)},
+                             geometry=polygons, crs=4326)
+    breaks, colors = STYLE["density_breaks_km2"], STYLE["density_colors"]
+    frame["density_class"] = _classes(frame["per_km2"].to_numpy(), breaks)
+
+    def style(feature):
+        return {"color": "#999999", "weight": 0.3, "fillOpacity": 0.6, "className": "cov-density",
+                "fillColor": colors[int(feature["properties"]["density_class"])]}
+
+    layer = _add_layer(fmap, frame, name="population density", style=style, show=show,
+                       fields={"residents": "residents", "per_km2": "residents per km²"},
+                       style_columns=("density_class",))
+    MapPanel(_legend("Residents per km²", list(zip(colors, _step_labels(breaks, _int)))),
+             layer=layer).add_to(fmap)
+    return layer
+
+
+def _plan_summary(plan: Plan) -> str:
+    r, config = plan.report, plan.config
+    communities = r.get("communities", len(plan.communities))
+    within = round((r.get("within_tolerance_share") or 0.0) * communities)
+    lines = [
+        f"<b>{communities} communities</b>, {_int(r.get('population_total', 0))} residents",
+        (f"{_share(r.get('coverage_share'))} of residents within {config.max_minutes:g} min "
+         "of their center"),
+        (f"{within} of {communities} communities ({_share(r.get('within_tolerance_share'))}) "
+         f"within {_int(config.target_pop)} ± {config.tolerance:.0%}"),
+    ]
+    if r.get("mean_minutes") is not None:
+        lines.append(f"mean walk {r['mean_minutes']:.1f} min, longest {r['max_minutes']:.1f} min")
+    if r.get("new_centers") is not None:
+        lines.append(f"{len(plan.centers) - r['new_centers']} existing centers kept, "
+                     f"{r['new_centers']} new sites")
+    if r.get("within_tolerance_pop_share") is not None:
+        lines.append(f"{_share(r['within_tolerance_pop_share'])} of residents in balanced "
+                     f"communities (at most {_share(r['within_tolerance_pop_share_ceiling'])} "
+                     "possible)")
+    if r.get("exception_communities"):
+        lines.append(f"{r['exception_communities']} exception communities "
+                     f"({_int(r['exception_population'])} residents no balanced community can reach)")
+    if r.get("stability_share") is not None:
+        lines.append(f"{_share(r['stability_share'])} of residents keep their community")
+    return "<br>".join(lines)
+
+
+def plan_map(plan: Plan, *, m: folium.Map | None = None) -> folium.Map:
+    """
+    The plan for handing out: communities by residents vs target (with a legend), service
+    centers with their figures, 15-minute walk areas, uncovered residents, old boundaries
+    dashed, population density, a title and a summary panel.
+    """
+    fmap = base_map(plan.communities, m=m)
+    count = f"{len(plan.communities)} communities"
+    title = (f"Community plan: {len(plan.previous)} → {count}" if plan.previous is not None
+             else f"Community plan: {count}")
+    titled_map(fmap, title, fresh=m is None)
+    MapPanel(_plan_summary(plan), position="topleft").add_to(fmap)
+    add_density(fmap, plan.units, show=False)
+    add_plan_communities(fmap, plan.communities, target_pop=plan.config.target_pop,
+                         tolerance=plan.config.tolerance)
+    add_isochrones(fmap, plan.isochrones, show=False)
+    if plan.previous is not None:
+        add_previous(fmap, plan.previous)
+    add_uncovered(fmap, plan.units, minutes_column="minutes", max_minutes=plan.config.max_minutes)
+    add_forced_undersized(fmap, plan.units, min_pop=plan.config.min_pop,
+                          max_minutes=plan.config.max_minutes)
+    add_plan_centers(fmap, plan.centers, plan.communities)
+    return finish_map(fmap)
+
+
+# --- coverage (as-is) layers ----------------------------------------------------------------------
+
+def add_communities(fmap: folium.Map, communities: gpd.GeoDataFrame) -> folium.map.Layer:
+    """Communities filled by the share of residents within the limit of their own center."""
+    breaks, colors = [0.5, 0.8, 0.95, 0.999], STYLE["share_colors"]
+    frame = communities.copy()
+    frame["share_class"] = _classes(frame["share_within_own"].to_numpy(dtype=float), breaks)
+    frame["share_within_own"] = (100 * frame["share_within_own"].astype(float)).round(1)
+    _round_minutes(frame, ("mean_minutes_own", "max_minutes_own"))
+    fields = _present(frame, {"community_id": "community", "pop": "residents",
+                              "pop_within_own": "within reach of own center",
+                              "share_within_own": "share within (%)",
+                              "mean_minutes_own": "mean walk (min)",
+                              "max_minutes_own": "longest walk (min)"})
+
+    def style(feature):
+        index = int(feature["properties"]["share_class"])
+        return {"color": STYLE["line"], "weight": 1.5, "fillOpacity": 0.45,
+                "fillColor": "#cccccc" if index < 0 else colors[index],
+                "className": "cov-community"}
+
+    layer = _add_layer(fmap, frame, name="communities by share within reach", style=style,
+                       fields=fields, style_columns=("share_class",),
+                       simplify_m=STYLE["simplify_m"])
+    labels = _step_labels([50, 80, 95, 99.9], lambda v: f"{v:g} %")
+    MapPanel(_legend("Residents within reach of their own center", list(zip(colors, labels))),
+             layer=layer).add_to(fmap)
+    return layer
+
+
+def add_units(fmap: folium.Map, units: gpd.GeoDataFrame, *, column: str, max_minutes: float,
+              name: str = "residents by walk minutes") -> folium.map.Layer:
+    """Population units as dots coloured by walk minutes (`column`); grey beyond the range."""
+    edges = [max_minutes / 3, 2 * max_minutes / 3, max_minutes, 4 * max_minutes / 3]
+    colors = STYLE["minutes_colors"]
+    frame = units[units["pop"] > 0].copy()
+    frame["minutes_class"] = _classes(frame[column].to_numpy(dtype=float), edges)
+    frame[column] = frame[column].astype(float).round(1)
+    fields = _present(frame, {"unit_id": "unit", "pop": "residents", column: "walk (min)",
+                              "community_id": "community",
+                              "nearest_center_id": "nearest center"})
+
+    def style(feature):
+        index = int(feature["properties"]["minutes_class"])
+        color = STYLE["unreachable"] if index < 0 else colors[index]
+        return _point_style(color, radius=STYLE["unit_radius"], class_name="cov-unit",
+                            stroke=color, fill_opacity=0.8) | {"weight": 0}
+
+    layer = _add_layer(fmap, frame, name=name, style=style, fields=fields,
+                       style_columns=("minutes_class",),
+                       marker=folium.CircleMarker(radius=STYLE["unit_radius"]))
+    labels = _step_labels(edges, lambda v: f"{v:g} min")
+    rows = [*zip(colors, labels), (STYLE["unreachable"], f"over {2 * max_minutes:g} min or none")]
+    MapPanel(_legend("Walk to the center", rows), layer=layer).add_to(fmap)
+    return layer
+
+
+def add_centers(fmap: folium.Map, centers: gpd.GeoDataFrame) -> folium.map.Layer:
+    """Service centers as circles; popups give the population within the limit."""
+    fields = _present(centers, {"center_id": "center", "community_id": "community",
+                                "pop_within": "residents within reach"})
+    radius = STYLE["center_radius"]
+    return _add_layer(fmap, centers, name="service centers", fields=fields, popup=True,
+                      style=lambda _f: _point_style(STYLE["center_existing"], radius=radius,
+                                                    class_name="cov-center"),
+                      marker=folium.CircleMarker(radius=radius))
+
+
+def _coverage_summary(result: CoverageResult) -> str:
+    s = result.summary()
+    lines = [f"<b>{s['centers']} service centers</b>, {_int(s['population_total'])} residents",
+             f"{_share(s['coverage_share'])} within {s['max_minutes']:g} min of a center",
+             (f"{_int(s['population_uncovered'])} residents beyond it, "
+              f"{_int(s['population_off_network'])} off the walking network")]
+    if "coverage_share_own" in s:
+        lines.insert(2, f"{_share(s['coverage_share_own'])} within reach of their own "
+                        f"community's center ({s['communities']} communities)")
+    if math.isfinite(s["mean_minutes_nearest"]):
+        lines.append(f"mean walk to the nearest center {s['mean_minutes_nearest']:.1f} min")
+    return "<br>".join(lines)
+
+
+def coverage_map(result: CoverageResult, *, isochrones: gpd.GeoDataFrame | None = None,
+                 m: folium.Map | None = None) -> folium.Map:
+    """
+    The as-is coverage map: communities by share covered, isochrones, units by minutes,
+    uncovered residents, population density and centers, with a title and a summary panel.
+    """
+    fmap = base_map(result.units, m=m)
+    titled_map(fmap, f"Walking coverage of {len(result.centers)} service centers", fresh=m is None)
+    MapPanel(_coverage_summary(result), position="topleft").add_to(fmap)
+    add_density(fmap, result.units, show=False)
+    if result.communities is not None:
+        add_communities(fmap, result.communities)
+    if isochrones is not None:
+        add_isochrones(fmap, isochrones, show=False)
+    column = "minutes_own" if result.communities is not None else "minutes_nearest"
+    add_units(fmap, result.units, column=column, max_minutes=result.max_minutes)
+    add_uncovered(fmap, result.units, minutes_column=column, max_minutes=result.max_minutes)
+    add_centers(fmap, result.centers)
+    return finish_map(fmap)
+
+
+def isochrone_map(isochrones: gpd.GeoDataFrame, centers: gpd.GeoDataFrame, *,
+                  m: folium.Map | None = None) -> folium.Map:
+    """Isochrone bands and their centers, with a title."""
+    drawn = isochrones[~isochrones.geometry.is_empty]
+    fmap = base_map(drawn if len(drawn) else centers, m=m)
+    bands = ", ".join(f"{b:g}" for b in sorted(isochrones["minutes"].unique()))
+    titled_map(fmap, f"Walk areas ({bands} min) of {len(centers)} service centers", fresh=m is None)
+    add_isochrones(fmap, isochrones)
+    add_centers(fmap, centers)
+    return finish_map(fmap)

@@ -1,0 +1,531 @@
+"""
+Communities of about `target_pop` residents, each with a service center every member reaches
+within `max_minutes` on foot: the geo wrapper around the array core in `partition.py`.
+
+network + population (+ existing communities, centers, districts)
+  -> finer units -> reach matrix -> unit pieces and adjacency -> per-district partition
+  -> communities, centers, units, isochrones, changes and a report, in the population's CRS.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from covplan import __version__
+from covplan._sparse import lookup
+from covplan.config import PlanConfig
+from covplan.errors import InfeasibleError
+from covplan.inputs.tessellation import (
+    dissolve_pieces,
+    piece_adjacency,
+    unit_districts,
+    unit_pieces,
+)
+from covplan.metrics import community_table, plan_report
+from covplan.reach.isochrones import compute_isochrones
+from covplan.reach.matrix import ReachMatrix, compute_reach
+from covplan.solve.bounds import FeasibilityBound, feasibility_bound
+from covplan.solve.partition.core import PartitionProblem, band_key, partition_units
+from scipy.sparse.csgraph import connected_components
+
+if TYPE_CHECKING:
+    import pyproj
+    from covplan.inputs.network import WalkNetwork
+    from covplan.inputs.population import Population
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Plan:
+    """A complete plan, in the CRS of the population input (``work_crs`` was used inside)."""
+
+    communities: gpd.GeoDataFrame   # one polygon per community with its figures and note
+    centers: gpd.GeoDataFrame       # one point per community: center_id, community_id, existing
+    units: gpd.GeoDataFrame         # every unit: pop, community_id, center_id, minutes
+    isochrones: gpd.GeoDataFrame    # each center's max_minutes area
+    changes: pd.DataFrame | None    # old -> new community, residents (merge/split mode)
+    previous: gpd.GeoDataFrame | None  # the existing communities, for maps
+    report: dict
+    config: PlanConfig
+    work_crs: pyproj.CRS
+    version: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Prior:
+    """Existing communities projected onto units and candidates."""
+
+    ids: list[str]                  # old community ids, by index
+    unit: np.ndarray                # old community index per unit (-1 none)
+    candidate: np.ndarray           # old community an existing center serves (-1 none)
+    issues: list[str]               # reported repairs (overlaps, gaps, centers outside)
+
+
+def plan_communities(network: WalkNetwork, population: Population, *,
+                     communities: gpd.GeoDataFrame | None = None,
+                     centers: gpd.GeoDataFrame | None = None,
+                     districts: gpd.GeoDataFrame | None = None,
+                     config: PlanConfig | None = None,
+                     progress: bool = False) -> Plan:
+    """
+    Merge, split or redraw communities to about ``config.target_pop`` residents each.
+
+    Parameters
+    ----------
+    network
+        The walking network (its speed is replaced by ``config.walk_speed_kmh``).
+    population
+        Population cells/units in any CRS; the plan comes back in this CRS.
+    communities
+        Existing communities (polygons with ``community_id``): merge/split mode — communities
+        that already meet every rule are kept, the rest are merged or split, existing centers
+        are preferred and residents stay with their old community where the rules allow.
+        None: redraw from scratch.
+    centers
+        Existing or candidate service-center sites (points with ``center_id``). With
+        `communities`, a ``community_id`` column says which community each serves.
+    districts
+        Hard limits (polygons): no community crosses one.
+    config
+        Targets and parameters; see `PlanConfig`.
+
+    Returns
+    -------
+    Plan
+
+    Raises
+    ------
+    InputError
+        For unusable parameters, a population that misses the network, or no candidate center.
+    """
+    config = config or PlanConfig()
+    started = time.perf_counter()
+    ready = prepare_planning(network, population, centers=centers, communities=communities,
+                             districts=districts, config=config, progress=progress)
+    network, population, reach, work = ready.network, ready.population, ready.reach, ready.work_crs
+    units, adjacency, prior = reach.units, ready.adjacency, ready.prior
+    district_of, candidate_district = ready.district_of, ready.candidate_district
+
+    fixed = _keep_valid(reach, adjacency, prior, district_of, config)
+    center_of, exception_centers = _plan_exceptions(ready, config)
+    regular = center_of < 0
+    open_to_all = ~np.isin(np.arange(len(reach.candidates)), exception_centers)
+    for group in np.unique(district_of):
+        kept = {old: c for old, c in fixed.items() if district_of[prior.unit == old][0] == group}
+        center_of, freed = _plan_district(reach, adjacency, prior, (district_of == group) & regular,
+                                          (candidate_district == group) & open_to_all, kept,
+                                          center_of, config)
+        for old in freed:
+            del fixed[old]
+    center_of = _attach_exceptions(ready, center_of, exception_centers, config)
+
+    labels, table = community_tables(ready, center_of, districts=districts, config=config)
+    table = _keep_ids(table, labels, prior, fixed)
+    units_out = units_frame(units, labels, center_of, reach, table, ready.bound)
+    centers_out = centers_frame(reach, table)
+    isochrones = compute_isochrones(network, centers_out, minutes=[config.max_minutes],
+                                    progress=progress)
+    isochrones = isochrones.merge(centers_out[["center_id", "community_id"]], on="center_id")
+    changes = changes_frame(units_out, prior) if prior else None
+    report = plan_report(units_out, table, config=config, reach=reach, bound=ready.bound,
+                         district_of=district_of, district_ids=ready.district_ids,
+                         prior_unit=prior.unit if prior else None, changes=changes,
+                         fixed=len(fixed), issues=ready.issues, runtime_s=time.perf_counter() - started)
+    crs = population.crs
+    previous = None if communities is None else communities.to_crs(crs)
+    logger.info("Plan: %d communities, %.1f %% of residents within %g min of their center "
+                "(at most %.1f %% possible), %.1f %% in communities within ±%g %% (at most %.1f %% "
+                "possible), %d exception communities (%.1f s)", len(table),
+                100 * report["coverage_share"], config.max_minutes, 100 * report["coverage_ceiling"],
+                100 * report["within_tolerance_pop_share"], 100 * config.tolerance,
+                100 * report["within_tolerance_pop_share_ceiling"], report["exception_communities"],
+                report["runtime_s"])
+    return Plan(communities=table.to_crs(crs), centers=centers_out.to_crs(crs),
+                units=units_out.to_crs(crs), isochrones=isochrones.to_crs(crs), changes=changes,
+                previous=previous, report=report, config=config, work_crs=work, version=__version__)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PlanningInputs:
+    """What the planner works on, built once from the inputs (see `prepare_planning`)."""
+
+    network: WalkNetwork            # at the configured walking speed
+    population: Population          # cells split onto nodes where above max_unit_pop
+    reach: ReachMatrix              # units x candidates minutes
+    pieces: gpd.GeoSeries           # each unit's piece of its cell, for dissolving
+    adjacency: sp.csr_matrix        # units sharing a piece edge
+    district_of: np.ndarray         # district index per unit (0 without districts)
+    district_report: dict           # cells cut by district limits, units outside every district
+    candidate_district: np.ndarray  # district index per candidate
+    prior: Prior | None            # existing communities on units and candidates
+    bound: FeasibilityBound         # what no plan can beat (forced-undersized units, ceilings)
+    district_ids: list[str] | None  # district id per district index (None without districts)
+    work_crs: pyproj.CRS
+
+    @property
+    def issues(self) -> list[str]:
+        """Reported repairs: overlapping or gapped existing communities, cells cut by districts."""
+        return (self.prior.issues if self.prior else []) + _district_issues(self.district_report)
+
+
+def prepare_planning(network: WalkNetwork, population: Population, *,
+                     centers: gpd.GeoDataFrame | None = None,
+                     communities: gpd.GeoDataFrame | None = None,
+                     districts: gpd.GeoDataFrame | None = None, config: PlanConfig,
+                     progress: bool = False) -> PlanningInputs:
+    """Finer units, the reach matrix, unit pieces and adjacency, districts and the prior: the
+    shared first step of a full plan, an incremental re-plan and the planner benchmark."""
+    network = network.with_walk_speed(config.walk_speed_kmh)
+    if config.max_unit_pop is not None and int(population.cells["pop"].max()) > config.max_unit_pop:
+        population = population.disaggregate(onto="nodes", network=network,
+                                             max_unit_pop=config.max_unit_pop)
+    reach = compute_reach(network, population, centers=centers, max_minutes=config.max_minutes,
+                          candidate_spacing_m=config.candidate_spacing_m, progress=progress)
+    work = network.crs
+    units = reach.units
+    pieces = unit_pieces(units, population.cells.to_crs(work))
+    adjacency = piece_adjacency(pieces)
+    district_of, district_report = _districts(units, population, districts, work)
+    candidate_district = _candidate_districts(reach.candidates, districts, work)
+    bound = feasibility_bound(reach, min_pop=config.min_pop, district_of=district_of,
+                              candidate_district=candidate_district, component=network.component,
+                              adjacency=adjacency)
+    _check_band_reachable(bound, config)
+    return PlanningInputs(
+        network=network, population=population, reach=reach, pieces=pieces,
+        adjacency=adjacency, district_of=district_of,
+        district_report=district_report, candidate_district=candidate_district,
+        prior=_prior(units, reach.candidates, centers, communities, work), bound=bound,
+        district_ids=None if districts is None else districts["district_id"].astype(str).tolist(),
+        work_crs=work)
+
+
+def _check_band_reachable(bound: FeasibilityBound, config: PlanConfig) -> None:
+    """Stop when not one community can reach the band's floor anywhere: nothing to plan."""
+    if not bound.reachable.any() or bound.best_gather.max() >= config.min_pop:
+        return
+    msg = (f"no community can reach {config.min_pop:,.0f} residents (target "
+           f"{config.target_pop:,.0f} - {100 * config.tolerance:g} %): the most any site gathers "
+           f"within {config.max_minutes:g} min is {int(bound.best_gather.max()):,} of "
+           f"{bound.population_total:,} residents; lower the target (--target) or widen the "
+           "tolerance (--tolerance)")
+    raise InfeasibleError(msg)
+
+
+def _plan_exceptions(ready: PlanningInputs, config: PlanConfig) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Plan the forced-undersized residents apart, district by district: whatever community they
+    join is undersized (see `covplan.solve.bounds`), so they form as few communities of their own as
+    their walks allow and no one else is pulled into them. Returns `center_of` with only those
+    units set, and the candidates they use.
+    """
+    reach, bound = ready.reach, ready.bound
+    center_of = np.full(len(reach.units), -1, dtype="int64")
+    forced = bound.forced_undersized
+    for group in np.unique(ready.district_of[forced]):
+        rows = np.flatnonzero(forced & (ready.district_of == group))
+        cols = np.flatnonzero(ready.candidate_district == group)
+        center_of[rows] = partition_group(reach, ready.adjacency, None, rows, cols, config)
+        center_of = _split_detached(reach, ready.adjacency, rows, cols, center_of)
+    used = np.unique(center_of[center_of >= 0])
+    if len(used):
+        logger.info("%d exception communities for %d forced-undersized residents",
+                    len(used), bound.forced_undersized_population)
+    return center_of, used
+
+
+def _split_detached(reach: ReachMatrix, adjacency: sp.csr_matrix, rows: np.ndarray,
+                    cols: np.ndarray, center_of: np.ndarray) -> np.ndarray:
+    """
+    Exception communities must be contiguous too, but pockets far apart may share the one
+    site that reaches both: every detached piece (all but the most populous) gets a free site
+    of `cols` that reaches all of it, the shortest person-minutes first. A piece no free site
+    reaches stays where it is (its community's note then says it is not contiguous).
+    """
+    center_of = center_of.copy()
+    pop = reach.pop.astype("float64")
+    label = center_of[rows]
+    coo = adjacency[rows][:, rows].tocoo()
+    same = label[coo.row] == label[coo.col]            # pieces of each community on its own
+    _, piece = connected_components(sp.csr_matrix((np.ones(int(same.sum())), (coo.row[same], coo.col[same])),
+                                                  shape=(len(rows), len(rows))), directed=False)
+    used = set(center_of[rows][center_of[rows] >= 0].tolist())
+    minutes = reach.minutes[rows][:, cols].tocsc()
+    for c in sorted(used):
+        mine = center_of[rows] == c
+        pieces = np.unique(piece[mine])
+        if len(pieces) < 2:
+            continue
+        weight = [pop[rows[mine & (piece == q)]].sum() for q in pieces]
+        for q in pieces[np.lexsort((pieces, -np.asarray(weight)))][1:]:
+            members = np.flatnonzero(mine & (piece == q))
+            sub = minutes[members]
+            reaches_all = np.diff(sub.tocsc().indptr) == len(members)
+            cost = np.asarray(sub.multiply(pop[rows[members]][:, None]).sum(axis=0)).ravel()
+            free = reaches_all & ~np.isin(cols, list(used))
+            if free.any():
+                best = int(np.flatnonzero(free)[np.argmin(cost[free])])
+                center_of[rows[members]] = cols[best]
+                used.add(int(cols[best]))
+    return center_of
+
+
+def _attach_exceptions(ready: PlanningInputs, center_of: np.ndarray, exception_centers: np.ndarray,
+                       config: PlanConfig) -> np.ndarray:
+    """With ``exceptions="attach"``, each exception community joins the regular community of its
+    district that borders it along most unit edges (else the nearest center): its residents are
+    served remotely, beyond the walking limit unless that center happens to reach them."""
+    if config.exceptions != "attach" or not len(exception_centers):
+        return center_of
+    center_of = center_of.copy()
+    exception = np.isin(center_of, exception_centers)
+    regular = (center_of >= 0) & ~exception
+    coo = ready.adjacency.tocoo()
+    xy = np.column_stack([ready.reach.units.geometry.x, ready.reach.units.geometry.y])
+    cand = ready.reach.candidates.geometry
+    for c in exception_centers:
+        members = np.flatnonzero(center_of == c)
+        same = regular & (ready.district_of == ready.district_of[members[0]])
+        if not same.any():
+            continue
+        edge = np.isin(coo.row, members) & same[coo.col]
+        if edge.any():
+            hosts, counts = np.unique(center_of[coo.col[edge]], return_counts=True)
+            host = int(hosts[np.lexsort((hosts, -counts))[0]])
+        else:
+            hosts = np.unique(center_of[same])
+            centre = np.average(xy[members], axis=0, weights=ready.reach.pop[members] + 1e-9)
+            d = np.hypot(cand.x.to_numpy()[hosts] - centre[0], cand.y.to_numpy()[hosts] - centre[1])
+            host = int(hosts[np.lexsort((hosts, d))[0]])
+        center_of[members] = host
+    return center_of
+
+
+def community_tables(ready: PlanningInputs, center_of: np.ndarray, *,
+                     districts: gpd.GeoDataFrame | None,
+                     config: PlanConfig) -> tuple[np.ndarray, gpd.GeoDataFrame]:
+    """Each unit's community label and the community table (dissolved polygons and figures,
+    working CRS) of an assignment of units to centers: a full plan's and a re-plan's last step."""
+    reach, prior = ready.reach, ready.prior
+    labels, _ = _labels(center_of, reach.candidates)
+    dissolved = dissolve_pieces(ready.pieces, labels, crs=ready.work_crs)
+    table = community_table(reach.units, labels, center_of, reach, dissolved, ready.district_of,
+                            districts, bound=ready.bound, prior_ids=prior.ids if prior else None,
+                            prior_unit=prior.unit if prior else None, config=config)
+    return labels, table
+
+
+def _districts(units, population, districts, work) -> tuple[np.ndarray, dict]:
+    if districts is None:
+        return np.zeros(len(units), dtype="int64"), {}
+    district_of, report = unit_districts(units, districts.to_crs(work), population.cells.to_crs(work))
+    return district_of, report
+
+
+def _district_issues(report: dict) -> list[str]:
+    issues = []
+    if report.get("cells_cut"):
+        issues.append(f"{report['cells_cut']} populated cell(s) are cut by a district limit; "
+                      "their units were sent to the district their point lies in")
+    if report.get("units_outside"):
+        issues.append(f"{report['units_outside']} unit(s) with {report['population_outside']} "
+                      "residents lie outside every district and were planned on their own")
+    return issues
+
+
+def _candidate_districts(candidates, districts, work) -> np.ndarray:
+    if districts is None:
+        return np.zeros(len(candidates), dtype="int64")
+    d = districts.to_crs(work).reset_index(drop=True)
+    joined = gpd.sjoin(candidates[["geometry"]], d[["geometry"]], how="left", predicate="within")
+    first = joined.groupby(level=0)["index_right"].min()
+    return first.reindex(candidates.index).fillna(-1).astype("int64").to_numpy()
+
+
+def _prior(units, candidates, centers, communities, work) -> Prior | None:
+    if communities is None:
+        return None
+    comm = communities.to_crs(work).reset_index(drop=True)
+    ids = comm["community_id"].astype(str).tolist()
+    issues: list[str] = []
+    joined = gpd.sjoin(units[["geometry"]], comm[["geometry"]], how="left", predicate="within")
+    counts = joined.groupby(level=0)["index_right"].count()
+    overlapping = int((counts > 1).sum())
+    if overlapping:
+        issues.append(f"existing communities overlap: {overlapping} unit(s) lie in more than one; "
+                      "each was given to the lowest-listed community")
+    unit_prior = joined.groupby(level=0)["index_right"].min().reindex(units.index)
+    gaps = unit_prior.isna()
+    if gaps.any():
+        issues.append(f"existing communities leave gaps: {int(gaps.sum())} unit(s) with "
+                      f"{int(units.loc[gaps, 'pop'].sum())} residents lie in none; they are planned as new")
+    unit_prior = unit_prior.fillna(-1).astype("int64").to_numpy()
+    cand_prior = np.full(len(candidates), -1, dtype="int64")
+    existing = candidates["existing"].to_numpy()
+    if existing.any():
+        index_of = {cid: i for i, cid in enumerate(ids)}
+        served = None
+        if centers is not None and "community_id" in centers.columns:
+            lookup_ = dict(zip(centers["center_id"].astype(str), centers["community_id"].astype(str)))
+            served = candidates["center_id"].map(lookup_)
+        inside = gpd.sjoin(candidates[["geometry"]], comm[["geometry"]], how="left",
+                           predicate="within").groupby(level=0)["index_right"].min()
+        for i in np.flatnonzero(existing):
+            named = served.iloc[i] if served is not None else None
+            if named is not None and named == named and named in index_of:
+                cand_prior[i] = index_of[named]
+                if inside.iloc[i] == inside.iloc[i] and int(inside.iloc[i]) != cand_prior[i]:
+                    issues.append(f"center {candidates['center_id'].iloc[i]} stands outside its "
+                                  f"community {named}")
+            elif inside.iloc[i] == inside.iloc[i]:
+                cand_prior[i] = int(inside.iloc[i])
+    return Prior(ids=ids, unit=unit_prior, candidate=cand_prior, issues=issues)
+
+
+def _keep_valid(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | None,
+                district_of: np.ndarray, config: PlanConfig) -> dict[int, int]:
+    """Existing communities that already meet every rule, and the existing center serving each."""
+    if prior is None:
+        return {}
+    kept: dict[int, int] = {}
+    pop = reach.units["pop"].to_numpy()
+    for old in range(len(prior.ids)):
+        members = np.flatnonzero(prior.unit == old)
+        total = pop[members].sum()
+        if len(members) == 0 or not config.min_pop <= total <= config.max_pop:
+            continue
+        if len(np.unique(district_of[members])) > 1:
+            continue
+        for candidate in np.flatnonzero(prior.candidate == old):
+            if lookup(reach.minutes, members, np.full(len(members), candidate))[1].all():
+                n_parts, _ = connected_components(adjacency[members][:, members], directed=False)
+                if n_parts == 1 and candidate not in kept.values():
+                    kept[old] = int(candidate)
+                break
+    logger.info("Keeping %d existing communities that already meet every rule", len(kept))
+    return kept
+
+
+def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | None,
+                   in_district: np.ndarray, candidate_in: np.ndarray, kept: dict[int, int],
+                   center_of: np.ndarray, config: PlanConfig) -> tuple[np.ndarray, list[int]]:
+    """
+    Plan one district around its kept communities; returns the new `center_of` and the kept
+    communities given up. Keeping a community that meets every rule can leave its neighbours
+    no way to balance (the rest may have no split into communities within the band); then the
+    district is planned again with them free, still preferring residents' old communities
+    through the stability cost, and the plan with fewer communities outside the band wins.
+    """
+    pop = reach.units["pop"].to_numpy()
+    with_kept = center_of.copy()
+    for old, candidate in kept.items():
+        with_kept[prior.unit == old] = candidate
+    rows = np.flatnonzero(in_district & (with_kept < 0))
+    cols = np.flatnonzero(candidate_in & ~np.isin(np.arange(len(candidate_in)), list(kept.values())))
+    if len(rows):
+        with_kept[rows] = partition_group(reach, adjacency, prior, rows, cols, config)
+    if not kept:
+        return with_kept, []
+    band_key = _band_key(with_kept[in_district], pop[in_district], config)
+    if band_key[0] == 0:
+        return with_kept, []
+    rows = np.flatnonzero(in_district)
+    free = center_of.copy()
+    free[rows] = partition_group(reach, adjacency, prior, rows, np.flatnonzero(candidate_in), config)
+    if _band_key(free[in_district], pop[in_district], config) < band_key:
+        logger.info("Giving up %d kept communities so that their neighbours can balance", len(kept))
+        return free, list(kept)
+    return with_kept, []
+
+
+def _band_key(center_of: np.ndarray, pop: np.ndarray, config: PlanConfig) -> tuple[float, int, int, float]:
+    """`band_key` of an assignment of units to centers (-1: unserved)."""
+    served = center_of >= 0
+    _, inverse = np.unique(center_of[served], return_inverse=True)
+    return band_key(np.bincount(inverse, weights=pop[served]), min_pop=config.min_pop,
+                    max_pop=config.max_pop, target_pop=config.target_pop,
+                    tiny_share=config.min_pop_exception)
+
+
+def partition_group(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | None,
+                     rows: np.ndarray, cols: np.ndarray, config: PlanConfig) -> np.ndarray:
+    minutes = reach.minutes[rows][:, cols].tocsr()
+    minutes.sort_indices()
+    pop = reach.units["pop"].to_numpy()[rows]
+    xy = np.column_stack([reach.units.geometry.x.to_numpy()[rows], reach.units.geometry.y.to_numpy()[rows]])
+    problem = PartitionProblem(
+        minutes=minutes, pop=pop, adjacency=adjacency[rows][:, rows].tocsr(),
+        target_pop=config.target_pop, tolerance=config.tolerance,
+        existing=reach.candidates["existing"].to_numpy()[cols],
+        unit_prior=None if prior is None else prior.unit[rows],
+        candidate_prior=None if prior is None else prior.candidate[cols],
+        stability_minutes=config.stability_minutes, xy=xy, tiny_share=config.min_pop_exception)
+    result = partition_units(problem, seed=config.seed, restarts=config.restarts)
+    return np.where(result.center >= 0, cols[np.maximum(result.center, 0)], -1)
+
+
+def _labels(center_of: np.ndarray, candidates) -> tuple[np.ndarray, list[str]]:
+    """Community index per unit (-1 unserved), numbered by their centers' candidate order."""
+    used = np.unique(center_of[center_of >= 0])
+    labels = np.full(len(center_of), -1, dtype="int64")
+    labels[center_of >= 0] = np.searchsorted(used, center_of[center_of >= 0])
+    return labels, [str(candidates["center_id"].iloc[c]) for c in used]
+
+
+def _keep_ids(table: gpd.GeoDataFrame, labels: np.ndarray, prior: Prior | None,
+              fixed: dict[int, int]) -> gpd.GeoDataFrame:
+    """An existing community kept whole, with the same center, keeps its old id."""
+    if not fixed:
+        return table
+    table = table.copy()
+    for old, candidate in fixed.items():
+        row = np.flatnonzero(table["candidate_id"].to_numpy() == candidate)
+        taken = prior.ids[old] in set(table["community_id"])    # never two communities one id
+        if len(row) and not taken and np.array_equal(labels == row[0], prior.unit == old):
+            table.loc[table.index[row[0]], "community_id"] = prior.ids[old]
+    return table
+
+
+def units_frame(units, labels, center_of, reach, table, bound: FeasibilityBound) -> gpd.GeoDataFrame:
+    out = units[["unit_id", "cell_id", "pop", "geometry"]].copy()
+    ids = table["community_id"].to_numpy()
+    out["community_id"] = np.where(labels >= 0, ids[np.maximum(labels, 0)], None)
+    center_ids = table["center_id"].to_numpy()
+    out["center_id"] = np.where(labels >= 0, center_ids[np.maximum(labels, 0)], None)
+    served = np.flatnonzero(center_of >= 0)
+    minutes = np.full(len(units), np.nan)
+    minutes[served] = lookup(reach.minutes, served, center_of[served])[0]
+    out["minutes"] = minutes
+    out["off_network"] = units["off_network"].to_numpy()
+    out["island"] = bound.island
+    # Proven: every site this unit reaches gathers fewer than the band's floor (see bounds.py).
+    out["forced_undersized"] = bound.forced_undersized
+    out["served_remotely"] = (center_of >= 0) & ~np.isfinite(minutes)
+    return out
+
+
+def centers_frame(reach, table) -> gpd.GeoDataFrame:
+    cands = reach.candidates.set_index("candidate_id")
+    rows = cands.loc[table["candidate_id"].to_numpy()]
+    return gpd.GeoDataFrame({"center_id": table["center_id"].to_numpy(),
+                             "community_id": table["community_id"].to_numpy(),
+                             "existing": rows["existing"].to_numpy(),
+                             "population": table["population"].to_numpy()},
+                            geometry=rows.geometry.values, crs=reach.work_crs)
+
+
+def changes_frame(units_out, prior: Prior) -> pd.DataFrame:
+    old = np.where(prior.unit >= 0, np.array(prior.ids + [""], dtype=object)[prior.unit], None)
+    frame = pd.DataFrame({"old_community_id": old, "new_community_id": units_out["community_id"].to_numpy(),
+                          "residents": units_out["pop"].to_numpy()})
+    frame = frame.fillna("(none)")
+    return (frame.groupby(["old_community_id", "new_community_id"], as_index=False)["residents"].sum()
+            .sort_values(["old_community_id", "residents"], ascending=[True, False]).reset_index(drop=True))

@@ -1,0 +1,1 @@
+"""Walk times: the shortest-path engine, the units x candidates reach matrix, isochrones."""

@@ -1,0 +1,161 @@
+"""Min-cost-flow assignment with soft population bounds, re-siting, and stray pieces."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from covplan._sparse import lookup
+from ortools.graph.python import min_cost_flow
+from scipy.sparse.csgraph import connected_components
+
+_COST_SCALE = 100           # min-cost flow needs integers: centi-minutes per person
+_BALANCE_PENALTY = 1_000.0  # flow: minutes per person outside the band, so balance comes first
+_SETTLE_ROUNDS = 3          # flow / re-site rounds
+
+
+def assign_by_flow(pop: np.ndarray, lo: float, hi: float, per_person: sp.csr_matrix,
+            centers: np.ndarray) -> np.ndarray:
+    """
+    Units -> index into `centers` by min-cost flow with soft population bounds [lo, hi]; each
+    unit goes wholly to the center that got most of it (people-less units: the cheapest).
+    -1 for units no center reaches.
+    """
+    n, k = per_person.shape[0], len(centers)
+    col_of = np.full(per_person.shape[1], -1, dtype="int64")
+    col_of[centers] = np.arange(k)
+    rows = np.repeat(np.arange(n), np.diff(per_person.indptr))
+    c = col_of[per_person.indices]
+    keep = c >= 0
+    u, c = rows[keep], c[keep]
+    unit_cost = np.round(per_person.data[keep] * _COST_SCALE).astype("int64")
+    pop = pop.astype("int64")
+    active = pop[u] > 0
+    supply = np.zeros(n, dtype="int64")
+    supply[u[active]] = pop[u[active]]
+    total = int(supply.sum())
+    lo, hi = int(np.ceil(lo)), int(np.floor(hi))
+    big = int(_BALANCE_PENALTY * _COST_SCALE)
+    sink, mid = n + k, np.arange(k) + n
+    tails = [u[active], mid, mid, mid]
+    heads = [c[active] + n, np.full(k, sink), np.full(k, sink), np.full(k, sink)]
+    caps = [pop[u[active]], np.full(k, lo), np.full(k, max(hi - lo, 0)), np.full(k, total)]
+    costs = [unit_cost[active], np.full(k, -big), np.zeros(k, "int64"), np.full(k, big)]
+    flow = min_cost_flow.SimpleMinCostFlow()
+    arcs = flow.add_arcs_with_capacity_and_unit_cost(*(np.concatenate(x).astype("int64")
+                                                       for x in (tails, heads, caps, costs)))
+    supplies = np.zeros(n + k + 1, dtype="int64")
+    supplies[:n], supplies[sink] = supply, -total
+    flow.set_nodes_supplies(np.arange(n + k + 1), supplies)
+    status = flow.solve()
+    if status != flow.OPTIMAL:
+        msg = f"the assignment flow failed with status {status}; please report this instance."
+        raise RuntimeError(msg)
+    sent = np.zeros(len(u), dtype="int64")
+    sent[active] = flow.flows(arcs[:int(active.sum())])
+    order = np.lexsort((c, unit_cost, -sent, u))
+    first = np.unique(u[order], return_index=True)[1]
+    label = np.full(n, -1, dtype="int64")
+    label[u[order][first]] = c[order][first]
+    return label
+
+
+def relocate(cnt: np.ndarray, cost: np.ndarray, size: np.ndarray, centers: np.ndarray,
+              blocked: np.ndarray | None = None) -> np.ndarray:
+    """
+    Each community's cheapest free candidate reaching all its members, all distinct; those with
+    the fewest options choose first. One without a free option keeps its center (or, having
+    none, takes its cheapest option).
+    """
+    feasible = cnt == size[:, None]
+    eff = np.where(feasible, cost, np.inf)
+    new = centers.copy()
+    used = np.zeros(cnt.shape[1], dtype=bool) if blocked is None else blocked.copy()
+    for k in np.lexsort((np.arange(len(size)), -size, feasible.sum(axis=1))):
+        row = np.where(used, np.inf, eff[k])
+        best = int(np.argmin(row))
+        if np.isfinite(row[best]):
+            new[k] = best
+        elif new[k] < 0 and np.isfinite(eff[k]).any():
+            new[k] = int(np.argmin(eff[k]))
+        used[new[k]] = True
+    return new
+
+
+def tallies(label: np.ndarray, n_comm: int, structure: sp.csr_matrix,
+             weighted: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Per community and candidate: members the candidate reaches, and their summed cost."""
+    served = np.flatnonzero(label >= 0)
+    onehot = sp.csr_matrix((np.ones(len(served)), (label[served], served)), shape=(n_comm, len(label)))
+    return (onehot @ structure).toarray().astype("int32"), (onehot @ weighted).toarray()
+
+
+def settle(pop: np.ndarray, lo: float, hi: float, per_person: sp.csr_matrix,
+            structure: sp.csr_matrix, weighted: sp.csr_matrix, centers: np.ndarray,
+            blocked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Alternate flow assignment and re-siting; (centers, index into centers per unit)."""
+    label = assign_by_flow(pop, lo, hi, per_person, centers)
+    for _ in range(_SETTLE_ROUNDS):
+        cnt, cost = tallies(label, len(centers), structure, weighted)
+        new = relocate(cnt, cost, np.bincount(label[label >= 0], minlength=len(centers)),
+                        centers, blocked)
+        if np.array_equal(new, centers):
+            break
+        centers = new
+        label = assign_by_flow(pop, lo, hi, per_person, centers)
+    return centers, label
+
+
+def split_pieces(label: np.ndarray, adjacency: sp.csr_matrix | None) -> np.ndarray:
+    """Relabel so that every connected piece of a community is a community of its own."""
+    if adjacency is None:
+        return label
+    coo = adjacency.tocoo()
+    same = (label[coo.row] == label[coo.col]) & (label[coo.row] >= 0)
+    graph = sp.csr_matrix((np.ones(int(same.sum())), (coo.row[same], coo.col[same])),
+                          shape=adjacency.shape)
+    _, comp = connected_components(graph, directed=False)
+    out = np.full(len(label), -1, dtype="int64")
+    out[label >= 0] = np.unique(comp[label >= 0], return_inverse=True)[1]
+    return out
+
+
+def attach_strays(label: np.ndarray, pop: np.ndarray, weighted: sp.csr_matrix,
+                   adjacency: sp.csr_matrix | None, centers: np.ndarray,
+                   strict: bool = True) -> np.ndarray | None:
+    """
+    Give every stray piece (not its community's most populous one) to a bordering community
+    whose center reaches all of it, cheapest first. With `strict`, None if one can't go
+    anywhere; otherwise it stays where it is.
+    """
+    if adjacency is None:
+        return label
+    label = label.copy()
+    served = label >= 0
+    for _ in range(4):
+        piece = split_pieces(label, adjacency)
+        n_piece = int(piece.max()) + 1
+        owner = np.zeros(n_piece, dtype="int64")
+        owner[piece[served]] = label[served]
+        weight = np.bincount(piece[served], weights=pop[served] + 1e-6, minlength=n_piece)
+        order = np.lexsort((np.arange(n_piece), -weight))[::-1]
+        main = np.zeros(int(label.max()) + 1, dtype="int64")
+        main[owner[order]] = order                    # the heaviest piece is written last
+        moved, stuck = False, False
+        for q in np.flatnonzero(main[owner] != np.arange(n_piece)):
+            units = np.flatnonzero(piece == q)
+            touch = np.unique(label[adjacency[units].indices])
+            best, best_cost = -1, np.inf
+            for t in touch[(touch >= 0) & (touch != owner[q])]:
+                cost, found = lookup(weighted, units, np.full(len(units), centers[t]))
+                if found.all() and cost.sum() < best_cost:
+                    best, best_cost = int(t), float(cost.sum())
+            if best >= 0:
+                label[units], moved = best, True
+            stuck |= best < 0
+        if stuck and strict:
+            return None
+        if not moved:
+            break
+    if strict and len(np.unique(split_pieces(label, adjacency)[served])) != len(np.unique(label[served])):
+        return None
+    return label

@@ -1,0 +1,209 @@
+"""
+The improvement phase: re-solve the window around each community outside the band (one ring
+of neighbours, then two) with the window's community count free inside what its residents
+allow, and keep a result only when the rules' order (`problem_band_key`) strictly improves.
+
+A window of P residents can hold from ceil(P / max_pop) to floor(P / min_pop) communities in
+the band. Each count near the current one is tried from a few center sets: the current
+centers (a flow re-solve), the current ones with the community split in two by bisection seeds
+of its own units (one center more) or with one of the smallest dropped (one less), and rotated
+equal-population bisection seeds of the whole window. Every set is settled by the flow core
+(`Window.evaluate`: every unit served by a center it reaches, every community connected, none
+empty), so a kept result never breaks coverage or contiguity; one with more tiny communities
+than before (below half the target) is refused. Outside the window nothing changes.
+Deterministic: a budget of settled window units, no clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+from covplan.solve.partition.flow import attach_strays, settle, split_pieces
+from covplan.solve.partition.refine import Window, reduce_to
+from covplan.solve.partition.search import (
+    BALANCE_WEIGHT,
+    FINAL_WEIGHT,
+    SearchPlan,
+    empty_community,
+    local_search,
+    problem_band_key,
+)
+from covplan.solve.partition.seeding import seed_centers, set_cover
+
+logger = logging.getLogger(__name__)
+
+_IMPROVE_ROUNDS = 4         # final local-search rounds around an improved window
+_SPLIT_SEEDS = 3            # bisection angles for splitting a community in two
+_DROP_TRIES = 3             # centers tried for removal when a window loses a community
+_WINDOW_SEEDS = 2           # rotated bisection seeds of a whole window per community count
+_MAX_WINDOW_UNITS = 6_000   # a bigger window is skipped (the flow's cost grows with it)
+_SUB_ROUNDS = 10            # local-search rounds inside a window's own plan
+
+
+class _SubPlan:
+    """A window as a problem of its own: its units and the candidates no community outside it
+    uses. A center set is finished like a whole run (cover, flow, stray pieces as communities of
+    their own, local search, dissolve down to the wanted count), so that the flow's cut-off
+    pieces and units the set leaves unreached are repaired instead of ruling the set out."""
+
+    def __init__(self, plan: SearchPlan, win: Window):
+        self.win = win
+        self.cols = np.flatnonzero(~win.blocked)
+        self.col_of = np.full(len(win.blocked), -1, dtype="int64")
+        self.col_of[self.cols] = np.arange(len(self.cols))
+        self.per_person = win.per_person[:, self.cols].tocsr()
+        self.weighted = win.weighted[:, self.cols].tocsr()
+        self.structure = win.structure[:, self.cols].tocsr()
+        for matrix in (self.per_person, self.weighted, self.structure):
+            matrix.sort_indices()
+        self.problem = dataclasses.replace(
+            plan.problem, minutes=self.per_person, pop=plan.problem.pop[win.units],
+            adjacency=win.adjacency, xy=win.xy, n_communities=None, existing=None,
+            unit_prior=None, candidate_prior=None)
+
+    def evaluate(self, centers: np.ndarray, k: int):
+        """(key like `SearchPlan.key`, label, global centers) of the window finished from `centers`
+        with at most k communities, or None when the flow's assignment doesn't beat the window
+        in residents or in people outside the band, or the finish breaks a rule."""
+        win = self.win
+        start = self.col_of[centers]
+        start = set_cover(self.structure, win.pop, [int(c) for c in start[start >= 0]])
+        cand, label = settle(win.pop, win.lo, win.hi, self.per_person, self.structure,
+                              self.weighted, np.asarray(start, dtype="int64"))
+        # The flow ignores contiguity, so its balance is a fair guess of the best to hope for;
+        # finishing (below) costs several times the flow, so hopeless sets stop here.
+        guess = problem_band_key(np.bincount(label, weights=win.pop), self.problem)
+        if guess[0] >= win.before[0] and guess[3] >= win.before[3]:
+            return None
+        label = attach_strays(label, win.pop, self.weighted, win.adjacency, cand, strict=False)
+        sub = SearchPlan(self.problem, self.per_person, self.weighted, self.structure,
+                    split_pieces(label, win.adjacency))
+        if len(sub.alive) > k:
+            local_search(sub, BALANCE_WEIGHT, _SUB_ROUNDS)
+            reduce_to(sub, k)
+        local_search(sub, BALANCE_WEIGHT, _SUB_ROUNDS)
+        local_search(sub, FINAL_WEIGHT, _SUB_ROUNDS, count_first=True)
+        alive = sub.alive
+        centers = sub.center[alive]
+        if ((sub.label < 0).any() or centers.min() < 0 or len(np.unique(centers)) < len(alive)
+                or (sub.cnt[alive, centers] < sub.size[alive]).any()):
+            return None           # a shared or out-of-reach center: not a plan the rules allow
+        compact = np.searchsorted(alive, sub.label)
+        return sub.key(), compact, self.cols[centers]
+
+
+def _counts(win: Window, m: int, over: bool) -> list[int]:
+    """Community counts to try for a window holding m: m and m +- 1 where the window's
+    residents can fill them within the band (the wanted direction first); all three when no
+    count balances it."""
+    total = float(win.pop.sum())
+    k_lo = int(np.ceil(total / win.hi - 1e-9))
+    k_hi = int(np.floor(total / win.lo + 1e-9))
+    order = [m + 1, m, m - 1] if over else [m - 1, m, m + 1]
+    if k_lo <= k_hi:
+        return [k for k in order if k_lo <= k <= k_hi and k >= 1]
+    return [k for k in order if k >= 1]
+
+
+def _options(plan: SearchPlan, win: Window, s: int, k: int, angles: np.ndarray) -> list[np.ndarray]:
+    """Center sets of k centers for the window around community s."""
+    current = plan.center[win.comms]
+    m = len(current)
+    j = int(np.searchsorted(win.comms, s))
+    options: list[np.ndarray] = []
+    if k == m:
+        options.append(current.copy())
+    elif k == m + 1 and win.xy is not None:
+        own = np.flatnonzero(plan.label[win.units] == s)
+        blocked = win.blocked.copy()
+        blocked[np.delete(current, j)] = True
+        for angle in angles[:_SPLIT_SEEDS]:
+            pair = seed_centers(win.xy[own], win.pop[own], win.structure[own], 2, float(angle), blocked)
+            if len(pair) == 2:
+                options.append(np.r_[np.delete(current, j), pair])
+    elif k == m - 1:
+        smallest = [int(i) for i in np.lexsort((win.comms, plan.popk[win.comms])) if i != j]
+        for i in ([j] + smallest)[:_DROP_TRIES]:
+            options.append(np.delete(current, i))
+    if win.xy is not None:
+        options += [seed_centers(win.xy, win.pop, win.structure, k, float(a), win.blocked)
+                    for a in angles[:_WINDOW_SEEDS]]
+    return [o for o in options if len(o) == k and len(np.unique(o)) == k]
+
+
+def _dissolve(plan: SearchPlan, s: int) -> bool:
+    """Empty a tiny community into its neighbours (they may re-site to reach its units) and
+    settle the surroundings; kept only when the plan's band key improves."""
+    before = plan.key()[:4]
+    trial = plan.copy()
+    around = trial.around(s, 2)
+    if not empty_community(trial, s, FINAL_WEIGHT):
+        return False
+    local_search(trial, FINAL_WEIGHT, _IMPROVE_ROUNDS, comms=around, count_first=True,
+                  keep_residents=True)
+    if trial.key()[:4] < before:
+        plan.__dict__.update(trial.__dict__)
+        return True
+    return False
+
+
+def _improve_window(plan: SearchPlan, s: int, angles: np.ndarray, budget: list[int]) -> bool:
+    """Re-solve the windows around s (one ring, then two); True once one improved."""
+    over = plan.popk[s] > plan.problem.max_pop
+    for rings in (1, 2):
+        win = Window(plan, plan.around(s, rings))
+        if len(win.units) > _MAX_WINDOW_UNITS:
+            return False
+        best, sub = None, _SubPlan(plan, win)
+        for k in _counts(win, len(win.comms), over):
+            for centers in _options(plan, win, s, k, angles):
+                if budget[0] <= 0:
+                    break
+                budget[0] -= len(win.units)
+                got = sub.evaluate(centers, k)
+                if (got is not None and got[0][:4] < win.before[:4] and got[0][1] <= win.before[1]
+                        and (best is None or got[0] < best[0])):
+                    best = got
+            if best is not None:      # counts are tried nearest first; one that works wins
+                break
+        logger.debug("window around %d (%.0f residents), %d rings, %d communities, %d units: %s",
+                     s, plan.popk[s], rings, len(win.comms), len(win.units),
+                     "no gain" if best is None else f"{win.before[:4]} -> {best[0][:4]}")
+        if best is not None:
+            win.apply(plan, best[1], best[2])
+            # Only moves that keep the band key: the window's gain can't be undone.
+            local_search(plan, FINAL_WEIGHT, _IMPROVE_ROUNDS, comms=plan.around(s, rings + 1),
+                          count_first=True, keep_residents=True)
+            return True
+    return False
+
+
+def improve(plan: SearchPlan, angles: np.ndarray, budget: int) -> SearchPlan:
+    """
+    Repeatedly take the community outside the band with the most residents (tiny ones first,
+    dissolved into their neighbours when that helps) and re-solve its window; a community that
+    can't be improved is skipped until something near it changes. Stops when none improves or
+    once the settled windows have held `budget` units in all (a deterministic stand-in for a
+    time limit).
+    """
+    left = [budget]
+    failed: set[int] = set()
+    problem = plan.problem
+    while left[0] > 0:
+        alive = plan.alive
+        popk = plan.popk[alive]
+        out = (popk < problem.min_pop) | (popk > problem.max_pop)
+        tiny = popk < problem.tiny_share * problem.target_pop
+        order = np.lexsort((alive, -popk, ~tiny))
+        todo = [int(alive[i]) for i in order if out[i] and int(alive[i]) not in failed]
+        if not todo:
+            break
+        s = todo[0]
+        near = set(plan.around(s, 2).tolist())
+        if (tiny[np.searchsorted(alive, s)] and _dissolve(plan, s)) or _improve_window(plan, s, angles, left):
+            failed -= near        # their surroundings changed: worth another try
+        else:
+            failed.add(s)
+    return plan

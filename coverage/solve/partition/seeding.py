@@ -1,0 +1,133 @@
+"""Initial centers: a packing bound on their number, equal-population bisection seeds and a
+greedy set cover that makes sure every unit that reaches a candidate has a center."""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def packing_bound(structure: sp.csr_matrix) -> int:
+    """A lower bound on the centers the 15-minute rule needs: units (most constrained first)
+    no two of which share a candidate each need their own."""
+    taken = np.zeros(structure.shape[1], dtype=bool)
+    count = 0
+    for u in np.argsort(np.diff(structure.indptr), kind="stable"):
+        cols = structure.indices[structure.indptr[u]:structure.indptr[u + 1]]
+        if len(cols) and not taken[cols].any():
+            taken[cols] = True
+            count += 1
+    return count
+
+
+def _bisect(xy: np.ndarray, pop: np.ndarray, units: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+    """k parts of about equal population, cutting across the longer side; part per unit (-1 off)."""
+    part = np.full(len(xy), -1, dtype="int64")
+    stack, n_parts = [(units, k)], 0
+    while stack:
+        group, k = stack.pop()
+        if k == 1 or len(group) <= 1:
+            part[group], n_parts = n_parts, n_parts + 1
+            continue
+        k1 = k // 2
+        axis = int(np.argmax(np.ptp(xy[group], axis=0)))
+        order = group[np.lexsort((group, xy[group, axis]))]
+        cum = np.cumsum(pop[order] + 1e-9)
+        cut = int(np.clip(np.searchsorted(cum, cum[-1] * k1 / k) + 1, 1, len(order) - 1))
+        stack += [(order[cut:], k - k1), (order[:cut], k1)]
+    return part, n_parts
+
+
+def seed_centers(xy: np.ndarray, pop: np.ndarray, structure: sp.csr_matrix, k: int, angle: float,
+                  blocked: np.ndarray | None = None) -> np.ndarray:
+    """
+    One center per bisection part: the free candidate reaching most of the part's people. Then
+    a part holding units no center reaches swaps its center for the candidate reaching most of
+    those and of the units only its old center reached (most of the part's people next).
+    """
+    reachable = np.flatnonzero(np.diff(structure.indptr) > 0)
+    if k < 1 or len(reachable) == 0:
+        return np.zeros(0, dtype="int64")
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    part, n_parts = _bisect(np.asarray(xy, dtype="float64") @ rot, pop, reachable,
+                            min(k, len(reachable)))
+    members = sp.csr_matrix((pop[reachable] + 1e-3, (part[reachable], reachable)),
+                            shape=(n_parts, structure.shape[0]))
+    gather = (members @ structure).toarray()
+    used = np.zeros(structure.shape[1], dtype=bool) if blocked is None else blocked.copy()
+    centers = np.full(n_parts, -1, dtype="int64")
+    for row in range(n_parts):
+        best = int(np.argmax(np.where(used, -1.0, gather[row])))
+        if gather[row, best] > 0 and not used[best]:
+            centers[row], used[best] = best, True
+    csc = structure.tocsc()
+    count = np.asarray(structure[:, centers[centers >= 0]].sum(axis=1)).ravel()
+    for _ in range(2):
+        uncovered = (count == 0) & (np.diff(structure.indptr) > 0)
+        holes = np.bincount(part[uncovered], weights=pop[uncovered] + 1e-3, minlength=n_parts)
+        for row in np.lexsort((np.arange(n_parts), -holes)):
+            old = int(centers[row])
+            if holes[row] <= 0 or old < 0:
+                continue
+            alone = np.zeros(len(count), dtype=bool)
+            alone[csc.indices[csc.indptr[old]:csc.indptr[old + 1]]] = True
+            need = np.flatnonzero((part == row) & ((count == 0) | ((count == 1) & alone)))
+            hits = np.asarray(structure[need].sum(axis=0)).ravel()
+            score = np.where(used & (np.arange(len(hits)) != old), -np.inf,
+                             hits * (pop.sum() + 1.0) + gather[row])
+            best = int(np.argmax(score))
+            if best != old and hits[best] > hits[old]:
+                used[old], used[best] = False, True
+                count[csc.indices[csc.indptr[old]:csc.indptr[old + 1]]] -= 1
+                count[csc.indices[csc.indptr[best]:csc.indptr[best + 1]]] += 1
+                centers[row] = best
+    return centers[centers >= 0]
+
+
+def greedy_seeds(minutes: sp.csr_matrix, pop: np.ndarray, k: int) -> list[int]:
+    """Without coordinates: greedy p-median, opening the candidate that saves most person-minutes."""
+    rows = np.repeat(np.arange(minutes.shape[0]), np.diff(minutes.indptr))
+    cols, data = minutes.indices, minutes.data
+    current = np.full(minutes.shape[0], data.max(initial=0) + 1.0)
+    chosen: list[int] = []
+    while len(chosen) < k:
+        gain = np.bincount(cols, weights=np.clip(current[rows] - data, 0, None) * (pop[rows] + 1e-3),
+                           minlength=minutes.shape[1])
+        gain[chosen] = -1
+        best = int(np.argmax(gain))
+        if gain[best] <= 0:
+            break
+        chosen.append(best)
+        mask = cols == best
+        np.minimum.at(current, rows[mask], data[mask])
+    return chosen
+
+
+def set_cover(structure: sp.csr_matrix, pop: np.ndarray, start: list[int] = ()) -> list[int]:
+    """Extend `start` by lazy greedy set cover (most newly covered people first) until every
+    reachable unit is covered."""
+    csc = structure.tocsc()
+    covered = np.diff(structure.indptr) == 0
+    chosen = [int(c) for c in start]
+    for c in chosen:
+        covered[csc.indices[csc.indptr[c]:csc.indptr[c + 1]]] = True
+    weight = pop.astype("float64") + 1e-3
+    col_of_entry = np.repeat(np.arange(csc.shape[1]), np.diff(csc.indptr))
+    gain = np.bincount(col_of_entry, weights=weight[csc.indices] * ~covered[csc.indices],
+                       minlength=csc.shape[1])
+    heap = [(-g, c) for c, g in enumerate(gain) if g > 0]
+    heapq.heapify(heap)
+    while heap and not covered.all():
+        _, c = heapq.heappop(heap)
+        rows = csc.indices[csc.indptr[c]:csc.indptr[c + 1]]
+        g = float(weight[rows][~covered[rows]].sum())
+        if heap and g < -heap[0][0] - 1e-9:     # stale: push back with its true gain
+            if g > 0:
+                heapq.heappush(heap, (-g, c))
+            continue
+        if g > 0:
+            chosen.append(int(c))
+            covered[rows] = True
+    return chosen
