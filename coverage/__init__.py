@@ -10,7 +10,10 @@ __version__ = "0.1.0"
 # They load on first use, so `import covplan` and `covplan --help` stay quick.
 _PUBLIC = {
     "load_network": "covplan.inputs.network", "WalkNetwork": "covplan.inputs.network",
+    "as_walk_network": "covplan.inputs.network",
     "load_population": "covplan.inputs.population", "Population": "covplan.inputs.population",
+    "as_population": "covplan.inputs.population",
+    "adjacency_graph": "covplan.inputs.tessellation",
     "load_centers": "covplan.inputs.areas", "load_communities": "covplan.inputs.areas",
     "load_districts": "covplan.inputs.areas",
     "compute_reach": "covplan.reach.matrix", "ReachMatrix": "covplan.reach.matrix",

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from covplan._sparse import lookup
 from covplan.errors import InputError
+from covplan.inputs.areas import label_units
 from covplan.reach.matrix import DEFAULT_MAX_MINUTES, compute_reach
 
 if TYPE_CHECKING:
@@ -28,7 +29,12 @@ _DISPLAY_FACTOR = 2.0
 
 @dataclass(frozen=True, slots=True, eq=False)
 class CoverageResult:
-    """Coverage of centers, in the population's CRS. Minutes beyond twice the limit are inf."""
+    """
+    Coverage of centers, in the population's CRS. Minutes beyond twice the limit are inf.
+
+    A resident's own center is their community's center, or the nearest center when no
+    communities were given; `summary` counts coverage by it (`covplan.metrics.coverage_figures`).
+    """
 
     units: gpd.GeoDataFrame        # unit_id, cell_id, pop, community_id, nearest_center_id, minutes_nearest, own_center_id, minutes_own, covered, covered_own, off_network
     centers: gpd.GeoDataFrame      # center_id, community_id, pop_within (total_pop within the limit), node, access_min
@@ -37,15 +43,22 @@ class CoverageResult:
     walk_speed_kmh: float
 
     def summary(self) -> dict[str, float | int]:
-        """Headline figures: totals, covered shares, uncovered and off-network population."""
+        """
+        Headline figures, by `covplan.metrics.coverage_figures`: ``coverage_share``,
+        ``population_covered`` and ``population_uncovered`` count residents within the limit of
+        their own community's center (of the nearest center when no communities were given);
+        ``nearest_center_share`` and ``population_beyond_nearest`` the nearest center. Then the
+        off-network population, centers, limit, walking speed, mean walk to the nearest center
+        and, with communities, their count and the residents outside every community.
+        """
+        from covplan.metrics import coverage_figures
+
         u = self.units
-        total = int(u["pop"].sum())
-        covered = int(u.loc[u.covered, "pop"].sum())
+        own = u.minutes_own if self.communities is not None else u.minutes_nearest
         out: dict[str, float | int] = {
-            "population_total": total,
-            "population_covered": covered,
-            "coverage_share": covered / total if total else 0.0,
-            "population_uncovered": total - covered,
+            **coverage_figures(u["pop"].to_numpy(), minutes_own=own.to_numpy(dtype="float64"),
+                               minutes_nearest=u.minutes_nearest.to_numpy(dtype="float64"),
+                               max_minutes=self.max_minutes),
             "population_off_network": int(u.loc[u.off_network, "pop"].sum()),
             "centers": len(self.centers),
             "max_minutes": self.max_minutes,
@@ -55,20 +68,14 @@ class CoverageResult:
         out["mean_minutes_nearest"] = float(np.average(u.minutes_nearest[finite],
                                                        weights=u["pop"][finite])) if finite.any() else float("nan")
         if self.communities is not None:
-            own = int(u.loc[u.covered_own, "pop"].sum())
-            out["population_covered_own"] = own
-            out["coverage_share_own"] = own / total if total else 0.0
             out["communities"] = len(self.communities)
             out["population_outside_communities"] = int(u.loc[u.community_id.isna(), "pop"].sum())
         return out
 
 
 def _assign_communities(units: gpd.GeoDataFrame, communities: gpd.GeoDataFrame) -> pd.Series:
-    """Community of each unit by point in polygon; a unit on a shared border goes to the lower id."""
-    joined = gpd.sjoin(units[["geometry"]], communities[["community_id", "geometry"]],
-                       how="left", predicate="within")
-    joined = joined.sort_values("community_id").groupby(level=0)["community_id"].first()
-    return joined.reindex(units.index)
+    """Community of each unit by `label_units`: on a shared border the first listed; None outside."""
+    return pd.Series(label_units(units, communities, id_column="community_id"), index=units.index)
 
 
 def _centers_community(centers: gpd.GeoDataFrame, communities: gpd.GeoDataFrame) -> pd.Series:
@@ -83,17 +90,23 @@ def _centers_community(centers: gpd.GeoDataFrame, communities: gpd.GeoDataFrame)
     return _assign_communities(centers, communities)
 
 
-def assess_coverage(network: WalkNetwork, population: Population, centers: gpd.GeoDataFrame, *,
+def assess_coverage(network: WalkNetwork, population: Population | gpd.GeoDataFrame,
+                    centers: gpd.GeoDataFrame, *,
                     communities: gpd.GeoDataFrame | None = None,
                     max_minutes: float = DEFAULT_MAX_MINUTES,
-                    progress: bool = False) -> CoverageResult:
+                    progress: bool = False,
+                    population_column: str | None = None) -> CoverageResult:
     """
     Walk times from every resident to the nearest center and to their own community's center.
 
     Parameters
     ----------
-    network, population
-        As for `compute_reach`.
+    network
+        As for `compute_reach`: a WalkNetwork, or an osmnx/networkx graph converted by
+        `as_walk_network`.
+    population
+        As for `compute_reach`: a Population, or a GeoDataFrame of cells converted by
+        `as_population`. Results come back in its CRS.
     centers
         Service-center points with ``center_id`` (any CRS). With `communities`, a center belongs
         to the community in its ``community_id`` column, else to the one it stands in.
@@ -101,7 +114,30 @@ def assess_coverage(network: WalkNetwork, population: Population, centers: gpd.G
         Existing community polygons with ``community_id``, or None.
     max_minutes
         The service-circle limit.
+    progress
+        Show a progress bar over the network searches.
+    population_column
+        Column of counts when `population` is a GeoDataFrame; None detects it.
+
+    Returns
+    -------
+    CoverageResult
+        Units, centers and (with `communities`) communities with their walk times and
+        coverage, in the population's CRS.
+
+    Raises
+    ------
+    InputError
+        For a limit out of range, a population that misses the network, an ambiguous
+        population column, or centers naming unknown community ids.
+    TypeError
+        If `network` or `population` is of an unsupported type.
     """
+    from covplan.inputs.network import as_walk_network
+    from covplan.inputs.population import as_population
+
+    network = as_walk_network(network)
+    population = as_population(population, population_column=population_column)
     display = max_minutes * _DISPLAY_FACTOR
     reach = compute_reach(network, population, centers=centers, max_minutes=display,
                           node_candidates=False, progress=progress)
@@ -145,9 +181,10 @@ def assess_coverage(network: WalkNetwork, population: Population, centers: gpd.G
         communities=None if community_table is None else community_table.to_crs(population.crs),
         max_minutes=float(max_minutes), walk_speed_kmh=network.walk_speed_kmh)
     s = result.summary()
-    logger.info("Coverage: %d of %d people (%.1f %%) within %g min of a center",
+    logger.info("Coverage: %d of %d people (%.1f %%) within %g min of %s",
                 s["population_covered"], s["population_total"], 100 * s["coverage_share"],
-                max_minutes)
+                max_minutes, "the nearest center" if communities is None
+                else "their own community's center")
     return result
 
 

@@ -10,6 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from covplan import __version__
+from covplan.defaults import (
+    DEFAULT_BANDS,
+    DEFAULT_CANDIDATE_SPACING_M,
+    DEFAULT_MAX_MINUTES,
+    DEFAULT_WALK_SPEED_KMH,
+)
 from covplan.errors import CoverageError, InputError
 
 logger = logging.getLogger("covplan.cli")
@@ -35,8 +41,10 @@ def _add_network_options(p: argparse.ArgumentParser, *, speed: bool = True) -> N
     p.add_argument("--network", required=True,
                    help="OSM PBF/XML file, or GraphML written by osmnx")
     if speed:
-        p.add_argument("--walk-speed", type=float, default=4.5, dest="walk_speed_kmh",
-                       help="walking speed in km/h (default 4.5; e.g. 3.6 for elderly residents)")
+        p.add_argument("--walk-speed", type=float, default=DEFAULT_WALK_SPEED_KMH,
+                       dest="walk_speed_kmh",
+                       help=f"walking speed in km/h (default {DEFAULT_WALK_SPEED_KMH:g}; "
+                            "e.g. 3.6 for elderly residents)")
 
 
 def _add_population_options(p: argparse.ArgumentParser) -> None:
@@ -96,9 +104,11 @@ def _write_coverage(out: Path, result, isochrones, extra_layers=None, title="cov
     save_map(coverage_map(result, isochrones=isochrones), out / map_name,
              self_contained=self_contained)
     summary = result.summary()
-    share = summary.get("coverage_share_own", summary["coverage_share"])
-    logger.info("Wrote %s: %.1f %% of %d residents within %g min", out, 100 * share,
-                summary["population_total"], result.max_minutes)
+    center = ("their own community's center" if result.communities is not None
+              else "the nearest center")
+    logger.info("Wrote %s: %.1f %% of %d residents within %g min of %s", out,
+                100 * summary["coverage_share"], summary["population_total"], result.max_minutes,
+                center)
 
 
 # Plan flag -> PlanConfig field.
@@ -276,7 +286,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     write_plan(plan, out, self_contained=not args.cdn_maps)
     _write_demo_scenario(out, args.seed, plan.config)
     r = plan.report
-    logger.info("Demo: %d old communities -> %d new; %.1f %% within %g min of their center, "
+    logger.info("Demo: %d old communities -> %d new; %.1f %% within %g min of their own community's center, "
                 "%.0f %% of communities and %.1f %% of residents (at most %.1f %% possible) "
                 "within ±%.0f %% of %d residents, stability %.0f %% (%.1f s)",
                 len(communities), r["communities"], 100 * r["coverage_share"], args.minutes,
@@ -303,7 +313,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_site(args: argparse.Namespace) -> int:
     import geopandas as gpd
     import pandas as pd
-    from covplan.inputs.areas import load_centers, load_communities
+    from covplan.inputs.areas import label_units, load_centers, load_communities
     from covplan.output.files import prepare_folder, write_json, write_layers
     from covplan.output.maps import isochrone_map, save_map
     from covplan.reach.isochrones import compute_isochrones
@@ -321,10 +331,7 @@ def _cmd_site(args: argparse.Namespace) -> int:
     layers, summary, points = {}, {"max_minutes": args.minutes}, []
     if args.communities:
         communities = load_communities(args.communities).reset_index(drop=True)
-        joined = gpd.sjoin(reach.units[["geometry"]], communities.to_crs(reach.units.crs)[["geometry"]],
-                           how="left", predicate="within")
-        labels = joined.groupby(level=0)["index_right"].min().reindex(reach.units.index)
-        labels = labels.fillna(-1).astype("int64").to_numpy()
+        labels = label_units(reach.units, communities)
         chosen = choose_community_centers(reach, labels, community_areas=communities.geometry)
         frame = chosen.centers
         frame.insert(0, "community_id", communities["community_id"].astype(str).to_numpy()[frame["community"]])
@@ -420,7 +427,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_population_options(cov)
     cov.add_argument("--centers", required=True, help="service-center points (any vector format)")
     cov.add_argument("--communities", default=None, help="existing community polygons")
-    cov.add_argument("--minutes", type=float, default=15.0, help="service-circle limit")
+    cov.add_argument("--minutes", type=float, default=DEFAULT_MAX_MINUTES,
+                     help="service-circle limit")
     cov.add_argument("--out", required=True, help="output folder")
     _add_map_option(cov)
     cov.set_defaults(func=_cmd_coverage)
@@ -433,9 +441,11 @@ def _build_parser() -> argparse.ArgumentParser:
     site.add_argument("--centers", default=None, help="existing centers (preferred when as good)")
     site.add_argument("--budget", type=int, default=0,
                       help="new centers to place where the most residents reach no open center")
-    site.add_argument("--minutes", type=float, default=15.0, help="service-circle limit")
-    site.add_argument("--candidate-spacing", type=float, default=200.0,
-                      help="one candidate site per populated square of this side, m (default 200)")
+    site.add_argument("--minutes", type=float, default=DEFAULT_MAX_MINUTES,
+                      help="service-circle limit")
+    site.add_argument("--candidate-spacing", type=float, default=DEFAULT_CANDIDATE_SPACING_M,
+                      help="one candidate site per populated square of this side, m "
+                           f"(default {DEFAULT_CANDIDATE_SPACING_M:g})")
     site.add_argument("--out", required=True, help="output folder")
     _add_map_option(site)
     site.set_defaults(func=_cmd_site)
@@ -443,7 +453,8 @@ def _build_parser() -> argparse.ArgumentParser:
     iso = sub.add_parser("isochrones", help="walking isochrones around centers")
     _add_network_options(iso)
     iso.add_argument("--centers", required=True, help="service-center points (any vector format)")
-    iso.add_argument("--minutes", default="5,10,15", help="limits, comma separated")
+    iso.add_argument("--minutes", default=",".join(f"{m:g}" for m in DEFAULT_BANDS),
+                     help="limits, comma separated")
     iso.add_argument("--out", required=True, help="output folder")
     _add_map_option(iso)
     iso.set_defaults(func=_cmd_isochrones)
@@ -453,7 +464,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bench_reach = bench_sub.add_parser("reach", help="walk-time engine vs scipy, networkx, pandana")
     _add_network_options(bench_reach)
     _add_population_options(bench_reach)
-    bench_reach.add_argument("--minutes", type=float, default=15.0)
+    bench_reach.add_argument("--minutes", type=float, default=DEFAULT_MAX_MINUTES)
     bench_reach.add_argument("--peers", default="scipy,networkx,pandana",
                              help="comma-separated peers to include")
     bench_reach.add_argument("--networkx-origins", type=int, default=None,

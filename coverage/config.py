@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from covplan.defaults import (
+    DEFAULT_CANDIDATE_SPACING_M,
+    DEFAULT_MAX_MINUTES,
+    DEFAULT_WALK_SPEED_KMH,
+    MAX_MINUTES_LIMIT,
+    MAX_WALK_SPEED_KMH,
+    population_band,
+)
 from covplan.errors import InputError
-from covplan.inputs.network import DEFAULT_WALK_SPEED_KMH
-from covplan.reach.matrix import DEFAULT_CANDIDATE_SPACING_M, DEFAULT_MAX_MINUTES, MAX_MINUTES_LIMIT
-from covplan.solve.partition.core import population_band
 
 EXCEPTION_MODES = ("separate", "attach")
 
@@ -62,8 +67,9 @@ class PlanConfig:
         if not 0 < self.max_minutes <= MAX_MINUTES_LIMIT:
             msg = f"`max_minutes` must be greater than 0 and at most {MAX_MINUTES_LIMIT:g}, got {self.max_minutes!r}."
             raise InputError(msg)
-        if not 0 < self.walk_speed_kmh <= 30:
-            msg = f"`walk_speed_kmh` must be greater than 0 and at most 30, got {self.walk_speed_kmh!r}."
+        if not 0 < self.walk_speed_kmh <= MAX_WALK_SPEED_KMH:
+            msg = (f"`walk_speed_kmh` must be greater than 0 and at most {MAX_WALK_SPEED_KMH:g}, "
+                   f"got {self.walk_speed_kmh!r}.")
             raise InputError(msg)
         if self.candidate_spacing_m <= 0:
             msg = f"`candidate_spacing_m` must be positive, got {self.candidate_spacing_m!r}."

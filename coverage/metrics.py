@@ -123,25 +123,109 @@ def community_table(units: gpd.GeoDataFrame, labels: np.ndarray, center_of: np.n
     return gpd.GeoDataFrame(table, geometry=geometry, crs=reach.work_crs)
 
 
+MINUTES_TOLERANCE = 1e-9   # a walk of max_minutes + this still counts as within the limit
+
+
+def within_limit(minutes: np.ndarray, max_minutes: float) -> np.ndarray:
+    """Per resident, whether `minutes` is within `max_minutes` (NaN and inf are not)."""
+    m = np.asarray(minutes, dtype="float64")
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(m) & (m <= max_minutes + MINUTES_TOLERANCE)
+
+
+def coverage_figures(pop: np.ndarray, *, minutes_own: np.ndarray,
+                     minutes_nearest: np.ndarray | None = None,
+                     reachable: np.ndarray | None = None,
+                     max_minutes: float) -> dict[str, float | int]:
+    """
+    Every coverage figure of a plan or a city, defined once.
+
+    A resident is *covered* when they reach the center of their own community within the limit.
+    When there are no communities (an as-is city assessed without community polygons), a
+    resident's own center is the nearest one: pass the nearest-center minutes as `minutes_own`.
+
+    Parameters
+    ----------
+    pop
+        Residents per unit.
+    minutes_own
+        Walk minutes per unit to the center of its own community; NaN or inf for units without
+        a community, whose community has no center, or beyond the measured range.
+    minutes_nearest
+        Walk minutes per unit to the nearest center (NaN or inf if none), or None when unknown.
+    reachable
+        Per unit, whether it reaches any candidate site within the limit, or None when unknown.
+    max_minutes
+        The walking limit; a walk of up to ``max_minutes + MINUTES_TOLERANCE`` is within it.
+
+    Returns
+    -------
+    dict
+        ``population_total``;
+        ``population_covered``: residents within the limit of their own community's center;
+        ``population_uncovered``: the other residents;
+        ``coverage_share``: population_covered / population_total (0.0 for no residents);
+        with `minutes_nearest`: ``nearest_center_share``, residents within the limit of the
+        nearest center / population_total, and ``population_beyond_nearest``, the residents
+        beyond the limit of every center;
+        with `reachable`: ``coverage_share_of_reachable``, population_covered / residents who
+        reach any candidate site, and ``unreachable_population``, the residents who reach none.
+    """
+    pop = np.asarray(pop)
+    total = int(pop.sum())
+    covered = int(pop[within_limit(minutes_own, max_minutes)].sum())
+    out: dict[str, float | int] = {
+        "population_total": total,
+        "population_covered": covered,
+        "population_uncovered": total - covered,
+        "coverage_share": covered / total if total else 0.0,
+    }
+    if minutes_nearest is not None:
+        near = int(pop[within_limit(minutes_nearest, max_minutes)].sum())
+        out["nearest_center_share"] = near / total if total else 0.0
+        out["population_beyond_nearest"] = total - near
+    if reachable is not None:
+        reached = int(pop[np.asarray(reachable, dtype=bool)].sum())
+        out["coverage_share_of_reachable"] = covered / reached if reached else 0.0
+        out["unreachable_population"] = total - reached
+    return out
+
+
+def _nearest_planned_minutes(reach: ReachMatrix, planned: np.ndarray) -> np.ndarray:
+    """Per unit, minutes to the nearest of the `planned` candidates (inf beyond the reach matrix)."""
+    sub = reach.minutes[:, np.asarray(planned, dtype="int64")].tocsr()
+    out = np.full(sub.shape[0], np.inf)
+    counts = np.diff(sub.indptr)
+    rows = counts > 0
+    if rows.any():
+        out[rows] = np.minimum.reduceat(sub.data, sub.indptr[:-1][rows])
+    return out
+
+
 def plan_report(units: gpd.GeoDataFrame, table: gpd.GeoDataFrame, *, config: PlanConfig,
                 reach: ReachMatrix, bound: FeasibilityBound, district_of: np.ndarray,
                 district_ids: list[str] | None, prior_unit: np.ndarray | None, changes: pd.DataFrame | None,
                 fixed: int, issues: list[str], runtime_s: float) -> dict:
-    """The headline figures of a plan, with every parameter that produced it."""
+    """
+    The headline figures of a plan, with every parameter that produced it.
+
+    Coverage figures are `coverage_figures`' (own center = the center of the resident's planned
+    community; nearest center = the nearest of the plan's centers).
+    """
     pop = units["pop"].to_numpy()
-    total = int(pop.sum())
     assigned = units["community_id"].notna().to_numpy()
-    within = assigned & (units["minutes"].to_numpy() <= config.max_minutes + 1e-9)
-    reachable = reach.reachable
     sizes = table["population"].to_numpy()
     minutes = units["minutes"].to_numpy()
+    coverage = coverage_figures(
+        pop, minutes_own=np.where(assigned, minutes, np.nan),
+        minutes_nearest=_nearest_planned_minutes(
+            reach, table["candidate_id"].to_numpy() if "candidate_id" in table else []),
+        reachable=reach.reachable, max_minutes=config.max_minutes)
     report = {
-        "population_total": total,
+        "population_total": coverage.pop("population_total"),
         "population_assigned": int(pop[assigned].sum()),
         "communities": int(len(table)),
-        "coverage_share": float(pop[within].sum() / total) if total else 0.0,
-        "coverage_share_of_reachable": float(pop[within].sum() / max(pop[reachable].sum(), 1)),
-        "unreachable_population": int(pop[~reachable].sum()),
+        **coverage,
         "mean_minutes": float(np.average(minutes[assigned], weights=pop[assigned])) if pop[assigned].sum() else None,
         "max_minutes": float(np.nanmax(minutes[assigned])) if assigned.any() else None,
         "within_tolerance_share": float(table["within_tolerance"].mean()) if len(table) else 0.0,
@@ -180,7 +264,7 @@ def balance_figures(units: gpd.GeoDataFrame, table: gpd.GeoDataFrame, bound: Fea
     balanced = here.loc[here["within_tolerance"], "community_id"].to_numpy()
     exceptions = here.loc[here["exception"] != "", "community_id"].to_numpy()
     regular = here[here["exception"] == ""]
-    covered = units["minutes"].to_numpy()[m] <= config.max_minutes + 1e-9
+    covered = within_limit(units["minutes"].to_numpy()[m], config.max_minutes)
     island = units["island"].to_numpy()[m]
     return {
         **bound.figures(m),

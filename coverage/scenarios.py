@@ -64,9 +64,39 @@ _BASE_KEYS = ("demo", "demo_seed", "network", "population", "population_column",
 _BASE_FILES = ("network", "population", "centers", "communities", "districts")
 
 
-# ---- the scenario as data ------------------------------------------------------------------
+# ---- the changes ---------------------------------------------------------------------------
+class _Change:
+    """
+    What every change type does. A change type is a frozen dataclass (fields `index` and its
+    TOML keys, ClassVar `kind`) deriving from this: `apply` edits the inputs being built, the
+    rest tell an incremental re-plan (covplan.plan.replan) where the change lies.
+    """
+
+    __slots__ = ()
+    kind: ClassVar[str]
+
+    def apply(self, parts: _Parts, where: str) -> None:
+        """Edit `parts` (centers, cells, closed/added roads); errors start with `where`."""
+        raise NotImplementedError
+
+    def touched_points(self) -> list[tuple[float, float]]:
+        """Lon/lat points the change lies at: the communities around them are touched."""
+        return []
+
+    def touched_center(self) -> tuple[str, str] | None:
+        """(center id, "closed" or "moved") if the change closes or moves a center."""
+        return None
+
+    def changed_roads(self) -> list[tuple[Any, float]] | None:
+        """
+        Where walkable roads change: lon/lat shapes, each with how far (m) from it the changed
+        roads may lie; None if only the base network can locate them.
+        """
+        return []
+
+
 @dataclass(frozen=True, slots=True)
-class AddCenter:
+class AddCenter(_Change):
     """Open a service center at lon/lat (optionally for an existing community)."""
 
     kind: ClassVar[str] = "add_center"
@@ -75,18 +105,44 @@ class AddCenter:
     at: tuple[float, float]            # lon, lat
     community_id: str | None = None
 
+    def apply(self, parts: _Parts, where: str) -> None:
+        _require_near_network(parts.network, *self.at, f"{where}.at")
+        centers = parts.centers
+        if centers is None:
+            centers = gpd.GeoDataFrame({"center_id": pd.Series([], dtype=str)},
+                                       geometry=gpd.GeoSeries([], crs=WGS84), crs=WGS84)
+        if self.center_id in set(centers["center_id"].astype(str)):
+            raise InputError(f"{where}.center_id: a center {self.center_id!r} already exists; "
+                             "pick a new id, or use type = \"move_center\".")
+        point = gpd.GeoSeries(gpd.points_from_xy(*zip(self.at)), crs=WGS84).to_crs(centers.crs)
+        row = {"center_id": self.center_id}
+        if "community_id" in centers.columns or self.community_id is not None:
+            row["community_id"] = self.community_id
+        added = gpd.GeoDataFrame([row], geometry=list(point.values), crs=centers.crs)
+        parts.centers = pd.concat([centers, added], ignore_index=True)
+
+    def touched_points(self) -> list[tuple[float, float]]:
+        return [self.at]
+
 
 @dataclass(frozen=True, slots=True)
-class RemoveCenter:
+class RemoveCenter(_Change):
     """Close a service center."""
 
     kind: ClassVar[str] = "remove_center"
     index: int
     center_id: str
 
+    def apply(self, parts: _Parts, where: str) -> None:
+        ids = _center_ids(parts.centers, self, where)
+        parts.centers = parts.centers[ids != self.center_id].reset_index(drop=True)
+
+    def touched_center(self) -> tuple[str, str] | None:
+        return self.center_id, "closed"
+
 
 @dataclass(frozen=True, slots=True)
-class MoveCenter:
+class MoveCenter(_Change):
     """Move a service center to lon/lat."""
 
     kind: ClassVar[str] = "move_center"
@@ -94,9 +150,23 @@ class MoveCenter:
     center_id: str
     to: tuple[float, float]            # lon, lat
 
+    def apply(self, parts: _Parts, where: str) -> None:
+        ids = _center_ids(parts.centers, self, where)
+        _require_near_network(parts.network, *self.to, f"{where}.to")
+        moved = parts.centers.copy()
+        point = gpd.GeoSeries(gpd.points_from_xy(*zip(self.to)), crs=WGS84).to_crs(moved.crs)
+        moved.loc[(ids == self.center_id).to_numpy(), moved.geometry.name] = point.iloc[0]
+        parts.centers = moved
+
+    def touched_points(self) -> list[tuple[float, float]]:
+        return [self.to]
+
+    def touched_center(self) -> tuple[str, str] | None:
+        return self.center_id, "moved"
+
 
 @dataclass(frozen=True, slots=True)
-class AddResidents:
+class AddResidents(_Change):
     """
     A new estate: `count` residents spread over a polygon by area. ``spread="area"`` gives the
     part over existing cells to those cells and covers the rest with new square cells of
@@ -111,9 +181,38 @@ class AddResidents:
     spread: str = "area"
     cell_size_m: float = 100.0
 
+    def apply(self, parts: _Parts, where: str) -> None:
+        """Spread `count` over the polygon by area: existing cells, then new squares."""
+        cells, work = parts.cells, parts.network.crs
+        polygon = _polygon(self, work, parts.hull, where)
+        geoms = np.asarray(cells.to_crs(work).geometry.values)
+        areal = np.isin(shapely.get_type_id(geoms), (3, 6))
+        hit = np.flatnonzero(areal & shapely.intersects(geoms, polygon))
+        weights = shapely.area(shapely.intersection(geoms[hit], polygon))
+        new_shapes = np.empty(0, dtype=object)
+        if self.spread == "area":
+            rest = polygon.difference(shapely.union_all(geoms[hit])) if len(hit) else polygon
+            new_shapes = _grid_pieces(rest, self.cell_size_m)
+        elif not len(hit) or weights.sum() <= 0:
+            raise InputError(f"changes[{self.index}].polygon: spread = \"cells\" but the polygon "
+                             "covers no existing population cell; use spread = \"area\".")
+        all_weights = np.concatenate([weights, shapely.area(new_shapes)])
+        counts = largest_remainder(self.count * all_weights / all_weights.sum(), self.count)
+        out = cells.copy()
+        out.loc[out.index[hit], "pop"] = out["pop"].to_numpy()[hit] + counts[:len(hit)]
+        extra = counts[len(hit):]
+        if len(new_shapes):
+            new = gpd.GeoDataFrame(
+                {"cell_id": [f"scenario{self.index}-{k:04d}" for k in range(len(new_shapes))],
+                 "pop": extra}, geometry=list(new_shapes), crs=work).to_crs(cells.crs)
+            out = pd.concat([out, new[new["pop"] > 0]], ignore_index=True)
+        logger.info("changes[%d]: %s residents added (%d existing cells, %d new cells)", self.index,
+                    f"{self.count:,}", int((counts[:len(hit)] > 0).sum()), int((extra > 0).sum()))
+        parts.cells, parts.population_changed = out, True
+
 
 @dataclass(frozen=True, slots=True)
-class ScalePopulation:
+class ScalePopulation(_Change):
     """Multiply the residents inside a polygon by `factor` (cells cut by it: their share inside)."""
 
     kind: ClassVar[str] = "scale_population"
@@ -122,9 +221,27 @@ class ScalePopulation:
     polygon: tuple[tuple[float, float], ...] | None = None
     polygon_file: str | None = None
 
+    def apply(self, parts: _Parts, where: str) -> None:
+        cells, work = parts.cells, parts.network.crs
+        polygon = _polygon(self, work, parts.hull, where)
+        geoms = np.asarray(cells.to_crs(work).geometry.values)
+        areal = np.isin(shapely.get_type_id(geoms), (3, 6))
+        share = np.where(areal, 0.0, shapely.within(geoms, polygon).astype(float))
+        hit = np.flatnonzero(areal & shapely.intersects(geoms, polygon))
+        share[hit] = shapely.area(shapely.intersection(geoms[hit], polygon)) / shapely.area(geoms[hit])
+        touched = np.flatnonzero(share > 0)
+        pop = cells["pop"].to_numpy().astype(float)
+        wanted = pop[touched] * (1 + (self.factor - 1) * share[touched])
+        out = cells.copy()
+        out.loc[out.index[touched], "pop"] = largest_remainder(wanted, round(wanted.sum()))
+        logger.info("Scaled %d cells by %g inside the polygon: %s -> %s residents", len(touched),
+                    self.factor, f"{int(pop[touched].sum()):,}",
+                    f"{int(out['pop'].to_numpy()[touched].sum()):,}")
+        parts.cells, parts.population_changed = out, True
+
 
 @dataclass(frozen=True, slots=True)
-class CloseRoad:
+class CloseRoad(_Change):
     """
     Close road segments: between consecutive OSM node ids (`nodes`), every segment a line
     crosses (`line`), the segment nearest a point within `max_distance_m` (`point`), or rows of
@@ -139,9 +256,65 @@ class CloseRoad:
     max_distance_m: float = CLOSE_POINT_M
     edges: tuple[int, ...] = ()
 
+    def apply(self, parts: _Parts, where: str) -> None:
+        parts.closed.append(self.closed_edges(parts.base_network, where))
+
+    def closed_edges(self, network: WalkNetwork, where: str) -> np.ndarray:
+        """Rows of ``network.edges`` the closure removes (at least one, else an error)."""
+        edges = network.edges
+        u, v = edges["u"].to_numpy(), edges["v"].to_numpy()
+        if self.edges:
+            bad = [e for e in self.edges if not 0 <= e < len(edges)]
+            if bad:
+                raise InputError(f"{where}.edges: {bad} are not rows of the network's edge table "
+                                 f"(0..{len(edges) - 1}).")
+            return np.asarray(self.edges, dtype=np.int64)
+        if self.nodes:
+            index = pd.Index(network.node_id)
+            pos = index.get_indexer(list(self.nodes))
+            if (pos < 0).any():
+                missing = [n for n, p in zip(self.nodes, pos) if p < 0]
+                raise InputError(f"{where}.nodes: node id(s) {missing} are not in the walking "
+                                 "network (OSM node ids of the road's ends, as in the OSM file).")
+            found = []
+            for a, b in itertools.pairwise(pos):
+                rows = np.flatnonzero(((u == a) & (v == b)) | ((u == b) & (v == a)))
+                if not len(rows):
+                    raise InputError(f"{where}.nodes: no road segment joins nodes "
+                                     f"{network.node_id[a]} and {network.node_id[b]}; list the "
+                                     "nodes in order along the road.")
+                found.append(rows)
+            return np.unique(np.concatenate(found))
+        geoms = np.asarray(edges.geometry.values)
+        tree = shapely.STRtree(geoms)
+        if self.line:
+            line = gpd.GeoSeries([shapely.LineString(self.line)], crs=WGS84).to_crs(network.crs).iloc[0]
+            rows = tree.query(line, predicate="intersects")
+            if not len(rows):
+                raise InputError(f"{where}.line: the line crosses no walkable way; draw it across "
+                                 "the road to close (lon/lat, longitude first).")
+            return np.unique(rows)
+        x, y = _lonlat_to(network, *self.point)
+        rows = tree.query_nearest(shapely.Point(x, y), max_distance=self.max_distance_m)
+        if not len(rows):
+            raise InputError(f"{where}.point: no walkable way within {self.max_distance_m:g} m of "
+                             f"{list(self.point)}; move the point onto the road or raise "
+                             "max_distance_m.")
+        return np.unique(rows)[:1]
+
+    def touched_points(self) -> list[tuple[float, float]]:
+        return list(self.line) + ([self.point] if self.point else [])
+
+    def changed_roads(self) -> list[tuple[Any, float]] | None:
+        if self.edges or self.nodes:
+            return None
+        if self.line:
+            return [(shapely.LineString(self.line), 0.0)]
+        return [(shapely.Point(self.point), self.max_distance_m)]
+
 
 @dataclass(frozen=True, slots=True)
-class AddLink:
+class AddLink(_Change):
     """A new walkable link (footbridge, crossing) between the nodes nearest two lon/lat points."""
 
     kind: ClassVar[str] = "add_link"
@@ -151,6 +324,34 @@ class AddLink:
     length_m: float | None = None      # None: the straight line between the two nodes
     highway: str = "footway"
     name: str = ""
+
+    def apply(self, parts: _Parts, where: str) -> None:
+        parts.links.append((self, where))      # its edge is made after all changes (see _Parts)
+
+    def edge(self, network: WalkNetwork, where: str) -> dict[str, Any]:
+        """The new edge (node indices, length, geometry) the link adds."""
+        ends = []
+        for key, (lon, lat) in (("from", self.start), ("to", self.end)):
+            x, y = _lonlat_to(network, lon, lat)
+            snap = snap_points(network, np.array([x]), np.array([y]), max_access_m=LINK_SNAP_M)
+            if snap.off_network[0]:
+                raise InputError(f"{where}.{key}: [{lon}, {lat}] lies more than {LINK_SNAP_M:g} m "
+                                 "from every network node; a link must join the existing network.")
+            ends.append(int(snap.node[0]))
+        a, b = ends
+        if a == b:
+            raise InputError(f"{where}: both ends snap to the same network node; the link would "
+                             "join nothing. Move `from` and `to` apart.")
+        straight = float(np.hypot(network.x[a] - network.x[b], network.y[a] - network.y[b]))
+        return {"u": a, "v": b, "length_m": self.length_m or straight, "highway": self.highway,
+                "geometry": shapely.LineString([(network.x[a], network.y[a]),
+                                                (network.x[b], network.y[b])])}
+
+    def touched_points(self) -> list[tuple[float, float]]:
+        return [self.start, self.end]
+
+    def changed_roads(self) -> list[tuple[Any, float]] | None:
+        return [(shapely.LineString([self.start, self.end]), 0.0)]
 
 
 Change = AddCenter | RemoveCenter | MoveCenter | AddResidents | ScalePopulation | CloseRoad | AddLink
@@ -580,59 +781,53 @@ def apply_scenario(inputs: ScenarioInputs, scenario: Scenario) -> ScenarioInputs
     label = scenario._label()
     config = scenario.config(inputs.config)
     network = inputs.network.with_walk_speed(config.walk_speed_kmh)
-    hull = shapely.convex_hull(shapely.multipoints(np.column_stack([network.x, network.y])))
-    centers = None if inputs.centers is None else inputs.centers.copy()
-    cells = inputs.population.cells
-    population_changed = False
-    closures: list[np.ndarray] = []
-    links: list[AddLink] = []
+    parts = _Parts(
+        base_network=inputs.network, network=network,
+        hull=shapely.convex_hull(shapely.multipoints(np.column_stack([network.x, network.y]))),
+        centers=None if inputs.centers is None else inputs.centers.copy(),
+        cells=inputs.population.cells)
     for change in scenario.changes:
-        where = f"{label}: changes[{change.index}]"
-        if isinstance(change, (AddCenter, RemoveCenter, MoveCenter)):
-            centers = _change_centers(centers, change, network, where)
-        elif isinstance(change, (AddResidents, ScalePopulation)):
-            polygon = _polygon(change, network.crs, hull, where)
-            cells = (_add_residents(cells, change, polygon, network.crs) if isinstance(change, AddResidents)
-                     else _scale_population(cells, change.factor, polygon, network.crs))
-            population_changed = True
-        elif isinstance(change, CloseRoad):
-            closures.append(_closed_edges(inputs.network, change, where))
-        else:
-            links.append(change)
-    if closures or links:
-        network = _rebuild_network(network, np.concatenate(closures) if closures else np.zeros(0, int),
-                                   [_link_edge(network, link, f"{label}: changes[{link.index}]")
-                                    for link in links])
+        change.apply(parts, f"{label}: changes[{change.index}]")
+    if parts.closed or parts.links:
+        network = _rebuild_network(
+            network, np.concatenate(parts.closed) if parts.closed else np.zeros(0, int),
+            [link.edge(network, where) for link, where in parts.links])
     population = inputs.population
-    if population_changed:
+    if parts.population_changed:
+        cells = parts.cells
         if int(cells["pop"].sum()) == 0:
             raise InputError(f"{label}: the changes leave no residents at all; nothing to plan.")
         population = Population.from_frame(cells, population_column="pop", id_column="cell_id")
         logger.info("Scenario population: %s residents (base %s)", f"{population.total:,}",
                     f"{inputs.population.total:,}")
     districts = inputs.districts if scenario.use_districts else None
-    return ScenarioInputs(network=network, population=population, centers=centers,
+    return ScenarioInputs(network=network, population=population, centers=parts.centers,
                           communities=inputs.communities, districts=districts, config=config,
                           layers=dict(inputs.layers))
 
 
+@dataclass(slots=True, eq=False)
+class _Parts:
+    """
+    The inputs `apply_scenario` builds, which each change's `apply` edits in file order. Road
+    changes are only collected: the network is rebuilt once after all changes, without the
+    closed rows of `base_network` and with the links' edges (found then, on `network`).
+    """
+
+    base_network: WalkNetwork          # as loaded: closures refer to its edge rows
+    network: WalkNetwork               # at the scenario's walking speed
+    hull: Any                          # convex hull of the network nodes: "inside the city"
+    centers: gpd.GeoDataFrame | None
+    cells: gpd.GeoDataFrame
+    population_changed: bool = False
+    closed: list[np.ndarray] = field(default_factory=list)                # edge rows to drop
+    links: list[tuple[AddLink, str]] = field(default_factory=list)       # links to add, `where`
+
+
 # ---- centers -------------------------------------------------------------------------------
-def _change_centers(centers: gpd.GeoDataFrame | None, change: Change, network: WalkNetwork,
-                    where: str) -> gpd.GeoDataFrame:
-    if isinstance(change, AddCenter):
-        _require_near_network(network, *change.at, f"{where}.at")
-        if centers is None:
-            centers = gpd.GeoDataFrame({"center_id": pd.Series([], dtype=str)},
-                                       geometry=gpd.GeoSeries([], crs=WGS84), crs=WGS84)
-        if change.center_id in set(centers["center_id"].astype(str)):
-            raise InputError(f"{where}.center_id: a center {change.center_id!r} already exists; "
-                             "pick a new id, or use type = \"move_center\".")
-        point = gpd.GeoSeries(gpd.points_from_xy(*zip(change.at)), crs=WGS84).to_crs(centers.crs)
-        row = {"center_id": change.center_id}
-        if "community_id" in centers.columns or change.community_id is not None:
-            row["community_id"] = change.community_id
-        added = gpd.GeoDataFrame([row], geometry=list(point.values), crs=centers.crs)
-        return pd.concat([centers, added], ignore_index=True)
+def _center_ids(centers: gpd.GeoDataFrame | None, change: RemoveCenter | MoveCenter,
+                where: str) -> pd.Series:
+    """The base centers' ids, checked to hold the center `change` closes or moves."""
     if centers is None or len(centers) == 0:
         raise InputError(f"{where}.center_id: the base has no centers to {change.kind.split('_')[0]}.")
     ids = centers["center_id"].astype(str)
@@ -641,13 +836,7 @@ def _change_centers(centers: gpd.GeoDataFrame | None, change: Change, network: W
         raise InputError(f"{where}.center_id: no center {change.center_id!r} among the "
                          f"{len(ids)} base centers" + (f" (close: {', '.join(hint)})" if hint else "")
                          + "; check the id against the centers file.")
-    if isinstance(change, RemoveCenter):
-        return centers[ids != change.center_id].reset_index(drop=True)
-    _require_near_network(network, *change.to, f"{where}.to")
-    moved = centers.copy()
-    point = gpd.GeoSeries(gpd.points_from_xy(*zip(change.to)), crs=WGS84).to_crs(centers.crs)
-    moved.loc[(ids == change.center_id).to_numpy(), moved.geometry.name] = point.iloc[0]
-    return moved
+    return ids
 
 
 def _lonlat_to(network: WalkNetwork, lon: float, lat: float) -> tuple[float, float]:
@@ -692,36 +881,6 @@ def _polygon(change: AddResidents | ScalePopulation, crs: pyproj.CRS, hull, wher
     return shape
 
 
-def _add_residents(cells: gpd.GeoDataFrame, change: AddResidents, polygon,
-                   work: pyproj.CRS) -> gpd.GeoDataFrame:
-    """Spread `change.count` over the polygon by area: existing cells, then new squares."""
-    cells_w = cells.to_crs(work)
-    geoms = np.asarray(cells_w.geometry.values)
-    areal = np.isin(shapely.get_type_id(geoms), (3, 6))
-    hit = np.flatnonzero(areal & shapely.intersects(geoms, polygon))
-    weights = shapely.area(shapely.intersection(geoms[hit], polygon))
-    new_shapes = np.empty(0, dtype=object)
-    if change.spread == "area":
-        rest = polygon.difference(shapely.union_all(geoms[hit])) if len(hit) else polygon
-        new_shapes = _grid_pieces(rest, change.cell_size_m)
-    elif not len(hit) or weights.sum() <= 0:
-        raise InputError(f"changes[{change.index}].polygon: spread = \"cells\" but the polygon "
-                         "covers no existing population cell; use spread = \"area\".")
-    all_weights = np.concatenate([weights, shapely.area(new_shapes)])
-    counts = largest_remainder(change.count * all_weights / all_weights.sum(), change.count)
-    out = cells.copy()
-    out.loc[out.index[hit], "pop"] = out["pop"].to_numpy()[hit] + counts[:len(hit)]
-    extra = counts[len(hit):]
-    if len(new_shapes):
-        new = gpd.GeoDataFrame(
-            {"cell_id": [f"scenario{change.index}-{k:04d}" for k in range(len(new_shapes))],
-             "pop": extra}, geometry=list(new_shapes), crs=work).to_crs(cells.crs)
-        out = pd.concat([out, new[new["pop"] > 0]], ignore_index=True)
-    logger.info("changes[%d]: %s residents added (%d existing cells, %d new cells)", change.index,
-                f"{change.count:,}", int((counts[:len(hit)] > 0).sum()), int((extra > 0).sum()))
-    return out
-
-
 def _grid_pieces(area, size_m: float) -> np.ndarray:
     """Squares of a grid aligned to multiples of `size_m`, clipped to `area` (crumbs dropped)."""
     if area.is_empty:
@@ -741,87 +900,7 @@ def _polygonal(shape):
     return shapely.union_all(parts[np.isin(shapely.get_type_id(parts), (3, 6))])
 
 
-def _scale_population(cells: gpd.GeoDataFrame, factor: float, polygon,
-                      work: pyproj.CRS) -> gpd.GeoDataFrame:
-    cells_w = cells.to_crs(work)
-    geoms = np.asarray(cells_w.geometry.values)
-    areal = np.isin(shapely.get_type_id(geoms), (3, 6))
-    share = np.where(areal, 0.0, shapely.within(geoms, polygon).astype(float))
-    hit = np.flatnonzero(areal & shapely.intersects(geoms, polygon))
-    share[hit] = shapely.area(shapely.intersection(geoms[hit], polygon)) / shapely.area(geoms[hit])
-    touched = np.flatnonzero(share > 0)
-    pop = cells["pop"].to_numpy().astype(float)
-    wanted = pop[touched] * (1 + (factor - 1) * share[touched])
-    out = cells.copy()
-    out.loc[out.index[touched], "pop"] = largest_remainder(wanted, round(wanted.sum()))
-    logger.info("Scaled %d cells by %g inside the polygon: %s -> %s residents", len(touched),
-                factor, f"{int(pop[touched].sum()):,}", f"{int(out['pop'].to_numpy()[touched].sum()):,}")
-    return out
-
-
 # ---- network -------------------------------------------------------------------------------
-def _closed_edges(network: WalkNetwork, change: CloseRoad, where: str) -> np.ndarray:
-    """Rows of ``network.edges`` the closure removes (at least one, else an error)."""
-    edges = network.edges
-    u, v = edges["u"].to_numpy(), edges["v"].to_numpy()
-    if change.edges:
-        bad = [e for e in change.edges if not 0 <= e < len(edges)]
-        if bad:
-            raise InputError(f"{where}.edges: {bad} are not rows of the network's edge table "
-                             f"(0..{len(edges) - 1}).")
-        return np.asarray(change.edges, dtype=np.int64)
-    if change.nodes:
-        index = pd.Index(network.node_id)
-        pos = index.get_indexer(list(change.nodes))
-        if (pos < 0).any():
-            missing = [n for n, p in zip(change.nodes, pos) if p < 0]
-            raise InputError(f"{where}.nodes: node id(s) {missing} are not in the walking network "
-                             "(OSM node ids of the road's ends, as in the OSM file).")
-        found = []
-        for a, b in itertools.pairwise(pos):
-            rows = np.flatnonzero(((u == a) & (v == b)) | ((u == b) & (v == a)))
-            if not len(rows):
-                raise InputError(f"{where}.nodes: no road segment joins nodes "
-                                 f"{network.node_id[a]} and {network.node_id[b]}; list the "
-                                 "nodes in order along the road.")
-            found.append(rows)
-        return np.unique(np.concatenate(found))
-    geoms = np.asarray(edges.geometry.values)
-    tree = shapely.STRtree(geoms)
-    if change.line:
-        line = gpd.GeoSeries([shapely.LineString(change.line)], crs=WGS84).to_crs(network.crs).iloc[0]
-        rows = tree.query(line, predicate="intersects")
-        if not len(rows):
-            raise InputError(f"{where}.line: the line crosses no walkable way; draw it across "
-                             "the road to close (lon/lat, longitude first).")
-        return np.unique(rows)
-    x, y = _lonlat_to(network, *change.point)
-    rows = tree.query_nearest(shapely.Point(x, y), max_distance=change.max_distance_m)
-    if not len(rows):
-        raise InputError(f"{where}.point: no walkable way within {change.max_distance_m:g} m of "
-                         f"{list(change.point)}; move the point onto the road or raise max_distance_m.")
-    return np.unique(rows)[:1]
-
-
-def _link_edge(network: WalkNetwork, link: AddLink, where: str) -> dict[str, Any]:
-    """The new edge (node indices, length, geometry) a link adds."""
-    ends = []
-    for key, (lon, lat) in (("from", link.start), ("to", link.end)):
-        x, y = _lonlat_to(network, lon, lat)
-        snap = snap_points(network, np.array([x]), np.array([y]), max_access_m=LINK_SNAP_M)
-        if snap.off_network[0]:
-            raise InputError(f"{where}.{key}: [{lon}, {lat}] lies more than {LINK_SNAP_M:g} m "
-                             "from every network node; a link must join the existing network.")
-        ends.append(int(snap.node[0]))
-    a, b = ends
-    if a == b:
-        raise InputError(f"{where}: both ends snap to the same network node; the link would "
-                         "join nothing. Move `from` and `to` apart.")
-    straight = float(np.hypot(network.x[a] - network.x[b], network.y[a] - network.y[b]))
-    return {"u": a, "v": b, "length_m": link.length_m or straight, "highway": link.highway,
-            "geometry": shapely.LineString([(network.x[a], network.y[a]), (network.x[b], network.y[b])])}
-
-
 def _rebuild_network(network: WalkNetwork, closed: np.ndarray, added: list[dict[str, Any]]) -> WalkNetwork:
     """The network without the `closed` edge rows and with `added` edges (both directions)."""
     out = network.with_edges(drop=closed, add=pd.DataFrame(

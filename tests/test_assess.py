@@ -48,8 +48,11 @@ def test_coverage_by_hand_on_grid(grid5):
     nearest_ok = (rows + cols <= 3) | (abs(rows - 2) + abs(cols - 3) <= 3)
     summary = result.summary()
     assert summary["population_total"] == 250
-    assert summary["population_covered"] == 10 * nearest_ok.sum()
-    assert summary["population_covered_own"] == 10 * (west_ok | east_ok).sum()
+    # Covered: within the limit of their own community's center; the nearest center apart.
+    assert summary["population_covered"] == 10 * (west_ok | east_ok).sum()
+    assert summary["coverage_share"] == pytest.approx(10 * (west_ok | east_ok).sum() / 250)
+    assert summary["population_beyond_nearest"] == 250 - 10 * nearest_ok.sum()
+    assert summary["nearest_center_share"] == pytest.approx(10 * nearest_ok.sum() / 250)
     pop_within = result.centers.set_index("center_id")["pop_within"]
     assert pop_within["W"] == 10 * (rows + cols <= 3).sum()
     assert pop_within["E"] == 10 * (abs(rows - 2) + abs(cols - 3) <= 3).sum()
@@ -60,7 +63,7 @@ def test_units_keep_everyone_and_come_back_in_input_crs(grid5):
     result = assess_coverage(net, population.to_crs(4326), centers, communities=communities)
     assert result.units.crs.to_epsg() == 4326
     assert result.units["pop"].sum() == 250
-    assert result.summary()["coverage_share_own"] == pytest.approx(1.0)
+    assert result.summary()["coverage_share"] == pytest.approx(1.0)
 
 
 def test_demo_city_coverage_matches_independent_networkx():
@@ -98,5 +101,6 @@ def test_demo_city_coverage_matches_independent_networkx():
         t = np.array([dist.get(u, np.inf) for u in unit_node])
         best = np.minimum(best, (t + 1.3 * (cd + unit_d)) / speed)
     covered_pop = int(city.population["population"].to_numpy()[best <= 15].sum())
-    assert result.summary()["population_covered"] == covered_pop
+    summary = result.summary()
+    assert summary["population_total"] - summary["population_beyond_nearest"] == covered_pop
     assert result.summary()["population_total"] == int(city.population["population"].sum())

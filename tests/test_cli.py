@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import geopandas as gpd
 import osmnx as ox
@@ -38,7 +41,7 @@ def test_demo_writes_map_and_geopackage(tmp_path):
     assert len(communities) == 69
     summary = json.loads((out / "asis.json").read_text())
     assert summary["population_total"] == communities["pop"].sum()
-    assert 0 < summary["coverage_share_own"] < 1
+    assert 0 < summary["coverage_share"] < 1
     html = (out / "map.html").read_text()
     assert "communities" in html and "OpenStreetMap contributors" in html
     # The replay is written as a scenario that `covplan plan --scenario` can repeat.
@@ -227,3 +230,36 @@ def test_site_needs_communities_or_a_budget(tmp_path, grid_files, capsys):
     assert main(["site", "--network", str(network), "--population", str(population),
                  "--out", str(tmp_path / "x")]) == 2
     assert "--communities" in capsys.readouterr().err
+
+
+# ---- parsing stays light -------------------------------------------------------------------
+_HEAVY = ("geopandas", "ortools", "shapely", "pandas", "scipy", "folium", "osmnx")
+_LIGHT_CHECK = f"""
+import contextlib, io, json, sys
+import covplan, covplan.cli
+
+heavy = {_HEAVY!r}
+loaded = {{"import": [m for m in heavy if m in sys.modules]}}
+covplan.cli._build_parser()
+loaded["parser"] = [m for m in heavy if m in sys.modules]
+for argv in (["--help"], ["demo", "--help"], ["plan", "--help"], ["coverage", "--help"],
+             ["site", "--help"], ["isochrones", "--help"], ["compare", "--help"],
+             ["bench", "plan", "--help"], ["bench", "reach", "--help"]):
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            covplan.cli.main(argv)
+        except SystemExit as exc:
+            assert exc.code == 0, (argv, exc.code)
+    loaded[" ".join(argv)] = [m for m in heavy if m in sys.modules]
+print(json.dumps(loaded))
+"""
+
+
+def test_help_loads_no_geodata_or_solver_library(tmp_path):
+    """`import covplan`, building the parser and every --help load none of the heavy libraries."""
+    done = subprocess.run([sys.executable, "-c", _LIGHT_CHECK], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONSAFEPATH": "1"}, check=False)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout)
+    assert "--help" in loaded and "bench reach --help" in loaded
+    assert loaded == {step: [] for step in loaded}

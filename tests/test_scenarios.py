@@ -346,3 +346,21 @@ def test_change_dataclasses_are_frozen(tmp_path):
         change.center_id = "S01"
     assert isinstance(load_scenario(EXAMPLES / "new_estate.toml").changes[0], AddResidents)
 
+
+
+def test_each_change_type_applies_itself_and_says_where_it_lies():
+    """A change type is one class: `apply`, and where re-planning looks (replan.py asks it)."""
+    from covplan.scenarios import _CHANGE_TYPES, _Change
+
+    for cls in _CHANGE_TYPES.values():
+        assert issubclass(cls, _Change) and cls.apply is not _Change.apply, cls.kind
+    link = AddLink(0, (1.0, 2.0), (3.0, 4.0))
+    assert link.touched_points() == [(1.0, 2.0), (3.0, 4.0)] and link.touched_center() is None
+    [(shape, slack)] = link.changed_roads()
+    assert shape.equals(shapely.LineString([(1, 2), (3, 4)])) and slack == 0
+    closed = CloseRoad(1, point=(1.0, 2.0), max_distance_m=30.0)
+    assert closed.touched_points() == [(1.0, 2.0)] and closed.changed_roads()[0][1] == 30.0
+    assert CloseRoad(2, nodes=(5, 6)).changed_roads() is None     # only the base network knows
+    removed = RemoveCenter(3, "S1")
+    assert removed.touched_center() == ("S1", "closed") and removed.touched_points() == []
+    assert AddResidents(4, 10, polygon=((0, 0), (1, 0), (1, 1))).changed_roads() == []

@@ -102,8 +102,9 @@ class SuiteResult:
                 f"{_pct(r.stability, 0)} | {_num(r.time_s, 1)} |")
         lines += [f"\nSkipped {city}: {why}" for city, why in self.skipped.items()]
         lines.append("\nOne evaluator for every row (each region gets its best center; walks "
-                     "beyond the limit measured up to 60 min). Ceilings: residents who reach any "
-                     "site, and residents not forced undersized by the walking rule "
+                     "beyond the limit measured up to 60 min). Coverage: residents within the "
+                     "limit of their own region's center / all residents. Ceilings: residents "
+                     "who reach any site, and residents not forced undersized by the walking rule "
                      "(covplan.solve.bounds); a partition that breaks the walking rule can pass the "
                      "latter. "
                      "Smallest regular: the smallest community that is not an exception (all "
@@ -272,7 +273,7 @@ def _row(city: str, mode: str, instance: PlanInstance, labels: np.ndarray, time_
     report = plan.report
     return {"city": city, "mode": mode, "residents": s.population_total,
             "units": len(instance.reach.pop), "communities": s.communities,
-            "coverage": s.coverage_share_of_total,
+            "coverage": s.coverage_share,
             **{key: report[key] for key in CEILINGS},
             "within_tolerance_pop_share": s.within_tolerance_pop_share,
             "within_band": round(s.within_tolerance_share * s.communities),

@@ -19,6 +19,7 @@ import networkx as nx
 import numpy as np
 import shapely
 from covplan.errors import InputError
+from covplan.inputs.areas import label_units
 from pyproj import Geod, Transformer
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -192,8 +193,8 @@ def demo_summary(city: DemoCity) -> dict[str, int]:
     cells = city.population.to_crs(city.work_crs)
     points = gpd.GeoDataFrame({"population": cells["population"].to_numpy()},
                               geometry=cells.centroid, crs=city.work_crs)
-    joined = points.sjoin(city.communities.to_crs(city.work_crs), predicate="within")
-    sizes = joined.groupby("community_id")["population"].sum()
+    points["community_id"] = label_units(points, city.communities, id_column="community_id")
+    sizes = points.groupby("community_id")["population"].sum()
     G = city.graph
     lonlat = {node: (data["x"], data["y"]) for node, data in G.nodes(data=True)}
     segments = shapely.linestrings([[lonlat[u], lonlat[v]] for u, v in G.edges() if u < v])

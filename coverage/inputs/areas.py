@@ -6,9 +6,17 @@ import logging
 import os
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
-from covplan._validate import describe, require_crs, require_file, require_not_empty
-from covplan.errors import DataSourceError, InputError
+import shapely
+from covplan._validate import (
+    describe,
+    require_columns,
+    require_crs,
+    require_file,
+    require_not_empty,
+)
+from covplan.errors import CRSError, DataSourceError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -114,3 +122,70 @@ def _require_polygons(frame: gpd.GeoDataFrame, name: str) -> None:
                f"(e.g. rows {list(frame.index[wrong][:5])}).")
         raise InputError(msg)
 
+
+
+def label_units(points: gpd.GeoDataFrame | gpd.GeoSeries,
+                polygons: gpd.GeoDataFrame | gpd.GeoSeries, *,
+                id_column: str | None = None) -> np.ndarray:
+    """
+    The polygon each point lies in: the one point-in-polygon rule of the package.
+
+    Every labelling of points by areas (units or centers by communities, units or candidate
+    sites by districts) goes through here, so the as-is report and the planner agree on
+    every unit, including one on a shared border.
+
+    Parameters
+    ----------
+    points
+        Point geometries (null or empty ones lie in no polygon).
+    polygons
+        Polygons, reprojected to the CRS of `points` when it differs.
+    id_column
+        A column of `polygons`; when given, return its values instead of positions.
+
+    Returns
+    -------
+    numpy.ndarray
+        Per point, in the order of `points`: the row position (int64) in `polygons` of the
+        polygon containing it, boundary included, or -1 in none. A point on a border shared
+        by several polygons, or in an overlap, gets the first of them in `polygons`' order.
+        With `id_column`, the value of that column (object array), None in none.
+
+    Raises
+    ------
+    CRSError
+        If one input has a CRS and the other has none.
+    InputError
+        If `points` holds other geometries than points, or `id_column` is missing.
+    """
+    pts = points.geometry
+    shapes = polygons.geometry
+    if id_column is not None:
+        if not isinstance(polygons, gpd.GeoDataFrame):
+            msg = f"id_column '{id_column}' needs polygons as a GeoDataFrame, got a GeoSeries."
+            raise InputError(msg)
+        require_columns(polygons, [id_column], name="polygons")
+    kinds = set(pts.dropna().geom_type) - {"Point"}
+    if kinds:
+        msg = f"label_units labels points; got {sorted(kinds)} (use a representative point)."
+        raise InputError(msg)
+    if (pts.crs is None) != (shapes.crs is None):
+        msg = (f"points and polygons must both have a CRS or both have none; got "
+               f"{pts.crs!r} and {shapes.crs!r}.")
+        raise CRSError(msg)
+    if shapes.crs is not None and shapes.crs != pts.crs:
+        shapes = shapes.to_crs(pts.crs)
+    point_idx, polygon_idx = shapely.STRtree(np.asarray(shapes.values)).query(
+        np.asarray(pts.values), predicate="intersects")   # intersects: the boundary counts
+    # Ties go to the first polygon in input order: unlike a sort by id it is defined for any
+    # ids (absent, mixed types, "C10" sorting before "C2"), the caller controls it, and it is
+    # what the position-based callers (planner, districts) need without a second lookup.
+    label = np.full(len(pts), len(shapes), dtype=np.int64)
+    np.minimum.at(label, point_idx, polygon_idx)
+    label[label == len(shapes)] = -1
+    if id_column is None:
+        return label
+    ids = np.full(len(label), None, dtype=object)
+    inside = label >= 0
+    ids[inside] = polygons[id_column].to_numpy(dtype=object)[label[inside]]
+    return ids

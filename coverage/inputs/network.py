@@ -26,6 +26,7 @@ import pyproj
 import shapely
 from covplan._progress import progress_bar
 from covplan._validate import describe, require_file, require_positive, require_projected
+from covplan.defaults import DEFAULT_WALK_SPEED_KMH, MAX_WALK_SPEED_KMH
 from covplan.errors import CRSError, DataSourceError, InputError
 from covplan.inputs.crs import WGS84, local_metric_crs
 from scipy import sparse
@@ -34,12 +35,10 @@ from scipy.sparse import csgraph
 if TYPE_CHECKING:
     from shapely.geometry import Polygon
 
-__all__ = ["DEFAULT_WALK_SPEED_KMH", "WalkNetwork", "load_network"]
+__all__ = ["DEFAULT_WALK_SPEED_KMH", "WalkNetwork", "as_walk_network", "load_network"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WALK_SPEED_KMH = 4.5
-MAX_WALK_SPEED_KMH = 30.0
 MIN_ARC_LENGTH_M = 0.01  # zero-length arcs (duplicate coordinates) would vanish in scipy graphs
 OSM_SUFFIXES = (".osm.pbf", ".pbf", ".osm", ".osm.xml", ".xml", ".osm.bz2", ".osm.gz")
 GRAPHML_SUFFIXES = (".graphml",)
@@ -229,6 +228,45 @@ class WalkNetwork:
             {"node": np.arange(self.n_nodes), "node_id": self.node_id, "component": self.component},
             geometry=gpd.points_from_xy(self.x, self.y), crs=self.crs)
 
+    def to_networkx(self) -> nx.MultiDiGraph:
+        """
+        The network as an osmnx-style networkx graph, e.g. for osmnx or networkx algorithms.
+
+        A MultiDiGraph, as osmnx builds: one directed edge per walkable direction (arc), so a
+        two-way street is a pair of opposite edges, and parallel streets of different length
+        are parallel edges.
+
+        Returns
+        -------
+        networkx.MultiDiGraph
+            Nodes keyed by `node_id` (OSM ids, or 0..n-1) with `x`, `y` in this network's CRS
+            and `component`. Edges u -> v carry `length` (metres), `minutes` (walking time at
+            `walk_speed_kmh`), `highway`, `edge` (row of `edges`) and a LineString `geometry`
+            running from u to v. Graph attributes: `crs` (this network's `crs`) and
+            `walk_speed_kmh`. ``load_network(G, crs=net.crs)`` rebuilds an equal network
+            (the same nodes, edges and lengths); a directed network comes back walkable both
+            ways, as every graph does.
+        """
+        tails = np.repeat(np.arange(self.n_nodes), np.diff(self.indptr))
+        heads = self.indices.astype(np.int64)
+        u_of_edge = self.edges["u"].to_numpy()
+        geoms = np.asarray(self.edges.geometry.values)[self.arc_edge]
+        backward = tails != u_of_edge[self.arc_edge]   # arcs walking an edge from v to u
+        geoms[backward] = shapely.reverse(geoms[backward])
+        highway = self.edges["highway"].to_numpy(dtype=object)[self.arc_edge]
+        minutes = self.length_m / self.speed_m_per_min
+        ids = self.node_id.tolist()
+        G = nx.MultiDiGraph(crs=self.crs, walk_speed_kmh=self.walk_speed_kmh)
+        G.add_nodes_from((ids[i], {"x": float(self.x[i]), "y": float(self.y[i]),
+                                   "component": int(self.component[i])})
+                         for i in range(self.n_nodes))
+        G.add_edges_from(
+            (ids[t], ids[h], {"length": float(length), "minutes": float(mins), "highway": hw,
+                              "edge": int(e), "geometry": geom})
+            for t, h, length, mins, hw, e, geom in zip(
+                tails, heads, self.length_m, minutes, highway, self.arc_edge, geoms, strict=True))
+        return G
+
     # ---- constructors --------------------------------------------------------------------
     @classmethod
     def from_osm(cls, path: str | os.PathLike[str], *, crs: pyproj.CRS | str | None = None,
@@ -356,10 +394,21 @@ def load_network(source: WalkNetwork | nx.Graph | str | os.PathLike[str], *,
     progress
         Show a progress bar while reading OSM files.
 
+    Returns
+    -------
+    WalkNetwork
+        The walkable network in the working CRS.
+
     Raises
     ------
     DataSourceError
         If the file is missing, unreadable or has an unknown suffix.
+    TypeError
+        If `source` is neither a path, a networkx graph nor a WalkNetwork.
+    InputError
+        If no edge or way is walkable, a node lacks coordinates, or the speed is out of range.
+    CRSError
+        If a graph has no CRS, or `crs` is not projected in metres.
     """
     if isinstance(source, WalkNetwork):
         net = source if crs is None else source.to_crs(crs)
@@ -380,6 +429,39 @@ def load_network(source: WalkNetwork | nx.Graph | str | os.PathLike[str], *,
            f"accepted suffixes are {', '.join(OSM_SUFFIXES + GRAPHML_SUFFIXES)}. Rename the file "
            "or call WalkNetwork.from_osm / from_graphml directly.")
     raise DataSourceError(msg)
+
+
+def as_walk_network(obj: WalkNetwork | nx.Graph) -> WalkNetwork:
+    """
+    The WalkNetwork for what an entry point was given: a WalkNetwork or an osmnx/networkx graph.
+
+    Parameters
+    ----------
+    obj
+        A WalkNetwork, returned unchanged, or a networkx graph in osmnx convention (node `x`,
+        `y` in ``G.graph['crs']``), converted as `load_network` converts graphs: same tag
+        rules, working CRS the local UTM zone, default walking speed.
+
+    Returns
+    -------
+    WalkNetwork
+
+    Raises
+    ------
+    TypeError
+        If `obj` is neither; files and paths go through `load_network`.
+    CRSError
+        If the graph has no CRS.
+    InputError
+        If graph nodes lack coordinates or no edge is walkable.
+    """
+    if isinstance(obj, WalkNetwork):
+        return obj
+    if isinstance(obj, nx.Graph):
+        return load_network(obj)
+    msg = (f"`network` must be a WalkNetwork or a networkx/osmnx graph, got "
+           f"{type(obj).__name__}; read files with `load_network(path)` first.")
+    raise TypeError(msg)
 
 
 # ---- OSM files -----------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from covplan.inputs.crs import local_metric_crs
 if TYPE_CHECKING:
     import pyproj
 
-__all__ = ["Population", "load_population"]
+__all__ = ["Population", "as_population", "load_population"]
 
 logger = logging.getLogger(__name__)
 
@@ -351,10 +351,37 @@ def load_population(source: Any, *, population_column: str | None = None,
     `crs` in `kwargs`); a path ending .tif/.tiff to `from_raster` (`band` in `kwargs`),
     .csv/.csv.gz to `from_csv`, anything else to `from_file`.
 
+    Parameters
+    ----------
+    source
+        A Population, GeoDataFrame, DataFrame, or a path to a vector file, CSV or GeoTIFF.
+    population_column
+        Column of counts; None detects it as described in `Population.from_frame` (not for
+        rasters).
+    layer
+        Layer of a multi-layer vector file.
+    id_column
+        Column of unique cell ids; None detects one or numbers the rows.
+    **kwargs
+        Passed to the loader chosen: `h3_column`, `lon_column`, `lat_column`, `crs` for
+        tables and CSVs, `band` for rasters.
+
+    Returns
+    -------
+    Population
+        Cells and one unit per populated cell, in the source's CRS.
+
     Raises
     ------
     TypeError
         If `source` is none of these.
+    InputError
+        If the population column is missing or ambiguous (the choices are listed), a count is
+        invalid, or options do not apply to the source.
+    CRSError
+        If the data has no CRS.
+    DataSourceError
+        If a file is missing or cannot be read.
     """
     if isinstance(source, Population):
         return source
@@ -381,6 +408,44 @@ def load_population(source: Any, *, population_column: str | None = None,
                                    id_column=id_column, **kwargs)
     return Population.from_file(source, layer=layer, population_column=population_column,
                                 id_column=id_column, **kwargs)
+
+
+def as_population(obj: Population | gpd.GeoDataFrame, *,
+                  population_column: str | None = None) -> Population:
+    """
+    The Population for what an entry point was given: a Population or a GeoDataFrame of cells.
+
+    Parameters
+    ----------
+    obj
+        A Population, returned unchanged (`population_column` is then not used), or a
+        GeoDataFrame of polygon or point cells with a CRS, converted as `load_population`
+        converts GeoDataFrames (`Population.from_frame`); its CRS stays the population's CRS.
+    population_column
+        Column of counts in the GeoDataFrame; None detects it by name, and raises rather than
+        guess when several columns could hold it.
+
+    Returns
+    -------
+    Population
+
+    Raises
+    ------
+    TypeError
+        If `obj` is neither; files and tables go through `load_population`.
+    InputError
+        If the population column is missing or ambiguous (the error lists the choices), or a
+        count or geometry is invalid.
+    CRSError
+        If the GeoDataFrame has no CRS.
+    """
+    if isinstance(obj, Population):
+        return obj
+    if isinstance(obj, gpd.GeoDataFrame):
+        return load_population(obj, population_column=population_column)
+    msg = (f"`population` must be a Population or a GeoDataFrame, got {type(obj).__name__}; "
+           "read files and tables with `load_population(...)` first.")
+    raise TypeError(msg)
 
 
 # --- building cells ------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import scipy.sparse
 import shapely
 from covplan._validate import require_columns, require_crs, require_positive, require_projected
 from covplan.errors import CRSError, InputError
+from covplan.inputs.areas import label_units
 
 __all__ = ["unit_pieces", "piece_adjacency", "dissolve_pieces", "unit_districts"]
 
@@ -457,10 +458,7 @@ def unit_districts(units: gpd.GeoDataFrame, districts: gpd.GeoDataFrame,
     require_columns(cells, ["cell_id"], name="`cells`")
     shapes = np.asarray(districts.geometry.values)
     tree = shapely.STRtree(shapes)
-    unit_idx, district_idx = tree.query(np.asarray(units.geometry.values), predicate="intersects")
-    district = np.full(len(units), len(shapes), dtype=np.int64)
-    np.minimum.at(district, unit_idx, district_idx)
-    district[district == len(shapes)] = -1
+    district = label_units(units, districts)
     outside = district < 0
     cut_ids = _cut_cells(cells[cells["cell_id"].astype(str).isin(units["cell_id"].astype(str))],
                          shapes, tree)
@@ -488,3 +486,47 @@ def _cut_cells(cells: gpd.GeoDataFrame, shapes: np.ndarray, tree: shapely.STRtre
     np.maximum.at(largest, cell_idx, share)
     cut = (largest > _CUT_SHARE) & (largest < 1 - _CUT_SHARE)
     return sorted(cells["cell_id"].astype(str).to_numpy()[cut].tolist())
+
+
+def adjacency_graph(adjacency: scipy.sparse.spmatrix | scipy.sparse.sparray,
+                    ids: Any = None) -> Any:
+    """
+    A unit adjacency (e.g. from `piece_adjacency`) as a libpysal ``Graph``, for PySAL tools.
+
+    Parameters
+    ----------
+    adjacency
+        Square n x n sparse matrix; a stored non-zero (i, j) makes unit j a neighbour of unit i.
+        Its values become the weights as float64 (1.0 for the boolean `piece_adjacency`).
+    ids
+        n unique labels for rows/columns, e.g. the units' ``unit_id``; None numbers them 0..n-1.
+
+    Returns
+    -------
+    libpysal.graph.Graph
+        Built with ``Graph.from_sparse``; units without neighbours are its isolates.
+
+    Raises
+    ------
+    InputError
+        If libpysal is not installed (the ``peers`` extra), the matrix is not square, or `ids`
+        is not n unique labels.
+    """
+    try:
+        from libpysal.graph import Graph
+    except ImportError as exc:
+        msg = ("adjacency_graph needs libpysal: pip install \"coverage-planner[peers]\" (or use "
+               "the scipy.sparse adjacency as it is).")
+        raise InputError(msg) from exc
+    matrix = scipy.sparse.csr_array(adjacency, dtype=np.float64)
+    n, m = matrix.shape
+    if n != m:
+        msg = f"`adjacency` must be a square n x n matrix, got {n} x {m}."
+        raise InputError(msg)
+    if ids is not None:
+        ids = pd.Index(ids)
+        if len(ids) != n or not ids.is_unique:
+            msg = (f"`ids` must be {n} unique labels, one per row of `adjacency`; got "
+                   f"{len(ids)} label(s), {len(ids) - ids.nunique()} repeated.")
+            raise InputError(msg)
+    return Graph.from_sparse(matrix, ids=ids)

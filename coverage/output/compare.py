@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from covplan._validate import require_columns, require_crs
 from covplan.errors import InputError
+from covplan.metrics import coverage_figures, within_limit
 from covplan.output.maps import MapPanel, base_map, finish_map, geojson_layer, save_map, titled_map
 from covplan.plan.pipeline import Plan
 from scipy.optimize import linear_sum_assignment
@@ -244,7 +245,7 @@ def _ids(values: pd.Series) -> pd.Series:
 
 
 def _covered(community: pd.Series, minutes: pd.Series, max_minutes: float) -> np.ndarray:
-    return (community.notna() & (minutes <= max_minutes + 1e-9)).to_numpy()
+    return community.notna().to_numpy() & within_limit(minutes.to_numpy(), max_minutes)
 
 
 # --- matching ------------------------------------------------------------------------------------
@@ -418,19 +419,20 @@ def _center_changes(sites_a, sites_b, kept, communities, a: Plan) -> gpd.GeoData
 # --- summary -------------------------------------------------------------------------------------
 
 def _metrics(plan: Plan, units: gpd.GeoDataFrame, side: str) -> dict:
-    """The report's headline figures, recomputed on the units so both plans use one definition."""
+    """The report's headline figures, recomputed on the units so both plans use one definition
+    (coverage: `covplan.metrics.coverage_figures`, by each resident's own center in that plan)."""
     pop = units["pop"].to_numpy()
-    total = int(pop.sum())
     assigned = units[f"community_id_{side}"].notna().to_numpy()
     minutes = units[f"minutes_{side}"].to_numpy()
+    coverage = coverage_figures(pop, minutes_own=np.where(assigned, minutes, np.nan),
+                                max_minutes=plan.config.max_minutes)
     sizes = units[assigned].groupby(f"community_id_{side}")["pop"].sum()
     listed = _ids(plan.communities["community_id"]).dropna()
     sizes = sizes.reindex(sizes.index.union(pd.Index(listed)), fill_value=0)
     band = (sizes >= plan.config.min_pop) & (sizes <= plan.config.max_pop)
     return {
         "communities": int(len(sizes)),
-        "coverage_share": (float(pop[units[f"covered_{side}"].to_numpy()].sum() / total)
-                           if total else 0.0),
+        "coverage_share": coverage["coverage_share"],
         "within_tolerance_share": float(band.mean()) if len(sizes) else 0.0,
         "mean_minutes": (float(np.average(minutes[assigned], weights=pop[assigned]))
                          if pop[assigned].sum() > 0 else None),

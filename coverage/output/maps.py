@@ -506,7 +506,7 @@ def _plan_summary(plan: Plan) -> str:
     lines = [
         f"<b>{communities} communities</b>, {_int(r.get('population_total', 0))} residents",
         (f"{_share(r.get('coverage_share'))} of residents within {config.max_minutes:g} min "
-         "of their center"),
+         "of their own community's center"),
         (f"{within} of {communities} communities ({_share(r.get('within_tolerance_share'))}) "
          f"within {_int(config.target_pop)} ± {config.tolerance:.0%}"),
     ]
@@ -622,13 +622,18 @@ def add_centers(fmap: folium.Map, centers: gpd.GeoDataFrame) -> folium.map.Layer
 
 def _coverage_summary(result: CoverageResult) -> str:
     s = result.summary()
-    lines = [f"<b>{s['centers']} service centers</b>, {_int(s['population_total'])} residents",
-             f"{_share(s['coverage_share'])} within {s['max_minutes']:g} min of a center",
-             (f"{_int(s['population_uncovered'])} residents beyond it, "
-              f"{_int(s['population_off_network'])} off the walking network")]
-    if "coverage_share_own" in s:
-        lines.insert(2, f"{_share(s['coverage_share_own'])} within reach of their own "
-                        f"community's center ({s['communities']} communities)")
+    limit = f"{s['max_minutes']:g} min"
+    lines = [f"<b>{s['centers']} service centers</b>, {_int(s['population_total'])} residents"]
+    if result.communities is not None:
+        lines += [(f"{_share(s['coverage_share'])} within {limit} of their own community's center "
+                   f"({s['communities']} communities); {_int(s['population_uncovered'])} "
+                   "residents beyond it"),
+                  (f"{_share(s['nearest_center_share'])} within {limit} of the nearest center; "
+                   f"{_int(s['population_beyond_nearest'])} residents beyond every center")]
+    else:
+        lines.append(f"{_share(s['coverage_share'])} within {limit} of the nearest center (no "
+                     f"communities given); {_int(s['population_uncovered'])} residents beyond it")
+    lines.append(f"{_int(s['population_off_network'])} residents off the walking network")
     if math.isfinite(s["mean_minutes_nearest"]):
         lines.append(f"mean walk to the nearest center {s['mean_minutes_nearest']:.1f} min")
     return "<br>".join(lines)

@@ -1,6 +1,6 @@
 """
 Communities of about `target_pop` residents, each with a service center every member reaches
-within `max_minutes` on foot: the geo wrapper around the array core in `partition.py`.
+within `max_minutes` on foot: the geo wrapper around the array core in `covplan.solve.partition`.
 
 network + population (+ existing communities, centers, districts)
   -> finer units -> reach matrix -> unit pieces and adjacency -> per-district partition
@@ -22,6 +22,7 @@ from covplan import __version__
 from covplan._sparse import lookup
 from covplan.config import PlanConfig
 from covplan.errors import InfeasibleError
+from covplan.inputs.areas import label_units
 from covplan.inputs.tessellation import (
     dissolve_pieces,
     piece_adjacency,
@@ -36,6 +37,8 @@ from covplan.solve.partition.core import PartitionProblem, band_key, partition_u
 from scipy.sparse.csgraph import connected_components
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import pyproj
     from covplan.inputs.network import WalkNetwork
     from covplan.inputs.population import Population
@@ -69,21 +72,24 @@ class Prior:
     issues: list[str]               # reported repairs (overlaps, gaps, centers outside)
 
 
-def plan_communities(network: WalkNetwork, population: Population, *,
+def plan_communities(network: WalkNetwork, population: Population | gpd.GeoDataFrame, *,
                      communities: gpd.GeoDataFrame | None = None,
                      centers: gpd.GeoDataFrame | None = None,
                      districts: gpd.GeoDataFrame | None = None,
                      config: PlanConfig | None = None,
-                     progress: bool = False) -> Plan:
+                     progress: bool = False,
+                     population_column: str | None = None) -> Plan:
     """
     Merge, split or redraw communities to about ``config.target_pop`` residents each.
 
     Parameters
     ----------
     network
-        The walking network (its speed is replaced by ``config.walk_speed_kmh``).
+        The walking network (its speed is replaced by ``config.walk_speed_kmh``): a
+        WalkNetwork, or an osmnx/networkx graph converted by `as_walk_network`.
     population
-        Population cells/units in any CRS; the plan comes back in this CRS.
+        Population cells/units in any CRS; the plan comes back in this CRS. A Population, or a
+        GeoDataFrame of cells converted by `as_population`.
     communities
         Existing communities (polygons with ``community_id``): merge/split mode — communities
         that already meet every rule are kept, the rest are merged or split, existing centers
@@ -96,22 +102,34 @@ def plan_communities(network: WalkNetwork, population: Population, *,
         Hard limits (polygons): no community crosses one.
     config
         Targets and parameters; see `PlanConfig`.
+    progress
+        Show progress bars over the network searches.
+    population_column
+        Column of counts when `population` is a GeoDataFrame; None detects it.
 
     Returns
     -------
     Plan
+        Communities, centers, units, isochrones, changes and a report, in the population's CRS.
 
     Raises
     ------
     InputError
-        For unusable parameters, a population that misses the network, or no candidate center.
+        For unusable parameters, a population that misses the network, no candidate center,
+        or an ambiguous population column.
+    TypeError
+        If `network` or `population` is of an unsupported type.
     """
+    from covplan.inputs.network import as_walk_network
+    from covplan.inputs.population import as_population
+
+    network = as_walk_network(network)
+    population = as_population(population, population_column=population_column)
     config = config or PlanConfig()
     started = time.perf_counter()
     ready = prepare_planning(network, population, centers=centers, communities=communities,
                              districts=districts, config=config, progress=progress)
-    network, population, reach, work = ready.network, ready.population, ready.reach, ready.work_crs
-    units, adjacency, prior = reach.units, ready.adjacency, ready.prior
+    network, reach, adjacency, prior = ready.network, ready.reach, ready.adjacency, ready.prior
     district_of, candidate_district = ready.district_of, ready.candidate_district
 
     fixed = _keep_valid(reach, adjacency, prior, district_of, config)
@@ -129,18 +147,14 @@ def plan_communities(network: WalkNetwork, population: Population, *,
 
     labels, table = community_tables(ready, center_of, districts=districts, config=config)
     table = _keep_ids(table, labels, prior, fixed)
-    units_out = units_frame(units, labels, center_of, reach, table, ready.bound)
-    centers_out = centers_frame(reach, table)
-    isochrones = compute_isochrones(network, centers_out, minutes=[config.max_minutes],
-                                    progress=progress)
-    isochrones = isochrones.merge(centers_out[["center_id", "community_id"]], on="center_id")
-    changes = changes_frame(units_out, prior) if prior else None
-    report = plan_report(units_out, table, config=config, reach=reach, bound=ready.bound,
-                         district_of=district_of, district_ids=ready.district_ids,
-                         prior_unit=prior.unit if prior else None, changes=changes,
-                         fixed=len(fixed), issues=ready.issues, runtime_s=time.perf_counter() - started)
-    crs = population.crs
-    previous = None if communities is None else communities.to_crs(crs)
+
+    def isochrones_of(centers_out: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+        iso = compute_isochrones(network, centers_out, minutes=[config.max_minutes], progress=progress)
+        return iso.merge(centers_out[["center_id", "community_id"]], on="center_id")
+
+    plan = assemble_plan(ready, center_of, labels, table, isochrones_of=isochrones_of,
+                         communities=communities, config=config, fixed=len(fixed), started=started)
+    report = plan.report
     logger.info("Plan: %d communities, %.1f %% of residents within %g min of their center "
                 "(at most %.1f %% possible), %.1f %% in communities within ±%g %% (at most %.1f %% "
                 "possible), %d exception communities (%.1f s)", len(table),
@@ -148,9 +162,57 @@ def plan_communities(network: WalkNetwork, population: Population, *,
                 100 * report["within_tolerance_pop_share"], 100 * config.tolerance,
                 100 * report["within_tolerance_pop_share_ceiling"], report["exception_communities"],
                 report["runtime_s"])
-    return Plan(communities=table.to_crs(crs), centers=centers_out.to_crs(crs),
+    return plan
+
+
+def assemble_plan(ready: PlanningInputs, center_of: np.ndarray, labels: np.ndarray,
+                  table: gpd.GeoDataFrame, *,
+                  isochrones_of: Callable[[gpd.GeoDataFrame], gpd.GeoDataFrame],
+                  communities: gpd.GeoDataFrame | None, config: PlanConfig, fixed: int,
+                  started: float, order: np.ndarray | None = None) -> Plan:
+    """
+    The last step of every plan, full or incremental: units, centers, isochrones, changes and
+    the report from a solved assignment, returned in the population's CRS.
+
+    Parameters
+    ----------
+    ready
+        The planning inputs the assignment was solved on.
+    center_of, labels, table
+        Candidate per unit, community per unit and the community table (`community_tables`).
+    isochrones_of
+        Each center's isochrone from the centers frame (a full plan computes them, a re-plan
+        reuses the base plan's where nothing changed).
+    communities
+        The existing communities (the plan's ``previous``), or None.
+    config, fixed, started
+        The parameters, how many communities were kept whole, and the plan's start time
+        (``time.perf_counter``) for its runtime.
+    order
+        Row order of the community and center tables (default: as solved).
+
+    Returns
+    -------
+    Plan
+    """
+    reach, prior = ready.reach, ready.prior
+    units_out = _units_frame(reach.units, labels, center_of, reach, table, ready.bound)
+    centers_out = _centers_frame(reach, table)
+    # A site an earlier plan opened ('new-…', fed back as a center site) is no existing center.
+    centers_out["existing"] = centers_out["existing"] & ~centers_out["center_id"].str.startswith("new-")
+    isochrones = isochrones_of(centers_out)
+    changes = _changes_frame(units_out, prior) if prior else None
+    report = plan_report(units_out, table, config=config, reach=reach, bound=ready.bound,
+                         district_of=ready.district_of, district_ids=ready.district_ids,
+                         prior_unit=prior.unit if prior else None, changes=changes,
+                         fixed=fixed, issues=ready.issues, runtime_s=time.perf_counter() - started)
+    crs = ready.population.crs
+    order = np.arange(len(table)) if order is None else order
+    return Plan(communities=table.iloc[order].reset_index(drop=True).to_crs(crs),
+                centers=centers_out.iloc[order].reset_index(drop=True).to_crs(crs),
                 units=units_out.to_crs(crs), isochrones=isochrones.to_crs(crs), changes=changes,
-                previous=previous, report=report, config=config, work_crs=work, version=__version__)
+                previous=None if communities is None else communities.to_crs(crs),
+                report=report, config=config, work_crs=ready.work_crs, version=__version__)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -344,10 +406,7 @@ def _district_issues(report: dict) -> list[str]:
 def _candidate_districts(candidates, districts, work) -> np.ndarray:
     if districts is None:
         return np.zeros(len(candidates), dtype="int64")
-    d = districts.to_crs(work).reset_index(drop=True)
-    joined = gpd.sjoin(candidates[["geometry"]], d[["geometry"]], how="left", predicate="within")
-    first = joined.groupby(level=0)["index_right"].min()
-    return first.reindex(candidates.index).fillna(-1).astype("int64").to_numpy()
+    return label_units(candidates, districts.to_crs(work))
 
 
 def _prior(units, candidates, centers, communities, work) -> Prior | None:
@@ -356,18 +415,17 @@ def _prior(units, candidates, centers, communities, work) -> Prior | None:
     comm = communities.to_crs(work).reset_index(drop=True)
     ids = comm["community_id"].astype(str).tolist()
     issues: list[str] = []
-    joined = gpd.sjoin(units[["geometry"]], comm[["geometry"]], how="left", predicate="within")
-    counts = joined.groupby(level=0)["index_right"].count()
-    overlapping = int((counts > 1).sum())
+    # Overlaps are reported from interiors only: a unit on a shared border is not an overlap.
+    in_unit = comm.sindex.query(units.geometry.values, predicate="within")[0]
+    overlapping = int((np.bincount(in_unit, minlength=len(units)) > 1).sum())
     if overlapping:
         issues.append(f"existing communities overlap: {overlapping} unit(s) lie in more than one; "
                       "each was given to the lowest-listed community")
-    unit_prior = joined.groupby(level=0)["index_right"].min().reindex(units.index)
-    gaps = unit_prior.isna()
+    unit_prior = label_units(units, comm)
+    gaps = unit_prior < 0
     if gaps.any():
         issues.append(f"existing communities leave gaps: {int(gaps.sum())} unit(s) with "
                       f"{int(units.loc[gaps, 'pop'].sum())} residents lie in none; they are planned as new")
-    unit_prior = unit_prior.fillna(-1).astype("int64").to_numpy()
     cand_prior = np.full(len(candidates), -1, dtype="int64")
     existing = candidates["existing"].to_numpy()
     if existing.any():
@@ -376,17 +434,18 @@ def _prior(units, candidates, centers, communities, work) -> Prior | None:
         if centers is not None and "community_id" in centers.columns:
             lookup_ = dict(zip(centers["center_id"].astype(str), centers["community_id"].astype(str)))
             served = candidates["center_id"].map(lookup_)
-        inside = gpd.sjoin(candidates[["geometry"]], comm[["geometry"]], how="left",
-                           predicate="within").groupby(level=0)["index_right"].min()
+        inside = label_units(candidates, comm)
         for i in np.flatnonzero(existing):
             named = served.iloc[i] if served is not None else None
             if named is not None and named == named and named in index_of:
                 cand_prior[i] = index_of[named]
-                if inside.iloc[i] == inside.iloc[i] and int(inside.iloc[i]) != cand_prior[i]:
+                # On its own community's border is not outside it, whichever side the tie takes.
+                own = comm.geometry.iloc[cand_prior[i]].covers(candidates.geometry.iloc[i])
+                if inside[i] >= 0 and not own:
                     issues.append(f"center {candidates['center_id'].iloc[i]} stands outside its "
                                   f"community {named}")
-            elif inside.iloc[i] == inside.iloc[i]:
-                cand_prior[i] = int(inside.iloc[i])
+            elif inside[i] >= 0:
+                cand_prior[i] = int(inside[i])
     return Prior(ids=ids, unit=unit_prior, candidate=cand_prior, issues=issues)
 
 
@@ -494,7 +553,7 @@ def _keep_ids(table: gpd.GeoDataFrame, labels: np.ndarray, prior: Prior | None,
     return table
 
 
-def units_frame(units, labels, center_of, reach, table, bound: FeasibilityBound) -> gpd.GeoDataFrame:
+def _units_frame(units, labels, center_of, reach, table, bound: FeasibilityBound) -> gpd.GeoDataFrame:
     out = units[["unit_id", "cell_id", "pop", "geometry"]].copy()
     ids = table["community_id"].to_numpy()
     out["community_id"] = np.where(labels >= 0, ids[np.maximum(labels, 0)], None)
@@ -512,7 +571,7 @@ def units_frame(units, labels, center_of, reach, table, bound: FeasibilityBound)
     return out
 
 
-def centers_frame(reach, table) -> gpd.GeoDataFrame:
+def _centers_frame(reach, table) -> gpd.GeoDataFrame:
     cands = reach.candidates.set_index("candidate_id")
     rows = cands.loc[table["candidate_id"].to_numpy()]
     return gpd.GeoDataFrame({"center_id": table["center_id"].to_numpy(),
@@ -522,7 +581,7 @@ def centers_frame(reach, table) -> gpd.GeoDataFrame:
                             geometry=rows.geometry.values, crs=reach.work_crs)
 
 
-def changes_frame(units_out, prior: Prior) -> pd.DataFrame:
+def _changes_frame(units_out, prior: Prior) -> pd.DataFrame:
     old = np.where(prior.unit >= 0, np.array(prior.ids + [""], dtype=object)[prior.unit], None)
     frame = pd.DataFrame({"old_community_id": old, "new_community_id": units_out["community_id"].to_numpy(),
                           "residents": units_out["pop"].to_numpy()})

@@ -23,35 +23,20 @@ from typing import TYPE_CHECKING
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import shapely
-from covplan import __version__
 from covplan._sparse import lookup
 from covplan.config import PlanConfig
 from covplan.errors import InputError
-from covplan.metrics import plan_report
 from covplan.plan.pipeline import (
     Plan,
     Prior,
-    centers_frame,
-    changes_frame,
+    assemble_plan,
     community_tables,
     partition_group,
     plan_communities,
     prepare_planning,
-    units_frame,
 )
 from covplan.reach.isochrones import compute_isochrones
-from covplan.scenarios import (
-    AddCenter,
-    AddLink,
-    CloseRoad,
-    MoveCenter,
-    RemoveCenter,
-    Scenario,
-    ScenarioInputs,
-    apply_scenario,
-    load_inputs,
-)
+from covplan.scenarios import Scenario, ScenarioInputs, apply_scenario, load_inputs
 from covplan.solve.partition.core import band_key
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
@@ -70,9 +55,9 @@ _GLOBAL_FIELDS = ("target_pop", "tolerance", "max_minutes", "walk_speed_kmh",
                   "candidate_spacing_m", "max_unit_pop", "stability_minutes")
 _MAX_RINGS = 2              # bordering communities taken into the window, at most
 _MAX_GROWTH = 4             # times the window grows for residents only frozen centers reach
-_CHANGE_RADIUS_M = 150.0
+_CHANGE_RADIUS_M = 150.0    # isochrones within this of a closed/added road are redrawn
 _WINDOW_RESTARTS = 1
-_MIN_MATCHED = 0.5          # below this share of the base plan's cells, it is another base    # isochrones within this of a closed/added road are redrawn
+_MIN_MATCHED = 0.5          # below this share of the base plan's cells, it is another base
 
 
 def plan_scenario(scenario: Scenario, *, inputs: ScenarioInputs | None = None,
@@ -190,8 +175,8 @@ def replan(plan: Plan, network: WalkNetwork, population: Population, *,
                              centers=_with_frozen_sites(centers, plan.centers.to_crs(network.crs)),
                              communities=communities, districts=districts, config=config,
                              progress=progress)
-    network, population, reach, work = ready.network, ready.population, ready.reach, ready.work_crs
-    units, adjacency, prior = reach.units, ready.adjacency, ready.prior
+    network, reach, work, adjacency = ready.network, ready.reach, ready.work_crs, ready.adjacency
+    units = reach.units
     district_of, candidate_district = ready.district_of, ready.candidate_district
 
     base = _BaseView(plan, units, reach, work)
@@ -201,29 +186,19 @@ def replan(plan: Plan, network: WalkNetwork, population: Population, *,
 
     labels, table = community_tables(ready, center_of, districts=districts, config=config)
     new_ids = _name_communities(table, base, labels, reach.pop, window)
-    units_out = units_frame(units, labels, center_of, reach, table, ready.bound)
-    centers_out = centers_frame(reach, table)
-    centers_out["existing"] = centers_out["existing"] & ~centers_out["center_id"].str.startswith("new-")
-    isochrones = _isochrones(plan, network, centers_out, changes, config, progress)
-    change_table = changes_frame(units_out, prior) if prior else None
-    report = plan_report(units_out, table, config=config, reach=reach, bound=ready.bound,
-                         district_of=district_of, district_ids=ready.district_ids,
-                         prior_unit=prior.unit if prior else None, changes=change_table,
-                         fixed=len(frozen), issues=ready.issues, runtime_s=time.perf_counter() - started)
+    out = assemble_plan(
+        ready, center_of, labels, table,
+        isochrones_of=lambda centers_out: _isochrones(plan, network, centers_out, changes, config,
+                                                      progress),
+        communities=communities, config=config, fixed=len(frozen), started=started,
+        order=np.argsort(table["community_id"].to_numpy(), kind="stable"))
+    report = out.report
     report.update(mode="incremental", touched_communities=sorted(reasons),
                   touch_reasons={k: reasons[k] for k in sorted(reasons)},
                   replanned_communities=sorted(window), new_communities=sorted(new_ids),
                   frozen_communities=len(frozen))
-    order = np.argsort(table["community_id"].to_numpy(), kind="stable")
-    crs = population.crs
     logger.info("Re-planned %d of %d communities (%d touched) into %d (%.1f s)", len(window),
                 len(base.ids), len(reasons), len(new_ids), report["runtime_s"])
-    out = Plan(communities=table.iloc[order].reset_index(drop=True).to_crs(crs),
-               centers=centers_out.iloc[order].reset_index(drop=True).to_crs(crs),
-               units=units_out.to_crs(crs), isochrones=isochrones.to_crs(crs),
-               changes=change_table,
-               previous=None if communities is None else communities.to_crs(crs),
-               report=report, config=config, work_crs=work, version=__version__)
     report["rule_issues"] = rule_issues(out)
     return out
 
@@ -338,18 +313,10 @@ def _touched(base: _BaseView, reach, adjacency, changes: Sequence[Change],
         for i in np.unique(base.comm[known[near]]):
             touch(int(i), "new or changed residents in or next to it")
     for change in changes:
-        points = []
-        if isinstance(change, AddCenter):
-            points = [change.at]
-        elif isinstance(change, MoveCenter):
-            points = [change.to]
-        elif isinstance(change, AddLink):
-            points = [change.start, change.end]
-        elif isinstance(change, CloseRoad):
-            points = list(change.line) + ([change.point] if change.point else [])
-        if isinstance(change, (MoveCenter, RemoveCenter)) and change.center_id in base.center_ids:
-            touch(base.center_ids.index(change.center_id), f"its center {change.center_id} "
-                  + ("moved" if isinstance(change, MoveCenter) else "closed"))
+        points = change.touched_points()
+        center = change.touched_center()           # (id, "closed" or "moved"), or None
+        if center is not None and center[0] in base.center_ids:
+            touch(base.center_ids.index(center[0]), f"its center {center[0]} {center[1]}")
         if points and tree is not None:
             xy = gpd.GeoSeries(gpd.points_from_xy(*zip(*points)), crs=4326).to_crs(network.crs)
             _, near = tree.query(np.column_stack([xy.x, xy.y]))
@@ -518,15 +485,13 @@ def _isochrones(plan: Plan, network, centers_out, changes, config, progress):
     reusable = set(centers_out.loc[same_site, "center_id"]) & set(old["center_id"])
     shapes, radius = [], []  # where roads changed (lon/lat), and how far from it they may lie
     for change in changes:
-        if isinstance(change, AddLink):
-            shapes.append(shapely.LineString([change.start, change.end]))
-            radius.append(_CHANGE_RADIUS_M)
-        elif isinstance(change, CloseRoad):
-            if change.edges or change.nodes:
-                shapes = None     # only the base network can locate these: redraw all
-                break
-            shapes.append(shapely.LineString(change.line) if change.line else shapely.Point(change.point))
-            radius.append(_CHANGE_RADIUS_M + (0 if change.line else change.max_distance_m))
+        roads = change.changed_roads()
+        if roads is None:
+            shapes = None         # only the base network can locate these: redraw all
+            break
+        for shape, slack in roads:
+            shapes.append(shape)
+            radius.append(_CHANGE_RADIUS_M + slack)
     if shapes is None:
         reusable = set()
     elif shapes:

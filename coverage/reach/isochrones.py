@@ -14,18 +14,19 @@ import numpy as np
 import shapely
 from covplan._progress import progress_bar
 from covplan._validate import require_positive
+from covplan.defaults import DEFAULT_BANDS
 from covplan.errors import InputError
+from covplan.inputs.network import WalkNetwork, as_walk_network
 from covplan.inputs.snap import DEFAULT_DETOUR_FACTOR, DEFAULT_MAX_ACCESS_M, snap_points
 from covplan.reach.engine import gather_rows
 from covplan.reach.matrix import MAX_MINUTES_LIMIT, Direction, node_times
 from shapely.ops import substring
 
 if TYPE_CHECKING:
-    from covplan.inputs.network import WalkNetwork
+    import networkx as nx
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BANDS = (5.0, 10.0, 15.0)
 # Half-width of the walkable strip around a reached street: front doors lie within ~40 m of it.
 DEFAULT_BUFFER_M = 40.0
 
@@ -53,7 +54,7 @@ def _pieces(edges: gpd.GeoDataFrame, edge_ids: np.ndarray, dist: np.ndarray,
     return np.asarray(pieces, dtype=object)
 
 
-def compute_isochrones(network: WalkNetwork, centers: gpd.GeoDataFrame, *,
+def compute_isochrones(network: WalkNetwork | nx.Graph, centers: gpd.GeoDataFrame, *,
                        minutes: Sequence[float] = DEFAULT_BANDS,
                        buffer_m: float = DEFAULT_BUFFER_M,
                        direction: Direction = "to_center",
@@ -66,7 +67,8 @@ def compute_isochrones(network: WalkNetwork, centers: gpd.GeoDataFrame, *,
     Parameters
     ----------
     network
-        The walking network (working CRS, speed).
+        The walking network (working CRS, speed): a WalkNetwork, or an osmnx/networkx graph
+        converted by `as_walk_network`.
     centers
         Points with a ``center_id`` column, any CRS; the result comes back in this CRS.
     minutes
@@ -74,13 +76,30 @@ def compute_isochrones(network: WalkNetwork, centers: gpd.GeoDataFrame, *,
         nest.
     buffer_m
         Half-width of the strip around reached streets that counts as reached.
+    direction
+        ``"to_center"`` (walking to the center, default) or ``"from_center"``; they differ only
+        on networks with one-way footpaths.
+    detour_factor
+        A center's access leg to its nearest node is the straight line times this.
+    max_access_m
+        Centers farther than this from the network are off-network and get empty polygons.
+    progress
+        Show a progress bar over the centers.
 
     Returns
     -------
     GeoDataFrame
         ``center_id``, ``minutes``, ``area_m2`` and a (Multi)Polygon geometry (empty when the
         center is off the network), sorted by center then limit.
+
+    Raises
+    ------
+    InputError
+        If `minutes` is empty or a limit or `buffer_m` is out of range.
+    TypeError
+        If `network` is neither a WalkNetwork nor a networkx graph.
     """
+    network = as_walk_network(network)
     bands = sorted({require_positive(m, name="minutes", upper=MAX_MINUTES_LIMIT) for m in minutes})
     if not bands:
         msg = "`minutes` is empty; give at least one time limit, e.g. (5, 10, 15)."
@@ -124,6 +143,19 @@ def compute_isochrones(network: WalkNetwork, centers: gpd.GeoDataFrame, *,
 
 
 def dissolve_isochrones(isochrones: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """The service area of all centers together, one row per time limit."""
+    """
+    The service area of all centers together, one row per time limit.
+
+    Parameters
+    ----------
+    isochrones
+        Isochrones as from `compute_isochrones`, with a ``minutes`` column.
+
+    Returns
+    -------
+    GeoDataFrame
+        ``minutes`` and the union of every center's polygon for that limit, in the CRS of
+        `isochrones`.
+    """
     merged = isochrones.dissolve(by="minutes", as_index=False)[["minutes", "geometry"]]
     return merged

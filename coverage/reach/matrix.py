@@ -17,20 +17,19 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from covplan._validate import require_positive
+from covplan.defaults import DEFAULT_CANDIDATE_SPACING_M, DEFAULT_MAX_MINUTES, MAX_MINUTES_LIMIT
 from covplan.errors import CoverageWarning, InputError
+from covplan.inputs.network import WalkNetwork, as_walk_network
+from covplan.inputs.population import Population, as_population
 from covplan.inputs.snap import DEFAULT_DETOUR_FACTOR, DEFAULT_MAX_ACCESS_M, Snap, snap_points
 from covplan.reach.engine import bounded_distances, gather_rows
 
 if TYPE_CHECKING:
+    import networkx as nx
     import pyproj
-    from covplan.inputs.network import WalkNetwork
-    from covplan.inputs.population import Population
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_MINUTES = 15.0
-DEFAULT_CANDIDATE_SPACING_M = 200.0
-MAX_MINUTES_LIMIT = 24 * 60.0
 Direction = Literal["to_center", "from_center"]
 
 
@@ -80,6 +79,27 @@ class ReachMatrix:
         csc = self.minutes.tocsc()
         return np.bincount(np.repeat(np.arange(csc.shape[1]), np.diff(csc.indptr)),
                            weights=self.pop[csc.indices], minlength=csc.shape[1]).astype("int64")
+
+    def to_frame(self) -> pd.DataFrame:
+        """
+        The stored pairs in long form, e.g. for pandas joins or an origin-destination table.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per stored (unit, candidate) pair, explicit zeros included, ordered by unit
+            then candidate: ``unit_id`` and ``candidate_id`` (int64, as in `units` and
+            `candidates`) and ``minutes`` (float64, within `max_minutes`). Pairs beyond the
+            limit have no row.
+        """
+        m = self.minutes.tocsr()
+        if not m.has_sorted_indices:
+            m = m.sorted_indices()   # a sorted copy: the stored matrix is left as it is
+        rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+        return pd.DataFrame({
+            "unit_id": self.units["unit_id"].to_numpy(dtype="int64")[rows],
+            "candidate_id": self.candidates["candidate_id"].to_numpy(dtype="int64")[m.indices],
+            "minutes": m.data.astype("float64")})
 
 
 def _row_argmin(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
@@ -178,24 +198,27 @@ def _candidates_table(network: WalkNetwork, centers: gpd.GeoDataFrame | None,
     return gpd.GeoDataFrame(table, geometry="geometry", crs=network.crs)
 
 
-def compute_reach(network: WalkNetwork, population: Population, *,
-                  centers: gpd.GeoDataFrame | None = None,
+def compute_reach(network: WalkNetwork | nx.Graph, population: Population | gpd.GeoDataFrame,
+                  *, centers: gpd.GeoDataFrame | None = None,
                   max_minutes: float = DEFAULT_MAX_MINUTES,
                   node_candidates: bool = True,
                   candidate_spacing_m: float = DEFAULT_CANDIDATE_SPACING_M,
                   direction: Direction = "to_center",
                   detour_factor: float = DEFAULT_DETOUR_FACTOR,
                   max_access_m: float = DEFAULT_MAX_ACCESS_M,
-                  progress: bool = False) -> ReachMatrix:
+                  progress: bool = False,
+                  population_column: str | None = None) -> ReachMatrix:
     """
     Walk minutes from every population unit to every candidate center within `max_minutes`.
 
     Parameters
     ----------
     network
-        The walking network; its CRS is the working CRS and its speed sets the minutes.
+        The walking network; its CRS is the working CRS and its speed sets the minutes. A
+        WalkNetwork, or an osmnx/networkx graph converted by `as_walk_network`.
     population
-        Population units (any CRS); its CRS is recorded for results.
+        Population units (any CRS); its CRS is recorded for results. A Population, or a
+        GeoDataFrame of cells converted by `as_population`.
     centers
         Existing or proposed service-center sites (points with ``center_id``, any CRS), or None.
     max_minutes
@@ -206,12 +229,31 @@ def compute_reach(network: WalkNetwork, population: Population, *,
         Density of those node candidates: one per populated square of this side.
     direction
         ``"to_center"`` (residents walk to the center, default) or ``"from_center"``.
+    detour_factor
+        Access legs (unit or center to its nearest node) are the straight line times this.
+    max_access_m
+        Points farther than this from any node are off-network: reported, reaching nothing.
+    progress
+        Show a progress bar over the network searches.
+    population_column
+        Column of counts when `population` is a GeoDataFrame; None detects it.
+
+    Returns
+    -------
+    ReachMatrix
+        Units x candidates minutes within the limit, with the unit and candidate tables in the
+        network's CRS and the population's CRS recorded as ``input_crs``.
 
     Raises
     ------
     InputError
-        For a limit out of range, no population units or no candidate at all.
+        For a limit out of range, no population units or no candidate at all, a population
+        that misses the network, or an ambiguous population column.
+    TypeError
+        If `network` or `population` is of an unsupported type.
     """
+    network = as_walk_network(network)
+    population = as_population(population, population_column=population_column)
     require_positive(max_minutes, name="max_minutes", upper=MAX_MINUTES_LIMIT)
     require_positive(candidate_spacing_m, name="candidate_spacing_m")
     if len(population.units) == 0:

@@ -432,16 +432,10 @@ def choose_community_centers(reach: ReachMatrix, labels: np.ndarray, *,
 
 
 def _candidate_areas(candidates: gpd.GeoDataFrame, areas: gpd.GeoSeries) -> np.ndarray:
-    """Row of `areas` holding each candidate (the lowest row on shared borders; -1 outside)."""
-    shapes = np.asarray(gpd.GeoSeries(areas).to_crs(candidates.crs).values)
-    from shapely import STRtree
+    """Row of `areas` holding each candidate (the first row on shared borders; -1 outside)."""
+    from covplan.inputs.areas import label_units
 
-    cand_idx, area_idx = STRtree(shapes).query(np.asarray(candidates.geometry.values),
-                                               predicate="intersects")
-    out = np.full(len(candidates), len(shapes), dtype="int64")
-    np.minimum.at(out, cand_idx, area_idx)
-    out[out == len(shapes)] = -1
-    return out
+    return label_units(candidates, gpd.GeoSeries(areas))
 
 
 def site_new_centers(reach: ReachMatrix, *, budget: int, open_centers: np.ndarray | None = None,

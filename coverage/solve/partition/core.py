@@ -53,6 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 from covplan._sparse import lookup
+from covplan.defaults import population_band
 from covplan.errors import InputError
 from covplan.solve.partition.flow import attach_strays, settle, split_pieces
 from covplan.solve.partition.improve import improve
@@ -89,11 +90,6 @@ _SMALL_RUNS = 8             # ... and this many: they cost little and settle sma
                             # to the optimum (within 2 % of the MIP bound on 300-unit grids)
 _IMPROVE_WORK = 40         # improvement phase: window units settled, per unit of the instance ...
 _IMPROVE_CAP = 150_000      # ... and at most this many (about 5 s on the 2-core machine)
-
-
-def population_band(target_pop: float, tolerance: float) -> tuple[float, float]:
-    """The smallest and largest community population within `tolerance` of `target_pop`."""
-    return target_pop * (1 - tolerance), target_pop * (1 + tolerance)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
