@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import geopandas as gpd
 import numpy as np
 import scipy.sparse as sp
-from covplan.bench import peers as bench_peers
 from covplan._sparse import lookup
+from covplan.bench import peers as bench_peers
 from covplan.config import PlanConfig
 from covplan.errors import InputError
 from covplan.inputs.tessellation import dissolve_pieces, piece_adjacency

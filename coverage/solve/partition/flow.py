@@ -13,12 +13,12 @@ _BALANCE_PENALTY = 1_000.0  # flow: minutes per person outside the band, so bala
 _SETTLE_ROUNDS = 3          # flow / re-site rounds
 
 
-def assign_by_flow(pop: np.ndarray, lo: float, hi: float, per_person: sp.csr_matrix,
-            centers: np.ndarray) -> np.ndarray:
+def assign_by_flow(pop: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarray,
+                   per_person: sp.csr_matrix, centers: np.ndarray) -> np.ndarray:
     """
-    Units -> index into `centers` by min-cost flow with soft population bounds [lo, hi]; each
-    unit goes wholly to the center that got most of it (people-less units: the cheapest).
-    -1 for units no center reaches.
+    Units -> index into `centers` by min-cost flow with soft population bounds [lo, hi] (one
+    pair for all centers, or one per center); each unit goes wholly to the center that got most
+    of it (people-less units: the cheapest). -1 for units no center reaches.
     """
     n, k = per_person.shape[0], len(centers)
     col_of = np.full(per_person.shape[1], -1, dtype="int64")
@@ -33,12 +33,13 @@ def assign_by_flow(pop: np.ndarray, lo: float, hi: float, per_person: sp.csr_mat
     supply = np.zeros(n, dtype="int64")
     supply[u[active]] = pop[u[active]]
     total = int(supply.sum())
-    lo, hi = int(np.ceil(lo)), int(np.floor(hi))
+    lo = np.ceil(np.broadcast_to(np.asarray(lo, dtype="float64"), (k,))).astype("int64")
+    hi = np.floor(np.broadcast_to(np.asarray(hi, dtype="float64"), (k,))).astype("int64")
     big = int(_BALANCE_PENALTY * _COST_SCALE)
     sink, mid = n + k, np.arange(k) + n
     tails = [u[active], mid, mid, mid]
     heads = [c[active] + n, np.full(k, sink), np.full(k, sink), np.full(k, sink)]
-    caps = [pop[u[active]], np.full(k, lo), np.full(k, max(hi - lo, 0)), np.full(k, total)]
+    caps = [pop[u[active]], lo, np.maximum(hi - lo, 0), np.full(k, total)]
     costs = [unit_cost[active], np.full(k, -big), np.zeros(k, "int64"), np.full(k, big)]
     flow = min_cost_flow.SimpleMinCostFlow()
     arcs = flow.add_arcs_with_capacity_and_unit_cost(*(np.concatenate(x).astype("int64")
@@ -89,7 +90,7 @@ def tallies(label: np.ndarray, n_comm: int, structure: sp.csr_matrix,
     return (onehot @ structure).toarray().astype("int32"), (onehot @ weighted).toarray()
 
 
-def settle(pop: np.ndarray, lo: float, hi: float, per_person: sp.csr_matrix,
+def settle(pop: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarray, per_person: sp.csr_matrix,
             structure: sp.csr_matrix, weighted: sp.csr_matrix, centers: np.ndarray,
             blocked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Alternate flow assignment and re-siting; (centers, index into centers per unit)."""

@@ -40,6 +40,7 @@ _DROP_TRIES = 3             # centers tried for removal when a window loses a co
 _WINDOW_SEEDS = 2           # rotated bisection seeds of a whole window per community count
 _MAX_WINDOW_UNITS = 6_000   # a bigger window is skipped (the flow's cost grows with it)
 _SUB_ROUNDS = 10            # local-search rounds inside a window's own plan
+_SMALL_TRIES = 2            # undersized communities of a window tried as the one left small
 
 
 class _SubPlan:
@@ -63,14 +64,26 @@ class _SubPlan:
             adjacency=win.adjacency, xy=win.xy, n_communities=None, existing=None,
             unit_prior=None, candidate_prior=None)
 
-    def evaluate(self, centers: np.ndarray, k: int):
+    def evaluate(self, centers: np.ndarray, k: int, small: int | None = None):
         """(key like `SearchPlan.key`, label, global centers) of the window finished from `centers`
         with at most k communities, or None when the flow's assignment doesn't beat the window
-        in residents or in people outside the band, or the finish breaks a rule."""
+        in residents or in people outside the band, or the finish breaks a rule. With `small`,
+        the center at that position is meant to hold an undersized community (from the tiny
+        threshold up to the band's floor) so that the others can reach the band: the flow's
+        soft bounds say so, and the finish makes no move that adds residents outside the band."""
         win = self.win
         start = self.col_of[centers]
+        if small is not None:
+            if start[small] < 0:
+                return None
+            small = int((start[:small] >= 0).sum())
         start = set_cover(self.structure, win.pop, [int(c) for c in start[start >= 0]])
-        cand, label = settle(win.pop, win.lo, win.hi, self.per_person, self.structure,
+        lo, hi = win.lo, win.hi
+        if small is not None:
+            lo, hi = np.full(len(start), win.lo), np.full(len(start), win.hi)
+            lo[small] = self.problem.tiny_share * self.problem.target_pop
+            hi[small] = win.lo - 1
+        cand, label = settle(win.pop, lo, hi, self.per_person, self.structure,
                               self.weighted, np.asarray(start, dtype="int64"))
         # The flow ignores contiguity, so its balance is a fair guess of the best to hope for;
         # finishing (below) costs several times the flow, so hopeless sets stop here.
@@ -80,11 +93,12 @@ class _SubPlan:
         label = attach_strays(label, win.pop, self.weighted, win.adjacency, cand, strict=False)
         sub = SearchPlan(self.problem, self.per_person, self.weighted, self.structure,
                     split_pieces(label, win.adjacency))
+        keep = small is not None      # even out no more: that would undo the uneven split
         if len(sub.alive) > k:
-            local_search(sub, BALANCE_WEIGHT, _SUB_ROUNDS)
+            local_search(sub, BALANCE_WEIGHT, _SUB_ROUNDS, count_first=keep, keep_residents=keep)
             reduce_to(sub, k)
-        local_search(sub, BALANCE_WEIGHT, _SUB_ROUNDS)
-        local_search(sub, FINAL_WEIGHT, _SUB_ROUNDS, count_first=True)
+        local_search(sub, BALANCE_WEIGHT, _SUB_ROUNDS, count_first=keep, keep_residents=keep)
+        local_search(sub, FINAL_WEIGHT, _SUB_ROUNDS, count_first=True, keep_residents=keep)
         alive = sub.alive
         centers = sub.center[alive]
         if ((sub.label < 0).any() or centers.min() < 0 or len(np.unique(centers)) < len(alive)
@@ -133,6 +147,38 @@ def _options(plan: SearchPlan, win: Window, s: int, k: int, angles: np.ndarray) 
     return [o for o in options if len(o) == k and len(np.unique(o)) == k]
 
 
+def _best_of(sub: _SubPlan, win: Window, trials, k: int, best, budget: list[int]):
+    """The best of `best` and the (centers, small) trials that beat the window's key without
+    more tiny communities, while the budget lasts."""
+    for centers, small in trials:
+        if budget[0] <= 0:
+            break
+        budget[0] -= len(win.units)
+        got = sub.evaluate(centers, k, small)
+        if (got is not None and got[0][:4] < win.before[:4] and got[0][1] <= win.before[1]
+                and (best is None or got[0] < best[0])):
+            best = got
+    return best
+
+
+def _uneven(plan: SearchPlan, win: Window, s: int, k: int, angles: np.ndarray):
+    """(centers, small) trials with one community meant to stay undersized: the current centers
+    (k = the window's count) or the split of s (one more). Where a stretch is too thin for all
+    its communities to reach the band, fewer residents end up outside it when one is small and
+    its neighbours balanced than when all fall short evenly, as the flow alone would have it."""
+    m = len(win.comms)
+    if k == m:
+        popk = plan.popk[win.comms]
+        short = np.flatnonzero(popk < win.lo)
+        for i in short[np.argsort(popk[short], kind="stable")][:_SMALL_TRIES]:
+            yield plan.center[win.comms].copy(), int(i)
+    elif k == m + 1 and (options := _options(plan, win, s, k, angles)):
+        rest = np.delete(plan.center[win.comms], int(np.searchsorted(win.comms, s)))
+        if np.array_equal(options[0][:-2], rest):   # the first split of s: two new centers last
+            for i in (k - 2, k - 1):
+                yield options[0], i
+
+
 def _dissolve(plan: SearchPlan, s: int) -> bool:
     """Empty a tiny community into its neighbours (they may re-site to reach its units) and
     settle the surroundings; kept only when the plan's band key improves."""
@@ -157,17 +203,15 @@ def _improve_window(plan: SearchPlan, s: int, angles: np.ndarray, budget: list[i
         if len(win.units) > _MAX_WINDOW_UNITS:
             return False
         best, sub = None, _SubPlan(plan, win)
-        for k in _counts(win, len(win.comms), over):
-            for centers in _options(plan, win, s, k, angles):
-                if budget[0] <= 0:
-                    break
-                budget[0] -= len(win.units)
-                got = sub.evaluate(centers, k)
-                if (got is not None and got[0][:4] < win.before[:4] and got[0][1] <= win.before[1]
-                        and (best is None or got[0] < best[0])):
-                    best = got
+        m = len(win.comms)
+        for k in _counts(win, m, over):
+            best = _best_of(sub, win, ((c, None) for c in _options(plan, win, s, k, angles)), k,
+                            best, budget)
             if best is not None:      # counts are tried nearest first; one that works wins
                 break
+        if best is None or best[0][0] > 0:   # residents left outside the band: try uneven
+            for k in (m, m + 1):
+                best = _best_of(sub, win, _uneven(plan, win, s, k, angles), k, best, budget)
         logger.debug("window around %d (%.0f residents), %d rings, %d communities, %d units: %s",
                      s, plan.popk[s], rings, len(win.comms), len(win.units),
                      "no gain" if best is None else f"{win.before[:4]} -> {best[0][:4]}")
