@@ -275,6 +275,28 @@ def test_improvement_splits_an_oversized_community_two_centers_can_serve():
     assert ((sizes >= problem.min_pop) & (sizes <= problem.max_pop)).all()
 
 
+def test_improvement_leaves_one_community_small_where_a_stretch_is_too_thin_for_all():
+    from covplan.solve.partition.improve import improve
+
+    # A street of 60 units of 10 residents; a center reaches 12 units either way (25 at most).
+    # Band 210-315: three even communities of 200 all miss it and two cannot hold everyone,
+    # but two balanced communities beside one small one (not tiny: at least 131) can.
+    reach, _, adjacency, xy = grid(60, 1, limit=15.2, step=1)
+    pop = np.full(60, 10, dtype=np.int64)
+    problem = PartitionProblem(reach, pop, adjacency, target_pop=262.5, tolerance=0.2, xy=xy)
+    plan = plan_from_labels(problem, np.arange(60) // 20)
+    assert sorted(plan.popk[plan.alive]) == [200, 200, 200]
+    before = plan.key()
+
+    plan = improve(plan, np.linspace(0, np.pi, 4, endpoint=False), budget=40 * 60)
+    center, sizes, ok = plan_rules(plan)
+    assert ok and (center >= 0).all()
+    assert len(sizes) == 3 and sizes.sum() == 600
+    assert ((sizes >= problem.min_pop) & (sizes <= problem.max_pop)).sum() == 2
+    assert sizes.min() >= problem.tiny_share * problem.target_pop     # the small one is not tiny
+    assert plan.key()[0] == sizes.min() < before[0]                    # residents outside: 600 -> it
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_improvement_never_breaks_a_rule_that_held(seed):
     from covplan.solve.partition.flow import assign_by_flow, split_pieces
