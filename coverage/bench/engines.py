@@ -119,8 +119,8 @@ def run_reach_benchmark(network: WalkNetwork, population: Population, *,
     limit_m = max_minutes * network.speed_m_per_min
     graph = network.csr_length()
     methods: dict[str, Callable[[], int]] = {
-        "coverage (tiled bounded Dijkstra, sparse)": lambda: _ours(network, graph, origins, limit_m)}
-    counts = {"coverage (tiled bounded Dijkstra, sparse)": len(origins)}
+        "covplan (tiled bounded Dijkstra, sparse)": lambda: _ours(network, graph, origins, limit_m)}
+    counts = {"covplan (tiled bounded Dijkstra, sparse)": len(origins)}
     if "scipy" in peers:
         methods["scipy dijkstra(limit=), dense"] = lambda: _scipy_dense(graph, origins, limit_m)
         counts["scipy dijkstra(limit=), dense"] = len(origins)
