@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -21,12 +22,26 @@ from covplan.errors import CoverageError, InputError
 logger = logging.getLogger("covplan.cli")
 
 
+# Log lines: "2026-12-04 17:30:01 INFO covplan.cli: ...".
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
+
+
 def _configure_logging(level: int) -> None:
     levels = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}
-    logging.basicConfig(level=levels[max(-1, min(1, level))], format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=levels[max(-1, min(1, level))], format=LOG_FORMAT,
+                        datefmt=LOG_DATEFMT, stream=sys.stderr)
     logging.captureWarnings(True)
     logging.getLogger("pyogrio").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _stage(args: argparse.Namespace, name: str):
+    """Time one stage of a command: "stage NAME: N.N s", at INFO under -v, DEBUG otherwise."""
+    started = time.perf_counter()
+    yield
+    logger.log(logging.INFO if getattr(args, "verbose", 0) > 0 else logging.DEBUG,
+               "stage %s: %.1f s", name, time.perf_counter() - started)
 
 
 def _minutes_list(text: str) -> list[float]:
@@ -73,13 +88,20 @@ def _cmd_coverage(args: argparse.Namespace) -> int:
     from covplan.inputs.areas import load_centers, load_communities
     from covplan.reach.isochrones import compute_isochrones
 
-    network, population = _load_inputs(args)
-    centers = load_centers(args.centers)
-    communities = load_communities(args.communities) if args.communities else None
-    result = assess_coverage(network, population, centers, communities=communities,
-                             max_minutes=args.minutes, progress=True)
-    isochrones = compute_isochrones(network, centers, minutes=[args.minutes], progress=True)
-    _write_coverage(Path(args.out), result, isochrones, self_contained=not args.cdn_maps)
+    with _stage(args, "inputs (network, population)"):
+        network, population = _load_inputs(args)
+    with _stage(args, "areas (centers, communities)"):
+        centers = load_centers(args.centers)
+        communities = load_communities(args.communities) if args.communities else None
+    with _stage(args, "coverage (reach)"):
+        result = assess_coverage(network, population, centers, communities=communities,
+                                 max_minutes=args.minutes, progress=True)
+    with _stage(args, "isochrones"):
+        isochrones = compute_isochrones(network, centers, minutes=[args.minutes], progress=True)
+    with _stage(args, "writing"):
+        _write_coverage(Path(args.out), result, isochrones, base=_base_layer(network),
+                        self_contained=not args.cdn_maps)
+    _log_coverage(Path(args.out), result)
     return 0
 
 
@@ -89,26 +111,45 @@ def _add_map_option(p: argparse.ArgumentParser) -> None:
                         "internet to open)")
 
 
+def _base_layer(network, railway=None):
+    """The map's offline base layer from the network (and a railway layer when there is one)."""
+    from covplan.output.basemap import base_layer
+
+    return base_layer(network, features=None if railway is None
+                      else railway.assign(kind="railway"))
+
+
 def _write_coverage(out: Path, result, isochrones, extra_layers=None, title="coverage",
-                    map_name="map.html", *, self_contained: bool = True) -> None:
+                    map_name="map.html", *, base=None, self_contained: bool = True) -> None:
     from covplan.output.files import prepare_folder, write_json, write_layers
     from covplan.output.maps import coverage_map, save_map
 
     prepare_folder(out)
-    layers = {"units": result.units, "centers": result.centers, "isochrones": isochrones}
+    # Residents are `population` in every written layer, as in a plan folder.
+    layers = {"units": result.units.rename(columns={"pop": "population"}),
+              "centers": result.centers, "isochrones": isochrones}
     if result.communities is not None:
-        layers = {"communities": result.communities, **layers}
+        layers = {"communities": result.communities.rename(columns={"pop": "population"}),
+                  **layers}
     layers.update(extra_layers or {})
     write_layers(out / f"{title}.gpkg", layers)
     write_json(out / f"{title}.json", result.summary())
-    save_map(coverage_map(result, isochrones=isochrones), out / map_name,
+    save_map(coverage_map(result, isochrones=isochrones, base=base), out / map_name,
              self_contained=self_contained)
+
+
+def _log_coverage(out: Path, result) -> None:
+    """The last line of `covplan coverage`: what its percentages count."""
     summary = result.summary()
-    center = ("their own community's center" if result.communities is not None
-              else "the nearest center")
-    logger.info("Wrote %s: %.1f %% of %d residents within %g min of %s", out,
-                100 * summary["coverage_share"], summary["population_total"], result.max_minutes,
-                center)
+    if result.communities is not None:
+        logger.info("Wrote %s: %.1f %% of %s residents within %g min of their own community's "
+                    "center; %.1f %% within %g min of the nearest center", out,
+                    100 * summary["coverage_share"], f"{summary['population_total']:,}",
+                    result.max_minutes, 100 * summary["nearest_center_share"], result.max_minutes)
+    else:
+        logger.info("Wrote %s: %.1f %% of %s residents within %g min of the nearest center", out,
+                    100 * summary["coverage_share"], f"{summary['population_total']:,}",
+                    result.max_minutes)
 
 
 # Plan flag -> PlanConfig field.
@@ -157,28 +198,55 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from covplan.plan.replan import plan_inputs, replan_scenario
     from covplan.scenarios import apply_scenario, load_inputs, resolved_parameters, write_scenario
 
+    started = time.perf_counter()
     scenario = _plan_scenario(args)
     base_plan = None
     if args.base_plan:
         from covplan.output.files import read_plan
 
-        base_plan = read_plan(args.base_plan)
+        with _stage(args, "base plan"):
+            base_plan = read_plan(args.base_plan)
     config = _plan_config(args, scenario.config(base_plan.config if base_plan else None))
     scenario = scenario.resolved(config)      # every parameter written out, for reproduction
-    inputs = load_inputs(scenario, config=config, progress=True)
+    with _stage(args, "inputs (network, population, areas)"):
+        inputs = load_inputs(scenario, config=config, progress=True)
     if base_plan is not None:
-        plan = replan_scenario(base_plan, scenario, inputs=inputs, progress=True)
+        with _stage(args, "re-plan (scenario changes, reach, partition, isochrones)"):
+            plan = replan_scenario(base_plan, scenario, inputs=inputs, progress=True)
     else:
-        plan = plan_inputs(apply_scenario(inputs, scenario), progress=True)
+        with _stage(args, "scenario changes"):
+            changed = apply_scenario(inputs, scenario)
+        with _stage(args, "plan (reach, partition, isochrones)"):
+            plan = plan_inputs(changed, progress=True)
     for issue in plan.report.get("rule_issues", []):
         logger.warning("%s", issue)
-    out = write_plan(plan, args.out, self_contained=not args.cdn_maps)
-    write_scenario(scenario, out / "scenario.toml")
-    parameters = resolved_parameters(scenario, plan.config)
-    if base_plan is not None:
-        parameters["base_plan"] = str(args.base_plan)
-    write_json(out / "resolved.json", parameters)
+    with _stage(args, "writing"):
+        out = write_plan(plan, args.out, base=_base_layer(inputs.network, inputs.layers.get("railway")),
+                         self_contained=not args.cdn_maps)
+        write_scenario(scenario, out / "scenario.toml")
+        parameters = resolved_parameters(scenario, plan.config)
+        if base_plan is not None:
+            parameters["base_plan"] = str(args.base_plan)
+        write_json(out / "resolved.json", parameters)
+    logger.info("Wrote %s: %s (%.1f s)", out, _plan_summary(plan), time.perf_counter() - started)
     return 0
+
+
+def _plan_summary(plan) -> str:
+    """What a plan's headline percentages mean, for the last log line of plan and demo."""
+    r, config = plan.report, plan.config
+    covered = (f"{100 * r['coverage_share']:.1f} % of residents within {config.max_minutes:g} min "
+               f"of their own community's center (ceiling {100 * r['coverage_ceiling']:.1f} %)")
+    balanced = (f"{100 * r['within_tolerance_pop_share']:.1f} % of residents in communities within "
+                f"{config.target_pop:,} ± {100 * config.tolerance:g} % "
+                f"(ceiling {100 * r['within_tolerance_pop_share_ceiling']:.1f} %; "
+                f"{100 * r['within_tolerance_share']:.0f} % of communities)")
+    parts = [f"{r['communities']} communities", covered, balanced]
+    if r.get("exception_communities"):
+        parts.append(f"{r['exception_communities']} exception communities")
+    if r.get("stability_share") is not None:
+        parts.append(f"{100 * r['stability_share']:.1f} % of residents keep their community")
+    return "; ".join(parts)
 
 
 def _add_plan_options(p: argparse.ArgumentParser, *, overrides: bool = False) -> None:
@@ -264,35 +332,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from covplan.reach.isochrones import compute_isochrones
 
     started = time.perf_counter()
-    city = build_demo_city(seed=args.seed)
-    network = load_network(city.graph, walk_speed_kmh=args.walk_speed_kmh)
-    population = load_population(city.population, population_column="population",
-                                 id_column="cell_id")
-    centers = load_centers(city.centers)
-    communities = load_communities(city.communities)
-    districts = load_districts(city.districts)
-    result = assess_coverage(network, population, centers, communities=communities,
-                             max_minutes=args.minutes, progress=True)
-    isochrones = compute_isochrones(network, centers, minutes=[args.minutes], progress=True)
+    with _stage(args, "demo city"):
+        city = build_demo_city(seed=args.seed)
+    with _stage(args, "network"):
+        network = load_network(city.graph, walk_speed_kmh=args.walk_speed_kmh)
+    with _stage(args, "population"):
+        population = load_population(city.population, population_column="population",
+                                     id_column="cell_id")
+    with _stage(args, "areas (centers, communities, districts)"):
+        centers = load_centers(city.centers)
+        communities = load_communities(city.communities)
+        districts = load_districts(city.districts)
+    with _stage(args, "as-is coverage (reach)"):
+        result = assess_coverage(network, population, centers, communities=communities,
+                                 max_minutes=args.minutes, progress=True)
+    with _stage(args, "as-is isochrones"):
+        isochrones = compute_isochrones(network, centers, minutes=[args.minutes], progress=True)
     out = Path(args.out)
-    _write_coverage(out, result, isochrones, title="asis", map_name="asis_map.html",
-                    extra_layers={"districts": districts, "railway": city.railway},
-                    self_contained=not args.cdn_maps)
+    base = _base_layer(network, city.railway)
+    with _stage(args, "writing as-is"):
+        _write_coverage(out, result, isochrones, title="asis", map_name="asis_map.html",
+                        extra_layers={"districts": districts, "railway": city.railway},
+                        base=base, self_contained=not args.cdn_maps)
+    _log_coverage(out, result)
     from covplan.output.files import write_plan
     from covplan.plan.pipeline import plan_communities
 
-    plan = plan_communities(network, population, communities=communities, centers=centers,
-                            districts=districts, config=_plan_config(args), progress=True)
-    write_plan(plan, out, self_contained=not args.cdn_maps)
-    _write_demo_scenario(out, args.seed, plan.config)
-    r = plan.report
-    logger.info("Demo: %d old communities -> %d new; %.1f %% within %g min of their own community's center, "
-                "%.0f %% of communities and %.1f %% of residents (at most %.1f %% possible) "
-                "within ±%.0f %% of %d residents, stability %.0f %% (%.1f s)",
-                len(communities), r["communities"], 100 * r["coverage_share"], args.minutes,
-                100 * r["within_tolerance_share"], 100 * r["within_tolerance_pop_share"],
-                100 * r["within_tolerance_pop_share_ceiling"], 100 * args.tolerance, args.target,
-                100 * (r["stability_share"] or 0), time.perf_counter() - started)
+    with _stage(args, "plan (reach, partition, isochrones)"):
+        plan = plan_communities(network, population, communities=communities, centers=centers,
+                                districts=districts, config=_plan_config(args), progress=True)
+    with _stage(args, "writing plan"):
+        write_plan(plan, out, base=base, self_contained=not args.cdn_maps)
+        _write_demo_scenario(out, args.seed, plan.config)
+    logger.info("Demo: %d old communities -> %s (%.1f s)", len(communities), _plan_summary(plan),
+                time.perf_counter() - started)
     return 0
 
 
@@ -408,7 +481,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="covplan", description="Plan 15-minute service circles for neighbourhood communities.")
     parser.add_argument("--version", action="version", version=f"covplan {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output: debug messages and per-stage timings")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -421,6 +494,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     _add_plan_parser(sub)
     _add_compare_parser(sub)
+    _add_atlas_parser(sub)
 
     cov = sub.add_parser("coverage", help="as-is coverage of service centers")
     _add_network_options(cov)
@@ -533,6 +607,31 @@ def _add_plan_parser(sub) -> None:
     _add_plan_options(plan, overrides=True)
     _add_map_option(plan)
     plan.set_defaults(func=_cmd_plan)
+
+
+def _cmd_atlas(args: argparse.Namespace) -> int:
+    from covplan.output.atlas import write_atlas
+
+    out = Path(args.out) if args.out else Path(args.plan) / "atlas.pdf"
+    if out.suffix.lower() != ".pdf":
+        msg = f"--out must name a .pdf file, got '{out}'; e.g. --out atlas.pdf."
+        raise InputError(msg)
+    started = time.perf_counter()
+    # A plan folder: read_plan checks it (DataSourceError), and a `streets` line layer in its
+    # plan.gpkg is drawn under each community; no network is loaded.
+    write_atlas(args.plan, out, title=args.title, progress=True)
+    logger.info("Atlas of %s written to %s (%.1f s)", args.plan, out, time.perf_counter() - started)
+    return 0
+
+
+def _add_atlas_parser(sub) -> None:
+    atlas = sub.add_parser("atlas", help="printable PDF atlas of a plan: an overview page and one "
+                                         "page per community (A4 landscape)")
+    atlas.add_argument("plan", metavar="DIR", help="plan folder written by `covplan plan`")
+    atlas.add_argument("--out", default=None, help="PDF file to write (default DIR/atlas.pdf)")
+    atlas.add_argument("--title", default=None,
+                       help="title of the overview page (default: Community plan: N communities)")
+    atlas.set_defaults(func=_cmd_atlas)
 
 
 def _add_compare_parser(sub) -> None:

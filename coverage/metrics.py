@@ -235,6 +235,7 @@ def plan_report(units: gpd.GeoDataFrame, table: gpd.GeoDataFrame, *, config: Pla
         "population_max": int(sizes.max()) if len(sizes) else 0,
         "stability_share": None,
         "kept_communities": fixed,
+        "frozen_communities": 0,      # an incremental re-plan sets it (covplan.plan.replan)
         "new_centers": int(table["center_id"].str.startswith("new-").sum()),
         "issues": issues,
         "runtime_s": round(float(runtime_s), 2),

@@ -1,6 +1,7 @@
 """
-The demo plan's self-contained map.html in a real browser: Debian's headless Chromium driven by
-Selenium through /usr/bin/chromedriver (no driver or browser download), with every host name
+The demo plan's self-contained map.html, drawn over its offline base layer (the network's main
+streets and the railway), in a real browser: Debian's headless Chromium driven by Selenium
+through /usr/bin/chromedriver (no driver or browser download), with every host name
 unresolvable, so the map must render from the file alone; base tiles fail, as offline.
 
 `make test` installs chromium and chromium-driver; without them the tests skip, unless
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from covplan.output.maps import plan_map, save_map
-from test_maps import demo_plan
+from test_maps import demo_base, demo_plan
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -67,7 +68,7 @@ def page(tmp_path_factory):
 
     plan = demo_plan()
     folder = tmp_path_factory.mktemp("browser")
-    html = save_map(plan_map(plan), folder / "map.html")
+    html = save_map(plan_map(plan, base=demo_base()), folder / "map.html")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in [*FLAGS, f"--user-data-dir={folder / 'profile'}"]:
@@ -81,7 +82,8 @@ def page(tmp_path_factory):
         driver.get(html.as_uri())
         WebDriverWait(driver, 30).until(lambda d: d.execute_script(
             "return document.readyState === 'complete'"
-            " && document.querySelectorAll('path.cov-community').length > 0"))
+            " && document.querySelectorAll('path.cov-community').length > 0"
+            " && document.querySelectorAll('.cov-label').length > 0"))
         time.sleep(1.0)                  # let failed tile requests reach the log
         screenshot = folder / "map.png"
         driver.save_screenshot(str(screenshot))
@@ -110,14 +112,43 @@ def test_leaflet_draws_every_community_center_and_old_boundary(page):
     assert "© OpenStreetMap contributors" in text
 
 
+def test_offline_base_labels_north_arrow_and_scale(page):
+    plan = page.plan
+    # One permanent label per community, giving its id and residents.
+    labels = page.driver.execute_script(
+        "return Array.from(document.querySelectorAll('.cov-label'), e => e.innerText)")
+    assert len(labels) == len(plan.communities)
+    expected = {f"{cid}\n{pop:,}" for cid, pop in zip(plan.communities["community_id"],
+                                                       plan.communities["population"])}
+    assert {text.strip() for text in labels} == expected
+    # The base layer's streets are drawn from the file itself: merged lines, many pieces.
+    d = page.driver.execute_script(
+        "return Array.from(document.querySelectorAll('path.cov-base-street'),"
+        " p => p.getAttribute('d')).join(' ')")
+    assert d.count("M") >= 20
+    assert page.count("path.cov-base-rail") == 1
+    assert "Lanxin Railway" in page.driver.execute_script("return document.body.innerText")
+    assert page.count(".cov-north-arrow") == 1
+    assert page.count(".leaflet-control-scale-line") >= 1
+    # The layer control starts collapsed, leaving the city in view.
+    assert page.count(".leaflet-control-layers-expanded") == 0
+
+
 def test_no_javascript_errors(page):
     assert page.errors == []
     assert page.tile_failures > 0          # the tiles really were asked for and failed offline
 
 
 def _checkbox(driver, label: str):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
+    # The control starts collapsed: hover it open, as a planner does. Leaflet ignores clicks
+    # in the first moment after the hover (a touch guard), so wait that out.
+    control = driver.find_element(By.CSS_SELECTOR, ".leaflet-control-layers")
+    ActionChains(driver).move_to_element(control).perform()
+    time.sleep(0.2)
+    assert "leaflet-control-layers-expanded" in control.get_attribute("class")
     for element in driver.find_elements(By.CSS_SELECTOR, ".leaflet-control-layers-overlays label"):
         if element.text.strip() == label:
             return element.find_element(By.TAG_NAME, "input")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -40,7 +43,7 @@ def test_demo_writes_map_and_geopackage(tmp_path):
     communities = gpd.read_file(out / "asis.gpkg", layer="communities")
     assert len(communities) == 69
     summary = json.loads((out / "asis.json").read_text())
-    assert summary["population_total"] == communities["pop"].sum()
+    assert summary["population_total"] == communities["population"].sum()
     assert 0 < summary["coverage_share"] < 1
     html = (out / "map.html").read_text()
     assert "communities" in html and "OpenStreetMap contributors" in html
@@ -147,7 +150,7 @@ def test_plan_scenario_round_trip_gives_the_same_plan(tmp_path, grid_files):
 
     assert main(["-q", "plan", "--scenario", str(first / "scenario.toml"), "--out", str(again)]) == 0
     a, b = _units(first), _units(again)
-    assert list(a["community_id"]) == list(b["community_id"]) and list(a["pop"]) == list(b["pop"])
+    assert list(a["community_id"]) == list(b["community_id"]) and list(a["population"]) == list(b["population"])
     assert _figures(again) == report
 
 
@@ -232,6 +235,63 @@ def test_site_needs_communities_or_a_budget(tmp_path, grid_files, capsys):
     assert "--communities" in capsys.readouterr().err
 
 
+# ---- console and logs ------------------------------------------------------------------------
+_STAMPED = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} (DEBUG|INFO|WARNING|ERROR) [\w.]+: ")
+
+
+def test_plan_log_file_has_timestamps_stage_timings_and_no_progress_bars(tmp_path, grid_files):
+    """stderr to a file (not a TTY): timestamped lines only, no '\r'; -v adds stage timings."""
+    network, population, centers = grid_files
+    err = tmp_path / "stderr.log"
+    with err.open("w") as stream:
+        done = subprocess.run(
+            [sys.executable, "-m", "covplan.cli", "-v", "plan", "--network", str(network),
+             "--population", str(population), "--centers", str(centers), "--target", "60",
+             "--tolerance", "0.5", "--minutes", "3", "--out", str(tmp_path / "plan")],
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stream, check=False,
+            env={**os.environ, "PYTHONSAFEPATH": "1"})
+    text = err.read_text()
+    assert done.returncode == 0, text
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert lines and all(_STAMPED.match(line) for line in lines), text
+    stages = [line for line in lines if " INFO covplan.cli: stage " in line]
+    for name in ("inputs", "plan (reach, partition, isochrones)", "writing"):
+        assert any(re.search(rf"stage {re.escape(name)}[^:]*: \d+\.\d s$", line) for line in stages), stages
+    assert re.search(r"INFO covplan.cli: Wrote .*: \d+ communities; [\d.]+ % of residents within 3 min "
+                     r"of their own community's center \(ceiling [\d.]+ %\); [\d.]+ % of residents in "
+                     r"communities within 60 ± 50 % \(ceiling [\d.]+ %", lines[-1]), lines[-1]
+
+
+def test_stage_timings_are_debug_without_verbose(tmp_path, grid_files, caplog):
+    network, population, centers = grid_files
+    caplog.set_level(logging.DEBUG)
+    assert main(["coverage", "--network", str(network), "--population", str(population),
+                 "--centers", str(centers), "--minutes", "3", "--out", str(tmp_path / "cov")]) == 0
+    stages = [r for r in caplog.records if r.name == "covplan.cli" and r.getMessage().startswith("stage ")]
+    assert {r.getMessage().split(":")[0] for r in stages} >= {"stage coverage (reach)", "stage isochrones",
+                                                              "stage writing"}
+    assert {r.levelno for r in stages} == {logging.DEBUG}
+    final = [r.getMessage() for r in caplog.records if r.name == "covplan.cli"][-1]
+    assert final.endswith("52.0 % of 250 residents within 3 min of the nearest center"), final
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("tty, progress, drawn", [(True, True, True), (False, True, False),
+                                                  (True, False, False)])
+def test_progress_bars_only_when_asked_and_on_a_terminal(monkeypatch, tty, progress, drawn):
+    from covplan._progress import progress_bar
+
+    stream = _Terminal() if tty else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    assert list(progress_bar(range(3), desc="steps", progress=progress)) == [0, 1, 2]
+    assert ("\r" in stream.getvalue()) is drawn
+
+
 # ---- parsing stays light -------------------------------------------------------------------
 _HEAVY = ("geopandas", "ortools", "shapely", "pandas", "scipy", "folium", "osmnx")
 _LIGHT_CHECK = f"""
@@ -263,3 +323,10 @@ def test_help_loads_no_geodata_or_solver_library(tmp_path):
     loaded = json.loads(done.stdout)
     assert "--help" in loaded and "bench reach --help" in loaded
     assert loaded == {step: [] for step in loaded}
+
+
+def test_atlas_refuses_a_non_pdf_and_a_missing_plan_folder(tmp_path, capsys):
+    assert main(["atlas", str(tmp_path), "--out", str(tmp_path / "atlas.png")]) == 2
+    assert "--out must name a .pdf file" in capsys.readouterr().err
+    assert main(["atlas", str(tmp_path / "nowhere"), "--out", str(tmp_path / "a.pdf")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1                  # one line, no traceback

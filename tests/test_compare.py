@@ -73,7 +73,7 @@ def test_one_unit_of_100_residents_moving_is_counted_once():
     s = result.summary
     assert s["residents_moved"] == 100 and s["units_moved"] == 1
     assert _counts(s, "communities", "changed", "unchanged", "added", "removed") == (2, 0, 0, 0)
-    assert _counts(s, "centers", "kept", "moved", "added", "removed") == (2, 0, 0, 0)
+    assert _counts(s, "centers", "kept", "moved", "new", "closed") == (2, 0, 0, 0)
     columns = ["community_id_b", "residents_shared", "population_a", "population_b"]
     assert _row(result, "X")[columns].tolist() == ["X", 200, 300, 200]
     assert _row(result, "Y")[columns].tolist() == ["Y", 700, 700, 800]
@@ -103,9 +103,9 @@ def test_a_split_adds_a_community_and_a_center():
     assert _row(result, community_b="P")["status"] == "added"
     assert _counts(s, "communities", "changed", "added", "removed") == (1, 1, 0)
     assert s["residents_moved"] == 300
-    assert _counts(s, "centers", "kept", "added", "removed") == (1, 1, 0)
+    assert _counts(s, "centers", "kept", "new", "closed") == (1, 1, 0)
     assert s["metrics"]["communities"]["delta"] == 1
-    added = result.centers[result.centers["status"] == "added"].iloc[0]
+    added = result.centers[result.centers["status"] == "new"].iloc[0]
     assert added["center_id_b"] == "new-1" and added["community_id_b"] == "P"
 
 
@@ -116,7 +116,7 @@ def test_a_merge_removes_a_community_and_a_center():
     s = result.summary
     assert _row(result, "P")["status"] == "removed" and _row(result, "Q")["community_id_b"] == "Z"
     assert (s["communities_removed"], s["communities_changed"], s["residents_moved"]) == (1, 1, 300)
-    assert (s["centers_removed"], s["centers_kept"]) == (1, 1)
+    assert (s["centers_closed"], s["centers_kept"]) == (1, 1)
 
 
 def test_newly_covered_and_newly_uncovered_residents():
@@ -145,16 +145,30 @@ def test_residents_without_a_community_in_a_count_as_moved_and_newly_covered():
     assert s["metrics"]["coverage_share"]["a"] == pytest.approx(0.6)
 
 
-def test_a_center_moved_within_its_community():
-    moved = _plan(["X", "X", "Y", "Y"], centers={"X": ("sx", 150.0), "Y": ("new-7", 250.0)})
-    result = compare_plans(BASE, moved)
+def test_a_closed_center_is_closed_and_a_moved_one_keeps_its_id():
+    # X's center sx stands 100 m further west; Y's center sy closes and a new site serves Y.
+    after = _plan(["X", "X", "Y", "Y"], centers={"X": ("sx", 50.0), "Y": ("new-7", 250.0)})
+    result = compare_plans(BASE, after)
     s = result.summary
-    assert _counts(s, "centers", "moved", "kept", "added", "removed") == (1, 1, 0, 0)
-    assert _row(result, "Y")["status"] == "changed" and _row(result, "X")["status"] == "unchanged"
-    assert _row(result, "Y")["center_moved_m"] == pytest.approx(100.0)
-    change = s["center_changes"][0]
-    assert [change[k] for k in ("status", "center_id_a", "center_id_b")] == ["moved", "sy", "new-7"]
-    assert change["distance_m"] == pytest.approx(100.0)
+    assert _counts(s, "centers", "moved", "kept", "new", "closed") == (1, 0, 1, 1)
+    assert _row(result, "Y")["status"] == "changed" and _row(result, "X")["status"] == "changed"
+    assert _row(result, "Y")["center_moved_m"] == pytest.approx(100.0)  # Y's center stands elsewhere
+    changes = {c["status"]: c for c in s["center_changes"]}
+    assert [changes["moved"][k] for k in ("center_id_a", "center_id_b")] == ["sx", "sx"]
+    assert changes["moved"]["distance_m"] == pytest.approx(100.0)
+    assert (changes["closed"]["center_id_a"], changes["closed"]["center_id_b"]) == ("sy", None)
+    assert (changes["new"]["center_id_a"], changes["new"]["center_id_b"]) == (None, "new-7")
+    assert [c["status"] for c in s["center_changes"]] == ["moved", "new", "closed"]
+
+
+def test_proposed_sites_are_matched_by_place_not_by_candidate_number():
+    before = _plan(["X", "X", "Y", "Y"], centers={"X": ("new-1", 150.0), "Y": ("new-2", 350.0)})
+    # new-2 now names another site; the site 350 m in is proposed again as new-9.
+    after = _plan(["X", "X", "Y", "Y"], centers={"X": ("new-2", 50.0), "Y": ("new-9", 350.0)})
+    s = compare_plans(before, after).summary
+    assert _counts(s, "centers", "kept", "moved", "new", "closed") == (1, 0, 1, 1)
+    closed = next(c for c in s["center_changes"] if c["status"] == "closed")
+    assert closed["center_id_a"] == "new-1"
 
 
 def test_plans_in_different_crs_compare_alike():
@@ -278,8 +292,10 @@ def test_demo_targets_compared_from_folders(demo_folders, tmp_path):
     assert s["residents_moved"] + shared == s["population_total"] == 300_000
     assert 0 < s["residents_moved"] < 300_000
     status = from_folders.centers["status"]
-    assert (status != "added").sum() == len(plan_a.centers)
-    assert (status != "removed").sum() == len(plan_b.centers)
+    assert (status != "new").sum() == len(plan_a.centers)
+    assert (status != "closed").sum() == len(plan_b.centers)
+    moved = from_folders.centers[status == "moved"]
+    assert (moved["center_id_a"] == moved["center_id_b"]).all()
     out = write_comparison(from_folders, tmp_path / "cmp")
     written = json.loads((out / "comparison.json").read_text())
     assert written["residents_moved"] == s["residents_moved"]

@@ -21,7 +21,9 @@ from covplan.errors import DataSourceError, InputError
 from covplan.inputs.areas import load_centers, load_communities, load_districts
 from covplan.inputs.network import WalkNetwork, load_network
 from covplan.inputs.population import Population, load_population
+from covplan.output.basemap import base_layer
 from covplan.output.maps import (
+    LabelLayer,
     MapPanel,
     add_plan_communities,
     coverage_map,
@@ -53,6 +55,13 @@ def demo_plan():
     return plan_communities(network, population, communities=load_communities(city.communities),
                             centers=load_centers(city.centers),
                             districts=load_districts(city.districts), config=PlanConfig())
+
+
+@functools.cache
+def demo_base():
+    """The demo city's base layer (primary streets and the railway), shared with test_browser.py."""
+    city = build_demo_city(seed=0)
+    return base_layer(load_network(city.graph), features=city.railway.assign(kind="railway"))
 
 
 @pytest.fixture(scope="module")
@@ -297,3 +306,97 @@ def test_demo_map_is_small_and_faithful(tmp_path):
     metric = plan.work_crs
     ratio = shown.to_crs(metric).area.to_numpy() / plan.communities.to_crs(metric).area.to_numpy()
     assert np.all(np.abs(ratio - 1) < 0.01)
+
+
+# --- offline base layer, labels, north arrow, scale ------------------------------------------
+
+def _graph_with_main_street():
+    """The 10 x 10 grid with its bottom row a primary road and its left column secondary."""
+    G = grid_graph(N, 100.0)
+    for u, v, data in G.edges(data=True):
+        if u < N and v < N:
+            data["highway"] = "primary"
+        elif u % N == 0 and v % N == 0:
+            data["highway"] = "secondary_link" if max(u, v) == N * (N - 1) else "secondary"
+    return G
+
+
+def test_base_layer_holds_the_main_streets_merged():
+    network = WalkNetwork.from_graph(_graph_with_main_street())
+    base = base_layer(network)
+    assert base.crs.to_epsg() == 4326
+    assert list(base["kind"]) == ["residential", "secondary", "primary"]   # main ones on top
+    assert base["street"].all() and (base["name"] == "").all()   # the network keeps no names
+    metric = base.to_crs(CRS).set_index("kind").geometry
+    assert metric["primary"].length == pytest.approx(100 * (N - 1), rel=1e-3)
+    assert metric["secondary"].length == pytest.approx(100 * (N - 1), rel=1e-3)  # _link included
+    # Merged: the primary street is one line from x0 to the last node, not nine segments.
+    assert shapely.get_num_geometries(metric["primary"]) == 1
+    assert metric["primary"].distance(shapely.Point(X0 + 450, Y0)) < 1.5
+    # Residential streets only while they are few.
+    assert list(base_layer(network, max_residential_km=1.0)["kind"]) == ["secondary", "primary"]
+
+
+def test_base_layer_adds_named_features_and_needs_their_kind():
+    network = WalkNetwork.from_graph(_graph_with_main_street())
+    river = shapely.LineString([(X0 - 200, Y0 + 450), (X0 + 1_100, Y0 + 480)])
+    features = gpd.GeoDataFrame({"kind": ["river", "lake"], "name": ["Blue River", "Pond"]},
+                                geometry=[river, river.buffer(40).centroid.buffer(60)], crs=CRS)
+    base = base_layer(network, features=features)
+    assert list(base["kind"][:2]) == ["river", "lake"]
+    assert list(base["name"][:2]) == ["Blue River", "Pond"]
+    assert not base["street"][:2].any()
+    with pytest.raises(InputError, match="kind"):
+        base_layer(network, features=features.drop(columns="kind"))
+
+
+def _labels(fmap: folium.Map, layer: str) -> list[list]:
+    group = _layers(fmap)[layer]
+    return [row for child in group._children.values() if isinstance(child, LabelLayer)
+            for row in child.rows]
+
+
+def test_plan_map_with_base_labels_every_community(town):
+    *_, plan = town
+    base = base_layer(WalkNetwork.from_graph(_graph_with_main_street()))
+    fmap = plan_map(plan, base=base)
+    layers = _layers(fmap)
+    assert {"streets and water (base)", "community labels", "communities"} <= set(layers)
+    names = list(layers)
+    assert names.index("streets and water (base)") < names.index("communities")   # underneath
+    page = map_html(fmap)
+    # One label per community, "id<br>residents", in the page's label array (HTML is escaped).
+    lt, gt = r"\\u003c", r"\\u003e"
+    shown = dict(re.findall(rf"{lt}b{gt}([^\\]+){lt}/b{gt}{lt}br{gt}([\d,]+)", page))
+    expected = {cid: f"{pop:,}" for cid, pop in zip(plan.communities["community_id"],
+                                                     plan.communities["population"])}
+    assert shown == expected
+    rows = _labels(fmap, "community labels")
+    assert len(rows) == len(plan.communities)
+    for (lat, lon, _), shape in zip(rows, plan.communities.to_crs(4326).geometry):
+        assert shape.buffer(1e-6).contains(shapely.Point(lon, lat))
+    assert '"pane": "coverage-streets"' in page and '"interactive": false' in page
+    assert page.count("cov-north-arrow") == 1
+    assert "L.control.scale(" in page
+    controls = [c for c in fmap._children.values() if isinstance(c, folium.LayerControl)]
+    assert controls[0].options["collapsed"] is True
+    # Legends fold to their title.
+    legend = next(p for p in _panels(fmap) if "Residents per community" in p)
+    assert legend.startswith("<details open><summary>")
+    assert not EXTERNAL_TAG.search(page)
+
+
+def test_coverage_map_with_base_labels_communities(town):
+    network, population, old, centers, _ = town
+    result = assess_coverage(network, population, centers, communities=old, max_minutes=8.0)
+    fmap = coverage_map(result, base=base_layer(network))
+    rows = _labels(fmap, "community labels")
+    assert sorted(r[2].split("</b>")[0].removeprefix("<b>") for r in rows) == [
+        "NE", "NW", "SE", "SW"]
+    assert "streets and water (base)" in _layers(fmap)
+
+
+def test_demo_base_layer_is_small():
+    base = demo_base()
+    assert sorted(base["kind"]) == ["primary", "railway"]
+    assert len(base.to_json(drop_id=True)) < 30_000

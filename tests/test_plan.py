@@ -91,6 +91,76 @@ def test_merge_split_keeps_good_communities_and_reports_changes(town):
     assert plan.centers["existing"].any()
 
 
+def _strip_town(cols: int = 24, rows: int = 4, per_cell: int = 125):
+    """A street grid `cols` x `rows` blocks of 100 m, every block one cell of `per_cell` residents."""
+    import networkx as nx
+
+    G = nx.MultiDiGraph(crs=CRS)
+    for r in range(rows + 1):
+        for c in range(cols + 1):
+            G.add_node(r * (cols + 1) + c, x=X0 + 100 * c, y=Y0 + 100 * r)
+            for b in ([r * (cols + 1) + c - 1] if c else []) + ([(r - 1) * (cols + 1) + c] if r else []):
+                G.add_edge(r * (cols + 1) + c, b, length=100.0, highway="residential")
+                G.add_edge(b, r * (cols + 1) + c, length=100.0, highway="residential")
+    cells = [box(X0 + 100 * c, Y0 + 100 * r, X0 + 100 * (c + 1), Y0 + 100 * (r + 1))
+             for r in range(rows) for c in range(cols)]
+    frame = gpd.GeoDataFrame({"cell_id": [f"c{i}" for i in range(len(cells))],
+                              "pop": [per_cell] * len(cells)}, geometry=cells, crs=CRS)
+    return (WalkNetwork.from_graph(G),
+            Population.from_frame(frame, population_column="pop", id_column="cell_id"))
+
+
+def test_merge_split_ids_follow_the_old_communities():
+    # 24 x 4 blocks of 125 residents (500 a column): C01 (columns 0-5, 3,000) meets every rule,
+    # C02 (6-17, 6,000) is twice the target, C03 (18-21, 2,000) and C04 (22-23, 1,000) too small.
+    net, population = _strip_town()
+
+    def strip(a: int, b: int):
+        return box(X0 + 100 * a, Y0, X0 + 100 * b, Y0 + 400)
+
+    ids = ["C01", "C02", "C03", "C04"]
+    old = gpd.GeoDataFrame({"community_id": ids},
+                           geometry=[strip(0, 6), strip(6, 18), strip(18, 22), strip(22, 24)], crs=CRS)
+    centers = gpd.GeoDataFrame({"center_id": ["s1", "s2", "s3", "s4"], "community_id": ids},
+                               geometry=gpd.points_from_xy([X0 + 300, X0 + 1200, X0 + 2000, X0 + 2300],
+                                                           [Y0 + 200] * 4), crs=CRS)
+    plan = plan_communities(net, population, communities=old, centers=centers, config=CONFIG)
+    _check_invariants(plan, population, CONFIG)
+    table = plan.communities.set_index("community_id")
+    assert sorted(table.index) == ["C01", "C02-a", "C02-b", "C03"]
+    # Kept unchanged: same id, residents and center.
+    assert (table.loc["C01", "population"], table.loc["C01", "center_id"]) == (3_000, "s1")
+    assert table.loc["C01", "previous_ids"] == "C01 (3,000)"
+    # Split: both halves hold mostly C02's residents, the larger -a.
+    flows = plan.changes.set_index(["old_community_id", "new_community_id"])["residents"]
+    assert flows["C02", "C02-a"] >= flows["C02", "C02-b"] > 0
+    for half in ("C02-a", "C02-b"):
+        assert table.loc[half, "previous_ids"].startswith("C02 (")
+    # Merge: C03 and C04 together, under the id of the larger (C03).
+    assert flows["C04", "C03"] == 1_000 and flows["C03", "C03"] > 1_000
+    again = plan_communities(net, population, communities=old, centers=centers, config=CONFIG)
+    assert again.units["community_id"].tolist() == plan.units["community_id"].tolist()
+
+
+def test_inherit_ids_rule_by_hand():
+    from covplan.plan.ids import inherit_ids
+
+    # old C01 kept; C02 split 8 / 3 (4 more of it join the merge); C03 (2) + C04 (12) merged
+    # under C04; one community of residents outside every old one; one unit unserved.
+    old = np.array([0, 0, 1, 1, 1, 1, 2, 3, 3, -1, 1])
+    new = np.array([0, 0, 1, 1, 2, 3, 3, 3, 3, 4, -1])
+    pop = np.array([5, 5, 4, 4, 3, 4, 2, 6, 6, 9, 7])
+    old_ids = ["C01", "C02", "C03", "C04"]
+    assert inherit_ids(new, old, pop, old_ids, 5) == ["C01", "C02-a", "C02-b", "C04", "N01"]
+    # A suffixed or new id never repeats one in use or reserved.
+    assert inherit_ids(new, old, pop, ["C01", "C02", "C02-a", "C04"], 5, reserved=["N01"]) == [
+        "C01", "C02-b", "C02-c", "C04", "N02"]
+    # Without old communities: N01, N02, ... in table order (redraw).
+    assert inherit_ids(new, np.full(len(new), -1), pop, [], 5) == ["N01", "N02", "N03", "N04", "N05"]
+    # Equal shares: the lower old id wins, each old id goes once.
+    assert inherit_ids(np.array([0, 0]), np.array([0, 1]), np.array([3, 3]), ["B", "A"], 1) == ["A"]
+
+
 def test_districts_are_never_crossed(town):
     net, population = town
     west = box(X0 - 1, Y0 - 1, X0 + 600, Y0 + 1400)

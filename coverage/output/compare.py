@@ -1,10 +1,10 @@
 """
 Two plans of the same city and population side by side: which communities were added, removed
-or changed, which residents change community, which centers open, close or move, and how
+or changed, which residents change community, which centers are new, closed or moved, and how
 coverage, balance and walking times move.
 
 plan A + plan B (objects or folders written by `write_plan`)
-  -> units matched by unit_id -> communities matched by shared residents -> centers matched by site
+  -> units matched by unit_id -> communities matched by shared residents -> centers matched by id
   -> PlanComparison (summary, per-community table, per-unit movement, center changes)
   -> comparison.json, communities.csv and compare_map.html (`write_comparison`).
 """
@@ -40,7 +40,12 @@ MATCHING_RULE = (
     "community_id). A matched pair is unchanged when it has exactly the same residents and the "
     "same center site, else changed; an A community without a match is removed, a B community "
     "without a match is added. A resident changes community when their B community is not the "
-    "match of their A community (having a community in only one plan counts as a change).")
+    "match of their A community (having a community in only one plan counts as a change). "
+    "Centers are matched by center_id: an A center whose id is absent from B is closed, a B "
+    "center whose id is absent from A is new, the same id standing more than 1 m apart has "
+    "moved, else it is kept. Sites the planner proposed (ids new-...) are named by candidate, "
+    "not by place, so they are the same center only at the same place (within 1 m, whatever "
+    "their ids); elsewhere the A one is closed and the B one new.")
 STYLE = {
     "status_fill": {"unchanged": "#f7f7f7", "changed": "#fdae61", "added": "#1a9641"},
     "a_line": "#555555",
@@ -50,7 +55,7 @@ STYLE = {
     "covered": "#1a9641",
     "uncovered": "#d7191c",
     "no_community": "#777777",
-    "center_colors": {"added": "#1a9641", "removed": "#d7191c", "moved": "#e66101",
+    "center_colors": {"new": "#1a9641", "closed": "#d7191c", "moved": "#e66101",
                       "kept": "#1f4e9c"},
 }
 
@@ -67,8 +72,8 @@ class PlanComparison:
                                     # _a/_b, population_delta, center_moved_m, residents_to/_from
     units: gpd.GeoDataFrame         # unit_id, cell_id, pop, community_id/minutes/covered _a/_b,
                                     # moved, newly_covered, newly_uncovered
-    centers: gpd.GeoDataFrame       # status (kept/moved/added/removed), center_id/community_id
-                                    # _a/_b, distance_m; the B site (A's for removed ones)
+    centers: gpd.GeoDataFrame       # status (kept/moved/new/closed), center_id/community_id
+                                    # _a/_b, distance_m; the B site (A's for closed ones)
 
 
 def compare_plans(a: Plan | str | os.PathLike[str],
@@ -78,10 +83,10 @@ def compare_plans(a: Plan | str | os.PathLike[str],
 
     Both plans must come from the same population input (same units, by ``unit_id``), so each
     resident can be followed from A to B. Communities are matched by the residents they share:
-    see `MATCHING_RULE`. Community ids alone are not trusted, because the planner numbers
-    communities N01, N02, ... by center, so one id may name different areas in two plans. Center
-    sites are the same when they stand within 1 m of each other; a matched community whose
-    center site exists only in A and whose partner's only in B counts as a moved center.
+    see `MATCHING_RULE`. Community ids alone are not trusted: two plans made independently
+    (a redraw numbers communities N01, N02, ... by center) may give one id to different areas.
+    Centers are matched by ``center_id`` (see `MATCHING_RULE`): closed when the id is only in
+    A, new when only in B, moved when the same id stands more than 1 m away, else kept.
 
     Parameters
     ----------
@@ -92,7 +97,7 @@ def compare_plans(a: Plan | str | os.PathLike[str],
     -------
     PlanComparison
         ``summary`` (communities added / removed / changed / unchanged, residents_moved,
-        newly covered / uncovered population, centers added / removed / moved / kept and, under
+        newly covered / uncovered population, centers new / closed / moved / kept and, under
         ``metrics``, each plan's coverage_share, within_tolerance_share, mean_minutes,
         max_minutes, population_min/max and communities with the B - A delta),
         ``communities``, ``units`` and ``centers``. Coverage in each plan means within that
@@ -116,11 +121,11 @@ def compare_plans(a: Plan | str | os.PathLike[str],
     heir = units["community_id_a"].map(match)
     units["moved"] = (units["community_id_a"].notna() | units["community_id_b"].notna()) & (
         heir.isna() | (heir != units["community_id_b"]))
-    sites_a, sites_b = _sites(plan_a), _sites(plan_b)
-    kept = _same_sites(sites_a, sites_b, plan_a.work_crs)
+    sites_a = _sites(plan_a)
+    sites_b = _sites(plan_b).to_crs(sites_a.crs)
     communities = _community_table(plan_a, plan_b, units, pop_a, pop_b, flows, match,
                                    sites_a, sites_b)
-    centers = _center_changes(sites_a, sites_b, kept, communities, plan_a)
+    centers = _center_changes(sites_a, sites_b, plan_a)
     summary = _summary(plan_a, plan_b, label_a, label_b, units, communities, centers)
     logger.info("Compared %s with %s: %d communities added, %d removed, %d changed, %d unchanged; "
                 "%d residents change community", label_b, label_a, summary["communities_added"],
@@ -373,25 +378,50 @@ def _community_table(a: Plan, b: Plan, units, pop_a, pop_b, flows, match, sites_
     return table
 
 
-def _center_changes(sites_a, sites_b, kept, communities, a: Plan) -> gpd.GeoDataFrame:
-    """One row per center site: kept (same place in both), moved, added or removed."""
-    rows = []
-    kept_a = {i for i, _ in kept}
-    kept_b = {j for _, j in kept}
-    for i, j in kept:
-        rows.append(("kept", i, j))
-    # A matched community whose center stands only in A while its partner's stands only in B:
-    # the center moved (rather than one closing and an unrelated one opening).
-    row_of_a = {cid: i for i, cid in enumerate(sites_a["community_id"]) if cid is not None}
-    row_of_b = {cid: j for j, cid in enumerate(sites_b["community_id"]) if cid is not None}
-    for pair in communities.dropna(subset=["community_id_a", "community_id_b"]).itertuples():
-        i, j = row_of_a.get(pair.community_id_a), row_of_b.get(pair.community_id_b)
-        if i is not None and j is not None and i not in kept_a and j not in kept_b:
-            rows.append(("moved", i, j))
-            kept_a.add(i)
-            kept_b.add(j)
-    rows += [("removed", i, None) for i in range(len(sites_a)) if i not in kept_a]
-    rows += [("added", None, j) for j in range(len(sites_b)) if j not in kept_b]
+def _proposed(center_id) -> bool:
+    """A site the planner proposed: named by its candidate number, not a standing center."""
+    return center_id is None or str(center_id).startswith("new-")
+
+
+def _center_pairs(sites_a: gpd.GeoDataFrame, sites_b: gpd.GeoDataFrame,
+                  work_crs) -> list[tuple[str, int | None, int | None]]:
+    """(status, row in A, row in B) for every center site, by `MATCHING_RULE`."""
+    rows: list[tuple[str, int | None, int | None]] = []
+    free_b: dict[str, list[int]] = {}
+    for j, cid in enumerate(sites_b["center_id"]):
+        if cid is not None:
+            free_b.setdefault(cid, []).append(j)
+    paired_a, paired_b = set(), set()
+    for i, cid in enumerate(sites_a["center_id"]):
+        if not free_b.get(cid):
+            continue
+        j = free_b[cid][0]
+        distance = float(sites_a.geometry.iloc[i].distance(sites_b.geometry.iloc[j]))
+        if distance <= SAME_PLACE_M or not _proposed(cid):
+            rows.append(("kept" if distance <= SAME_PLACE_M else "moved", i, j))
+            free_b[cid].pop(0)
+            paired_a.add(i)
+            paired_b.add(j)
+    # Proposed sites left over: the same site under another candidate number is kept.
+    rest_a = [i for i in range(len(sites_a))
+              if i not in paired_a and _proposed(sites_a["center_id"].iloc[i])]
+    rest_b = [j for j in range(len(sites_b))
+              if j not in paired_b and _proposed(sites_b["center_id"].iloc[j])]
+    if rest_a and rest_b:
+        for i, j in _same_sites(sites_a.iloc[rest_a].reset_index(drop=True),
+                                sites_b.iloc[rest_b].reset_index(drop=True), work_crs):
+            rows.append(("kept", rest_a[i], rest_b[j]))
+            paired_a.add(rest_a[i])
+            paired_b.add(rest_b[j])
+    rows += [("closed", i, None) for i in range(len(sites_a)) if i not in paired_a]
+    rows += [("new", None, j) for j in range(len(sites_b)) if j not in paired_b]
+    return rows
+
+
+def _center_changes(sites_a, sites_b, a: Plan) -> gpd.GeoDataFrame:
+    """One row per center: kept, moved (same id elsewhere), new or closed (`MATCHING_RULE`)."""
+    sites_b = sites_b.to_crs(sites_a.crs)
+    rows = _center_pairs(sites_a, sites_b, a.work_crs)
     records, shapes = [], []
     for status, i, j in rows:
         site_a = sites_a.iloc[i] if i is not None else None
@@ -406,7 +436,7 @@ def _center_changes(sites_a, sites_b, kept, communities, a: Plan) -> gpd.GeoData
                            if site_a is not None and site_b is not None else np.nan),
         })
         shapes.append((site_b if site_b is not None else site_a).geometry)
-    order = {"moved": 0, "added": 1, "removed": 2, "kept": 3}
+    order = {"moved": 0, "new": 1, "closed": 2, "kept": 3}
     frame = gpd.GeoDataFrame(records, geometry=shapes, crs=a.work_crs,
                              columns=["status", "center_id_a", "center_id_b", "community_id_a",
                                       "community_id_b", "distance_m"])
@@ -471,8 +501,8 @@ def _summary(a: Plan, b: Plan, label_a: str, label_b: str, units, communities, c
         "units_moved": int(units["moved"].sum()),
         "newly_covered_population": int(units.loc[units["newly_covered"], "pop"].sum()),
         "newly_uncovered_population": int(units.loc[units["newly_uncovered"], "pop"].sum()),
-        "centers_added": int(center_status.get("added", 0)),
-        "centers_removed": int(center_status.get("removed", 0)),
+        "centers_new": int(center_status.get("new", 0)),
+        "centers_closed": int(center_status.get("closed", 0)),
         "centers_moved": int(center_status.get("moved", 0)),
         "centers_kept": int(center_status.get("kept", 0)),
         "metrics": metrics,
@@ -502,10 +532,10 @@ def _boundaries(plan: Plan, communities: pd.DataFrame, side: str) -> gpd.GeoData
 
 
 def _center_text(row, status: str) -> str:
-    return {"added": f"new center {row.center_id_b} (community {row.community_id_b} in B)",
-            "removed": f"center {row.center_id_a} closed (community {row.community_id_a} in A)",
-            "moved": f"center of {row.community_id_a} → {row.community_id_b} moved "
-                     f"{row.distance_m:,.0f} m: {row.center_id_a} → {row.center_id_b}",
+    return {"new": f"new center {row.center_id_b} (community {row.community_id_b} in B)",
+            "closed": f"center {row.center_id_a} closed (community {row.community_id_a} in A)",
+            "moved": f"center {row.center_id_b} moved {row.distance_m:,.0f} m "
+                     f"(community {row.community_id_a} in A, {row.community_id_b} in B)",
             "kept": f"center {row.center_id_b} kept "
                     f"({row.community_id_a} → {row.community_id_b})",
             }[status]
@@ -516,9 +546,9 @@ def _add_centers(fmap: folium.Map, comparison: PlanComparison) -> None:
     centers = comparison.centers.to_crs(4326)
     start = dict(zip(_ids(comparison.a.centers["center_id"]),
                      comparison.a.centers.to_crs(4326).geometry, strict=True))
-    for status, title, show in (("added", "centers added", True),
-                                ("removed", "centers removed", True),
-                                ("moved", "centers moved (line from the A site)", True),
+    for status, title, show in (("new", "new centers", True),
+                                ("closed", "centers closed", True),
+                                ("moved", "centers moved (same id; line from the A site)", True),
                                 ("kept", "centers kept", False)):
         rows = centers[centers["status"] == status]
         group = folium.FeatureGroup(name=f"{title} ({len(rows)})", show=show)
@@ -531,7 +561,7 @@ def _add_centers(fmap: folium.Map, comparison: PlanComparison) -> None:
                                 color=color, weight=3, dash_array="4 4", tooltip=text).add_to(group)
             folium.CircleMarker([row.geometry.y, row.geometry.x], radius=8, color="#222222",
                                 weight=2, fill=True, fill_color=color,
-                                fill_opacity=0.2 if status == "removed" else 0.95,
+                                fill_opacity=0.2 if status == "closed" else 0.95,
                                 tooltip=text).add_to(group)
         group.add_to(fmap)
 
@@ -577,7 +607,7 @@ def _summary_panel(summary: dict) -> str:
         f"mean walk {pair('mean_minutes', '.1f')} min; worst {pair('max_minutes', '.1f')} min",
         f"newly covered {summary['newly_covered_population']:,}; newly uncovered "
         f"{summary['newly_uncovered_population']:,}",
-        f"centers: {summary['centers_added']} added, {summary['centers_removed']} removed, "
+        f"centers: {summary['centers_new']} new, {summary['centers_closed']} closed, "
         f"{summary['centers_moved']} moved, {summary['centers_kept']} kept",
     ]
     swatches = "".join(
@@ -597,7 +627,7 @@ def compare_map(comparison: PlanComparison, *, m: folium.Map | None = None) -> f
     """
     What changed from plan A to plan B: B's communities by status (changed / added / unchanged),
     A's boundaries dashed, residents who change community (coloured by their B community),
-    newly covered and newly uncovered residents, centers added / removed / moved / kept, a
+    newly covered and newly uncovered residents, centers new / closed / moved / kept, a
     title and a summary panel.
     """
     fmap = base_map(comparison.units, m=m)

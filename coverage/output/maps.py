@@ -6,8 +6,10 @@ Each `*_map` function returns a `folium.Map`; `m=` adds its layers to an existin
 tooltips; a title, a summary panel and one legend per coloured layer are Leaflet controls.
 `save_map` writes a map as one self-contained HTML file (no CDN, see `covplan.output.offline`).
 
-Maps draw only Leaflet vectors (circle markers, polygons) and plain HTML panels, so a
-self-contained file needs Leaflet alone: no marker-icon fonts, Bootstrap, jQuery or D3.
+Maps draw only Leaflet vectors (circle markers, polygons, lines), text labels as Leaflet
+DivIcons and plain HTML panels, so a self-contained file needs Leaflet alone: no marker-icon
+fonts, Bootstrap, jQuery or D3. Offline, where tiles fail, `base=` (from
+`covplan.output.basemap.base_layer`) gives the map its own streets, railways and water.
 """
 
 from __future__ import annotations
@@ -65,7 +67,25 @@ STYLE = {
     "isochrone_min_hole_m2": 10_000.0,
     "coordinate_step_deg": 1e-5,    # about one metre
     "points_pane": "coverage-points",
+    # The offline base layer (see covplan.output.basemap): under the fills, above any tiles.
+    "base_pane": "coverage-base",
+    "streets_pane": "coverage-streets",
+    "labels_pane": "coverage-labels",   # community labels: above the fills, under the points
+    "base_street": {"trunk": ("#666666", 2.6), "primary": ("#6e6e6e", 2.0),
+                    "secondary": ("#7a7a7a", 1.5), "tertiary": ("#8a8a8a", 1.1),
+                    "residential": ("#a0a0a0", 0.7)},
+    "base_water": "#a8cfee",
+    "base_water_line": "#5b9bd5",
+    "base_green": "#cfe8c0",
+    "base_rail": "#555555",
+    "center_outline_weight": 2,
+    "label_center_gap_m": 120.0,   # community labels keep this far from service centers
 }
+WATER_KINDS = frozenset({"water", "river", "lake", "canal", "stream", "reservoir", "sea",
+                         "riverbank", "pond", "basin", "wetland", "coastline"})
+GREEN_KINDS = frozenset({"park", "forest", "wood", "grass", "garden", "cemetery", "meadow",
+                         "recreation_ground", "nature_reserve"})
+RAIL_KINDS = frozenset({"railway", "rail", "tram", "subway", "light_rail", "narrow_gauge"})
 _PANEL_CSS = """<style>
 .cov-panel {background: rgba(255,255,255,0.92); padding: 6px 9px; border-radius: 4px;
   box-shadow: 0 1px 5px rgba(0,0,0,0.35); font: 12px/1.45 "Helvetica Neue", Arial, sans-serif;
@@ -74,6 +94,9 @@ _PANEL_CSS = """<style>
 .cov-panel table {border-collapse: collapse;}
 .cov-panel td {padding: 1px 4px; vertical-align: middle;}
 .cov-swatch {display: inline-block; width: 16px; height: 11px; border: 1px solid #999;}
+.cov-panel summary {cursor: pointer;}
+.cov-panel details:not([open]) > summary {opacity: 0.85;}
+.cov-north {padding: 3px 6px 2px; text-align: center; font-weight: bold; line-height: 1;}
 </style>"""
 
 
@@ -120,6 +143,64 @@ var {{ this.get_name() }} = L.control({position: {{ this.position|tojson }}});
     def render(self, **kwargs: Any) -> None:
         super().render(**kwargs)
         self.get_root().header.add_child(Element(_PANEL_CSS), name="coverage_panel_css")
+
+
+_LABEL_CSS = """<style>
+.cov-label, .cov-base-label {background: none; border: none;}
+.cov-label > div, .cov-base-label > div {position: absolute; transform: translate(-50%, -50%);
+  white-space: nowrap; text-align: center; pointer-events: none;
+  font: var(--cov-label-px, 11px)/1.15 "Helvetica Neue", Arial, sans-serif;
+  text-shadow: 0 0 2px #fff, 0 0 2px #fff, 0 0 3px #fff, 0 0 4px #fff;}
+.cov-label > div {color: #111;}
+.cov-label b {font-size: 1.1em;}
+.cov-base-label > div {color: #2b5d8a; font-style: italic; font-size: calc(0.9 *
+  var(--cov-label-px, 11px));}
+.cov-base-label.cov-rail > div {color: #444;}
+.cov-map-hide-labels .cov-label, .cov-map-hide-labels .cov-base-label {display: none;}
+</style>"""
+
+
+class LabelLayer(MacroElement):
+    """
+    Permanent text labels (Leaflet DivIcon markers, not interactive) added to the parent layer.
+
+    `labels` are (lat, lon, html) rows, written as one compact array. The font follows the
+    zoom: 11 px at zoom 13.5, 30 % larger or smaller per zoom level, hidden below 6 px.
+    """
+
+    _template = Template("""
+{% macro script(this, kwargs) %}
+(function (group, rows, css) {
+    rows.forEach(function (r) {
+        L.marker([r[0], r[1]], {pane: {{ this.pane|tojson }}, interactive: false,
+            keyboard: false, icon: L.divIcon({className: css, html: "<div>" + r[2] + "</div>",
+            iconSize: [0, 0]})}).addTo(group);
+    });
+})({{ this._parent.get_name() }}, {{ this.rows|tojson }}, {{ this.css_class|tojson }});
+(function (map) {
+    if (map._covLabelScale) { return; }
+    map._covLabelScale = function () {
+        var px = 11 * Math.pow(1.3, map.getZoom() - 13.5);
+        var box = map.getContainer();
+        box.style.setProperty("--cov-label-px", Math.min(px, 22).toFixed(1) + "px");
+        box.classList.toggle("cov-map-hide-labels", px < 6);
+    };
+    map.on("zoomend", map._covLabelScale);
+    map.whenReady(map._covLabelScale);
+})({{ this._parent._parent.get_name() }});
+{% endmacro %}
+""")
+
+    def __init__(self, labels: list[tuple[float, float, str]], *, css_class: str) -> None:
+        super().__init__()
+        self._name = "LabelLayer"
+        self.rows = [[round(lat, 5), round(lon, 5), text] for lat, lon, text in labels]
+        self.css_class = css_class
+        self.pane = STYLE["labels_pane"]
+
+    def render(self, **kwargs: Any) -> None:
+        super().render(**kwargs)
+        self.get_root().header.add_child(Element(_LABEL_CSS), name="coverage_label_css")
 
 
 # --- saving and the base map --------------------------------------------------------------------
@@ -183,6 +264,15 @@ def titled_map(fmap: folium.Map, title: str, *, fresh: bool) -> None:
     if fresh:
         fmap.get_root().title = title
         MapPanel(html.escape(title), position="topleft", css_class="cov-title").add_to(fmap)
+        MapPanel(_NORTH_ARROW, position="topright", css_class="cov-north").add_to(fmap)
+
+
+# A north arrow (web maps are north-up); a fixed corner control, so it never scrolls away.
+_NORTH_ARROW = ('<div class="cov-north-arrow" title="north">'
+                '<svg width="18" height="22" viewBox="0 0 18 22" aria-hidden="true">'
+                '<path d="M9 1 L16 21 L9 16 L2 21 Z" fill="#222" stroke="#222" '
+                'stroke-linejoin="round"/><path d="M9 1 L9 16 L2 21 Z" fill="#fff"/></svg>'
+                '<div style="font-size:11px">N</div></div>')
 
 
 def finish_map(fmap: folium.Map) -> folium.Map:
@@ -191,7 +281,7 @@ def finish_map(fmap: folium.Map) -> folium.Map:
     for key, child in list(fmap._children.items()):
         if isinstance(child, folium.LayerControl):
             del fmap._children[key]
-    folium.LayerControl(collapsed=False).add_to(fmap)
+    folium.LayerControl(collapsed=True).add_to(fmap)
     return fmap
 
 
@@ -266,15 +356,142 @@ def _points_pane(fmap: folium.Map) -> None:
     folium.map.CustomPane(STYLE["points_pane"], z_index=450, pointer_events=True).add_to(fmap)
 
 
+def _pane(fmap: folium.Map, name: str, z_index: int) -> None:
+    """A custom pane without pointer events, created once, before the layers using it."""
+    for child in fmap._children.values():
+        if isinstance(child, folium.map.CustomPane) and child.name == name:
+            return
+    folium.map.CustomPane(name, z_index=z_index, pointer_events=False).add_to(fmap)
+
+
+def _base_style(feature: dict) -> dict:
+    props = feature["properties"]
+    kind = props["kind"]
+    common = {"className": "cov-base"}
+    if props["street"]:
+        color, weight = STYLE["base_street"].get(kind, STYLE["base_street"]["residential"])
+        return common | {"color": color, "weight": weight, "opacity": 0.6, "fill": False,
+                         "lineCap": "round", "lineJoin": "round",
+                         "className": "cov-base cov-base-street"}
+    if kind in WATER_KINDS:
+        return common | {"color": STYLE["base_water_line"], "weight": 1.5, "opacity": 0.8,
+                         "fillColor": STYLE["base_water"], "fillOpacity": 0.75,
+                         "className": "cov-base cov-base-water"}
+    if kind in RAIL_KINDS:   # a dark line; white dashes go on top (`_rail_dashes`)
+        return common | {"color": STYLE["base_rail"], "weight": 4, "opacity": 0.9,
+                         "fill": False, "className": "cov-base cov-base-rail"}
+    if kind in GREEN_KINDS:
+        return common | {"color": "#9cc58a", "weight": 0.8, "fillColor": STYLE["base_green"],
+                         "fillOpacity": 0.8}
+    return common | {"color": "#999999", "weight": 0.8, "dashArray": "2 3",
+                     "fillColor": "#eeeeee", "fillOpacity": 0.5}
+
+
+def _rail_dashes(_feature: dict) -> dict:
+    """White dashes along a railway's dark line: the railway look, unlike dashed borders."""
+    return {"color": "#ffffff", "weight": 2, "opacity": 1, "dashArray": "8 8", "fill": False,
+            "className": "cov-base cov-base-rail-dashes"}
+
+
+def add_base(fmap: folium.Map, base: gpd.GeoDataFrame) -> folium.map.Layer:
+    """
+    The offline base layer from `covplan.output.basemap.base_layer`: parks pale green under
+    every other layer; water light blue, streets as thin grey lines and railways dashed just
+    above the community fills (under them they would fade out), below labels and points;
+    the features' names as small permanent labels. Not interactive: hovering reaches the
+    communities beneath.
+    """
+    _pane(fmap, STYLE["base_pane"], 350)
+    _pane(fmap, STYLE["streets_pane"], 410)
+    _pane(fmap, STYLE["labels_pane"], 440)
+    frame = base[~base.geometry.is_empty & base.geometry.notna()].to_crs(4326)
+    group = folium.FeatureGroup(name="streets and water (base)", show=True).add_to(fmap)
+    linear = frame.geometry.geom_type.isin(["LineString", "MultiLineString"]).to_numpy()
+    # Water and lines go over the fills (nobody lives on a river); parks and the like under.
+    upper = linear | frame["kind"].isin(WATER_KINDS).to_numpy()
+    parts = ((frame[~upper], STYLE["base_pane"]), (frame[upper], STYLE["streets_pane"]))
+    for part, pane in parts:
+        if len(part):
+            data = part[["kind", "street", part.geometry.name]].to_geo_dict(
+                na="null", show_bbox=False, drop_id=True)
+            folium.GeoJson(data, style_function=_base_style, pane=pane, interactive=False,
+                           control=False).add_to(group)
+    rails = frame[linear & frame["kind"].isin(RAIL_KINDS).to_numpy()]
+    if len(rails):
+        data = rails[[rails.geometry.name]].to_geo_dict(na="null", show_bbox=False, drop_id=True)
+        folium.GeoJson(data, style_function=_rail_dashes, pane=STYLE["streets_pane"],
+                       interactive=False, control=False).add_to(group)
+    named = frame[(frame["name"].fillna("").astype(str) != "") & ~frame["street"].astype(bool)]
+    if len(named):
+        lines = named.geometry.geom_type.isin(["LineString", "MultiLineString"])
+        metric = named.to_crs(named.estimate_utm_crs())
+        spots = metric.geometry.representative_point()
+        along = metric.geometry[lines.to_numpy()]
+        if len(along):   # lines: labelled a third of the way along, off the middle of the city
+            spots[lines.to_numpy()] = along.interpolate(0.3, normalized=True)
+        spots = gpd.GeoSeries(spots, crs=metric.crs).to_crs(4326)
+        LabelLayer([(p.y, p.x, html.escape(str(n))) for p, n in zip(spots, named["name"])],
+                   css_class="cov-base-label").add_to(group)
+    return group
+
+
+def add_community_labels(fmap: folium.Map, communities: gpd.GeoDataFrame, *, pop_column: str,
+                         centers: gpd.GeoDataFrame | None = None) -> folium.map.Layer:
+    """
+    One permanent label per community: its id and residents (e.g. "N07" over "9,812"), sized
+    with the zoom, in the layer "community labels". A label sits at the point of the community
+    farthest inside it, away from the `centers` so their markers do not cover it.
+    """
+    _pane(fmap, STYLE["labels_pane"], 440)
+    frame = communities[~communities.geometry.is_empty & communities.geometry.notna()]
+    if len(frame):
+        metric = frame.to_crs(frame.estimate_utm_crs())
+        avoid = (centers.to_crs(metric.crs).geometry.buffer(STYLE["label_center_gap_m"])
+                 .union_all() if centers is not None and len(centers) else None)
+        points = [_label_point(shape, avoid) for shape in metric.geometry]
+        spots = gpd.GeoSeries(points, crs=metric.crs).to_crs(4326)
+    else:
+        spots = frame.geometry
+    ids = (frame["community_id"].astype(str) if "community_id" in frame
+           else frame.index.astype(str))
+    pops = frame[pop_column] if pop_column in frame else pd.Series([np.nan] * len(frame))
+    labels = []
+    for point, cid, pop in zip(spots, ids, pops):
+        count = f"<br>{_int(pop)}" if pd.notna(pop) else ""
+        labels.append((point.y, point.x, f"<b>{html.escape(cid)}</b>{count}"))
+    group = folium.FeatureGroup(name="community labels", show=True).add_to(fmap)
+    LabelLayer(labels, css_class="cov-label").add_to(group)
+    return group
+
+
+def _label_point(shape, avoid):
+    """The centre of the largest circle inside `shape` (less `avoid`), to about 10 m."""
+    if avoid is not None:
+        free = shape.difference(avoid)
+        shape = free if free.area > 0.2 * shape.area else shape
+    if shape.geom_type == "MultiPolygon":
+        shape = max(shape.geoms, key=lambda g: g.area)
+    if shape.geom_type != "Polygon":
+        return shape.representative_point()
+    from shapely.ops import polylabel
+
+    return polylabel(shape, tolerance=10.0)
+
+
 def _present(frame: pd.DataFrame, wanted: dict[str, str]) -> dict[str, str]:
     return {column: label for column, label in wanted.items() if column in frame.columns}
 
 
 def _legend(title: str, rows: list[tuple[str, str]]) -> str:
-    """A legend: a title and one swatch and label per class."""
+    """A legend: a title and one swatch and label per class; a click on the title folds it."""
     body = "".join(f'<tr><td><span class="cov-swatch" style="background:{color}"></span></td>'
                    f"<td>{html.escape(label)}</td></tr>" for color, label in rows)
-    return f"<b>{html.escape(title)}</b><table>{body}</table>"
+    return _folding(f"<b>{html.escape(title)}</b>", f"<table>{body}</table>")
+
+
+def _folding(head: str, body: str) -> str:
+    """A panel's content that folds to its first line on a click (open at first)."""
+    return f"<details open><summary>{head}</summary>{body}</details>"
 
 
 def _step_labels(edges: list[float], fmt) -> list[str]:
@@ -292,8 +509,8 @@ def _classes(values: np.ndarray, edges: list[float]) -> np.ndarray:
 
 
 def _point_style(color: str, *, radius: float, class_name: str, stroke: str = "#ffffff",
-                 fill_opacity: float = 0.9) -> dict:
-    return {"color": stroke, "weight": 1, "fill": True, "fillColor": color,
+                 fill_opacity: float = 0.9, weight: float = 1) -> dict:
+    return {"color": stroke, "weight": weight, "fill": True, "fillColor": color,
             "fillOpacity": fill_opacity, "radius": radius, "className": class_name,
             "pane": STYLE["points_pane"]}
 
@@ -368,7 +585,8 @@ def add_plan_centers(fmap: folium.Map, centers: gpd.GeoDataFrame,
     def style(feature):
         existing = feature["properties"]["site"] == "existing center"
         color = STYLE["center_existing"] if existing else STYLE["center_new"]
-        return _point_style(color, radius=radius, class_name="cov-center", stroke="#ffffff")
+        return _point_style(color, radius=radius, class_name="cov-center", stroke="#ffffff",
+                            fill_opacity=1, weight=STYLE["center_outline_weight"])
 
     layer = _add_layer(fmap, frame, name="service centers", style=style, fields=fields,
                        popup=True, marker=folium.CircleMarker(radius=radius))
@@ -524,16 +742,21 @@ def _plan_summary(plan: Plan) -> str:
                      f"({_int(r['exception_population'])} residents no balanced community can reach)")
     if r.get("stability_share") is not None:
         lines.append(f"{_share(r['stability_share'])} of residents keep their community")
-    return "<br>".join(lines)
+    return _folding(lines[0], "<br>".join(lines[1:]))
 
 
-def plan_map(plan: Plan, *, m: folium.Map | None = None) -> folium.Map:
+def plan_map(plan: Plan, *, m: folium.Map | None = None,
+             base: gpd.GeoDataFrame | None = None) -> folium.Map:
     """
-    The plan for handing out: communities by residents vs target (with a legend), service
-    centers with their figures, 15-minute walk areas, uncovered residents, old boundaries
-    dashed, population density, a title and a summary panel.
+    The plan for handing out: communities by residents vs target (with a legend) and labelled
+    with their id and residents, service centers with their figures, 15-minute walk areas,
+    uncovered residents, old boundaries dashed, population density, a title, a summary panel,
+    a north arrow and a scale bar. `base` (from `covplan.output.basemap.base_layer`) is drawn
+    under everything, so the map shows streets and water offline, where tiles fail.
     """
     fmap = base_map(plan.communities, m=m)
+    if base is not None:
+        add_base(fmap, base)
     count = f"{len(plan.communities)} communities"
     title = (f"Community plan: {len(plan.previous)} → {count}" if plan.previous is not None
              else f"Community plan: {count}")
@@ -548,6 +771,7 @@ def plan_map(plan: Plan, *, m: folium.Map | None = None) -> folium.Map:
     add_uncovered(fmap, plan.units, minutes_column="minutes", max_minutes=plan.config.max_minutes)
     add_forced_undersized(fmap, plan.units, min_pop=plan.config.min_pop,
                           max_minutes=plan.config.max_minutes)
+    add_community_labels(fmap, plan.communities, pop_column="population", centers=plan.centers)
     add_plan_centers(fmap, plan.centers, plan.communities)
     return finish_map(fmap)
 
@@ -616,7 +840,8 @@ def add_centers(fmap: folium.Map, centers: gpd.GeoDataFrame) -> folium.map.Layer
     radius = STYLE["center_radius"]
     return _add_layer(fmap, centers, name="service centers", fields=fields, popup=True,
                       style=lambda _f: _point_style(STYLE["center_existing"], radius=radius,
-                                                    class_name="cov-center"),
+                                                    class_name="cov-center", fill_opacity=1,
+                                                    weight=STYLE["center_outline_weight"]),
                       marker=folium.CircleMarker(radius=radius))
 
 
@@ -636,16 +861,21 @@ def _coverage_summary(result: CoverageResult) -> str:
     lines.append(f"{_int(s['population_off_network'])} residents off the walking network")
     if math.isfinite(s["mean_minutes_nearest"]):
         lines.append(f"mean walk to the nearest center {s['mean_minutes_nearest']:.1f} min")
-    return "<br>".join(lines)
+    return _folding(lines[0], "<br>".join(lines[1:]))
 
 
 def coverage_map(result: CoverageResult, *, isochrones: gpd.GeoDataFrame | None = None,
-                 m: folium.Map | None = None) -> folium.Map:
+                 m: folium.Map | None = None,
+                 base: gpd.GeoDataFrame | None = None) -> folium.Map:
     """
-    The as-is coverage map: communities by share covered, isochrones, units by minutes,
-    uncovered residents, population density and centers, with a title and a summary panel.
+    The as-is coverage map: communities by share covered (labelled with id and residents),
+    isochrones, units by minutes, uncovered residents, population density and centers, with a
+    title, a summary panel, a north arrow and a scale bar; `base` (from
+    `covplan.output.basemap.base_layer`) is drawn under everything.
     """
     fmap = base_map(result.units, m=m)
+    if base is not None:
+        add_base(fmap, base)
     titled_map(fmap, f"Walking coverage of {len(result.centers)} service centers", fresh=m is None)
     MapPanel(_coverage_summary(result), position="topleft").add_to(fmap)
     add_density(fmap, result.units, show=False)
@@ -656,6 +886,9 @@ def coverage_map(result: CoverageResult, *, isochrones: gpd.GeoDataFrame | None 
     column = "minutes_own" if result.communities is not None else "minutes_nearest"
     add_units(fmap, result.units, column=column, max_minutes=result.max_minutes)
     add_uncovered(fmap, result.units, minutes_column=column, max_minutes=result.max_minutes)
+    if result.communities is not None:
+        add_community_labels(fmap, result.communities, pop_column="pop",
+                             centers=result.centers)
     add_centers(fmap, result.centers)
     return finish_map(fmap)
 

@@ -146,7 +146,7 @@ def plan_communities(network: WalkNetwork, population: Population | gpd.GeoDataF
     center_of = _attach_exceptions(ready, center_of, exception_centers, config)
 
     labels, table = community_tables(ready, center_of, districts=districts, config=config)
-    table = _keep_ids(table, labels, prior, fixed)
+    table = _keep_ids(table, labels, prior, reach.units["pop"].to_numpy())
 
     def isochrones_of(centers_out: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
         iso = compute_isochrones(network, centers_out, minutes=[config.max_minutes], progress=progress)
@@ -540,16 +540,19 @@ def _labels(center_of: np.ndarray, candidates) -> tuple[np.ndarray, list[str]]:
 
 
 def _keep_ids(table: gpd.GeoDataFrame, labels: np.ndarray, prior: Prior | None,
-              fixed: dict[int, int]) -> gpd.GeoDataFrame:
-    """An existing community kept whole, with the same center, keeps its old id."""
-    if not fixed:
+              pop: np.ndarray) -> gpd.GeoDataFrame:
+    """
+    Ids that follow the existing communities by the residents they share
+    (`covplan.plan.ids.inherit_ids`): kept unchanged keeps its id, a merge takes the id of the
+    old community giving it most residents, a split gives C012-a, C012-b, ..., the rest N01, ...
+    Without existing communities (redraw) the ids stay N01, N02, ... by center.
+    """
+    if prior is None:
         return table
+    from covplan.plan.ids import inherit_ids
+
     table = table.copy()
-    for old, candidate in fixed.items():
-        row = np.flatnonzero(table["candidate_id"].to_numpy() == candidate)
-        taken = prior.ids[old] in set(table["community_id"])    # never two communities one id
-        if len(row) and not taken and np.array_equal(labels == row[0], prior.unit == old):
-            table.loc[table.index[row[0]], "community_id"] = prior.ids[old]
+    table["community_id"] = inherit_ids(labels, prior.unit, pop, prior.ids, len(table))
     return table
 
 

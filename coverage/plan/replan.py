@@ -196,7 +196,7 @@ def replan(plan: Plan, network: WalkNetwork, population: Population, *,
     report.update(mode="incremental", touched_communities=sorted(reasons),
                   touch_reasons={k: reasons[k] for k in sorted(reasons)},
                   replanned_communities=sorted(window), new_communities=sorted(new_ids),
-                  frozen_communities=len(frozen))
+                  frozen_communities=len(frozen), kept_communities=0)
     logger.info("Re-planned %d of %d communities (%d touched) into %d (%.1f s)", len(window),
                 len(base.ids), len(reasons), len(new_ids), report["runtime_s"])
     report["rule_issues"] = rule_issues(out)
@@ -429,11 +429,15 @@ def _window_key(center_of, window, base, reach, config) -> tuple[float, int, int
 def _name_communities(table: gpd.GeoDataFrame, base: _BaseView, labels: np.ndarray,
                       pop: np.ndarray, window: set[str]) -> list[str]:
     """
-    Frozen communities keep their ids; re-solved ones take the id of the window community they
-    hold most residents of, the rest new ids after the highest. Centers sited by the re-plan
-    are named new-r<candidate> so they never collide with the base plan's new-<candidate>.
-    Edits `table` (ids and center ids) and returns the re-solved communities' ids.
+    Frozen communities keep their ids; re-solved ones follow the window communities by the
+    residents they share, by the rule of a full plan (`covplan.plan.ids.inherit_ids`: the
+    continuation keeps the id, a split gives C012-a, C012-b, ...), the rest new ids after the
+    highest. Centers sited by the re-plan are named new-r<candidate> so they never collide with
+    the base plan's new-<candidate>. Edits `table` (ids and center ids) and returns the re-solved
+    communities' ids.
     """
+    from covplan.plan.ids import inherit_ids
+
     frozen_by_candidate = {int(base.candidate[base.index[c]]): c for c in base.ids if c not in window}
     ids = table["community_id"].to_numpy(dtype=object).copy()
     centers = table["center_id"].to_numpy(dtype=object).copy()
@@ -448,28 +452,17 @@ def _name_communities(table: gpd.GeoDataFrame, base: _BaseView, labels: np.ndarr
     window_idx = np.array(sorted(base.index[c] for c in window), dtype=np.int64)
     row_of = np.full(len(table), -1, dtype=np.int64)
     row_of[resolved] = np.arange(len(resolved))
-    mask = (labels >= 0) & np.isin(base.comm, window_idx)
-    mask &= row_of[np.maximum(labels, 0)] >= 0
-    overlap = np.zeros((len(resolved), len(window_idx)))
-    np.add.at(overlap, (row_of[labels[mask]], np.searchsorted(window_idx, base.comm[mask])),
-              pop[mask] + 1e-6)
-    named: dict[int, str] = {}
-    taken: set[int] = set()
-    for flat in np.argsort(-overlap, axis=None, kind="stable"):
-        r, k = divmod(int(flat), len(window_idx))
-        if overlap[r, k] <= 0:
-            break
-        if r not in named and k not in taken:
-            named[r], _ = base.ids[window_idx[k]], taken.add(k)
+    new_of_unit = np.where(labels >= 0, row_of[np.maximum(labels, 0)], -1)
+    in_window = np.isin(base.comm, window_idx)
+    old_of_unit = np.where(in_window, np.searchsorted(window_idx, base.comm), -1)
     number = max((int(c[1:]) for c in base.ids if c[1:].isdigit()), default=0)
+    named = inherit_ids(new_of_unit, old_of_unit, pop, [base.ids[k] for k in window_idx],
+                        len(resolved), reserved=base.ids, first_new=number + 1)
     for r, label in enumerate(resolved):
-        if r not in named:
-            number += 1
-            named[r] = f"N{number:02d}"
         ids[label] = named[r]
     table["community_id"] = ids
     table["center_id"] = centers
-    return [named[r] for r in range(len(resolved))]
+    return named
 
 
 def _isochrones(plan: Plan, network, centers_out, changes, config, progress):
