@@ -5,17 +5,12 @@ from __future__ import annotations
 import re
 
 import geopandas as gpd
-import numpy as np
 import pytest
-from conftest import grid_graph
-from covplan.config import PlanConfig
+from conftest import merge_split_town_plan
 from covplan.errors import DataSourceError
-from covplan.inputs.network import WalkNetwork
-from covplan.inputs.population import Population
 from covplan.output.atlas import _previous_ids, read_streets, write_atlas
 from covplan.output.files import read_plan, write_layers, write_plan
-from covplan.plan.pipeline import plan_communities
-from shapely.geometry import LineString, box
+from shapely.geometry import LineString
 
 X0, Y0 = 500_000.0, 4_000_000.0
 CRS = "EPSG:32633"
@@ -36,22 +31,7 @@ def page_count(pdf: bytes) -> int:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """A merge/split plan of a small grid town (old communities W and E), written and read."""
-    net = WalkNetwork.from_graph(grid_graph(N, 100.0))
-    rng = np.random.default_rng(3)
-    cells = [box(X0 + 100 * c, Y0 + 100 * r, X0 + 100 * (c + 1), Y0 + 100 * (r + 1))
-             for r in range(N - 1) for c in range(N - 1)]
-    frame = gpd.GeoDataFrame({"cell_id": [f"c{i}" for i in range(len(cells))],
-                              "pop": rng.integers(20, 120, len(cells))}, geometry=cells, crs=CRS)
-    population = Population.from_frame(frame.to_crs(4326), population_column="pop",
-                                       id_column="cell_id")
-    half = 100 * (N - 1) / 2
-    old = gpd.GeoDataFrame({"community_id": ["W", "E"]}, crs=CRS, geometry=[
-        box(X0, Y0, X0 + half, Y0 + 2 * half), box(X0 + half, Y0, X0 + 2 * half, Y0 + 2 * half)])
-    centers = gpd.GeoDataFrame({"center_id": ["w", "e"], "community_id": ["W", "E"]}, crs=CRS,
-                               geometry=gpd.points_from_xy([X0 + 200, X0 + 700], [Y0 + 400] * 2))
-    config = PlanConfig(target_pop=1_500, tolerance=0.3, max_minutes=8.0, candidate_spacing_m=150.0,
-                        max_unit_pop=None, restarts=1)
-    plan = plan_communities(net, population, communities=old, centers=centers, config=config)
+    plan, _, _ = merge_split_town_plan(N)
     return write_plan(plan, tmp_path_factory.mktemp("plans") / "town")
 
 

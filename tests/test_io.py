@@ -12,11 +12,8 @@ import pandas as pd
 import pyogrio
 import pytest
 import shapely
-from conftest import grid_graph
-from covplan.config import PlanConfig
+from conftest import merge_split_town_plan
 from covplan.errors import DataSourceError
-from covplan.inputs.network import WalkNetwork
-from covplan.inputs.population import Population
 from covplan.output.files import (
     as_multipolygons,
     community_rows,
@@ -37,22 +34,7 @@ N = 10          # 10 x 10 streets, 100 m apart
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     """A merge/split plan of a small grid town (so every optional file exists), and its folder."""
-    net = WalkNetwork.from_graph(grid_graph(N, 100.0))
-    rng = np.random.default_rng(3)
-    cells = [box(X0 + 100 * c, Y0 + 100 * r, X0 + 100 * (c + 1), Y0 + 100 * (r + 1))
-             for r in range(N - 1) for c in range(N - 1)]
-    frame = gpd.GeoDataFrame({"cell_id": [f"c{i}" for i in range(len(cells))],
-                              "pop": rng.integers(20, 120, len(cells))}, geometry=cells, crs=CRS)
-    population = Population.from_frame(frame.to_crs(4326), population_column="pop",
-                                       id_column="cell_id")
-    half = 100 * (N - 1) / 2
-    old = gpd.GeoDataFrame({"community_id": ["W", "E"]}, crs=CRS, geometry=[
-        box(X0, Y0, X0 + half, Y0 + 2 * half), box(X0 + half, Y0, X0 + 2 * half, Y0 + 2 * half)])
-    centers = gpd.GeoDataFrame({"center_id": ["w", "e"], "community_id": ["W", "E"]}, crs=CRS,
-                               geometry=gpd.points_from_xy([X0 + 200, X0 + 700], [Y0 + 400] * 2))
-    config = PlanConfig(target_pop=1_500, tolerance=0.3, max_minutes=8.0, candidate_spacing_m=150.0,
-                        max_unit_pop=None, restarts=1)
-    plan = plan_communities(net, population, communities=old, centers=centers, config=config)
+    plan, net, population = merge_split_town_plan(N)
     folder = write_plan(plan, tmp_path_factory.mktemp("plans") / "town")
     return plan, folder, net, population
 

@@ -199,8 +199,9 @@ _DERIVED_REPORT_KEYS = ("problems", "glossary")    # built at write time, droppe
 def write_plan(plan, out: str | os.PathLike[str], *, self_contained: bool = True,
                base: gpd.GeoDataFrame | None = None) -> Path:
     """
-    Write a plan folder into `out`: plan.gpkg (layers communities, centers, units, isochrones
-    and, in merge/split mode, previous_communities), communities.csv (and communities.xlsx
+    Write a plan folder into `out`: plan.gpkg (layers communities, centers, units, isochrones,
+    center_decisions and, in merge/split mode, previous_communities), center_decisions.csv
+    (no geometry; lon/lat of each site), communities.csv (and communities.xlsx
     with openpyxl, see `write_community_tables`), report.json (the report, its `problems` and
     a `glossary` of its keys), changes.csv (merge/split mode) and map.html.
 
@@ -210,18 +211,28 @@ def write_plan(plan, out: str | os.PathLike[str], *, self_contained: bool = True
     its lines (main streets, railways) are kept as the layer `streets`, which the atlas draws.
     """
     from covplan.output.maps import plan_map, save_map
+    from covplan.output.styles import write_layer_styles
 
     folder = prepare_folder(out)
     layers = {"communities": plan.communities, "centers": plan.centers,
               "units": _units_layer(plan.units), "isochrones": plan.isochrones}
     if plan.previous is not None:
         layers["previous_communities"] = plan.previous
+    decisions = getattr(plan, "center_decisions", None)
+    if decisions is not None:
+        layers["center_decisions"] = decisions
     if base is not None:
         lines = base[base.geom_type.isin(["LineString", "MultiLineString"])]
         if len(lines):
             layers["streets"] = lines
     write_layers(folder / "plan.gpkg", layers)
+    write_layer_styles(folder / "plan.gpkg", layers=list(layers), config=plan.config)
     write_community_tables(plan, folder)
+    if decisions is not None:
+        lonlat = decisions.geometry.to_crs("EPSG:4326")
+        pd.DataFrame(decisions.drop(columns=decisions.geometry.name)).assign(
+            lon=lonlat.x.to_numpy(), lat=lonlat.y.to_numpy()).to_csv(
+            folder / "center_decisions.csv", index=False)
     write_json(folder / "report.json", report_document(plan.report))
     if plan.changes is not None:
         plan.changes.rename(columns=_WRITTEN_NAMES["changes"]).to_csv(folder / "changes.csv",
@@ -274,7 +285,8 @@ def read_plan(folder: str | os.PathLike[str]) -> Plan:
         msg = (f"'{gpkg}' lacks layer(s) {missing} of a plan (it has {sorted(present)}); "
                "write the plan again with `covplan plan`.")
         raise DataSourceError(msg)
-    layers = {name: _read_layer(gpkg, name) for name in (*PLAN_LAYERS, "previous_communities")
+    layers = {name: _read_layer(gpkg, name)
+              for name in (*PLAN_LAYERS, "previous_communities", "center_decisions")
               if name in present}
     report = _read_report(root / "report.json")
     for key in _DERIVED_REPORT_KEYS:
@@ -294,7 +306,8 @@ def read_plan(folder: str | os.PathLike[str]) -> Plan:
     return Plan(communities=layers["communities"], centers=layers["centers"], units=units,
                 isochrones=layers["isochrones"], changes=changes,
                 previous=layers.get("previous_communities"), report=report, config=config,
-                work_crs=work_crs, version=str(report.get("version", "")))
+                work_crs=work_crs, version=str(report.get("version", "")),
+                center_decisions=layers.get("center_decisions"))
 
 
 def _in_memory_names(frame, kind: str):

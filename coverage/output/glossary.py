@@ -42,6 +42,15 @@ GLOSSARY: dict[str, str] = {
     "population_min": "residents of the smallest community (persons)",
     "population_max": "residents of the largest community (persons)",
     "new_centers": "communities whose center is a newly sited one ('new-…' ids) (count)",
+    # Center decisions (`covplan.plan.decisions`, layer center_decisions, center_decisions.csv).
+    "centers_kept": "existing center sites (input centers) the plan uses as a community's center "
+                    "(count)",
+    "centers_closed": "existing center sites the plan does not use and that no new site "
+                      "replaces (count); reasons in center_decisions.csv",
+    "centers_moved": "existing center sites not used whose old community's id went to a "
+                     "community with a new site: the center moved there (count)",
+    "centers_new": "new sites the plan opened as a community's center (count; in a re-plan also "
+                   "the base plan's new sites kept)",
     # Balance against what the walking rule allows (`covplan.metrics.balance_figures`).
     "coverage_ceiling": "the highest coverage_share any plan can reach: 1 - unreachable_population "
                         "/ population_total (share 0-1)",

@@ -494,7 +494,7 @@ def _folding(head: str, body: str) -> str:
     return f"<details open><summary>{head}</summary>{body}</details>"
 
 
-def _step_labels(edges: list[float], fmt) -> list[str]:
+def step_labels(edges: list[float], fmt) -> list[str]:
     """'under a', 'a – b', ..., 'z or more' for classes split at `edges`."""
     return ([f"under {fmt(edges[0])}"]
             + [f"{fmt(a)} – {fmt(b)}" for a, b in itertools.pairwise(edges)]
@@ -559,7 +559,7 @@ def add_plan_communities(fmap: folium.Map, communities: gpd.GeoDataFrame, *, tar
 
     layer = _add_layer(fmap, frame, name="communities", style=style, fields=fields,
                        style_columns=("deviation_class",), simplify_m=STYLE["simplify_m"])
-    labels = _step_labels([target_pop * (1 + d) for d in deviations], _int)
+    labels = step_labels([target_pop * (1 + d) for d in deviations], _int)
     labels = [f"{label} (within)" if 2 <= i <= 4 else label for i, label in enumerate(labels)]
     title = f"Residents per community (target {_int(target_pop)} ± {t:.0%})"
     MapPanel(_legend(title, list(zip(colors, labels))), layer=layer).add_to(fmap)
@@ -712,7 +712,7 @@ def add_density(fmap: folium.Map, units: gpd.GeoDataFrame, *,
     layer = _add_layer(fmap, frame, name="population density", style=style, show=show,
                        fields={"residents": "residents", "per_km2": "residents per km²"},
                        style_columns=("density_class",))
-    MapPanel(_legend("Residents per km²", list(zip(colors, _step_labels(breaks, _int)))),
+    MapPanel(_legend("Residents per km²", list(zip(colors, step_labels(breaks, _int)))),
              layer=layer).add_to(fmap)
     return layer
 
@@ -800,7 +800,7 @@ def add_communities(fmap: folium.Map, communities: gpd.GeoDataFrame) -> folium.m
     layer = _add_layer(fmap, frame, name="communities by share within reach", style=style,
                        fields=fields, style_columns=("share_class",),
                        simplify_m=STYLE["simplify_m"])
-    labels = _step_labels([50, 80, 95, 99.9], lambda v: f"{v:g} %")
+    labels = step_labels([50, 80, 95, 99.9], lambda v: f"{v:g} %")
     MapPanel(_legend("Residents within reach of their own center", list(zip(colors, labels))),
              layer=layer).add_to(fmap)
     return layer
@@ -827,7 +827,7 @@ def add_units(fmap: folium.Map, units: gpd.GeoDataFrame, *, column: str, max_min
     layer = _add_layer(fmap, frame, name=name, style=style, fields=fields,
                        style_columns=("minutes_class",),
                        marker=folium.CircleMarker(radius=STYLE["unit_radius"]))
-    labels = _step_labels(edges, lambda v: f"{v:g} min")
+    labels = step_labels(edges, lambda v: f"{v:g} min")
     rows = [*zip(colors, labels), (STYLE["unreachable"], f"over {2 * max_minutes:g} min or none")]
     MapPanel(_legend("Walk to the center", rows), layer=layer).add_to(fmap)
     return layer

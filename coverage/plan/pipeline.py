@@ -60,6 +60,8 @@ class Plan:
     config: PlanConfig
     work_crs: pyproj.CRS
     version: str
+    # Every existing center and new site: kept/closed/moved/new and why (`covplan.plan.decisions`).
+    center_decisions: gpd.GeoDataFrame | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -207,12 +209,17 @@ def assemble_plan(ready: PlanningInputs, center_of: np.ndarray, labels: np.ndarr
                          prior_unit=prior.unit if prior else None, changes=changes,
                          fixed=fixed, issues=ready.issues, runtime_s=time.perf_counter() - started)
     crs = ready.population.crs
+    from covplan.plan.decisions import center_decisions, decision_counts
+
+    decisions = center_decisions(reach, prior, table, labels, crs=crs)
+    report.update(decision_counts(decisions))
     order = np.arange(len(table)) if order is None else order
     return Plan(communities=table.iloc[order].reset_index(drop=True).to_crs(crs),
                 centers=centers_out.iloc[order].reset_index(drop=True).to_crs(crs),
                 units=units_out.to_crs(crs), isochrones=isochrones.to_crs(crs), changes=changes,
                 previous=None if communities is None else communities.to_crs(crs),
-                report=report, config=config, work_crs=ready.work_crs, version=__version__)
+                report=report, config=config, work_crs=ready.work_crs, version=__version__,
+                center_decisions=decisions)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
