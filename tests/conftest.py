@@ -61,10 +61,12 @@ def grid_town(n: int = 14, *, seed: int = 7, crs: str = "EPSG:32633"):
     return net, Population.from_frame(frame, population_column="pop", id_column="cell_id")
 
 
-def merge_split_town_plan(n: int = 10):
+def merge_split_town_plan(n: int = 10, *, seed: int = 3, target_pop: float = 1_500,
+                          centers_xy=((200, 400), (700, 400))):
     """A merge/split plan of a small grid town (n x n streets 100 m apart, old communities W
-    and E with centers w and e), so that every optional output exists: (plan, network,
-    population). Shared by the plan-folder and atlas tests."""
+    and E with centers w and e at `centers_xy` metres from the corner), so that every optional
+    output exists: (plan, network, population). Shared by the plan-folder, atlas and style
+    tests."""
     import geopandas as gpd
     import numpy as np
     from covplan.config import PlanConfig
@@ -75,7 +77,7 @@ def merge_split_town_plan(n: int = 10):
 
     x0, y0, crs = 500_000.0, 4_000_000.0, "EPSG:32633"
     net = WalkNetwork.from_graph(grid_graph(n, 100.0))
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     cells = [box(x0 + 100 * c, y0 + 100 * r, x0 + 100 * (c + 1), y0 + 100 * (r + 1))
              for r in range(n - 1) for c in range(n - 1)]
     frame = gpd.GeoDataFrame({"cell_id": [f"c{i}" for i in range(len(cells))],
@@ -86,8 +88,9 @@ def merge_split_town_plan(n: int = 10):
     old = gpd.GeoDataFrame({"community_id": ["W", "E"]}, crs=crs, geometry=[
         box(x0, y0, x0 + half, y0 + 2 * half), box(x0 + half, y0, x0 + 2 * half, y0 + 2 * half)])
     centers = gpd.GeoDataFrame({"center_id": ["w", "e"], "community_id": ["W", "E"]}, crs=crs,
-                               geometry=gpd.points_from_xy([x0 + 200, x0 + 700], [y0 + 400] * 2))
-    config = PlanConfig(target_pop=1_500, tolerance=0.3, max_minutes=8.0, candidate_spacing_m=150.0,
-                        max_unit_pop=None, restarts=1)
+                               geometry=gpd.points_from_xy([x0 + x for x, _ in centers_xy],
+                                                           [y0 + y for _, y in centers_xy]))
+    config = PlanConfig(target_pop=target_pop, tolerance=0.3, max_minutes=8.0,
+                        candidate_spacing_m=150.0, max_unit_pop=None, restarts=1)
     plan = plan_communities(net, population, communities=old, centers=centers, config=config)
     return plan, net, population

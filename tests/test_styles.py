@@ -10,15 +10,11 @@ import geopandas as gpd
 import numpy as np
 import pyogrio
 import pytest
-from conftest import grid_graph
-from covplan.config import PlanConfig
-from covplan.inputs.network import WalkNetwork
-from covplan.inputs.population import Population
+from conftest import merge_split_town_plan
 from covplan.output.files import read_plan, write_plan
 from covplan.output.maps import STYLE
 from covplan.output.styles import population_classes, write_layer_styles
-from covplan.plan.pipeline import plan_communities
-from shapely.geometry import LineString, box
+from shapely.geometry import LineString
 
 X0, Y0 = 500_000.0, 4_000_000.0
 CRS = "EPSG:32633"
@@ -31,22 +27,8 @@ STYLED = {"communities": "graduatedSymbol", "centers": "categorizedSymbol",
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     """A merge/split plan of a small grid town, written with streets and a railway."""
-    net = WalkNetwork.from_graph(grid_graph(N, 100.0))
-    rng = np.random.default_rng(5)
-    cells = [box(X0 + 100 * c, Y0 + 100 * r, X0 + 100 * (c + 1), Y0 + 100 * (r + 1))
-             for r in range(N - 1) for c in range(N - 1)]
-    frame = gpd.GeoDataFrame({"cell_id": [f"c{i}" for i in range(len(cells))],
-                              "pop": rng.integers(20, 120, len(cells))}, geometry=cells, crs=CRS)
-    population = Population.from_frame(frame.to_crs(4326), population_column="pop",
-                                       id_column="cell_id")
-    half = 100 * (N - 1) / 2
-    old = gpd.GeoDataFrame({"community_id": ["W", "E"]}, crs=CRS, geometry=[
-        box(X0, Y0, X0 + half, Y0 + 2 * half), box(X0 + half, Y0, X0 + 2 * half, Y0 + 2 * half)])
-    centers = gpd.GeoDataFrame({"center_id": ["w", "e"], "community_id": ["W", "E"]}, crs=CRS,
-                               geometry=gpd.points_from_xy([X0 + 200, X0 + 500], [Y0 + 300] * 2))
-    config = PlanConfig(target_pop=1_000, tolerance=0.3, max_minutes=8.0,
-                        candidate_spacing_m=150.0, max_unit_pop=None, restarts=1)
-    plan = plan_communities(net, population, communities=old, centers=centers, config=config)
+    plan, _, _ = merge_split_town_plan(N, seed=5, target_pop=1_000,
+                                       centers_xy=((200, 300), (500, 300)))
     base = gpd.GeoDataFrame(
         {"kind": ["primary", "railway"], "name": ["", ""], "street": [True, False]},
         geometry=[LineString([(X0, Y0 + 50), (X0 + 700, Y0 + 50)]),
