@@ -26,7 +26,7 @@ _PUBLIC = {
     "apply_scenario": "covplan.scenarios", "Scenario": "covplan.scenarios",
     "plan_scenario": "covplan.plan.replan", "replan_scenario": "covplan.plan.replan",
     "replan": "covplan.plan.replan",
-    "compare_plans": "covplan.output.compare", "write_comparison": "covplan.output.compare",
+    "compare_plans": "covplan.output.compare", "compare_map": "covplan.output.compare", "write_comparison": "covplan.output.compare",
     "coverage_map": "covplan.output.maps", "isochrone_map": "covplan.output.maps",
     "plan_map": "covplan.output.maps", "save_map": "covplan.output.maps",
     "write_plan": "covplan.output.files", "read_plan": "covplan.output.files",

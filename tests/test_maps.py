@@ -326,7 +326,7 @@ def test_base_layer_holds_the_main_streets_merged():
     base = base_layer(network)
     assert base.crs.to_epsg() == 4326
     assert list(base["kind"]) == ["residential", "secondary", "primary"]   # main ones on top
-    assert base["street"].all() and (base["name"] == "").all()   # the network keeps no names
+    assert base["street"].all() and (base["name"] == "").all()   # the grid has no names
     metric = base.to_crs(CRS).set_index("kind").geometry
     assert metric["primary"].length == pytest.approx(100 * (N - 1), rel=1e-3)
     assert metric["secondary"].length == pytest.approx(100 * (N - 1), rel=1e-3)  # _link included
@@ -396,7 +396,33 @@ def test_coverage_map_with_base_labels_communities(town):
     assert "streets and water (base)" in _layers(fmap)
 
 
+def test_named_main_streets_are_labelled_once_per_km(town):
+    *_, plan = town
+    G = _graph_with_main_street()
+    for u, v, data in G.edges(data=True):
+        if data.get("highway") == "primary":
+            data["name"] = "Avenida Paulista"
+        elif data.get("highway") == "secondary":
+            data["name"] = ["Rua & Co", "Rua B"]         # an osmnx list, joined with " / "
+    base = base_layer(WalkNetwork.from_graph(G))
+    streets = base[base["street"]].set_index("kind")["name"]
+    assert streets["primary"] == "Avenida Paulista"
+    assert set(streets["secondary"]) == {"Rua & Co / Rua B", ""}   # the _link ramp is unnamed
+    fmap = plan_map(plan, base=base)
+    rows = _labels(fmap, "streets and water (base)")
+    # The 900 m primary street: one label, at its middle; few secondary names: labelled too.
+    assert sorted(r[2] for r in rows) == ["Avenida Paulista", "Rua &amp; Co / Rua B"]
+    lat, lon, _ = next(r for r in rows if r[2] == "Avenida Paulista")
+    spot = gpd.GeoSeries([shapely.Point(lon, lat)], crs=4326).to_crs(CRS)[0]
+    assert spot.distance(shapely.Point(X0 + 450, Y0)) < 5
+    page = map_html(fmap)
+    assert page.count("Avenida Paulista") == 1 and "cov-base-label cov-street" in page
+    # Still one drawn line per street class, whatever the names.
+    assert page.count('"kind": "primary"') == 1
+
+
 def test_demo_base_layer_is_small():
     base = demo_base()
-    assert sorted(base["kind"]) == ["primary", "railway"]
+    assert sorted(set(base["kind"])) == ["primary", "railway"]
+    assert "Jianshe Road" in set(base["name"])       # a primary row per street name
     assert len(base.to_json(drop_id=True)) < 30_000

@@ -81,6 +81,17 @@ def test_osm_keeps_walkable_ways_only(net):
     assert set(net.edges.highway) == {"residential", "steps", "footway"}
 
 
+def test_osm_keeps_street_names(tmp_path):
+    path = tmp_path / "named.osm"
+    path.write_text(osm_xml(NODES, [(1, [1, 2, 3], {"highway": "primary", "name": "Rua Augusta"}),
+                                    (2, [3, 4], {"highway": "footway"})]))
+    net = WalkNetwork.from_osm(path)
+    pairs = {tuple(sorted(net.node_id[[u, v]])): name
+             for u, v, name in zip(net.edges.u, net.edges.v, net.edges["name"].astype(str))}
+    assert pairs == {(1, 2): "Rua Augusta", (2, 3): "Rua Augusta", (3, 4): ""}
+    assert net.edges["name"].dtype == "category"
+
+
 def test_osm_lengths_match_geodesic(net):
     by_pair = {tuple(sorted(net.node_id[[u, v]])): length
                for u, v, length in zip(net.edges.u, net.edges.v, net.edges.length_m, strict=True)}
@@ -376,6 +387,28 @@ def test_from_place(tmp_path, monkeypatch):
     assert net.source.startswith("OpenStreetMap place")
 
 
+def test_street_names_are_carried_from_a_graph_and_through_rebuilds():
+    G = osmnx_graph()
+    for key in [(1, 2, 0), (2, 1, 0)]:
+        G.edges[key]["name"] = "Avenida Paulista"
+    for key in [(2, 3, 0), (3, 2, 0)]:
+        G.edges[key]["name"] = ["Rua A", "Rua B", "Rua A"]   # osmnx: a merged edge's names
+    net = load_network(G)                                     # (3, 4) has no name
+    names = dict(zip(net.edges.highway, net.edges["name"].astype(str)))
+    assert names == {"residential": "Avenida Paulista", "footway;motorway": "Rua A / Rua B",
+                     "steps": ""}
+    assert net.edges["name"].dtype == "category"
+    assert not net.edges["name"].isna().any()
+    # Carried by every rebuild: speed, CRS, edits and networkx round trips.
+    for rebuilt in (net.with_walk_speed(3.0), net.to_crs("EPSG:3857"),
+                    net.with_edges(drop=np.array([2])), load_network(net.to_networkx())):
+        assert sorted(rebuilt.edges["name"].astype(str)) == sorted(
+            n for n in names.values() if rebuilt.n_edges == 3 or n)
+    out = net.to_networkx()
+    assert {d.get("name") for *_, d in out.edges(data=True)} == {
+        "Avenida Paulista", "Rua A / Rua B", None}
+
+
 def test_with_edges_closes_and_adds_without_touching_the_original(grid5):
     import pandas as pd
     from scipy.sparse.csgraph import dijkstra
@@ -395,3 +428,6 @@ def test_with_edges_closes_and_adds_without_touching_the_original(grid5):
     # The original is unchanged.
     assert dijkstra(net.csr_length(), indices=corner)[far] == before
     assert net.n_edges == 40
+    assert (changed.edges["name"].astype(str) == "").all()     # grid streets have no names
+    named = net.with_edges(add=shortcut.assign(name=["Passarela"]))
+    assert named.edges["name"].astype(str).tolist().count("Passarela") == 1

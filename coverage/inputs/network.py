@@ -105,7 +105,8 @@ class WalkNetwork:
     indices: np.ndarray      # int32 (m,) head node of each arc
     length_m: np.ndarray     # float64 (m,) arc length, >= MIN_ARC_LENGTH_M
     arc_edge: np.ndarray     # int64 (m,) row of `edges` each arc runs along
-    edges: gpd.GeoDataFrame  # u, v (node indices), length_m, highway, geometry (u -> v) in `crs`
+    edges: gpd.GeoDataFrame  # u, v (node indices), length_m, highway, name, geometry (u -> v)
+    #                          in `crs`; `name` is the OSM street name ('' when none), Categorical
     crs: pyproj.CRS          # projected, metres: the working CRS
     component: np.ndarray    # int32 (n,) weak component, 0 = largest (ties: lowest node index)
     walk_speed_kmh: float = DEFAULT_WALK_SPEED_KMH
@@ -181,8 +182,8 @@ class WalkNetwork:
                    add: pd.DataFrame | None = None) -> WalkNetwork:
         """
         A new network without the edge rows `drop` and with the edges `add` (columns u, v,
-        length_m, highway and optionally geometry, in this network's node indices and CRS;
-        walkable both ways): a closed road, a new footbridge. Nodes left without an edge are
+        length_m, highway and optionally name and geometry, in this network's node indices and
+        CRS; walkable both ways): a closed road, a new footbridge. Nodes left without an edge are
         dropped and components recomputed, as when the network was built.
         """
         tails = np.repeat(np.arange(self.n_nodes), np.diff(self.indptr))
@@ -197,6 +198,8 @@ class WalkNetwork:
         add = pd.DataFrame(columns=["u", "v", "length_m", "highway"]) if add is None else add
         new_geometry = (add["geometry"].to_numpy(dtype=object) if "geometry" in add
                         else np.full(len(add), None, dtype=object))
+        new_name = np.array([_name_text(n) for n in add["name"]] if "name" in add
+                            else [""] * len(add), dtype=object)
         both = np.ones(len(add), dtype=bool)
         return _assemble(
             node_id=self.node_id, x=self.x, y=self.y,
@@ -206,6 +209,7 @@ class WalkNetwork:
                                      add["length_m"].to_numpy(dtype=np.float64)]),
             highway=np.concatenate([self.edges["highway"].to_numpy(dtype=object)[keep],
                                     add["highway"].to_numpy(dtype=object)]),
+            name=np.concatenate([_edge_names(self.edges)[keep], new_name]),
             forward=np.concatenate([forward[keep], both]),
             backward=np.concatenate([backward[keep], both]),
             geometry=np.concatenate([self.edges.geometry.to_numpy()[keep], new_geometry]),
@@ -241,8 +245,9 @@ class WalkNetwork:
         networkx.MultiDiGraph
             Nodes keyed by `node_id` (OSM ids, or 0..n-1) with `x`, `y` in this network's CRS
             and `component`. Edges u -> v carry `length` (metres), `minutes` (walking time at
-            `walk_speed_kmh`), `highway`, `edge` (row of `edges`) and a LineString `geometry`
-            running from u to v. Graph attributes: `crs` (this network's `crs`) and
+            `walk_speed_kmh`), `highway`, `name` (the street name, only when it has one, as
+            osmnx does), `edge` (row of `edges`) and a LineString `geometry` running from u
+            to v. Graph attributes: `crs` (this network's `crs`) and
             `walk_speed_kmh`. ``load_network(G, crs=net.crs)`` rebuilds an equal network
             (the same nodes, edges and lengths); a directed network comes back walkable both
             ways, as every graph does.
@@ -254,6 +259,7 @@ class WalkNetwork:
         backward = tails != u_of_edge[self.arc_edge]   # arcs walking an edge from v to u
         geoms[backward] = shapely.reverse(geoms[backward])
         highway = self.edges["highway"].to_numpy(dtype=object)[self.arc_edge]
+        names = _edge_names(self.edges)[self.arc_edge]
         minutes = self.length_m / self.speed_m_per_min
         ids = self.node_id.tolist()
         G = nx.MultiDiGraph(crs=self.crs, walk_speed_kmh=self.walk_speed_kmh)
@@ -262,9 +268,11 @@ class WalkNetwork:
                          for i in range(self.n_nodes))
         G.add_edges_from(
             (ids[t], ids[h], {"length": float(length), "minutes": float(mins), "highway": hw,
-                              "edge": int(e), "geometry": geom})
-            for t, h, length, mins, hw, e, geom in zip(
-                tails, heads, self.length_m, minutes, highway, self.arc_edge, geoms, strict=True))
+                              **({"name": name} if name else {}), "edge": int(e),
+                              "geometry": geom})
+            for t, h, length, mins, hw, name, e, geom in zip(
+                tails, heads, self.length_m, minutes, highway, names, self.arc_edge, geoms,
+                strict=True))
         return G
 
     # ---- constructors --------------------------------------------------------------------
@@ -311,7 +319,8 @@ class WalkNetwork:
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
         return _assemble(node_id=node_id, x=x, y=y, u=u, v=v,
                          length_m=np.hypot(x[u] - x[v], y[u] - y[v]),
-                         highway=ways["highway"][way], forward=ways["forward"][way],
+                         highway=ways["highway"][way], name=ways["name"][way],
+                         forward=ways["forward"][way],
                          backward=ways["backward"][way], geometry=None, crs=work,
                          walk_speed_kmh=walk_speed_kmh, source=str(path))
 
@@ -339,7 +348,8 @@ class WalkNetwork:
         Build the network from a networkx graph in osmnx convention.
 
         Nodes need `x`, `y` in `G.graph['crs']`. Edges may carry `length` (metres; else taken
-        from the geometry), `geometry` (LineString, kept) and the tags `highway`, `foot`,
+        from the geometry), `geometry` (LineString, kept), `name` (the street name; a list,
+        as osmnx gives for merged edges, is joined with " / ") and the tags `highway`, `foot`,
         `access`, ... filtered by the pedestrian rules; if no edge has `highway`, all are kept.
         `oneway` is ignored. Reverse duplicates collapse into one edge; unused nodes are dropped.
 
@@ -474,6 +484,7 @@ def _read_osm_ways(path: Path, *, progress: bool) -> dict[str, Any]:
     lats: list[float] = []
     way_of: list[int] = []
     highway: list[str] = []
+    names: list[str] = []
     directions: list[tuple[bool, bool]] = []
     excluded: Counter[str] = Counter()
     # Filters run after the location cache has seen every node, so only highway ways reach
@@ -497,6 +508,7 @@ def _read_osm_ways(path: Path, *, progress: bool) -> dict[str, Any]:
                 lats.append(loc.lat if loc.valid() else np.nan)
             way_of.extend([len(highway)] * len(way.nodes))
             highway.append(tags["highway"])
+            names.append(tags.get("name", ""))
             directions.append(_foot_directions(tags))
     except RuntimeError as exc:  # libosmium reports parse errors as RuntimeError
         msg = (f"cannot read OSM file {describe(path)}: {exc}. The file is damaged or not in OSM "
@@ -505,7 +517,8 @@ def _read_osm_ways(path: Path, *, progress: bool) -> dict[str, Any]:
     dirs = np.array(directions, dtype=bool).reshape(-1, 2)
     return {"ref": np.array(refs, dtype=np.int64), "lon": np.array(lons, dtype=np.float64),
             "lat": np.array(lats, dtype=np.float64), "way": np.array(way_of, dtype=np.int64),
-            "highway": np.array(highway, dtype=object), "forward": dirs[:, 0],
+            "highway": np.array(highway, dtype=object), "name": np.array(names, dtype=object),
+            "forward": dirs[:, 0],
             "backward": dirs[:, 1], "excluded": excluded,
             "n_seen": len(highway) + sum(excluded.values())}
 
@@ -569,6 +582,7 @@ def _network_from_graph(G: nx.Graph, *, crs: pyproj.CRS | str | None, walk_speed
     return _assemble(node_id=np.array(nodes, dtype=np.int64) if integer_ids else None,
                      x=x, y=y, u=u, v=v, length_m=length,
                      highway=np.array([_tag_text(k[2].get("highway")) for k in kept], dtype=object),
+                     name=np.array([_name_text(k[2].get("name")) for k in kept], dtype=object),
                      forward=ones, backward=ones, geometry=geometry, crs=work,
                      walk_speed_kmh=walk_speed_kmh, source=source)
 
@@ -650,11 +664,13 @@ def _download(fetch: Callable[..., nx.MultiDiGraph], what: str, *,
 def _assemble(*, node_id: np.ndarray | None, x: np.ndarray, y: np.ndarray, u: np.ndarray,
               v: np.ndarray, length_m: np.ndarray, highway: np.ndarray, forward: np.ndarray,
               backward: np.ndarray, geometry: np.ndarray | None, crs: pyproj.CRS,
-              walk_speed_kmh: float, source: str) -> WalkNetwork:
+              walk_speed_kmh: float, source: str, name: np.ndarray | None = None) -> WalkNetwork:
     """Deduplicate edges, drop unused nodes, build arcs and components, and log a summary."""
     length_m = np.maximum(np.asarray(length_m, dtype=np.float64), MIN_ARC_LENGTH_M)
     keep, forward, backward = _dedupe(u, v, length_m, forward, backward)
     u, v, length_m, highway = u[keep], v[keep], length_m[keep], highway[keep]
+    name = (np.full(len(u), "", dtype=object) if name is None
+            else np.asarray(name, dtype=object)[keep])
     used = np.unique(np.concatenate([u, v]))
     u, v = np.searchsorted(used, u), np.searchsorted(used, v)
     x, y = x[used], y[used]
@@ -666,7 +682,9 @@ def _assemble(*, node_id: np.ndarray | None, x: np.ndarray, y: np.ndarray, u: np
         geometry = geometry[keep]
         straight = np.where(pd.isna(geometry), straight, geometry)
     edges = gpd.GeoDataFrame({"u": u.astype(np.int64), "v": v.astype(np.int64),
-                              "length_m": length_m, "highway": highway.astype(str)},
+                              "length_m": length_m, "highway": highway.astype(str),
+                              # Categorical: a city has far fewer names than segments.
+                              "name": pd.Categorical(name.astype(str))},
                              geometry=straight, crs=crs)
 
     tails = np.concatenate([u[forward], v[backward]])
@@ -775,3 +793,19 @@ def _tag_text(value: Any) -> str:
     if isinstance(value, (list, tuple, set)):
         return ";".join(dict.fromkeys(map(str, value)))
     return "" if value is None else str(value)
+
+
+def _name_text(value: Any) -> str:
+    """A street name as text, '' when missing; osmnx lists (merged edges) joined with ' / '."""
+    if isinstance(value, (list, tuple, set)):
+        return " / ".join(dict.fromkeys(t for t in map(_name_text, value) if t))
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def _edge_names(edges: pd.DataFrame) -> np.ndarray:
+    """The `name` column of an edge table as an object array of str ('' for tables without)."""
+    if "name" not in edges:
+        return np.full(len(edges), "", dtype=object)
+    return edges["name"].astype(object).fillna("").to_numpy(dtype=object)

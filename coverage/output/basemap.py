@@ -6,9 +6,9 @@ reference drawing instead: the main streets of the network (merged and thinned t
 and, when given, railways, rivers and water areas, all small enough to embed in the HTML file.
 `covplan.output.maps.plan_map(plan, base=...)` draws it under every other layer.
 
-The walk network keeps each street's `highway` class but not its name (see
-`covplan.inputs.network.WalkNetwork.edges`), so streets are drawn without names; features keep
-theirs.
+The walk network keeps each street's `highway` class and OSM `name` (see
+`covplan.inputs.network.WalkNetwork.edges`), so streets are merged per class and name and the
+map can label the main ones; features keep their names too.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ def base_layer(network: WalkNetwork, *, features: gpd.GeoDataFrame | None = None
 
     Streets are the edges whose `highway` is trunk, primary, secondary or tertiary (or their
     ``_link``), plus the residential streets when they are few (at most `max_residential_km`
-    in all). The edges of each class are joined into lines (shapely ``line_merge``) and thinned
-    by `simplify_m` metres, so a city's streets take a few hundred kB at most.
+    in all). The edges of each class and street name are joined into lines (shapely
+    ``line_merge``) and thinned by `simplify_m` metres, so a city's streets take a few hundred
+    kB at most.
 
     Parameters
     ----------
@@ -60,10 +61,11 @@ def base_layer(network: WalkNetwork, *, features: gpd.GeoDataFrame | None = None
     Returns
     -------
     geopandas.GeoDataFrame
-        In EPSG:4326, one row per street class and per feature: ``kind`` (the street class,
-        e.g. 'primary', or the feature's kind), ``name`` ('' for streets: the network keeps
-        no street names), ``street`` (True for streets) and ``geometry``. Streets come after
-        features, main classes last, so drawing in row order puts them on top.
+        In EPSG:4326, one row per street class and name, and per feature: ``kind`` (the
+        street class, e.g. 'primary', or the feature's kind), ``name`` (the OSM name; '' for
+        unnamed streets and for networks built without names), ``street`` (True for streets)
+        and ``geometry``. Streets come after features, main classes last, so drawing in row
+        order puts them on top.
 
     Raises
     ------
@@ -76,7 +78,7 @@ def base_layer(network: WalkNetwork, *, features: gpd.GeoDataFrame | None = None
     >>> from covplan.inputs.network import load_network
     >>> city = build_demo_city(seed=0)
     >>> base = base_layer(load_network(city.graph), features=city.railway.assign(kind="railway"))
-    >>> sorted(base["kind"])
+    >>> sorted(set(base["kind"]))
     ['primary', 'railway']
     """
     if not simplify_m >= 0:
@@ -113,12 +115,16 @@ def _street_rows(network: WalkNetwork, simplify_m: float, max_residential_km: fl
     if length[classes == RESIDENTIAL].sum() > max_residential_km * 1000:
         classes[classes == RESIDENTIAL] = ""
     geoms = edges.geometry.to_numpy()
+    names = (edges["name"].astype(object).fillna("").to_numpy(dtype=object).astype(str)
+             if "name" in edges else np.full(len(edges), "", dtype=object))
     rows = []
     for kind in (RESIDENTIAL, *MAIN_STREETS[::-1]):     # residential first: drawn underneath
-        mine = geoms[classes == kind]
-        if len(mine):
+        drawn = classes == kind
+        for name in np.unique(names[drawn]):            # one row per (class, name)
+            mine = geoms[drawn & (names == name)]
             merged = shapely.line_merge(shapely.multilinestrings(list(mine)))
-            rows.append((kind, "", True, merged.simplify(simplify_m, preserve_topology=False)))
+            rows.append((kind, str(name), True,
+                         merged.simplify(simplify_m, preserve_topology=False)))
     return rows
 
 

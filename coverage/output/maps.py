@@ -78,6 +78,16 @@ STYLE = {
     "base_water_line": "#5b9bd5",
     "base_green": "#cfe8c0",
     "base_rail": "#555555",
+    # Street names: trunk and primary streets, and secondary ones while at most this many
+    # names; a label at the middle of each piece of at least `min_m`, the longest first, each
+    # `gap_m` from the same name's labels and not overlapping another street label, whose box
+    # at zoom 13.5 is taken as `char_m` a character wide and `line_m` high.
+    "street_label_kinds": ("trunk", "primary"),
+    "street_label_few_secondary": 25,
+    "street_label_min_m": 300.0,
+    "street_label_gap_m": 1_000.0,
+    "street_label_char_m": 60.0,
+    "street_label_line_m": 160.0,
     "center_outline_weight": 2,
     "label_center_gap_m": 120.0,   # community labels keep this far from service centers
 }
@@ -156,6 +166,8 @@ _LABEL_CSS = """<style>
 .cov-base-label > div {color: #2b5d8a; font-style: italic; font-size: calc(0.9 *
   var(--cov-label-px, 11px));}
 .cov-base-label.cov-rail > div {color: #444;}
+.cov-base-label.cov-street > div {color: #4a4a4a; font-style: normal; font-size: calc(0.8 *
+  var(--cov-label-px, 11px));}
 .cov-map-hide-labels .cov-label, .cov-map-hide-labels .cov-base-label {display: none;}
 </style>"""
 
@@ -398,8 +410,8 @@ def add_base(fmap: folium.Map, base: gpd.GeoDataFrame) -> folium.map.Layer:
     The offline base layer from `covplan.output.basemap.base_layer`: parks pale green under
     every other layer; water light blue, streets as thin grey lines and railways dashed just
     above the community fills (under them they would fade out), below labels and points;
-    the features' names as small permanent labels. Not interactive: hovering reaches the
-    communities beneath.
+    the features' names and the main streets' names (see `_street_labels`) as small
+    permanent labels. Not interactive: hovering reaches the communities beneath.
     """
     _pane(fmap, STYLE["base_pane"], 350)
     _pane(fmap, STYLE["streets_pane"], 410)
@@ -412,6 +424,7 @@ def add_base(fmap: folium.Map, base: gpd.GeoDataFrame) -> folium.map.Layer:
     parts = ((frame[~upper], STYLE["base_pane"]), (frame[upper], STYLE["streets_pane"]))
     for part, pane in parts:
         if len(part):
+            part = _one_line_per_street_class(part)
             data = part[["kind", "street", part.geometry.name]].to_geo_dict(
                 na="null", show_bbox=False, drop_id=True)
             folium.GeoJson(data, style_function=_base_style, pane=pane, interactive=False,
@@ -432,7 +445,56 @@ def add_base(fmap: folium.Map, base: gpd.GeoDataFrame) -> folium.map.Layer:
         spots = gpd.GeoSeries(spots, crs=metric.crs).to_crs(4326)
         LabelLayer([(p.y, p.x, html.escape(str(n))) for p, n in zip(spots, named["name"])],
                    css_class="cov-base-label").add_to(group)
+    streets = _street_labels(frame)
+    if streets:
+        LabelLayer(streets, css_class="cov-base-label cov-street").add_to(group)
     return group
+
+
+def _one_line_per_street_class(part: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """`part` with its street rows (one per class and name) joined into one row per class."""
+    streets = part["street"].astype(bool).to_numpy()
+    if streets.sum() <= 1:
+        return part
+    joined = [part.iloc[[rows[0]]].set_geometry([shapely.multilinestrings(
+                  shapely.get_parts(part.geometry.to_numpy()[rows]))], crs=part.crs)
+              for rows in part[streets].groupby("kind", sort=False).indices.values()
+              for rows in [np.flatnonzero(streets)[rows]]]
+    return pd.concat([part[~streets], *joined], ignore_index=True)
+
+
+def _street_labels(frame: gpd.GeoDataFrame) -> list[tuple[float, float, str]]:
+    """
+    (lat, lon, name) labels of the named main streets of a base layer (EPSG:4326): trunk and
+    primary, plus secondary when few; at most one label per name per `street_label_gap_m`.
+    """
+    streets = frame[frame["street"].astype(bool).to_numpy()
+                    & (frame["name"].fillna("").astype(str) != "").to_numpy()]
+    kinds = list(STYLE["street_label_kinds"])
+    if streets.loc[streets["kind"] == "secondary", "name"].nunique() <= STYLE[
+            "street_label_few_secondary"]:
+        kinds.append("secondary")
+    streets = streets[streets["kind"].isin(kinds)]
+    if not len(streets):
+        return []
+    metric = streets.to_crs(streets.estimate_utm_crs())
+    rank = {kind: i for i, kind in enumerate(kinds)}
+    pieces = [(rank[kind], -piece.length, str(name), piece)
+              for kind, name, shape in zip(metric["kind"], metric["name"], metric.geometry)
+              for piece in shapely.get_parts(shape)
+              if piece.length >= STYLE["street_label_min_m"]]
+    char_m, line_m = STYLE["street_label_char_m"], STYLE["street_label_line_m"]
+    placed: list[tuple[str, shapely.Point]] = []
+    for _, _, name, piece in sorted(pieces, key=lambda p: p[:3]):   # main, long pieces first
+        mid = piece.interpolate(0.5, normalized=True)
+        if all(mid.distance(p) >= STYLE["street_label_gap_m"] if n == name
+               else (abs(mid.x - p.x) >= char_m * (len(n) + len(name)) / 2
+                     or abs(mid.y - p.y) >= line_m) for n, p in placed):
+            placed.append((name, mid))
+    if not placed:
+        return []
+    spots = gpd.GeoSeries([p for _, p in placed], crs=metric.crs).to_crs(4326)
+    return [(p.y, p.x, html.escape(n)) for (n, _), p in zip(placed, spots)]
 
 
 def add_community_labels(fmap: folium.Map, communities: gpd.GeoDataFrame, *, pop_column: str,
