@@ -243,7 +243,8 @@ def _plan_summary(plan) -> str:
                 f"{100 * r['within_tolerance_share']:.0f} % of communities)")
     parts = [f"{r['communities']} communities", covered, balanced]
     if r.get("exception_communities"):
-        parts.append(f"{r['exception_communities']} exception communities")
+        n = r["exception_communities"]
+        parts.append(f"{n} exception communit{'y' if n == 1 else 'ies'}")
     if r.get("stability_share") is not None:
         parts.append(f"{100 * r['stability_share']:.1f} % of residents keep their community")
     return "; ".join(parts)

@@ -74,6 +74,13 @@ class _Change:
 
     __slots__ = ()
     kind: ClassVar[str]
+    keys: ClassVar[tuple[str, ...]]    # its TOML keys, `type` included
+
+    @classmethod
+    def from_entry(cls, i: int, entry: _Entry, folder: Path) -> Change:
+        """The change of scenario entry `i` (its keys already checked); relative paths are
+        read from `folder`."""
+        raise NotImplementedError
 
     def apply(self, parts: _Parts, where: str) -> None:
         """Edit `parts` (centers, cells, closed/added roads); errors start with `where`."""
@@ -100,10 +107,16 @@ class AddCenter(_Change):
     """Open a service center at lon/lat (optionally for an existing community)."""
 
     kind: ClassVar[str] = "add_center"
+    keys: ClassVar[tuple[str, ...]] = ("type", "center_id", "at", "community_id")
     index: int
     center_id: str
     at: tuple[float, float]            # lon, lat
     community_id: str | None = None
+
+    @classmethod
+    def from_entry(cls, i: int, entry: _Entry, folder: Path) -> Change:
+        return cls(i, entry.take("center_id", "str"), entry.take("at", "lonlat"),
+                   entry.take("community_id", "str", None))
 
     def apply(self, parts: _Parts, where: str) -> None:
         _require_near_network(parts.network, *self.at, f"{where}.at")
@@ -130,8 +143,13 @@ class RemoveCenter(_Change):
     """Close a service center."""
 
     kind: ClassVar[str] = "remove_center"
+    keys: ClassVar[tuple[str, ...]] = ("type", "center_id")
     index: int
     center_id: str
+
+    @classmethod
+    def from_entry(cls, i: int, entry: _Entry, folder: Path) -> Change:
+        return cls(i, entry.take("center_id", "str"))
 
     def apply(self, parts: _Parts, where: str) -> None:
         ids = _center_ids(parts.centers, self, where)
@@ -146,9 +164,14 @@ class MoveCenter(_Change):
     """Move a service center to lon/lat."""
 
     kind: ClassVar[str] = "move_center"
+    keys: ClassVar[tuple[str, ...]] = ("type", "center_id", "to")
     index: int
     center_id: str
     to: tuple[float, float]            # lon, lat
+
+    @classmethod
+    def from_entry(cls, i: int, entry: _Entry, folder: Path) -> Change:
+        return cls(i, entry.take("center_id", "str"), entry.take("to", "lonlat"))
 
     def apply(self, parts: _Parts, where: str) -> None:
         ids = _center_ids(parts.centers, self, where)
@@ -174,12 +197,22 @@ class AddResidents(_Change):
     """
 
     kind: ClassVar[str] = "add_residents"
+    keys: ClassVar[tuple[str, ...]] = ("type", "count", "polygon", "polygon_file", "spread", "cell_size_m")
     index: int
     count: int
     polygon: tuple[tuple[float, float], ...] | None = None   # lon/lat ring
     polygon_file: str | None = None                           # any vector file, absolute
     spread: str = "area"
     cell_size_m: float = 100.0
+
+    @classmethod
+    def from_entry(cls, i: int, entry: _Entry, folder: Path) -> Change:
+        polygon, polygon_file = _polygon_source(entry, folder)
+        spread = entry.take("spread", "str", "area")
+        if spread not in ("area", "cells"):
+            raise entry.fail("spread", f"must be \"area\" or \"cells\", got {spread!r}.")
+        return cls(i, entry.take("count", "positive_int"), polygon, polygon_file, spread,
+                   entry.take("cell_size_m", "positive", 100.0))
 
     def apply(self, parts: _Parts, where: str) -> None:
         """Spread `count` over the polygon by area: existing cells, then new squares."""
@@ -216,10 +249,16 @@ class ScalePopulation(_Change):
     """Multiply the residents inside a polygon by `factor` (cells cut by it: their share inside)."""
 
     kind: ClassVar[str] = "scale_population"
+    keys: ClassVar[tuple[str, ...]] = ("type", "factor", "polygon", "polygon_file")
     index: int
     factor: float
     polygon: tuple[tuple[float, float], ...] | None = None
     polygon_file: str | None = None
+
+    @classmethod
+    def from_entry(cls, i: int, entry: _Entry, folder: Path) -> Change:
+        polygon, polygon_file = _polygon_source(entry, folder)
+        return cls(i, entry.take("factor", "non_negative"), polygon, polygon_file)
 
     def apply(self, parts: _Parts, where: str) -> None:
         cells, work = parts.cells, parts.network.crs
@@ -249,12 +288,27 @@ class CloseRoad(_Change):
     """
 
     kind: ClassVar[str] = "close_road"
+    keys: ClassVar[tuple[str, ...]] = ("type", "nodes", "line", "point", "max_distance_m", "edges")
     index: int
     nodes: tuple[int, ...] = ()
     line: tuple[tuple[float, float], ...] = ()
     point: tuple[float, float] | None = None
     max_distance_m: float = CLOSE_POINT_M
     edges: tuple[int, ...] = ()
+
+    @classmethod
+    def from_entry(cls, i: int, entry: _Entry, folder: Path) -> Change:
+        change = cls(i, nodes=entry.take("nodes", "ids", ()), line=entry.take("line", "path", ()),
+                     point=entry.take("point", "lonlat", None),
+                     max_distance_m=entry.take("max_distance_m", "positive", CLOSE_POINT_M),
+                     edges=entry.take("edges", "ids", ()))
+        given = [k for k in ("nodes", "line", "point", "edges") if k in entry.data]
+        if len(given) != 1:
+            raise entry.fail("nodes", "give exactly one of `nodes` (OSM node ids along the road), "
+                             f"`line`, `point` or `edges`; got {given or 'none'}.")
+        if change.nodes and len(change.nodes) < 2:
+            raise entry.fail("nodes", "needs at least two node ids (the ends of a segment).")
+        return change
 
     def apply(self, parts: _Parts, where: str) -> None:
         parts.closed.append(self.closed_edges(parts.base_network, where))
@@ -318,12 +372,19 @@ class AddLink(_Change):
     """A new walkable link (footbridge, crossing) between the nodes nearest two lon/lat points."""
 
     kind: ClassVar[str] = "add_link"
+    keys: ClassVar[tuple[str, ...]] = ("type", "from", "to", "length_m", "highway", "name")
     index: int
     start: tuple[float, float]
     end: tuple[float, float]
     length_m: float | None = None      # None: the straight line between the two nodes
     highway: str = "footway"
     name: str = ""
+
+    @classmethod
+    def from_entry(cls, i: int, entry: _Entry, folder: Path) -> Change:
+        return cls(i, entry.take("from", "lonlat"), entry.take("to", "lonlat"),
+                   entry.take("length_m", "positive", None), entry.take("highway", "str", "footway"),
+                   entry.take("name", "str", ""))
 
     def apply(self, parts: _Parts, where: str) -> None:
         parts.links.append((self, where))      # its edge is made after all changes (see _Parts)
@@ -648,17 +709,6 @@ def _read_plan(value: Any, label: str) -> tuple[tuple[str, Any], ...]:
     return _ordered_plan(options)
 
 
-_CHANGE_KEYS = {
-    "add_center": ("type", "center_id", "at", "community_id"),
-    "remove_center": ("type", "center_id"),
-    "move_center": ("type", "center_id", "to"),
-    "add_residents": ("type", "count", "polygon", "polygon_file", "spread", "cell_size_m"),
-    "scale_population": ("type", "factor", "polygon", "polygon_file"),
-    "close_road": ("type", "nodes", "line", "point", "max_distance_m", "edges"),
-    "add_link": ("type", "from", "to", "length_m", "highway", "name"),
-}
-
-
 def _read_change(item: Any, i: int, folder: Path, label: str) -> Change:
     where = f"changes[{i}]"
     entry = _Entry(item, where, label)
@@ -669,45 +719,18 @@ def _read_change(item: Any, i: int, folder: Path, label: str) -> Change:
         raise entry.fail("type", f"unknown change type {kind!r}; "
                          + (f"did you mean '{hint[0]}'? " if hint else "")
                          + f"known: {', '.join(_CHANGE_TYPES)}.")
-    entry.done(_CHANGE_KEYS[kind])
-    if cls is AddCenter:
-        change = AddCenter(i, entry.take("center_id", "str"), entry.take("at", "lonlat"),
-                           entry.take("community_id", "str", None))
-    elif cls is RemoveCenter:
-        change = RemoveCenter(i, entry.take("center_id", "str"))
-    elif cls is MoveCenter:
-        change = MoveCenter(i, entry.take("center_id", "str"), entry.take("to", "lonlat"))
-    elif cls in (AddResidents, ScalePopulation):
-        polygon = entry.take("polygon", "ring", None)
-        polygon_file = entry.take("polygon_file", "str", None)
-        if (polygon is None) == (polygon_file is None):
-            raise entry.fail("polygon", "give exactly one of `polygon` (a [lon, lat] ring) "
-                             "and `polygon_file` (a vector file).")
-        polygon_file = None if polygon_file is None else str((folder / polygon_file).resolve())
-        if cls is AddResidents:
-            spread = entry.take("spread", "str", "area")
-            if spread not in ("area", "cells"):
-                raise entry.fail("spread", f"must be \"area\" or \"cells\", got {spread!r}.")
-            change = AddResidents(i, entry.take("count", "positive_int"), polygon, polygon_file,
-                                  spread, entry.take("cell_size_m", "positive", 100.0))
-        else:
-            change = ScalePopulation(i, entry.take("factor", "non_negative"), polygon, polygon_file)
-    elif cls is CloseRoad:
-        change = CloseRoad(i, nodes=entry.take("nodes", "ids", ()), line=entry.take("line", "path", ()),
-                           point=entry.take("point", "lonlat", None),
-                           max_distance_m=entry.take("max_distance_m", "positive", CLOSE_POINT_M),
-                           edges=entry.take("edges", "ids", ()))
-        given = [k for k in ("nodes", "line", "point", "edges") if k in entry.data]
-        if len(given) != 1:
-            raise entry.fail("nodes", "give exactly one of `nodes` (OSM node ids along the road), "
-                             f"`line`, `point` or `edges`; got {given or 'none'}.")
-        if change.nodes and len(change.nodes) < 2:
-            raise entry.fail("nodes", "needs at least two node ids (the ends of a segment).")
-    else:
-        change = AddLink(i, entry.take("from", "lonlat"), entry.take("to", "lonlat"),
-                         entry.take("length_m", "positive", None), entry.take("highway", "str", "footway"),
-                         entry.take("name", "str", ""))
-    return change
+    entry.done(cls.keys)
+    return cls.from_entry(i, entry, folder)
+
+
+def _polygon_source(entry: _Entry, folder: Path) -> tuple[Any, str | None]:
+    """Exactly one of `polygon` (a lon/lat ring) and `polygon_file` (resolved from `folder`)."""
+    polygon = entry.take("polygon", "ring", None)
+    polygon_file = entry.take("polygon_file", "str", None)
+    if (polygon is None) == (polygon_file is None):
+        raise entry.fail("polygon", "give exactly one of `polygon` (a [lon, lat] ring) "
+                         "and `polygon_file` (a vector file).")
+    return polygon, None if polygon_file is None else str((folder / polygon_file).resolve())
 
 
 def write_scenario(scenario: Scenario, path: str | os.PathLike[str]) -> Path:
