@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import geopandas as gpd
@@ -24,6 +25,15 @@ def _previous_ids(members_prior: np.ndarray, pop: np.ndarray, ids: list[str]) ->
     counts = np.bincount(members_prior[known], weights=pop[known], minlength=len(ids))
     order = np.lexsort((np.arange(len(ids)), -counts))
     return "; ".join(f"{ids[i]} ({int(counts[i]):,})" for i in order if counts[i] > 0)
+
+
+def parse_previous_ids(text) -> dict[str, int]:
+    """The readable `previous_ids` column back as {old id: residents}, in its order:
+    'C03 (4,512); C07 (2,100)' -> {'C03': 4512, 'C07': 2100}; empty, None or NaN -> {}."""
+    if not isinstance(text, str):
+        return {}
+    found = (re.fullmatch(r"(.*) \(([\d,]+)\)", part.strip()) for part in text.split(";"))
+    return {m.group(1): int(m.group(2).replace(",", "")) for m in found if m}
 
 
 def _exception(forced: np.ndarray, island: np.ndarray) -> str:

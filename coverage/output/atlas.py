@@ -29,6 +29,7 @@ import pandas as pd
 import pyproj
 from covplan._progress import progress_bar
 from covplan.errors import DataSourceError, InputError
+from covplan.metrics import parse_previous_ids
 
 if TYPE_CHECKING:
     from covplan.plan.pipeline import Plan
@@ -508,14 +509,7 @@ def _truthy(value) -> bool:
 
 def _previous_ids(text) -> list[str]:
     """'C03 (4,512); C07 (2,100)' -> ['C03', 'C07'] (as metrics writes previous_ids)."""
-    if text is None or (not isinstance(text, str) and pd.isna(text)):
-        return []
-    ids = []
-    for part in str(text).split(";"):
-        name = re.sub(r"\s*\([\d,.\s]*\)\s*$", "", part).strip()
-        if name:
-            ids.append(name)
-    return ids
+    return list(parse_previous_ids(text))
 
 
 def _num(value: float) -> str:

@@ -6,7 +6,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -18,6 +17,7 @@ import pandas as pd
 import pyogrio
 import shapely
 from covplan.errors import DataSourceError
+from covplan.metrics import parse_previous_ids
 from shapely.geometry import GeometryCollection, MultiPolygon, Polygon
 
 if TYPE_CHECKING:
@@ -129,11 +129,7 @@ def _units_layer(units: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
 def _list_column(cell, counts: dict[str, int] | None) -> tuple[str, str]:
     """The previous communities of one community as ("C03;C07", "4512;2100"), largest first."""
     if counts is None:          # no changes table: read the readable column, 'C03 (4,512); …'
-        counts = {}
-        for part in filter(None, str(cell or "").split("; ")):
-            found = re.fullmatch(r"(.*) \(([\d,]+)\)", part)
-            if found:
-                counts[found.group(1)] = int(found.group(2).replace(",", ""))
+        counts = parse_previous_ids(cell)
     order = sorted(counts, key=lambda k: (-counts[k], k))
     return ";".join(order), ";".join(str(int(counts[k])) for k in order)
 

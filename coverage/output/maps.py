@@ -556,7 +556,7 @@ def _folding(head: str, body: str) -> str:
     return f"<details open><summary>{head}</summary>{body}</details>"
 
 
-def step_labels(edges: list[float], fmt) -> list[str]:
+def _step_labels(edges: list[float], fmt) -> list[str]:
     """'under a', 'a – b', ..., 'z or more' for classes split at `edges`."""
     return ([f"under {fmt(edges[0])}"]
             + [f"{fmt(a)} – {fmt(b)}" for a, b in itertools.pairwise(edges)]
@@ -594,11 +594,21 @@ def _share(value: float | None) -> str:
 
 # --- plan layers ----------------------------------------------------------------------------------
 
+def population_legend(target_pop: float, tolerance: float) -> tuple[list[float], list[str]]:
+    """The classes of a community's residents: their bounds as deviations from the target
+    (± tolerance / 2, ± tolerance, ± 2 tolerance) and their legend labels, "(within)" on the
+    three inside the band. Shared by the web map and the QGIS styles."""
+    t = tolerance
+    deviations = [-2 * t, -t, -t / 2, t / 2, t, 2 * t]
+    labels = _step_labels([target_pop * (1 + d) for d in deviations], _int)
+    return deviations, [f"{label} (within)" if 2 <= i <= 4 else label
+                        for i, label in enumerate(labels)]
+
+
 def add_plan_communities(fmap: folium.Map, communities: gpd.GeoDataFrame, *, target_pop: float,
                          tolerance: float) -> folium.map.Layer:
     """Communities filled by residents relative to the target (pale = within), with a legend."""
-    t = tolerance
-    deviations = [-2 * t, -t, -t / 2, t / 2, t, 2 * t]
+    deviations, labels = population_legend(target_pop, tolerance)
     colors = STYLE["deviation_colors"]
     frame = communities.copy()
     deviation = np.round(frame["population"].to_numpy(dtype=float) / target_pop - 1, 9)
@@ -621,9 +631,7 @@ def add_plan_communities(fmap: folium.Map, communities: gpd.GeoDataFrame, *, tar
 
     layer = _add_layer(fmap, frame, name="communities", style=style, fields=fields,
                        style_columns=("deviation_class",), simplify_m=STYLE["simplify_m"])
-    labels = step_labels([target_pop * (1 + d) for d in deviations], _int)
-    labels = [f"{label} (within)" if 2 <= i <= 4 else label for i, label in enumerate(labels)]
-    title = f"Residents per community (target {_int(target_pop)} ± {t:.0%})"
+    title = f"Residents per community (target {_int(target_pop)} ± {tolerance:.0%})"
     MapPanel(_legend(title, list(zip(colors, labels))), layer=layer).add_to(fmap)
     return layer
 
@@ -774,7 +782,7 @@ def add_density(fmap: folium.Map, units: gpd.GeoDataFrame, *,
     layer = _add_layer(fmap, frame, name="population density", style=style, show=show,
                        fields={"residents": "residents", "per_km2": "residents per km²"},
                        style_columns=("density_class",))
-    MapPanel(_legend("Residents per km²", list(zip(colors, step_labels(breaks, _int)))),
+    MapPanel(_legend("Residents per km²", list(zip(colors, _step_labels(breaks, _int)))),
              layer=layer).add_to(fmap)
     return layer
 
@@ -862,7 +870,7 @@ def add_communities(fmap: folium.Map, communities: gpd.GeoDataFrame) -> folium.m
     layer = _add_layer(fmap, frame, name="communities by share within reach", style=style,
                        fields=fields, style_columns=("share_class",),
                        simplify_m=STYLE["simplify_m"])
-    labels = step_labels([50, 80, 95, 99.9], lambda v: f"{v:g} %")
+    labels = _step_labels([50, 80, 95, 99.9], lambda v: f"{v:g} %")
     MapPanel(_legend("Residents within reach of their own center", list(zip(colors, labels))),
              layer=layer).add_to(fmap)
     return layer
@@ -889,7 +897,7 @@ def add_units(fmap: folium.Map, units: gpd.GeoDataFrame, *, column: str, max_min
     layer = _add_layer(fmap, frame, name=name, style=style, fields=fields,
                        style_columns=("minutes_class",),
                        marker=folium.CircleMarker(radius=STYLE["unit_radius"]))
-    labels = step_labels(edges, lambda v: f"{v:g} min")
+    labels = _step_labels(edges, lambda v: f"{v:g} min")
     rows = [*zip(colors, labels), (STYLE["unreachable"], f"over {2 * max_minutes:g} min or none")]
     MapPanel(_legend("Walk to the center", rows), layer=layer).add_to(fmap)
     return layer

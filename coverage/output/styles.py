@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from xml.sax.saxutils import quoteattr
 
 from covplan.errors import DataSourceError
-from covplan.output.maps import RAIL_KINDS, STYLE, step_labels
+from covplan.output.maps import RAIL_KINDS, STYLE, population_legend
 
 if TYPE_CHECKING:
     from covplan.config import PlanConfig
@@ -169,11 +169,8 @@ def population_classes(target_pop: float, tolerance: float) -> list[tuple[float,
     range ends just under its upper break (the next smaller float) and the break belongs to
     the class above it, as on the web map.
     """
-    t = tolerance
-    deviations = [-2 * t, -t, -t / 2, t / 2, t, 2 * t]
+    deviations, labels = population_legend(target_pop, tolerance)
     breaks = [round(target_pop * (1 + d), 6) for d in deviations]
-    labels = step_labels(breaks, "{:,.0f}".format)
-    labels = [f"{label} (within)" if 2 <= i <= 4 else label for i, label in enumerate(labels)]
     lowers = [0.0, *breaks]
     uppers = [*breaks, _MAX_POPULATION]
     return [(low, math.nextafter(high, -math.inf) if d < 0 else high, label)
