@@ -297,6 +297,26 @@ def test_improvement_leaves_one_community_small_where_a_stretch_is_too_thin_for_
     assert plan.key()[0] == sizes.min() < before[0]                    # residents outside: 600 -> it
 
 
+def test_improvement_clears_a_tiny_community_even_at_a_cost_in_balance():
+    from covplan.solve.partition.improve import improve
+
+    # A street of 60 units of 10 residents; a center reaches 12 units either way (25 at most).
+    # Band 240-360, tiny below 150: 250 + 250 + 100 has the fewest residents outside the band
+    # (100) but a tiny community, which the rules forbid unless proven; without it, one
+    # community at most reaches the band (two would leave at most 120 for the third).
+    reach, _, adjacency, xy = grid(60, 1, limit=15.2, step=1)
+    pop = np.full(60, 10, dtype=np.int64)
+    problem = PartitionProblem(reach, pop, adjacency, target_pop=300, tolerance=0.2, xy=xy)
+    plan = plan_from_labels(problem, np.minimum(np.arange(60) // 25, 2))
+    assert sorted(plan.popk[plan.alive]) == [100, 250, 250]
+
+    plan = improve(plan, np.linspace(0, np.pi, 4, endpoint=False), budget=40 * 60)
+    center, sizes, ok = plan_rules(plan)
+    assert ok and (center >= 0).all() and sizes.sum() == 600
+    assert sizes.min() >= problem.tiny_share * problem.target_pop
+    assert ((sizes >= problem.min_pop) & (sizes <= problem.max_pop)).sum() == 1
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_improvement_never_breaks_a_rule_that_held(seed):
     from covplan.solve.partition.flow import assign_by_flow, split_pieces

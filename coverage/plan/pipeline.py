@@ -302,7 +302,8 @@ def _plan_exceptions(ready: PlanningInputs, config: PlanConfig) -> tuple[np.ndar
     for group in np.unique(ready.district_of[forced]):
         rows = np.flatnonzero(forced & (ready.district_of == group))
         cols = np.flatnonzero(ready.candidate_district == group)
-        center_of[rows] = partition_group(reach, ready.adjacency, None, rows, cols, config)
+        center_of[rows] = partition_group(reach, ready.adjacency, None, rows, cols, config,
+                                          exceptions_only=True)
         center_of = _split_detached(reach, ready.adjacency, rows, cols, center_of)
     used = np.unique(center_of[center_of >= 0])
     if len(used):
@@ -506,7 +507,9 @@ def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | 
     rows = np.flatnonzero(in_district)
     free = center_of.copy()
     free[rows] = partition_group(reach, adjacency, prior, rows, np.flatnonzero(candidate_in), config)
-    if _band_key(free[in_district], pop[in_district], config) < band_key:
+    # Tiny communities first (the min_pop_exception rule), then the band's order.
+    free_key = _band_key(free[in_district], pop[in_district], config)
+    if (free_key[1], *free_key) < (band_key[1], *band_key):
         logger.info("Giving up %d kept communities so that their neighbours can balance", len(kept))
         return free, list(kept)
     return with_kept, []
@@ -522,7 +525,8 @@ def _band_key(center_of: np.ndarray, pop: np.ndarray, config: PlanConfig) -> tup
 
 
 def partition_group(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | None,
-                     rows: np.ndarray, cols: np.ndarray, config: PlanConfig) -> np.ndarray:
+                     rows: np.ndarray, cols: np.ndarray, config: PlanConfig, *,
+                     exceptions_only: bool = False) -> np.ndarray:
     minutes = reach.minutes[rows][:, cols].tocsr()
     minutes.sort_indices()
     pop = reach.units["pop"].to_numpy()[rows]
@@ -533,7 +537,8 @@ def partition_group(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior |
         existing=reach.candidates["existing"].to_numpy()[cols],
         unit_prior=None if prior is None else prior.unit[rows],
         candidate_prior=None if prior is None else prior.candidate[cols],
-        stability_minutes=config.stability_minutes, xy=xy, tiny_share=config.min_pop_exception)
+        stability_minutes=config.stability_minutes, xy=xy, tiny_share=config.min_pop_exception,
+        exceptions_only=exceptions_only)
     result = partition_units(problem, seed=config.seed, restarts=config.restarts)
     return np.where(result.center >= 0, cols[np.maximum(result.center, 0)], -1)
 

@@ -392,7 +392,8 @@ def _partition_window(base: _BaseView, window: set[int], reach, adjacency, distr
     for group in np.unique(district_of[free & forced]):
         rows = np.flatnonzero(free & forced & (district_of == group))
         cols = np.flatnonzero((candidate_district == group) & ~blocked)
-        center_of[rows] = partition_group(reach, adjacency, None, rows, cols, window_config)
+        center_of[rows] = partition_group(reach, adjacency, None, rows, cols, window_config,
+                                          exceptions_only=True)
         blocked[center_of[rows][center_of[rows] >= 0]] = True
         pulled |= _pulled(rows, center_of, reach, frozen, frozen_cands)
     free &= ~forced

@@ -109,6 +109,7 @@ class PartitionProblem:
     existing_bonus_minutes: float = 0.5  # per-person preference for an existing center site
     xy: np.ndarray | None = None      # units x 2 coordinates in metres (seeding); None: greedy
     tiny_share: float = 0.5           # a community below this share of the target is tiny
+    exceptions_only: bool = False     # every unit is a proven exception: tiny is no fault
 
     @property
     def min_pop(self) -> float:
@@ -315,7 +316,8 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
         if best_key is None or key < best_key:
             best, best_key = plan, key
     budget = min(_IMPROVE_WORK * n, _IMPROVE_CAP)
-    best = improve(best, np.linspace(0, np.pi, 4, endpoint=False) + angles[-1], budget)
+    best = improve(best, np.linspace(0, np.pi, 4, endpoint=False) + angles[-1], budget,
+                   clear_tiny=not problem.exceptions_only)
     _trace(best, "improved")
     center = _centers_of(best)
     *_, violation, objective = _score(problem, center)

@@ -11,6 +11,9 @@ equal-population bisection seeds of the whole window. Every set is settled by th
 (`Window.evaluate`: every unit served by a center it reaches, every community connected, none
 empty), so a kept result never breaks coverage or contiguity; one with more tiny communities
 than before (below half the target) is refused. Outside the window nothing changes.
+A tiny community left at the end breaks a rule (`min_pop_exception`: only proven exceptions,
+planned apart, may be tiny), so last its window is re-solved for fewer tiny communities even at
+a cost in balance (`_clear_tiny`), and the balancing runs once more.
 Deterministic: a budget of settled window units, no clock.
 """
 
@@ -64,13 +67,15 @@ class _SubPlan:
             adjacency=win.adjacency, xy=win.xy, n_communities=None, existing=None,
             unit_prior=None, candidate_prior=None)
 
-    def evaluate(self, centers: np.ndarray, k: int, small: int | None = None):
+    def evaluate(self, centers: np.ndarray, k: int, small: int | None = None,
+                 tiny_first: bool = False):
         """(key like `SearchPlan.key`, label, global centers) of the window finished from `centers`
         with at most k communities, or None when the flow's assignment doesn't beat the window
         in residents or in people outside the band, or the finish breaks a rule. With `small`,
         the center at that position is meant to hold an undersized community (from the tiny
         threshold up to the band's floor) so that the others can reach the band: the flow's
-        soft bounds say so, and the finish makes no move that adds residents outside the band."""
+        soft bounds say so, and the finish makes no move that adds residents outside the band.
+        With `tiny_first`, a set also passes when its flow has fewer tiny communities."""
         win = self.win
         start = self.col_of[centers]
         if small is not None:
@@ -88,7 +93,8 @@ class _SubPlan:
         # The flow ignores contiguity, so its balance is a fair guess of the best to hope for;
         # finishing (below) costs several times the flow, so hopeless sets stop here.
         guess = problem_band_key(np.bincount(label, weights=win.pop), self.problem)
-        if guess[0] >= win.before[0] and guess[3] >= win.before[3]:
+        if (guess[0] >= win.before[0] and guess[3] >= win.before[3]
+                and not (tiny_first and guess[1] < win.before[1])):
             return None
         label = attach_strays(label, win.pop, self.weighted, win.adjacency, cand, strict=False)
         sub = SearchPlan(self.problem, self.per_person, self.weighted, self.structure,
@@ -147,16 +153,24 @@ def _options(plan: SearchPlan, win: Window, s: int, k: int, angles: np.ndarray) 
     return [o for o in options if len(o) == k and len(np.unique(o)) == k]
 
 
-def _best_of(sub: _SubPlan, win: Window, trials, k: int, best, budget: list[int]):
+def _best_of(sub: _SubPlan, win: Window, trials, k: int, best, budget: list[int],
+             tiny_first: bool = False):
     """The best of `best` and the (centers, small) trials that beat the window's key without
-    more tiny communities, while the budget lasts."""
+    more tiny communities, while the budget lasts. With `tiny_first`, a trial must leave fewer
+    tiny communities, and the fewest tiny, then the rules' order, wins."""
+    def rank(key):
+        return (key[1], *key) if tiny_first else key
+
     for centers, small in trials:
         if budget[0] <= 0:
             break
         budget[0] -= len(win.units)
-        got = sub.evaluate(centers, k, small)
-        if (got is not None and got[0][:4] < win.before[:4] and got[0][1] <= win.before[1]
-                and (best is None or got[0] < best[0])):
+        got = sub.evaluate(centers, k, small, tiny_first)
+        if got is None:
+            continue
+        better = (got[0][1] < win.before[1] if tiny_first
+                  else got[0][:4] < win.before[:4] and got[0][1] <= win.before[1])
+        if better and (best is None or rank(got[0]) < rank(best[0])):
             best = got
     return best
 
@@ -179,9 +193,10 @@ def _uneven(plan: SearchPlan, win: Window, s: int, k: int, angles: np.ndarray):
                 yield options[0], i
 
 
-def _dissolve(plan: SearchPlan, s: int) -> bool:
+def _dissolve(plan: SearchPlan, s: int, tiny_first: bool = False) -> bool:
     """Empty a tiny community into its neighbours (they may re-site to reach its units) and
-    settle the surroundings; kept only when the plan's band key improves."""
+    settle the surroundings; kept only when the plan's band key improves (with `tiny_first`:
+    whenever it leaves fewer tiny communities)."""
     before = plan.key()[:4]
     trial = plan.copy()
     around = trial.around(s, 2)
@@ -189,29 +204,35 @@ def _dissolve(plan: SearchPlan, s: int) -> bool:
         return False
     local_search(trial, FINAL_WEIGHT, _IMPROVE_ROUNDS, comms=around, count_first=True,
                   keep_residents=True)
-    if trial.key()[:4] < before:
+    if (trial.key()[1] < before[1]) if tiny_first else (trial.key()[:4] < before):
         plan.__dict__.update(trial.__dict__)
         return True
     return False
 
 
-def _improve_window(plan: SearchPlan, s: int, angles: np.ndarray, budget: list[int]) -> bool:
-    """Re-solve the windows around s (one ring, then two); True once one improved."""
+def _improve_window(plan: SearchPlan, s: int, angles: np.ndarray, budget: list[int],
+                    tiny_first: bool = False, rings_tried: tuple[int, ...] = (1, 2)) -> bool:
+    """Re-solve the windows around s (one ring, then two); True once one improved. With
+    `tiny_first` (s is tiny), a window counts as improved when it has fewer tiny communities,
+    even if more residents end up outside the band (the rule comes before the balance), and
+    every count is tried for the one that loses least."""
     over = plan.popk[s] > plan.problem.max_pop
-    for rings in (1, 2):
+    for rings in rings_tried:
         win = Window(plan, plan.around(s, rings))
         if len(win.units) > _MAX_WINDOW_UNITS:
             return False
         best, sub = None, _SubPlan(plan, win)
         m = len(win.comms)
-        for k in _counts(win, m, over):
-            best = _best_of(sub, win, ((c, None) for c in _options(plan, win, s, k, angles)), k,
-                            best, budget)
-            if best is not None:      # counts are tried nearest first; one that works wins
+        counts = [m - 1, m] if tiny_first else _counts(win, m, over)
+        for k in counts:
+            options = _options(plan, win, s, k, angles)
+            best = _best_of(sub, win, ((c, None) for c in options), k, best, budget, tiny_first)
+            if best is not None and not tiny_first:   # counts nearest first; one that works wins
                 break
         if best is None or best[0][0] > 0:   # residents left outside the band: try uneven
             for k in (m, m + 1):
-                best = _best_of(sub, win, _uneven(plan, win, s, k, angles), k, best, budget)
+                best = _best_of(sub, win, _uneven(plan, win, s, k, angles), k, best, budget,
+                                tiny_first)
         logger.debug("window around %d (%.0f residents), %d rings, %d communities, %d units: %s",
                      s, plan.popk[s], rings, len(win.comms), len(win.units),
                      "no gain" if best is None else f"{win.before[:4]} -> {best[0][:4]}")
@@ -224,14 +245,23 @@ def _improve_window(plan: SearchPlan, s: int, angles: np.ndarray, budget: list[i
     return False
 
 
-def improve(plan: SearchPlan, angles: np.ndarray, budget: int) -> SearchPlan:
+def improve(plan: SearchPlan, angles: np.ndarray, budget: int, *,
+            clear_tiny: bool = True) -> SearchPlan:
     """
     Repeatedly take the community outside the band with the most residents (tiny ones first,
     dissolved into their neighbours when that helps) and re-solve its window; a community that
     can't be improved is skipped until something near it changes. Stops when none improves or
     once the settled windows have held `budget` units in all (a deterministic stand-in for a
-    time limit).
+    time limit). Then, with `clear_tiny`, tiny communities are cleared (`_clear_tiny`).
     """
+    _balance(plan, angles, budget)
+    if clear_tiny and _clear_tiny(plan, angles, budget):
+        _balance(plan, angles, budget)     # balance again, now without tiny communities
+    return plan
+
+
+def _balance(plan: SearchPlan, angles: np.ndarray, budget: int) -> None:
+    """The main loop of `improve`."""
     left = [budget]
     failed: set[int] = set()
     problem = plan.problem
@@ -250,4 +280,32 @@ def improve(plan: SearchPlan, angles: np.ndarray, budget: int) -> SearchPlan:
             failed -= near        # their surroundings changed: worth another try
         else:
             failed.add(s)
-    return plan
+
+
+def _clear_tiny(plan: SearchPlan, angles: np.ndarray, budget: int) -> bool:
+    """The last step: a tiny community that balancing left (it is not a proven exception, those
+    are planned apart) breaks the `min_pop_exception` rule, so its window is re-solved for fewer
+    tiny communities even at a cost in residents outside the band, smallest first."""
+    left = [budget]
+    tried: set[int] = set()
+    cleared = False
+    tiny_pop = plan.problem.tiny_share * plan.problem.target_pop
+    while left[0] > 0:
+        alive = plan.alive
+        small = [int(alive[i]) for i in np.lexsort((alive, plan.popk[alive]))
+                 if plan.popk[alive[i]] < tiny_pop and int(alive[i]) not in tried]
+        if not small:
+            break
+        s = small[0]
+        tried.add(s)
+        trials = [plan.copy() for _ in range(3)]
+        done = [_dissolve(trials[0], s, tiny_first=True),
+                _improve_window(trials[1], s, angles, left, tiny_first=True, rings_tried=(1,)),
+                _improve_window(trials[2], s, angles, left, tiny_first=True, rings_tried=(2,))]
+        keys = [(t.key()[1], *t.key()) for t, ok in zip(trials, done) if ok]
+        if keys:
+            best = [t for t, ok in zip(trials, done) if ok][keys.index(min(keys))]
+            logger.debug("tiny community %d cleared: %s -> %s", s, plan.key()[:4], best.key()[:4])
+            plan.__dict__.update(best.__dict__)
+            cleared = True
+    return cleared
