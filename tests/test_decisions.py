@@ -132,3 +132,45 @@ def test_redraw_lists_candidate_centers_kept_or_closed():
     assert plan.report["centers_moved"] == 0
     assert plan.report["centers_kept"] + plan.report["centers_closed"] == 3
     assert plan.report["centers_new"] == (dec["decision"] == "new").sum()
+
+
+def _strip_centers():
+    ids = ["C01", "C02", "C03", "C04"]
+    old = gpd.GeoDataFrame({"community_id": ids}, crs=CRS, geometry=[
+        _strip(0, 6), _strip(6, 18), _strip(18, 22), _strip(22, 24)])
+    centers = gpd.GeoDataFrame({"center_id": ["s1", "s2", "s3", "s4"], "community_id": ids},
+                               geometry=gpd.points_from_xy([X0 + 300, X0 + 1200, X0 + 2000,
+                                                            X0 + 2300], [Y0 + 200] * 4), crs=CRS)
+    return old, centers
+
+
+def test_a_locked_center_the_rules_cannot_keep_is_reported_not_silently_closed():
+    from covplan.plan.replan import rule_issues
+
+    # s2 stands where C02's two halves meet: a community on it leaves 1,500 residents on
+    # either side that no neighbour can take within the band, so balance wins and the lock
+    # is reported as not met.
+    net, population = _strip_town()
+    old, centers = _strip_centers()
+    plan = plan_communities(net, population, communities=old, centers=centers, config=CONFIG,
+                            lock_centers=["s2"])
+    d = plan.center_decisions.set_index("center_id")
+    assert d.loc["s2", "locked"] and not d.drop(index="s2")["locked"].any()
+    assert d.loc["s2", "decision"] != "kept"
+    assert d.loc["s2", "reason"].startswith("locked open, but the planner found no community")
+    assert plan.report["centers_locked"] == 1 and plan.report["centers_locked_not_kept"] == 1
+    assert any(i.startswith("lock rule: 1 locked center(s) serve no community: s2")
+               for i in rule_issues(plan))
+
+
+def test_lock_centers_names_unknown_ids_and_the_known_ones():
+    from covplan.errors import InputError
+
+    net, population = _strip_town()
+    old, centers = _strip_centers()
+    with pytest.raises(InputError, match=r"not among the existing centers: s9; the centers' "
+                                         r"center_id values are s1, s2, s3, s4"):
+        plan_communities(net, population, communities=old, centers=centers, config=CONFIG,
+                         lock_centers="s1,s9")
+    with pytest.raises(InputError, match="no existing centers were given"):
+        plan_communities(net, population, config=CONFIG, lock_centers="all")

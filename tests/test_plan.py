@@ -213,6 +213,30 @@ def demo_replay():
     return plan, population, districts
 
 
+def test_locked_centers_stay_open_where_the_rules_allow(demo_replay):
+    """Centers the plan closed, locked open: most then serve a community at no cost in
+    balance; any that cannot is reported in the decisions, never dropped silently."""
+    from covplan.cities.demo import build_demo_city
+    from covplan.inputs.areas import load_centers, load_communities, load_districts
+    from covplan.inputs.network import load_network
+
+    plan, population, districts = demo_replay
+    decisions = plan.center_decisions
+    closed = decisions.loc[decisions["decision"] == "closed", "center_id"].tolist()[:6]
+    city = build_demo_city()
+    locked = plan_communities(load_network(city.graph), population,
+                              communities=load_communities(city.communities),
+                              centers=load_centers(city.centers), districts=districts,
+                              config=PlanConfig(), lock_centers=closed)
+    d = locked.center_decisions.set_index("center_id").loc[closed]
+    assert d["locked"].all()
+    assert (d["decision"] == "kept").sum() >= 3
+    assert d.loc[d["decision"] != "kept", "reason"].str.startswith("locked open").all()
+    assert locked.report["centers_locked_not_kept"] == int((d["decision"] != "kept").sum())
+    assert (locked.report["within_tolerance_pop_share"]
+            >= plan.report["within_tolerance_pop_share"] - 0.01)
+
+
 def test_demo_replay_meets_the_goals(demo_replay):
     """The motivating case: 69 uneven communities -> 30 ± 2 of ~10,000, all within 15 min."""
     plan, population, districts = demo_replay

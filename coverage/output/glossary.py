@@ -51,6 +51,10 @@ GLOSSARY: dict[str, str] = {
                      "community with a new site: the center moved there (count)",
     "centers_new": "new sites the plan opened as a community's center (count; in a re-plan also "
                    "the base plan's new sites kept)",
+    "centers_locked": "existing centers locked open with --lock-centers / lock_centers (count)",
+    "centers_locked_not_kept": "locked centers the plan does not use as a community's center: "
+                               "the planner found no community around them that meets the "
+                               "rules (count; reasons in center_decisions.csv)",
     # Balance against what the walking rule allows (`covplan.metrics.balance_figures`).
     "coverage_ceiling": "the highest coverage_share any plan can reach: 1 - unreachable_population "
                         "/ population_total (share 0-1)",

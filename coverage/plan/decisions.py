@@ -57,7 +57,8 @@ def _is_existing(center_ids: pd.Series, existing: pd.Series) -> np.ndarray:
 
 
 def center_decisions(reach: ReachMatrix, prior: Prior | None, table: gpd.GeoDataFrame,
-                     labels: np.ndarray, *, crs: pyproj.CRS | str | None = None) -> gpd.GeoDataFrame:
+                     labels: np.ndarray, *, crs: pyproj.CRS | str | None = None,
+                     locked: np.ndarray | None = None) -> gpd.GeoDataFrame:
     """
     Every existing center and every new site of a plan, with what the plan decided and why.
 
@@ -76,6 +77,9 @@ def center_decisions(reach: ReachMatrix, prior: Prior | None, table: gpd.GeoData
         Community index per unit (row of `table`; -1 for none).
     crs
         CRS of the result (default: the working CRS of `reach`).
+    locked
+        Bool per candidate: existing centers the user locked open (``--lock-centers``). A
+        locked center the plan does not use says so first in its reason.
 
     Returns
     -------
@@ -88,7 +92,8 @@ def center_decisions(reach: ReachMatrix, prior: Prior | None, table: gpd.GeoData
         ``population`` (residents it serves, 0 when moved or closed), ``mean_minutes`` and
         ``max_minutes`` (its members' walks; NaN when moved or closed) and
         ``successor_center_ids`` (moved or closed: the centers now serving its old community's
-        residents, or the residents in its reach, ';'-separated, largest share first).
+        residents, or the residents in its reach, ';'-separated, largest share first) and
+        ``locked`` (the user locked it open).
     """
     cands = reach.candidates
     limit = f"{reach.max_minutes:g} min"
@@ -267,13 +272,20 @@ def center_decisions(reach: ReachMatrix, prior: Prior | None, table: gpd.GeoData
             "successor_center_ids": ""})
 
     frame = pd.DataFrame(records, columns=["candidate", *COLUMNS])
+    is_locked = (np.zeros(len(frame), bool) if locked is None
+                 else np.asarray(locked, bool)[frame["candidate"].to_numpy(dtype="int64")])
+    frame["locked"] = is_locked
+    unmet = is_locked & frame["decision"].isin(["closed", "moved"]).to_numpy()
+    frame.loc[unmet, "reason"] = (
+        f"locked open, but the planner found no community that keeps every resident within "
+        f"{limit} of it and the rules met; " + frame.loc[unmet, "reason"].astype(str))
     rank = {d: i for i, d in enumerate(DECISIONS)}
     frame = (frame.assign(_rank=frame["decision"].map(rank))
              .sort_values(["_rank", "center_id", "candidate"], kind="stable")
              .reset_index(drop=True))
     geometry = cands.geometry.iloc[frame["candidate"].to_numpy(dtype="int64")].values
-    out = gpd.GeoDataFrame(frame[COLUMNS].astype({"population": "int64"}), geometry=geometry,
-                           crs=reach.work_crs)
+    out = gpd.GeoDataFrame(frame[[*COLUMNS, "locked"]].astype({"population": "int64"}),
+                           geometry=geometry, crs=reach.work_crs)
     for col in ("center_id", "decision", "reason", "community_id", "old_community_id",
                 "successor_center_ids"):
         out[col] = out[col].astype(object)
@@ -281,7 +293,12 @@ def center_decisions(reach: ReachMatrix, prior: Prior | None, table: gpd.GeoData
 
 
 def decision_counts(decisions: gpd.GeoDataFrame | None) -> dict[str, int]:
-    """``centers_kept``, ``centers_closed``, ``centers_moved``, ``centers_new`` of a decisions
-    frame (all 0 for None)."""
+    """``centers_kept``, ``centers_closed``, ``centers_moved``, ``centers_new``,
+    ``centers_locked`` and ``centers_locked_not_kept`` of a decisions frame (all 0 for None)."""
     counts = {} if decisions is None else decisions["decision"].value_counts().to_dict()
-    return {f"centers_{d}": int(counts.get(d, 0)) for d in ("kept", "closed", "moved", "new")}
+    out = {f"centers_{d}": int(counts.get(d, 0)) for d in ("kept", "closed", "moved", "new")}
+    locked = (decisions[decisions["locked"].astype(bool)]
+              if decisions is not None and "locked" in decisions else None)
+    out["centers_locked"] = 0 if locked is None else len(locked)
+    out["centers_locked_not_kept"] = 0 if locked is None else int((locked["decision"] != "kept").sum())
+    return out

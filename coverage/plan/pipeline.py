@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from covplan import __version__
 from covplan._sparse import lookup
 from covplan.config import PlanConfig
-from covplan.errors import InfeasibleError
+from covplan.errors import InfeasibleError, InputError
 from covplan.inputs.areas import label_units
 from covplan.inputs.tessellation import (
     dissolve_pieces,
@@ -37,7 +37,7 @@ from covplan.solve.partition.core import PartitionProblem, band_key, partition_u
 from scipy.sparse.csgraph import connected_components
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     import pyproj
     from covplan.inputs.network import WalkNetwork
@@ -80,7 +80,8 @@ def plan_communities(network: WalkNetwork, population: Population | gpd.GeoDataF
                      districts: gpd.GeoDataFrame | None = None,
                      config: PlanConfig | None = None,
                      progress: bool = False,
-                     population_column: str | None = None) -> Plan:
+                     population_column: str | None = None,
+                     lock_centers: Sequence[str] | str | None = None) -> Plan:
     """
     Merge, split or redraw communities to about ``config.target_pop`` residents each.
 
@@ -108,6 +109,11 @@ def plan_communities(network: WalkNetwork, population: Population | gpd.GeoDataF
         Show progress bars over the network searches.
     population_column
         Column of counts when `population` is a GeoDataFrame; None detects it.
+    lock_centers
+        Existing centers that must stay open (``center_id`` values of `centers`, or "all"):
+        the planner seeds a community on each and pulls residents who reach it there. One it
+        cannot keep (no community around it meets the rules) is reported in the center
+        decisions and the report's ``centers_locked_not_kept``, never silently closed.
 
     Returns
     -------
@@ -134,6 +140,7 @@ def plan_communities(network: WalkNetwork, population: Population | gpd.GeoDataF
     network, reach, adjacency, prior = ready.network, ready.reach, ready.adjacency, ready.prior
     district_of, candidate_district = ready.district_of, ready.candidate_district
 
+    locked = locked_candidates(reach.candidates, lock_centers)
     fixed = _keep_valid(reach, adjacency, prior, district_of, config)
     center_of, exception_centers = _plan_exceptions(ready, config)
     regular = center_of < 0
@@ -142,7 +149,7 @@ def plan_communities(network: WalkNetwork, population: Population | gpd.GeoDataF
         kept = {old: c for old, c in fixed.items() if district_of[prior.unit == old][0] == group}
         center_of, freed = _plan_district(reach, adjacency, prior, (district_of == group) & regular,
                                           (candidate_district == group) & open_to_all, kept,
-                                          center_of, config)
+                                          center_of, config, locked=locked)
         for old in freed:
             del fixed[old]
     center_of = _attach_exceptions(ready, center_of, exception_centers, config)
@@ -155,7 +162,8 @@ def plan_communities(network: WalkNetwork, population: Population | gpd.GeoDataF
         return iso.merge(centers_out[["center_id", "community_id"]], on="center_id")
 
     plan = assemble_plan(ready, center_of, labels, table, isochrones_of=isochrones_of,
-                         communities=communities, config=config, fixed=len(fixed), started=started)
+                         communities=communities, config=config, fixed=len(fixed), started=started,
+                         locked=locked)
     report = plan.report
     logger.info("Plan: %d communities, %.1f %% of residents within %g min of their center "
                 "(at most %.1f %% possible), %.1f %% in communities within ±%g %% (at most %.1f %% "
@@ -171,7 +179,8 @@ def assemble_plan(ready: PlanningInputs, center_of: np.ndarray, labels: np.ndarr
                   table: gpd.GeoDataFrame, *,
                   isochrones_of: Callable[[gpd.GeoDataFrame], gpd.GeoDataFrame],
                   communities: gpd.GeoDataFrame | None, config: PlanConfig, fixed: int,
-                  started: float, order: np.ndarray | None = None) -> Plan:
+                  started: float, order: np.ndarray | None = None,
+                  locked: np.ndarray | None = None) -> Plan:
     """
     The last step of every plan, full or incremental: units, centers, isochrones, changes and
     the report from a solved assignment, returned in the population's CRS.
@@ -192,6 +201,8 @@ def assemble_plan(ready: PlanningInputs, center_of: np.ndarray, labels: np.ndarr
         (``time.perf_counter``) for its runtime.
     order
         Row order of the community and center tables (default: as solved).
+    locked
+        Bool per candidate: centers locked open (`locked_candidates`), or None.
 
     Returns
     -------
@@ -211,7 +222,7 @@ def assemble_plan(ready: PlanningInputs, center_of: np.ndarray, labels: np.ndarr
     crs = ready.population.crs
     from covplan.plan.decisions import center_decisions, decision_counts
 
-    decisions = center_decisions(reach, prior, table, labels, crs=crs)
+    decisions = center_decisions(reach, prior, table, labels, crs=crs, locked=locked)
     report.update(decision_counts(decisions))
     order = np.arange(len(table)) if order is None else order
     return Plan(communities=table.iloc[order].reset_index(drop=True).to_crs(crs),
@@ -457,6 +468,31 @@ def _prior(units, candidates, centers, communities, work) -> Prior | None:
     return Prior(ids=ids, unit=unit_prior, candidate=cand_prior, issues=issues)
 
 
+def locked_candidates(candidates: gpd.GeoDataFrame,
+                      lock_centers: Sequence[str] | str | None) -> np.ndarray | None:
+    """Bool per candidate: the existing centers named in `lock_centers` ("all": every one)."""
+    if lock_centers is None or (not isinstance(lock_centers, str) and not len(lock_centers)):
+        return None
+    existing = candidates["existing"].to_numpy(dtype=bool)
+    ids = candidates["center_id"].fillna("").astype(str).to_numpy()
+    if not existing.any():
+        msg = ("--lock-centers / lock_centers names centers to keep open, but no existing centers "
+               "were given; pass them with --centers / centers=.")
+        raise InputError(msg)
+    if isinstance(lock_centers, str) and lock_centers.strip().lower() == "all":
+        return existing.copy()
+    wanted = ([part.strip() for part in lock_centers.split(",") if part.strip()]
+              if isinstance(lock_centers, str) else [str(c) for c in lock_centers])
+    unknown = sorted(set(wanted) - set(ids[existing]))
+    if unknown:
+        known = sorted(set(ids[existing]))
+        msg = (f"--lock-centers / lock_centers names {len(unknown)} center id(s) not among the "
+               f"existing centers: {', '.join(unknown[:10])}; the centers' center_id values are "
+               f"{', '.join(known[:10])}{' …' if len(known) > 10 else ''} (or pass 'all').")
+        raise InputError(msg)
+    return existing & np.isin(ids, wanted)
+
+
 def _keep_valid(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | None,
                 district_of: np.ndarray, config: PlanConfig) -> dict[int, int]:
     """Existing communities that already meet every rule, and the existing center serving each."""
@@ -483,7 +519,8 @@ def _keep_valid(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | Non
 
 def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | None,
                    in_district: np.ndarray, candidate_in: np.ndarray, kept: dict[int, int],
-                   center_of: np.ndarray, config: PlanConfig) -> tuple[np.ndarray, list[int]]:
+                   center_of: np.ndarray, config: PlanConfig, *,
+                   locked: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
     """
     Plan one district around its kept communities; returns the new `center_of` and the kept
     communities given up. Keeping a community that meets every rule can leave its neighbours
@@ -498,7 +535,8 @@ def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | 
     rows = np.flatnonzero(in_district & (with_kept < 0))
     cols = np.flatnonzero(candidate_in & ~np.isin(np.arange(len(candidate_in)), list(kept.values())))
     if len(rows):
-        with_kept[rows] = partition_group(reach, adjacency, prior, rows, cols, config)
+        with_kept[rows] = partition_group(reach, adjacency, prior, rows, cols, config,
+                                          locked=locked)
     if not kept:
         return with_kept, []
     band_key = _band_key(with_kept[in_district], pop[in_district], config)
@@ -506,7 +544,8 @@ def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | 
         return with_kept, []
     rows = np.flatnonzero(in_district)
     free = center_of.copy()
-    free[rows] = partition_group(reach, adjacency, prior, rows, np.flatnonzero(candidate_in), config)
+    free[rows] = partition_group(reach, adjacency, prior, rows, np.flatnonzero(candidate_in), config,
+                                 locked=locked)
     # Tiny communities first (the min_pop_exception rule), then the band's order.
     free_key = _band_key(free[in_district], pop[in_district], config)
     if (free_key[1], *free_key) < (band_key[1], *band_key):
@@ -526,7 +565,7 @@ def _band_key(center_of: np.ndarray, pop: np.ndarray, config: PlanConfig) -> tup
 
 def partition_group(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | None,
                      rows: np.ndarray, cols: np.ndarray, config: PlanConfig, *,
-                     exceptions_only: bool = False) -> np.ndarray:
+                     exceptions_only: bool = False, locked: np.ndarray | None = None) -> np.ndarray:
     minutes = reach.minutes[rows][:, cols].tocsr()
     minutes.sort_indices()
     pop = reach.units["pop"].to_numpy()[rows]
@@ -538,7 +577,8 @@ def partition_group(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior |
         unit_prior=None if prior is None else prior.unit[rows],
         candidate_prior=None if prior is None else prior.candidate[cols],
         stability_minutes=config.stability_minutes, xy=xy, tiny_share=config.min_pop_exception,
-        exceptions_only=exceptions_only)
+        exceptions_only=exceptions_only,
+        locked=None if locked is None or not locked[cols].any() else locked[cols])
     result = partition_units(problem, seed=config.seed, restarts=config.restarts)
     return np.where(result.center >= 0, cols[np.maximum(result.center, 0)], -1)
 

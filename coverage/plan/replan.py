@@ -67,11 +67,12 @@ def plan_scenario(scenario: Scenario, *, inputs: ScenarioInputs | None = None,
     return plan_inputs(changed, progress=progress)
 
 
-def plan_inputs(inputs: ScenarioInputs, *, progress: bool = False) -> Plan:
+def plan_inputs(inputs: ScenarioInputs, *, progress: bool = False,
+                lock_centers: Sequence[str] | str | None = None) -> Plan:
     """`plan_communities` on a `ScenarioInputs`; the report adds `rule_issues`."""
     plan = plan_communities(inputs.network, inputs.population, communities=inputs.communities,
                             centers=inputs.centers, districts=inputs.districts,
-                            config=inputs.config, progress=progress)
+                            config=inputs.config, progress=progress, lock_centers=lock_centers)
     plan.report["rule_issues"] = rule_issues(plan)
     return plan
 
@@ -103,6 +104,15 @@ def rule_issues(plan: Plan) -> list[str]:
         district = f" in district {row.district}" if isinstance(row.district, str) and row.district else ""
         issues.append(f"{rule}: community {row.community_id}{district}{place} has "
                       f"{int(row.population):,} residents: {row.note or 'outside the band'}")
+    decisions = plan.center_decisions
+    if decisions is not None and "locked" in decisions:
+        unmet = decisions.loc[decisions["locked"].astype(bool) & (decisions["decision"] != "kept"),
+                              "center_id"].astype(str).tolist()
+        if unmet:
+            issues.append(f"lock rule: {len(unmet)} locked center(s) serve no community: "
+                          f"{', '.join(unmet[:10])}{' …' if len(unmet) > 10 else ''}; the planner "
+                          "found no community around them that meets the rules (reasons in "
+                          "center_decisions.csv)")
     return issues
 
 

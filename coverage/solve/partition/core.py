@@ -107,6 +107,8 @@ class PartitionProblem:
     candidate_prior: np.ndarray | None = None  # old community a candidate serves (-1 none)
     stability_minutes: float = 2.0    # per-person cost of leaving one's old community
     existing_bonus_minutes: float = 0.5  # per-person preference for an existing center site
+    locked: np.ndarray | None = None  # bool per candidate: an existing center that must stay open
+    locked_bonus_minutes: float = 15.0  # per-person pull of a locked site (a walk's worth)
     xy: np.ndarray | None = None      # units x 2 coordinates in metres (seeding); None: greedy
     tiny_share: float = 0.5           # a community below this share of the target is tiny
     exceptions_only: bool = False     # every unit is a proven exception: tiny is no fault
@@ -167,7 +169,8 @@ def _validate(problem: PartitionProblem) -> None:
     if problem.xy is not None and np.shape(problem.xy) != (n_units, 2):
         msg = f"`xy` must be {n_units} x 2, got {np.shape(problem.xy)}."
         raise InputError(msg)
-    for name, length in (("existing", n_cand), ("candidate_prior", n_cand), ("unit_prior", n_units)):
+    for name, length in (("existing", n_cand), ("candidate_prior", n_cand), ("unit_prior", n_units),
+                         ("locked", n_cand)):
         value = getattr(problem, name)
         if value is not None and len(value) != length:
             msg = f"`{name}` has {len(value)} entries, expected {length}."
@@ -184,6 +187,11 @@ def _per_person(problem: PartitionProblem, minutes: sp.csr_matrix) -> np.ndarray
         cost = cost + problem.stability_minutes * ((old >= 0) & (old != np.asarray(problem.candidate_prior)[cand]))
     if problem.existing is not None:
         cost = cost - problem.existing_bonus_minutes * np.asarray(problem.existing, bool)[cand]
+    if problem.locked is not None:
+        # A pull as large as a whole walk: a community whose members all reach a locked site
+        # takes it as its center (re-siting picks the cheapest site reaching all), and moves
+        # that would cut a member off from it cost more than any walk saves.
+        cost = cost - problem.locked_bonus_minutes * np.asarray(problem.locked, bool)[cand]
     return cost
 
 
@@ -212,6 +220,9 @@ def _one_run(problem: PartitionProblem, per_person: sp.csr_matrix, weighted: sp.
         seeds = seed_centers(problem.xy, pop, structure, k, angle)
     else:
         seeds = greedy_seeds(per_person, pop, k)
+    if problem.locked is not None:      # locked sites seed communities of their own first
+        locked = np.flatnonzero(problem.locked).tolist()
+        seeds = locked + [c for c in seeds if c not in set(locked)]
     centers = np.array(set_cover(structure, pop, seeds), dtype="int64")
     centers, label = settle(pop, problem.min_pop, problem.max_pop, per_person, structure, weighted, centers)
     label = attach_strays(label, pop, weighted, problem.adjacency, centers, strict=False)

@@ -68,7 +68,10 @@ def reduce_to(plan: SearchPlan, k: int, tries: int = 4) -> None:
         alive = plan.alive
         feasible = plan.cnt[alive] == plan.size[alive][:, None]
         done = False
-        for i in np.lexsort((alive, plan.popk[alive], _poorness(plan, alive))):
+        # Communities on locked sites go last: those sites must stay open.
+        locked = (np.zeros(len(alive), bool) if plan.problem.locked is None
+                  else np.asarray(plan.problem.locked, bool)[plan.center[alive]])
+        for i in np.lexsort((alive, plan.popk[alive], _poorness(plan, alive), locked)):
             s = int(alive[i])
             # Quick necessary test: every member reaches a candidate that could serve another.
             others = np.any(np.delete(feasible, i, axis=0), axis=0)
