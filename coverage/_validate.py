@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import shapely
 from covplan.errors import CRSError, DataSourceError, InputError
+from covplan.inputs.crs import local_metric_crs
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -39,6 +41,31 @@ def require_file(path: str | os.PathLike[str], *, what: str) -> Path:
         msg = f"{what} file '{text}' is empty (0 bytes); re-export or re-download it."
         raise DataSourceError(msg)
     return p
+
+
+def split_layer(source: object, layer: str | None) -> tuple[object, str | None]:
+    """
+    (path, layer) from a `PATH:LAYER` string such as 'plan.gpkg:communities'; other sources pass.
+
+    Splits on the last ':' only when the whole string names no file and the part before it
+    does, so Windows drive letters ('C:\\data\\x.gpkg') and file names that really hold a ':'
+    are left alone. A GDAL /vsi path is split when the part after the ':' holds no '/'.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return source, layer
+    text = os.fspath(source)
+    path, sep, named = text.rpartition(":")
+    if not (sep and path and named) or Path(text).exists():
+        return source, layer
+    if text.startswith("/vsi") and ("/" in named or "\\" in named):
+        return source, layer
+    if not (text.startswith("/vsi") or Path(path).is_file()):
+        return source, layer
+    if layer is not None and layer != named:
+        msg = (f"'{text}' names layer {named!r} but layer={layer!r} was also given; "
+               "name the layer once, in PATH:LAYER or in layer=.")
+        raise InputError(msg)
+    return path, named
 
 
 def require_crs(frame: gpd.GeoDataFrame, *, name: str) -> pyproj.CRS:
@@ -103,6 +130,97 @@ def clean_counts(values: pd.Series, *, name: str, column: str) -> np.ndarray:
                "markers such as -9999 by 0 or fix the source.")
         raise InputError(msg)
     return arr
+
+
+# No cell of any real grid holds a billion people: a larger count is a unit or column mix-up.
+MAX_CELL_POP = 1e9
+# Denser than 100,000 residents per km2 is above whole districts of the densest cities on record
+# (Manila, Dhaka: ~70,000-130,000); likely a column or unit mix-up, but a block of towers can
+# exceed it, hence a warning, not an error.
+MAX_DENSITY_KM2 = 100_000
+OVERLAP_SHARE = 0.01    # cells overlapping by more than 1% of the smaller one are reported
+
+
+def require_countable(counts: np.ndarray, ids: np.ndarray, *, name: str, column: str,
+                      raster: bool = False) -> None:
+    """Raise if a count is too large (or infinite) to be a number of people in one cell."""
+    huge = ~(counts <= MAX_CELL_POP)
+    if huge.any():
+        fix = ("that the raster holds residents per pixel, or pick another band with band="
+               if raster else "that the column counts residents per cell (not a density, an "
+               "area or a code), or pick another with --population-column (CLI) or "
+               "population_column= (Python)")
+        msg = (f"{name}: {column} has {int(huge.sum())} value(s) above {MAX_CELL_POP:g}, e.g. "
+               f"{counts[huge][:5].tolist()} in cells {ids[huge][:5].tolist()}: no cell holds "
+               f"that many people. Check {fix}.")
+        raise InputError(msg)
+
+
+def implausible_cells(cells: gpd.GeoDataFrame, *, name: str, overlaps: bool = True) -> list[str]:
+    """
+    Messages about populated cells that are usable but suspicious: denser than
+    MAX_DENSITY_KM2, or (if `overlaps`) overlapping another populated cell by more than
+    OVERLAP_SHARE of the smaller one (its residents may be counted twice).
+    """
+    populated = cells[cells["pop"].to_numpy() > 0]
+    geoms = np.asarray(populated.geometry.values)
+    if len(geoms) == 0:
+        return []
+    out = []
+    crs = populated.crs
+    if not crs.is_geographic and crs.axis_info:      # planar: areas in the CRS's own unit
+        area_km2 = shapely.area(geoms) * crs.axis_info[0].unit_conversion_factor ** 2 / 1e6
+    else:
+        try:
+            work = local_metric_crs(tuple(populated.total_bounds), crs)
+        except CRSError as exc:
+            raise CRSError(f"{name}: {exc}") from None
+        area_km2 = populated.geometry.to_crs(work).area.to_numpy() / 1e6
+    with np.errstate(divide="ignore", invalid="ignore"):
+        density = populated["pop"].to_numpy() / area_km2
+    dense = ~(density <= MAX_DENSITY_KM2)
+    if dense.any():
+        worst = np.argsort(-np.nan_to_num(density[dense], posinf=np.inf))[:5]
+        examples = [f"{cid} ({d:,.0f}/km2)" for cid, d in
+                    zip(populated["cell_id"].to_numpy()[dense][worst], density[dense][worst],
+                        strict=True)]
+        out.append(f"{name}: {int(dense.sum())} cell(s) are denser than {MAX_DENSITY_KM2:,} "
+                   f"residents per km2, e.g. {', '.join(examples)}. Check that the column counts "
+                   "residents per cell (not per km2 or per hectare) and that the CRS is right; "
+                   "if the cells really are that dense, this warning can be ignored.")
+    if overlaps:
+        out += _overlaps(populated, geoms, name=name)
+    return out
+
+
+def _overlaps(cells: gpd.GeoDataFrame, geoms: np.ndarray, *, name: str) -> list[str]:
+    """The overlap message of `implausible_cells` (empty when no cells overlap)."""
+    polygonal = np.flatnonzero(np.isin(shapely.get_type_id(geoms), (3, 6)))
+    shapes = geoms[polygonal]
+    # Neighbours of a grid touch along edges, which is fine: shrink each cell by 0.1% about its
+    # centroid so only cells whose interiors meet stay candidates (5x cheaper than relate or
+    # a negative buffer on 10^5 cells); the overlap area decides below.
+    xy, owner = shapely.get_coordinates(shapes, return_index=True)
+    centre = shapely.get_coordinates(shapely.centroid(shapes))[owner]
+    shrunk = shapely.set_coordinates(shapes.copy(), centre + (xy - centre) * (1 - 1e-3))
+    a, b = shapely.STRtree(shapes).query(shrunk, predicate="intersects")
+    pairs = np.unique(np.sort(np.column_stack([a, b])[a != b], axis=1), axis=0)
+    if len(pairs) == 0:
+        return []
+    a, b = polygonal[pairs[:, 0]], polygonal[pairs[:, 1]]
+    shared = shapely.area(shapely.intersection(geoms[a], geoms[b]))
+    smaller = np.minimum(shapely.area(geoms[a]), shapely.area(geoms[b]))
+    big = shared > OVERLAP_SHARE * smaller
+    if not big.any():
+        return []
+    ids = cells["cell_id"].to_numpy()
+    pairs = [f"{ids[i]} & {ids[j]} ({100 * s / m:.0f}% of the smaller)" for i, j, s, m in
+             zip(a[big][:5], b[big][:5], shared[big][:5], smaller[big][:5], strict=True)]
+    message = (f"{name}: {int(big.sum())} pair(s) of populated cells overlap, e.g. "
+               f"{', '.join(pairs)}; residents in an overlap may be counted twice. Check for "
+               "duplicated or stacked layers (e.g. two resolutions of one grid) and keep one "
+               "set of non-overlapping cells.")
+    return [message]
 
 
 def require_positive(value: float, *, name: str, upper: float | None = None) -> float:

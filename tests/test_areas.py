@@ -113,3 +113,40 @@ def test_assess_and_plan_put_a_border_unit_in_the_same_community():
     assert [by_cell[c] for c in assessed["cell_id"]] == assessed["community_id"].tolist()
     # A unit on the shared border is neither an overlap nor a gap.
     assert not any("overlap" in issue or "gap" in issue for issue in ready.prior.issues)
+
+
+# --- PATH:LAYER ---------------------------------------------------------------------------------
+
+def test_split_layer_only_splits_when_the_left_part_is_a_file(tmp_path):
+    from covplan._validate import split_layer
+
+    gpkg = tmp_path / "plan.gpkg"
+    gpkg.write_bytes(b"x")
+    assert split_layer(f"{gpkg}:communities", None) == (str(gpkg), "communities")
+    assert split_layer(gpkg, None) == (gpkg, None)                         # a plain path
+    assert split_layer(f"{gpkg}:communities", "communities")[1] == "communities"
+    # A file whose name really holds a ':' is taken whole, not split.
+    odd = tmp_path / "town:2020.gpkg"
+    odd.write_bytes(b"x")
+    assert split_layer(str(odd), None) == (str(odd), None)
+    # Windows drive letters and a missing left part are left alone (the file check reports them).
+    assert split_layer(r"C:\data\pop.gpkg", None) == (r"C:\data\pop.gpkg", None)
+    assert split_layer(f"{tmp_path}/missing.gpkg:layer", None)[1] is None
+    # GDAL virtual paths: a layer after the last ':' unless it is part of the path.
+    assert split_layer("/vsizip/a.zip/b.gpkg:grid", None) == ("/vsizip/a.zip/b.gpkg", "grid")
+    assert split_layer("/vsicurl/https://host/b.gpkg", None)[1] is None
+
+
+def test_every_vector_input_takes_path_layer(tmp_path):
+    from covplan.inputs.areas import load_centers, load_communities, load_districts
+
+    path = tmp_path / "town.gpkg"
+    _polygons().rename(columns={"cid": "community_id"}).to_file(path, layer="communities")
+    _polygons().rename(columns={"cid": "district_id"}).to_file(path, layer="districts")
+    _points((20, 20), (180, 20)).to_file(path, layer="centers")
+    assert load_communities(f"{path}:communities")["community_id"].tolist() == ["B", "A", "O"]
+    assert len(load_districts(f"{path}:districts")) == 3
+    assert len(load_centers(f"{path}:centers")) == 2
+    for loader in (load_centers, load_communities, load_districts):
+        with pytest.raises(InputError, match=r"3 layers.*pick one as PATH:LAYER"):
+            loader(path)

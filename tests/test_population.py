@@ -15,9 +15,11 @@ import pandas as pd
 import pyproj
 import pytest
 import rasterio
+import shapely
 from affine import Affine
 from covplan.errors import CRSError, DataSourceError, InputError
 from covplan.inputs.population import Population, largest_remainder, load_population
+from covplan.inputs.tessellation import piece_adjacency, unit_pieces
 from shapely.geometry import Point, Polygon, box
 
 UTM = "EPSG:32633"          # UTM 33N: central Europe, metres
@@ -178,11 +180,15 @@ def test_csv_points_from_lon_lat(tmp_path: Path) -> None:
 def test_population_column_detection() -> None:
     frame = _grid_frame().rename(columns={"pop": "ASUKKAITA"})
     assert Population.from_frame(frame).population_column == "ASUKKAITA"
-    only_numeric = _grid_frame().rename(columns={"pop": "people"})
-    assert Population.from_frame(only_numeric).total == TOTAL
-    two_numeric = only_numeric.assign(jobs=1)
-    with pytest.raises(InputError, match=r"population_column="):
-        Population.from_frame(two_numeric)
+    people = _grid_frame().rename(columns={"pop": "people"})
+    assert Population.from_frame(people.assign(jobs=1)).population_column == "people"
+    # The only numeric column is not taken by elimination: it may count jobs, not residents.
+    jobs_only = _grid_frame().rename(columns={"pop": "jobs"})
+    with pytest.raises(InputError, match=r"--population-column.*population_column=.*\['jobs'\]"):
+        Population.from_frame(jobs_only)
+    assert Population.from_frame(jobs_only, population_column="jobs").total == TOTAL
+    with pytest.raises(InputError, match=r"several columns.*\['pop', 'residents'\]"):
+        Population.from_frame(_grid_frame().assign(residents=1))
 
 
 def test_load_population_dispatch(raster_pop: Population) -> None:
@@ -192,6 +198,49 @@ def test_load_population_dispatch(raster_pop: Population) -> None:
     assert raster_pop.to_crs("EPSG:4326").total == TOTAL
     with pytest.raises(TypeError, match="must be a path"):
         load_population(42)
+
+
+def test_points_become_voronoi_areas_that_touch_their_neighbours() -> None:
+    # A 5 x 4 lattice of points 400 m apart: as 150 m discs they never touched.
+    cols, rows = np.meshgrid(np.arange(5), np.arange(4))
+    frame = gpd.GeoDataFrame(
+        {"cell_id": [f"p{r}{c}" for r, c in zip(rows.ravel(), cols.ravel(), strict=True)],
+         "pop": np.arange(20) * 7 + 3},
+        geometry=gpd.points_from_xy(ORIGIN[0] + 400.0 * cols.ravel(),
+                                    ORIGIN[1] + 400.0 * rows.ravel()), crs=UTM)
+    population = Population.from_frame(frame)
+    cells = population.cells.set_index("cell_id").geometry
+    assert (population.cells.geom_type == "Polygon").all()
+    assert population.total == int(frame["pop"].sum()) == int(population.cells["pop"].sum())
+    for r in range(4):
+        for c in range(5):
+            here = cells[f"p{r}{c}"]
+            assert here.contains(frame.geometry[r * 5 + c])       # each keeps its own point
+            for dr, dc in ((0, 1), (1, 0)):
+                if r + dr < 4 and c + dc < 5:
+                    shared = here.intersection(cells[f"p{r + dr}{c + dc}"])
+                    assert here.touches(cells[f"p{r + dr}{c + dc}"])
+                    assert shared.length >= 400.0 - 1e-6   # a whole edge, not a corner
+    assert cells["p11"].area == pytest.approx(400.0 ** 2)          # inner cells: the lattice
+    # Units stay on the source points; areas do not overlap.
+    assert population.units.geometry.equals(frame.geometry)
+    assert shapely.union_all(population.cells.geometry.values).area == pytest.approx(
+        population.cells.area.sum())
+    # Communities see polygons now, so the tessellation pieces are these areas.
+    pieces = unit_pieces(population.units, population.cells)
+    assert piece_adjacency(pieces).nnz == 2 * (4 * 4 + 3 * 5)
+
+
+def test_csv_points_become_areas_in_their_crs(tmp_path: Path) -> None:
+    lon, lat = np.meshgrid(13.40 + 0.004 * np.arange(3), 52.50 + 0.003 * np.arange(3))
+    path = tmp_path / "points.csv"
+    pd.DataFrame({"lon": lon.ravel(), "lat": lat.ravel(), "pop": np.arange(9) + 1}).to_csv(
+        path, index=False)
+    population = Population.from_csv(path)
+    assert population.crs.to_epsg() == 4326 and population.total == 45
+    assert (population.cells.geom_type == "Polygon").all()
+    assert population.cells.geometry[4].touches(population.cells.geometry[1])
+    assert population.units.geometry[4].equals(Point(lon.ravel()[4], lat.ravel()[4]))
 
 
 # --- disaggregation ---------------------------------------------------------------------------
@@ -253,16 +302,22 @@ def test_building_split_weights_area_times_floors() -> None:
     _assert_conserved(split, population)
 
 
-def test_invalid_polygons_are_repaired_and_points_stay_whole() -> None:
+def test_invalid_polygons_are_repaired_and_points_become_areas() -> None:
     bow_tie = Polygon([(0, 0), (10, 10), (10, 0), (0, 10), (0, 0)])   # self-intersecting
     frame = gpd.GeoDataFrame({"pop": [5, 3]}, geometry=[bow_tie, Point(60, 5)], crs=UTM,
                              index=[10, 20])
     population = Population.from_frame(frame)
     assert population.cells.is_valid.all()
     assert population.cells.geometry[0].contains(population.units.geometry[0])
+    # The lone point becomes a disc (150 m) minus the polygon cell; its unit stays on the point.
+    area = population.cells.geometry[1]
+    assert area.geom_type == "Polygon" and area.contains(Point(60, 5))
+    assert area.intersection(population.cells.geometry[0]).area < 1e-6
+    assert population.units.geometry[1].equals(Point(60, 5))
     split = population.disaggregate(onto="grid", cell_size_m=2)
     _assert_conserved(split, population)
-    assert (split.units["cell_id"] == "1").sum() == 1                # the point cell
+    kept = population.disaggregate(onto="grid", cell_size_m=2, max_unit_pop=4)
+    assert kept.units.set_index("cell_id").geometry["1"].distance(Point(60, 5)) < 1e-6
 
 
 # --- bad input ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,19 +20,31 @@ import geopandas as gpd
 import h3
 import numpy as np
 import pandas as pd
-import pyogrio
 import shapely
 from covplan._validate import (
     clean_counts,
     describe,
+    implausible_cells,
     require_columns,
+    require_countable,
     require_crs,
     require_file,
     require_not_empty,
     require_positive,
+    split_layer,
 )
-from covplan.errors import CRSError, DataSourceError, InputError
+from covplan.errors import CoverageError, CoverageWarning, CRSError, DataSourceError, InputError
+from covplan.inputs.areas import (
+    CSV_SUFFIXES,
+    LAT_NAMES,
+    LON_NAMES,
+    find_column,
+    read_csv_table,
+    read_layer,
+    table_points,
+)
 from covplan.inputs.crs import local_metric_crs
+from covplan.inputs.tessellation import unit_pieces
 
 if TYPE_CHECKING:
     import pyproj
@@ -40,20 +53,27 @@ __all__ = ["Population", "as_population", "load_population"]
 
 logger = logging.getLogger(__name__)
 
-# Auto-detected population columns, in priority order (case-insensitive); 'asukkaita' is HSY's.
-_POP_NAMES = ("pop", "population", "pop_total", "total", "residents", "inhabitants", "count",
-              "value", "asukkaita")
+# Names that mark a population column (case-insensitive; 'asukkaita' is HSY's). Only these or
+# popYYYY are taken unasked: any other numeric column may count jobs or households.
+_POP_NAMES = ("pop", "population", "pop_total", "population_total", "total", "residents",
+              "inhabitants", "people", "persons", "count", "value", "asukkaita", "habitantes",
+              "einwohner")
 _POP_PATTERN = re.compile(r"^(pop|population)[_-]?(19|20)\d{2}$", re.IGNORECASE)
 _ID_NAMES = ("cell_id", "id", "h3", "h3_id", "hex_id", "grid_id", "index", "fid", "objectid")
-_LON_NAMES = ("lon", "lng", "long", "longitude", "x")
-_LAT_NAMES = ("lat", "latitude", "y")
+# Text columns with these names must hold H3 ids (every row); other text columns count as H3
+# when most of a sample of _H3_SAMPLE values spread over the column are valid ids.
+_H3_NAMES = ("h3", "h3_id", "h3_index", "h3index", "h3_cell", "hex", "hex_id", "hexid",
+             "hex_index", "hexagon", "hexagon_id")
+_H3_SAMPLE = 1_000
 _FLOOR_NAMES = ("floors", "levels", "building:levels")
 _CELL_TYPES = ("Polygon", "MultiPolygon", "Point")
 _ONTO = ("nodes", "buildings", "grid")
 _MAX_SUBCELLS = 5_000_000      # more grid pieces than this means a unit mix-up, not a plan
 _RASTER_STRIP_PIXELS = 1 << 24  # read rasters in strips of ~16 M pixels to bound memory
-_READ_ERRORS = (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError,
-                pyogrio.errors.FieldError, pyogrio.errors.GeometryError, OSError, ValueError)
+# Point cells become Voronoi areas clipped to their hull grown by half the median spacing of
+# the points plus this margin, or a disc of the lone-point radius around a single point.
+_POINT_MARGIN_M = 50.0
+_LONE_POINT_RADIUS_M = 150.0
 
 
 @dataclass(frozen=True, slots=True, eq=False)   # eq=False: pandas fields don't compare to bool
@@ -66,14 +86,20 @@ class Population:
     units
         One row per unit: `unit_id` (int64, 0..k-1), `cell_id` (str), `pop` (int64 > 0) and a
         Point `geometry`. Before `disaggregate` there is one unit per populated cell, at the
-        cell's centroid (or a point inside it when the centroid falls outside).
+        source point for point sources, else at the cell's centroid (or a point inside it when
+        the centroid falls outside).
     cells
-        The source cells as read: `cell_id` (str), `pop` (int64 >= 0), Polygon/MultiPolygon or
-        Point `geometry`. Cells with no one keep their row here but get no unit.
+        The source cells: `cell_id` (str), `pop` (int64 >= 0), Polygon/MultiPolygon
+        `geometry` (loaders turn source points into Voronoi areas, see `from_frame`). Cells
+        with no one keep their row here but get no unit.
     source
         Where the data came from (a path, 'GeoDataFrame', ...).
     population_column
         The source column (or raster band) the counts came from.
+    warnings
+        Implausible but usable input found while loading (very dense cells, overlapping
+        cells, mixed H3 resolutions), one message each; also raised as CoverageWarning and
+        logged, kept here for reports.
 
     Notes
     -----
@@ -84,6 +110,7 @@ class Population:
     cells: gpd.GeoDataFrame
     source: str
     population_column: str
+    warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         in_units, in_cells = int(self.units["pop"].sum()), int(self.cells["pop"].sum())
@@ -105,7 +132,8 @@ class Population:
     def to_crs(self, crs: pyproj.CRS | str) -> Population:
         """Return a copy with `units` and `cells` projected to `crs`."""
         return Population(units=self.units.to_crs(crs), cells=self.cells.to_crs(crs),
-                          source=self.source, population_column=self.population_column)
+                          source=self.source, population_column=self.population_column,
+                          warnings=self.warnings)
 
     @classmethod
     def from_frame(cls, frame: gpd.GeoDataFrame, *, population_column: str | None = None,
@@ -116,22 +144,35 @@ class Population:
         Parameters
         ----------
         frame
-            One row per cell; needs a CRS. Its CRS becomes the population's CRS.
+            One row per cell, polygons or points; needs a CRS. Its CRS becomes the population's
+            CRS. Points become areas: their Voronoi cells (each keeps its point's residents, id
+            and unit location) clipped to the points' convex hull grown by half their median
+            nearest-neighbour distance plus 50 m, so neighbouring points share borders and
+            communities drawn from them are contiguous. The loader has no street network, hence
+            the hull: it bounds the edge cells by the points' own spacing. Polygon cells are
+            carved out of the point areas.
         population_column
-            Column of counts; None picks the first of pop, population, pop_total, total,
-            residents, inhabitants, count, value, asukkaita, popYYYY (case-insensitive), else
-            the only numeric non-id column.
+            Column of counts; None takes the one column named pop, population, pop_total,
+            total, residents, inhabitants, people, persons, count, value, asukkaita, ... or
+            popYYYY (case-insensitive). Other numeric columns (jobs, households) are never
+            taken unasked: with no such name, or several, it raises listing the candidates.
         id_column
             Column of unique cell ids; None uses the first unique column among cell_id, id, h3,
             index, fid, ..., else numbers the rows 0..n-1.
+
+        Warns
+        -----
+        CoverageWarning
+            For cells denser than 100,000 residents per km2 or overlapping cells (also kept in
+            `Population.warnings`).
 
         Raises
         ------
         CRSError
             If `frame` has no CRS.
         InputError
-            If it is empty, the column is missing or ambiguous, a count is negative, NaN or not
-            a number, ids repeat, or a geometry is neither polygon nor point.
+            If it is empty, the column is missing or ambiguous, a count is negative, NaN, not
+            a number or over 1e9, ids repeat, or a geometry is neither polygon nor point.
         """
         if not isinstance(frame, gpd.GeoDataFrame):
             msg = f"`frame` must be a GeoDataFrame, got {type(frame).__name__}."
@@ -147,7 +188,7 @@ class Population:
         Cells from a vector file: GeoPackage, GeoJSON, Shapefile, FlatGeobuf, or any of them zipped.
 
         `path` may be a plain ``.zip`` or a GDAL ``/vsizip/...`` path. A file with several layers
-        needs `layer`. Other parameters as in `from_frame`.
+        needs `layer`, or `path` as ``PATH:LAYER``. Other parameters as in `from_frame`.
 
         Raises
         ------
@@ -158,23 +199,10 @@ class Population:
         InputError
             As in `from_frame`, or if `layer` is missing or not named when several exist.
         """
+        path, layer = split_layer(path, layer)
         require_file(path, what="population")
         text, name = os.fspath(path), f"population file {describe(path)}"
-        try:
-            layers = [str(row[0]) for row in pyogrio.list_layers(text)]
-            if layer is None and len(layers) > 1:
-                msg = f"{name} has {len(layers)} layers {layers}; pass layer= to choose one."
-                raise InputError(msg)
-            if layer is not None and layer not in layers:
-                msg = f"{name} has no layer {layer!r}; its layers are {layers}."
-                raise InputError(msg)
-            frame = gpd.read_file(text, layer=layer)
-        except _READ_ERRORS as exc:
-            if isinstance(exc, InputError):
-                raise
-            msg = (f"cannot read {name}: {exc}. Check that it is an intact GeoPackage, GeoJSON, "
-                   "Shapefile or FlatGeobuf (re-export or re-download it).")
-            raise DataSourceError(msg) from exc
+        frame = read_layer(text, layer=layer, name=name, what="population")
         return _from_geoframe(frame, population_column=population_column, id_column=id_column,
                               source=text, name=name)
 
@@ -185,24 +213,24 @@ class Population:
         """
         Cells from a CSV: points from coordinate columns, or H3 hexagons from an id column.
 
-        With neither `lon_column` nor `lat_column` given, a column of valid H3 ids (`id_column`
-        if given, else detected, e.g. 'h3' or 'id') makes hexagon cells as in `from_h3`;
-        otherwise points are built from lon/lng/longitude/x and lat/latitude/y in `crs`.
+        With neither `lon_column` nor `lat_column` given, a column of H3 ids makes hexagon
+        cells as in `from_h3`: a text column named h3, h3_index, hex_id, ... or one where most
+        of a sample spread over the column are valid ids (`id_column` first). Every row of it
+        must then be a valid id: one bad row raises, it never falls back to coordinates.
+        Otherwise points are built from lon/lng/longitude/x and lat/latitude/y in `crs`, and
+        become Voronoi areas as in `from_frame`.
 
         Raises
         ------
         DataSourceError
             If the file is missing, empty or not parseable as CSV.
         InputError
-            If it has neither coordinates nor H3 ids, or as in `from_frame`.
+            If it has neither coordinates nor H3 ids, an H3-looking column holds an invalid id,
+            several columns look like H3 ids, or as in `from_h3` and `from_frame`.
         """
         require_file(path, what="population CSV")
         name = f"population CSV {describe(path)}"
-        try:
-            table = pd.read_csv(path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            msg = f"cannot parse {name} as CSV: {exc}. Check the delimiter and encoding (UTF-8)."
-            raise DataSourceError(msg) from exc
+        table = read_csv_table(path, name=name)
         return _from_table(table, lon_column=lon_column, lat_column=lat_column, h3_column=None,
                            population_column=population_column, id_column=id_column, crs=crs,
                            source=os.fspath(path), name=name)
@@ -213,19 +241,23 @@ class Population:
         """
         Hexagon cells (EPSG:4326) from a table of H3 ids and counts.
 
-        `h3_column` None detects a string column whose values are H3 ids. Ids must be unique.
+        `h3_column` None detects a string column of H3 ids as `from_csv` does. Ids must be
+        unique and valid in every row. Resolutions may mix only if no cell lies inside another
+        (a CoverageWarning notes the mix).
 
         Raises
         ------
         InputError
-            If no H3 column is found, an id is invalid (some are listed), or as in `from_frame`.
+            If no H3 column is found, an id is invalid (the count, rows and values are listed),
+            a cell lies inside another listed cell (residents counted twice), or as in
+            `from_frame`.
         """
         if not isinstance(table, pd.DataFrame):
             msg = f"`table` must be a DataFrame, got {type(table).__name__}."
             raise TypeError(msg)
         name = "the population H3 table"
         require_not_empty(table, name=name)
-        column = h3_column if h3_column is not None else _find_h3_column(table)
+        column = h3_column if h3_column is not None else _find_h3_column(table, name=name)
         if column is None:
             msg = (f"{name} has no column of H3 ids; it has {list(table.columns)}. "
                    "Pass h3_column= naming the column of ids such as '89a8100c603ffff'.")
@@ -260,7 +292,11 @@ class Population:
                 _check_raster(src, band=band, name=name)
                 rows, cols, values = _read_populated(src, band=band, name=name)
                 transform, crs = src.transform, src.crs
-        except rasterio.errors.RasterioError as exc:
+        except CoverageError:   # ours, from the checks above (InputError is a ValueError too)
+            raise
+        # A damaged header can also fail in GDAL's error classes or while decoding the CRS text.
+        except (rasterio.errors.RasterioError, rasterio._err.CPLE_BaseError, UnicodeDecodeError,
+                ValueError) as exc:
             msg = f"cannot read {name}: {exc}. Check that it is an intact GeoTIFF."
             raise DataSourceError(msg) from exc
         if len(values) == 0:
@@ -269,7 +305,7 @@ class Population:
         ids = np.char.add(np.char.add("r", rows.astype(str)), np.char.add("c", cols.astype(str)))
         geometry = gpd.GeoSeries(_pixel_boxes(transform, rows, cols), crs=crs.to_wkt())
         return _assemble(geometry, values, pd.Series(ids), source=os.fspath(path), name=name,
-                         column=f"band {band}")
+                         column=f"band {band}", raster=True)
 
     def disaggregate(self, *, onto: str, network: Any = None,
                      buildings: gpd.GeoDataFrame | None = None, cell_size_m: float | None = None,
@@ -305,7 +341,8 @@ class Population:
         -------
         Population
             Same `cells`; new `units` in this population's CRS. A cell with no target inside
-            (or a point cell) keeps one unit. Counts are split by largest remainder (ties to
+            (or a point cell) keeps one unit, where its only unit was (a source point stays
+            put), else inside the cell. Counts are split by largest remainder (ties to
             the lowest index) so each cell's units sum exactly to its pop; zero-pop units
             are dropped and `unit_id` renumbered.
 
@@ -331,13 +368,28 @@ class Population:
             owner, xy, weight = _building_targets(buildings, geoms, split_pos, work_crs)
         else:
             owner, xy, weight = _grid_targets(geoms, split_pos, float(cell_size_m))
-        units_w = _split_cells(cells_w, owner, xy, weight, max_unit_pop=max_unit_pop)
+        units_w = _split_cells(cells_w, owner, xy, weight, max_unit_pop=max_unit_pop,
+                               anchors=self._lone_units(cells_w))
         bare = len(np.setdiff1d(split_pos, owner))
         logger.info("Disaggregated %d of %d populated cells onto %s: %d units; %d cell(s) had no "
                     "target inside and kept one unit; total %s unchanged", len(split_pos),
                     int((pop > 0).sum()), onto, len(units_w), bare, f"{self.total:,}")
         return Population(units=units_w.to_crs(self.crs), cells=self.cells, source=self.source,
-                          population_column=self.population_column)
+                          population_column=self.population_column, warnings=self.warnings)
+
+    def _lone_units(self, cells_w: gpd.GeoDataFrame) -> np.ndarray:
+        """Per row of `cells_w`, the point of the cell's unit when it is its only one and not
+        where `_inner_points` puts it anyway (a source point), else None; such units are placed
+        again in the working CRS, exactly as before point sources kept their points."""
+        units = self.units
+        one = (units["cell_id"].map(units["cell_id"].value_counts()) == 1).to_numpy()
+        cells = self.cells.set_index("cell_id").geometry
+        points = np.asarray(units.geometry.values)[one]
+        ids = units["cell_id"].to_numpy()[one]
+        moved = ~shapely.equals(points, _inner_points(np.asarray(cells.loc[ids].values)))
+        kept = gpd.GeoSeries(points[moved], crs=self.crs).to_crs(cells_w.crs)
+        by_cell = pd.Series(np.asarray(kept.values), index=ids[moved], dtype=object)
+        return by_cell.reindex(cells_w["cell_id"].to_numpy()).to_numpy(dtype=object)
 
 
 def load_population(source: Any, *, population_column: str | None = None,
@@ -359,7 +411,7 @@ def load_population(source: Any, *, population_column: str | None = None,
         Column of counts; None detects it as described in `Population.from_frame` (not for
         rasters).
     layer
-        Layer of a multi-layer vector file.
+        Layer of a multi-layer vector file; a path ``PATH:LAYER`` names it too.
     id_column
         Column of unique cell ids; None detects one or numbers the rows.
     **kwargs
@@ -397,13 +449,18 @@ def load_population(source: Any, *, population_column: str | None = None,
         msg = (f"`source` must be a path, GeoDataFrame, DataFrame or Population, got "
                f"{type(source).__name__}.")
         raise TypeError(msg)
+    source, layer = split_layer(source, layer)
     lower = os.fspath(source).lower()
     if lower.endswith((".tif", ".tiff")):
         if population_column is not None or id_column is not None or layer is not None:
-            msg = "population_column=, id_column= and layer= do not apply to rasters; use band=."
+            msg = ("population_column=, id_column= and layer= (or PATH:LAYER) do not apply to "
+                   "rasters; use band=.")
             raise InputError(msg)
         return Population.from_raster(source, **kwargs)
-    if lower.endswith((".csv", ".csv.gz")):
+    if lower.endswith(CSV_SUFFIXES):
+        if layer is not None:
+            msg = f"a CSV has no layers; got layer {layer!r} for '{os.fspath(source)}'."
+            raise InputError(msg)
         return Population.from_csv(source, population_column=population_column,
                                    id_column=id_column, **kwargs)
     return Population.from_file(source, layer=layer, population_column=population_column,
@@ -451,36 +508,112 @@ def as_population(obj: Population | gpd.GeoDataFrame, *,
 # --- building cells ------------------------------------------------------------------------
 
 def _from_geoframe(frame: gpd.GeoDataFrame, *, population_column: str | None,
-                   id_column: str | None, source: str, name: str) -> Population:
+                   id_column: str | None, source: str, name: str,
+                   notes: tuple[str, ...] = ()) -> Population:
     """Validate a frame of cells and build the Population (the shared core of every loader)."""
     require_not_empty(frame, name=name)
     require_crs(frame, name=name)
     ids, id_name = _cell_ids(frame, id_column, name=name)
+    exclude = {id_name, frame.geometry.name}
     column = population_column
     if column is None:
-        column = _pick_population_column(frame, exclude={id_name, frame.geometry.name}, name=name)
-    require_columns(frame, [column], name=name)
+        column = _pick_population_column(frame, exclude=exclude, name=name)
+    elif column not in frame.columns:
+        msg = (f"{name} lacks column(s) [{column!r}]; it has "
+               f"{[c for c in frame.columns if c != frame.geometry.name]}. Name the counts "
+               f"column with --population-column (CLI) or population_column= (Python)"
+               f"{_numeric_hint(frame, exclude)}.")
+        raise InputError(msg)
     counts = clean_counts(frame[column], name=name, column=str(column))
     geometry = _check_geometry(frame, counts, name=name)
-    return _assemble(geometry, counts, ids, source=source, name=name, column=str(column))
+    geometry, anchors = _point_areas(geometry, name=name)
+    return _assemble(geometry, counts, ids, source=source, name=name, column=str(column),
+                     anchors=anchors, notes=notes)
 
 
 def _assemble(geometry: gpd.GeoSeries, counts: np.ndarray, ids: pd.Series, *, source: str,
-              name: str, column: str) -> Population:
-    """Integer counts, the cells frame and one unit per populated cell."""
+              name: str, column: str, anchors: np.ndarray | None = None, raster: bool = False,
+              notes: tuple[str, ...] = ()) -> Population:
+    """Integer counts, the cells frame and one unit per populated cell (at its anchor point
+    if it has one, else inside the cell); implausible cells warn. Pixels of a raster cannot
+    overlap, so `raster` skips that (costly) check."""
+    cell_ids = ids.astype(str).to_numpy()
+    require_countable(counts, cell_ids, name=name, raster=raster,
+                      column=column if raster else f"column {column!r}")
     pop = _to_integers(counts, name=name)
-    cells = gpd.GeoDataFrame({"cell_id": ids.astype(str).to_numpy(), "pop": pop},
+    cells = gpd.GeoDataFrame({"cell_id": cell_ids, "pop": pop},
                              geometry=geometry.values, crs=geometry.crs)
     populated = pop > 0
     points = _inner_points(np.asarray(geometry.values)[populated])
-    units = _units_frame(cells["cell_id"].to_numpy()[populated], pop[populated], points,
-                         crs=cells.crs)
+    if anchors is not None:
+        given = anchors[populated]
+        points[pd.notna(given)] = given[pd.notna(given)]
+    units = _units_frame(cell_ids[populated], pop[populated], points, crs=cells.crs)
     logger.info("Loaded %d cells, %s people from %s (column %r)", len(cells),
                 f"{int(pop.sum()):,}", source, column)
     if not populated.all():
         logger.info("%d cell(s) with pop 0 are kept in `cells` but get no unit",
                     int((~populated).sum()))
-    return Population(units=units, cells=cells, source=source, population_column=column)
+    found = (*notes, *implausible_cells(cells, name=name, overlaps=not raster))
+    for message in found:
+        logger.warning("%s", message)
+        warnings.warn(message, CoverageWarning, stacklevel=4)
+    return Population(units=units, cells=cells, source=source, population_column=column,
+                      warnings=found)
+
+
+def _point_areas(geometry: gpd.GeoSeries, *, name: str) -> tuple[gpd.GeoSeries, np.ndarray]:
+    """
+    Point cells as Voronoi areas, so that neighbouring points share borders; and per row the
+    source point (None for polygon rows), where the cell's unit stays.
+
+    The loader has no street network, so the diagram is clipped to the points' convex hull
+    grown by half their median nearest-neighbour distance plus _POINT_MARGIN_M: edge cells
+    reach about as far out as their neighbours' cells do. Coincident points share their
+    region in equal-area slices (`unit_pieces`); polygon cells are carved out.
+    """
+    geoms = np.asarray(geometry.values)
+    is_point = (shapely.get_type_id(geoms) == 0) & ~shapely.is_empty(geoms)
+    anchors = np.full(len(geoms), None, dtype=object)
+    if not is_point.any():
+        return geometry, anchors
+    anchors[is_point] = geoms[is_point]
+    try:
+        work = local_metric_crs(tuple(shapely.total_bounds(geoms[is_point])), geometry.crs)
+    except CRSError as exc:
+        raise CRSError(f"{name}: {exc}") from None
+    points = gpd.GeoSeries(geoms[is_point], crs=geometry.crs).to_crs(work)
+    xy = np.asarray(points.values)
+    tree = shapely.STRtree(xy)
+    # exclusive: a point's own (or a coincident) position is not its neighbour
+    distance = tree.query_nearest(xy, exclusive=True, return_distance=True, all_matches=False)[1]
+    reach = (_LONE_POINT_RADIUS_M if len(distance) == 0
+             else 0.5 * float(np.median(distance)) + _POINT_MARGIN_M)
+    hull = shapely.buffer(shapely.convex_hull(shapely.multipoints(xy)), reach)
+    sites = gpd.GeoDataFrame({"cell_id": np.zeros(len(xy), dtype=str)}, geometry=xy, crs=work)
+    regions = np.asarray(unit_pieces(sites, gpd.GeoDataFrame(
+        {"cell_id": [""]}, geometry=[hull], crs=work)).values)
+    areal = ~is_point & ~shapely.is_missing(geoms) & ~shapely.is_empty(geoms)
+    if areal.any():
+        regions = _carve(regions, xy, gpd.GeoSeries(geoms[areal], crs=geometry.crs).to_crs(work))
+    out = geometry.copy()
+    out[is_point] = gpd.GeoSeries(regions, crs=work).to_crs(geometry.crs).values
+    logger.info("%s: %d point cell(s) became Voronoi areas, clipped %.0f m beyond their hull",
+                name, int(is_point.sum()), reach)
+    return out, anchors
+
+
+def _carve(regions: np.ndarray, xy: np.ndarray, polygons: gpd.GeoSeries) -> np.ndarray:
+    """Point regions minus the polygon cells; a point inside a polygon cell keeps its whole
+    region (the overlap is then reported, not hidden)."""
+    shapes = np.asarray(polygons.values)
+    region_idx, poly_idx = shapely.STRtree(shapes).query(regions, predicate="intersects")
+    out = regions.copy()
+    for i in np.unique(region_idx):
+        cut = shapely.difference(regions[i], shapely.union_all(shapes[poly_idx[region_idx == i]]))
+        if shapely.covers(cut, xy[i]):
+            out[i] = cut
+    return out
 
 
 def _units_frame(cell_ids: np.ndarray, pop: np.ndarray, points: np.ndarray, *,
@@ -578,38 +711,63 @@ def _id_strings(ids: pd.Series) -> pd.Series:
 
 
 def _pick_population_column(frame: pd.DataFrame, *, exclude: set[Any], name: str) -> Any:
-    """The population column by name, pattern, or as the only numeric non-id column."""
+    """The one column named like a population count; never a numeric column by elimination
+    (a `jobs` column is numeric too), so anything else raises with the candidates."""
     columns = [c for c in frame.columns if c not in exclude]
-    by_name = {str(c).lower(): c for c in reversed(columns)}
-    for want in _POP_NAMES:
-        if want in by_name:
-            return by_name[want]
-    dated = [c for c in columns if _POP_PATTERN.match(str(c))]
-    if len(dated) == 1:
-        return dated[0]
-    skip = {*_ID_NAMES, *_LON_NAMES, *_LAT_NAMES}
-    numeric = [c for c in columns if str(c).lower() not in skip and not
-               pd.api.types.is_bool_dtype(frame[c]) and pd.api.types.is_numeric_dtype(frame[c])]
-    if not dated and len(numeric) == 1:
-        logger.info("%s: using %r, the only numeric column, as population", name, numeric[0])
-        return numeric[0]
-    options = dated or numeric or columns
-    msg = (f"{name}: cannot tell which column holds the population; it has {columns}. "
-           f"Pass population_column=, e.g. population_column={options[0]!r}.")
+    named = [c for c in columns
+             if str(c).lower() in _POP_NAMES or _POP_PATTERN.match(str(c))]
+    if len(named) == 1:
+        logger.info("%s: population column %r (by its name)", name, named[0])
+        return named[0]
+    if named:
+        msg = (f"{name}: several columns could hold the population: {named}. Pick one with "
+               f"--population-column (CLI) or population_column= (Python), e.g. "
+               f"population_column={named[0]!r}.")
+        raise InputError(msg)
+    msg = (f"{name}: no column is named like a population count (pop, population, residents, "
+           f"inhabitants, ... or popYYYY); it has {columns}. Other numeric columns are not "
+           "taken unasked, as they may count jobs or households: name the counts column with "
+           f"--population-column (CLI) or population_column= (Python){_numeric_hint(frame, exclude)}.")
     raise InputError(msg)
 
 
-def _find_h3_column(table: pd.DataFrame, prefer: Any = None) -> Any:
-    """A string column whose first values are valid H3 ids (`prefer`, then id-like names first)."""
-    names = {str(c).lower(): i for i, c in enumerate(_ID_NAMES)}
-    ordered = sorted(table.columns, key=lambda c: names.get(str(c).lower(), len(names)))
-    if prefer is not None and prefer in table.columns:
-        ordered = [prefer] + [c for c in ordered if c != prefer]
-    for column in ordered:
-        sample = table[column].dropna().head(20)
-        if len(sample) and all(isinstance(v, str) and h3.is_valid_cell(v) for v in sample):
-            return column
-    return None
+def _numeric_hint(frame: pd.DataFrame, exclude: set[Any]) -> str:
+    """', e.g. one of the numeric columns [...]' for messages, or '' when there is none."""
+    skip = {*_ID_NAMES, *LON_NAMES, *LAT_NAMES}
+    numeric = [c for c in frame.columns if c not in exclude and str(c).lower() not in skip and
+               not pd.api.types.is_bool_dtype(frame[c]) and
+               pd.api.types.is_numeric_dtype(frame[c])]
+    return f", e.g. one of the numeric columns {numeric}" if numeric else ""
+
+
+def _find_h3_column(table: pd.DataFrame, prefer: Any = None, *, name: str) -> Any:
+    """
+    The column of H3 ids, or None: a text column named like H3 (h3, hex_id, ...), or one where
+    most of a sample spread over the whole column are valid ids. Its every row is checked
+    later; several such columns raise rather than pick one.
+    """
+    found = []
+    for column in table.columns:
+        values = table[column]
+        if not (pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)):
+            continue
+        present = values.dropna()
+        if str(column).lower() in _H3_NAMES:
+            found.append(column)
+        elif len(present):
+            # evenly spread, so a bad value near the top (or a good one) cannot decide alone
+            sample = present.iloc[np.linspace(0, len(present) - 1, min(len(present), _H3_SAMPLE),
+                                              dtype=np.int64)]
+            share = np.mean([isinstance(v, str) and h3.is_valid_cell(v) for v in sample])
+            if share > 0.5:
+                found.append(column)
+    if prefer is not None and prefer in found:
+        return prefer
+    if len(found) > 1:
+        msg = (f"{name}: several columns look like H3 ids: {found}; keep one in the file, or "
+               f"pass h3_column= (Python), e.g. h3_column={found[0]!r}.")
+        raise InputError(msg)
+    return found[0] if found else None
 
 
 # --- tables and H3 ---------------------------------------------------------------------------
@@ -620,46 +778,14 @@ def _from_table(table: pd.DataFrame, *, lon_column: str | None, lat_column: str 
     """A plain table: H3 hexagons when it has H3 ids and no coordinate preference, else points."""
     require_not_empty(table, name=name)
     if h3_column is None and lon_column is None and lat_column is None:
-        h3_column = _find_h3_column(table, prefer=id_column)
+        h3_column = _find_h3_column(table, prefer=id_column, name=name)
     if h3_column is not None:
         return _from_h3_table(table, column=h3_column, population_column=population_column,
                               source=source, name=name)
-    lon = lon_column or _find_name(table, _LON_NAMES)
-    lat = lat_column or _find_name(table, _LAT_NAMES)
-    if lon is None or lat is None:
-        msg = (f"{name} has neither lon/lat columns nor a column of H3 ids; it has "
-               f"{list(table.columns)}. Pass lon_column= and lat_column= (and crs= if they are "
-               "not WGS84 degrees), or add an H3 id column.")
-        raise InputError(msg)
-    require_columns(table, [lon, lat], name=name)
-    x, y = _coordinates(table, lon, name=name), _coordinates(table, lat, name=name)
-    frame = gpd.GeoDataFrame(table.drop(columns=[lon, lat]), geometry=gpd.points_from_xy(x, y),
-                             crs=crs)
-    outside = (np.abs(x) > 180).any() or (np.abs(y) > 90).any()
-    if frame.crs is not None and frame.crs.is_geographic and outside:
-        msg = (f"{name}: columns {lon!r}/{lat!r} hold values outside lon/lat degrees (x in "
-               f"[{x.min():g}, {x.max():g}], y in [{y.min():g}, {y.max():g}]); pass crs= naming "
-               "their projected CRS, or check the columns are not swapped.")
-        raise CRSError(msg)
+    frame = table_points(table, lon_column=lon_column, lat_column=lat_column, crs=crs, name=name,
+                         missing="neither lon/lat columns nor a column of H3 ids")
     return _from_geoframe(frame, population_column=population_column, id_column=id_column,
                           source=source, name=name)
-
-
-def _coordinates(table: pd.DataFrame, column: Any, *, name: str) -> np.ndarray:
-    """A coordinate column as float64, raising on text, NaN or infinity."""
-    values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype="float64")
-    bad = ~np.isfinite(values)
-    if bad.any():
-        msg = (f"{name}: coordinate column {column!r} has {int(bad.sum())} missing or non-numeric "
-               f"value(s), e.g. rows {list(table.index[bad][:5])}; fix or drop those rows.")
-        raise InputError(msg)
-    return values
-
-
-def _find_name(table: pd.DataFrame, names: tuple[str, ...]) -> Any:
-    """The first column whose lower-cased name is in `names`, by priority of `names`."""
-    by_name = {str(c).lower(): c for c in reversed(table.columns)}
-    return next((by_name[n] for n in names if n in by_name), None)
 
 
 def _from_h3_table(table: pd.DataFrame, *, column: Any, population_column: str | None,
@@ -669,15 +795,46 @@ def _from_h3_table(table: pd.DataFrame, *, column: Any, population_column: str |
     ids = table[column]
     valid = np.array([isinstance(v, str) and h3.is_valid_cell(v) for v in ids], dtype=bool)
     if not valid.all():
-        msg = (f"{name}: column {column!r} has {int((~valid).sum())} invalid H3 id(s), e.g. "
-               f"{list(ids[~valid].head(5))} (rows {list(table.index[~valid][:5])}); H3 ids are "
-               "hexadecimal strings such as '89a8100c603ffff'. Fix them or pass h3_column=.")
+        msg = (f"{name}: column {column!r} of H3 ids has {int((~valid).sum())} invalid H3 "
+               f"id(s) of {len(ids)}, e.g. {list(ids[~valid].head(5))} at rows "
+               f"{list(table.index[~valid][:5])} (counting data rows from 0); H3 ids are "
+               "hexadecimal strings such as '89a8100c603ffff'. Fix those rows; the loader does "
+               "not fall back to lon/lat columns silently (pass lon_column= and lat_column= "
+               "in Python to use them instead).")
         raise InputError(msg)
+    notes = _h3_resolutions(ids, column=column, name=name)
     # cell_to_boundary gives (lat, lng); shapely wants (x=lng, y=lat).
     hexagons = [shapely.Polygon([(lng, lat) for lat, lng in h3.cell_to_boundary(v)]) for v in ids]
     frame = gpd.GeoDataFrame(table, geometry=hexagons, crs="EPSG:4326")
     return _from_geoframe(frame, population_column=population_column, id_column=column,
-                          source=source, name=name)
+                          source=source, name=name, notes=notes)
+
+
+def _h3_resolutions(ids: pd.Series, *, column: Any, name: str) -> tuple[str, ...]:
+    """Raise if one listed cell lies inside another (its residents would count twice); a note
+    if resolutions differ otherwise (uneven cell sizes, allowed)."""
+    resolution = np.array([h3.get_resolution(v) for v in ids])
+    levels = np.unique(resolution)
+    if len(levels) == 1:
+        return ()
+    listed = set(ids)
+    nested = [(v, h3.cell_to_parent(v, int(level)))
+              for v, r in zip(ids, resolution, strict=True) for level in levels[levels < r]
+              if h3.cell_to_parent(v, int(level)) in listed]
+    if nested:
+        child, parent = nested[0]
+        msg = (f"{name}: column {column!r} mixes H3 resolutions {levels.tolist()} and "
+               f"{len(nested)} cell(s) lie inside another listed cell, e.g. {child} (resolution "
+               f"{h3.get_resolution(child)}) inside {parent} (resolution "
+               f"{h3.get_resolution(parent)}), so their residents would be counted twice. Use "
+               "one resolution: sum the finer cells into their parents (h3.cell_to_parent) or "
+               "drop the coarser rows.")
+        raise InputError(msg)
+    counts = {int(level): int((resolution == level).sum()) for level in levels}
+    note = (f"{name}: column {column!r} mixes H3 resolutions (cells per resolution: {counts}); "
+            "no cell lies inside another, so nobody is counted twice, but cell sizes differ "
+            "(each finer resolution is 7 times smaller). Check that this is intended.")
+    return (note,)
 
 
 # --- rasters ---------------------------------------------------------------------------------
@@ -792,7 +949,7 @@ def _building_targets(buildings: gpd.GeoDataFrame, geoms: np.ndarray, split_pos:
     polygonal = np.isin(shapely.get_type_id(shapes), (3, 6))
     # Area only means something if every building has one; a mix falls back to equal weights.
     weight = shapely.area(shapes) if polygonal.all() else np.ones(len(shapes))
-    floor_column = _find_name(frame, _FLOOR_NAMES)
+    floor_column = find_column(frame, _FLOOR_NAMES)
     if floor_column is not None:
         floors = pd.to_numeric(frame[floor_column], errors="coerce").to_numpy(dtype="float64")
         unknown = ~(floors > 0)
@@ -831,17 +988,22 @@ def _grid_targets(geoms: np.ndarray, split_pos: np.ndarray,
 
 
 def _split_cells(cells_w: gpd.GeoDataFrame, owner: np.ndarray, xy: np.ndarray,
-                 weight: np.ndarray, *, max_unit_pop: float | None) -> gpd.GeoDataFrame:
-    """Units of every populated cell: targets grouped into pieces, counts by largest remainder."""
+                 weight: np.ndarray, *, max_unit_pop: float | None,
+                 anchors: np.ndarray) -> gpd.GeoDataFrame:
+    """Units of every populated cell: targets grouped into pieces, counts by largest remainder.
+    A cell left whole keeps its unit at its anchor (None: an inner point)."""
     pop = cells_w["pop"].to_numpy()
     geoms = np.asarray(cells_w.geometry.values)
     order = np.argsort(owner, kind="stable")
     owner, xy, weight = owner[order], xy[order], weight[order]
     starts = np.searchsorted(owner, np.arange(len(pop) + 1))
-    # Cells without targets (unsplit, points, or nothing inside) keep one unit at an inner point.
+    # Cells without targets (unsplit, points, or nothing inside) keep one unit: where it was
+    # (a Voronoi cell's source point), else at an inner point.
     plain = np.flatnonzero((pop > 0) & (starts[1:] == starts[:-1]))
     unit_cell, unit_pop = [plain], [pop[plain]]
-    unit_xy = [shapely.get_coordinates(_inner_points(geoms[plain])).reshape(-1, 2)]
+    kept = anchors[plain]
+    kept = np.where(pd.isna(kept), _inner_points(geoms[plain]), kept)
+    unit_xy = [shapely.get_coordinates(kept).reshape(-1, 2)]
     for pos in np.unique(owner):
         lo, hi = starts[pos], starts[pos + 1]
         w = weight[lo:hi] if weight[lo:hi].sum() > 0 else np.ones(hi - lo)
@@ -911,6 +1073,7 @@ def _rasterio(name: str):
     """rasterio, which only raster populations need (the `raster` extra)."""
     try:
         import rasterio
+        import rasterio._err
         import rasterio.windows
     except ImportError as exc:
         msg = (f"reading {name or 'a population raster'} needs rasterio: "
