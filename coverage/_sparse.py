@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import scipy.sparse as sp
+
+# Sorted entry keys (row * n_cols + column) per matrix, built once: the planner looks up
+# pieces of one matrix thousands of times, and rebuilding the keys made each look-up cost
+# all its stored pairs. Keyed by id with a weak reference (sparse matrices are unhashable); an
+# entry whose matrix died or changed its stored pairs is rebuilt.
+_KEYS: dict[int, tuple[weakref.ref, int, np.ndarray]] = {}
+
+
+def _entry_keys(matrix: sp.csr_matrix) -> np.ndarray:
+    held = _KEYS.get(id(matrix))
+    if held is not None and held[0]() is matrix and held[1] == matrix.nnz:
+        return held[2]
+    entry_rows = np.repeat(np.arange(matrix.shape[0], dtype="int64"), np.diff(matrix.indptr))
+    keys = entry_rows * matrix.shape[1] + matrix.indices
+    key = id(matrix)
+    _KEYS[key] = (weakref.ref(matrix, lambda _, key=key: _KEYS.pop(key, None)), matrix.nnz, keys)
+    return keys
 
 
 def lookup(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -20,8 +39,7 @@ def lookup(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> tuple[n
     if len(rows) == 0 or matrix.nnz == 0:
         return values, found
     n_cols = matrix.shape[1]
-    entry_rows = np.repeat(np.arange(matrix.shape[0], dtype="int64"), np.diff(matrix.indptr))
-    keys = entry_rows * n_cols + matrix.indices
+    keys = _entry_keys(matrix)
     wanted = rows * n_cols + cols
     pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
     found = keys[pos] == wanted

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -99,10 +100,23 @@ def _cmd_coverage(args: argparse.Namespace) -> int:
     with _stage(args, "isochrones"):
         isochrones = compute_isochrones(network, centers, minutes=[args.minutes], progress=True)
     with _stage(args, "writing"):
-        _write_coverage(Path(args.out), result, isochrones, base=_base_layer(network),
+        _write_coverage(args.stage.path, result, isochrones, base=_base_layer(network),
                         self_contained=not args.cdn_maps)
+        args.stage.commit()
     _log_coverage(Path(args.out), result)
     return 0
+
+
+def _add_out_option(p: argparse.ArgumentParser) -> None:
+    """--out and --force of a command that writes a folder; `main` checks and locks --out
+    before the command runs, which writes into ``args.stage`` (see `output_folder`)."""
+    p.add_argument("--out", required=True,
+                   help="output folder: written whole when complete, replacing an older output "
+                        "there (the old one stays if the run fails or is interrupted)")
+    p.add_argument("--force", action="store_true",
+                   help="write into --out even if it holds files covplan did not write (they "
+                        "are kept)")
+    p.set_defaults(writes_folder=True)
 
 
 def _add_map_option(p: argparse.ArgumentParser) -> None:
@@ -121,10 +135,9 @@ def _base_layer(network, railway=None):
 
 def _write_coverage(out: Path, result, isochrones, extra_layers=None, title="coverage",
                     map_name="map.html", *, base=None, self_contained: bool = True) -> None:
-    from covplan.output.files import prepare_folder, write_json, write_layers
+    from covplan.output.files import write_json, write_layers
     from covplan.output.maps import coverage_map, save_map
 
-    prepare_folder(out)
     # Residents are `population` in every written layer, as in a plan folder.
     layers = {"units": result.units.rename(columns={"pop": "population"}),
               "centers": result.centers, "isochrones": isochrones}
@@ -156,7 +169,8 @@ def _log_coverage(out: Path, result) -> None:
 _PLAN_FLAGS = {"target": "target_pop", "tolerance": "tolerance", "minutes": "max_minutes",
                "walk_speed_kmh": "walk_speed_kmh", "seed": "seed", "restarts": "restarts",
                "candidate_spacing": "candidate_spacing_m", "max_unit_pop": "max_unit_pop",
-               "exceptions": "exceptions", "stability_minutes": "stability_minutes"}
+               "exceptions": "exceptions", "stability_minutes": "stability_minutes",
+               "max_new_centers": "max_new_centers"}
 # Input flags of `covplan plan`; a scenario's [base] table names its inputs instead.
 _INPUT_FLAGS = ("network", "population", "population_column", "communities", "centers", "districts")
 
@@ -194,7 +208,7 @@ def _plan_scenario(args: argparse.Namespace):
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from covplan.output.files import write_json, write_plan
+    from covplan.output.files import write_json, write_plan_files
     from covplan.plan.replan import plan_inputs, replan_scenario
     from covplan.scenarios import apply_scenario, load_inputs, resolved_parameters, write_scenario
 
@@ -211,24 +225,32 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     with _stage(args, "inputs (network, population, areas)"):
         inputs = load_inputs(scenario, config=config, progress=True)
     if base_plan is not None:
+        if args.lock_centers:
+            msg = ("--lock-centers applies to a full plan: drop --base-plan, or keep the centers "
+                   "the base plan already uses (an incremental re-plan keeps what it can)")
+            raise InputError(msg)
         with _stage(args, "re-plan (scenario changes, reach, partition, isochrones)"):
             plan = replan_scenario(base_plan, scenario, inputs=inputs, progress=True)
     else:
         with _stage(args, "scenario changes"):
             changed = apply_scenario(inputs, scenario)
         with _stage(args, "plan (reach, partition, isochrones)"):
-            plan = plan_inputs(changed, progress=True)
+            plan = plan_inputs(changed, progress=True, lock_centers=args.lock_centers)
     for issue in plan.report.get("rule_issues", []):
         logger.warning("%s", issue)
     with _stage(args, "writing"):
-        out = write_plan(plan, args.out, base=_base_layer(inputs.network, inputs.layers.get("railway")),
-                         self_contained=not args.cdn_maps)
-        write_scenario(scenario, out / "scenario.toml")
+        stage = args.stage             # the folder goes to --out whole, when complete
+        stage.plan_id = write_plan_files(
+            plan, stage.path, base=_base_layer(inputs.network, inputs.layers.get("railway")),
+            self_contained=not args.cdn_maps)
+        write_scenario(scenario, stage.path / "scenario.toml")
         parameters = resolved_parameters(scenario, plan.config)
         if base_plan is not None:
             parameters["base_plan"] = str(args.base_plan)
-        write_json(out / "resolved.json", parameters)
-    logger.info("Wrote %s: %s (%.1f s)", out, _plan_summary(plan), time.perf_counter() - started)
+        write_json(stage.path / "resolved.json", parameters)
+        stage.commit()
+    logger.info("Wrote %s: %s (%.1f s)", args.out, _plan_summary(plan),
+                time.perf_counter() - started)
     return 0
 
 
@@ -283,20 +305,23 @@ def _add_plan_options(p: argparse.ArgumentParser, *, overrides: bool = False) ->
                    dest="stability_minutes",
                    help="merge/split: per-resident cost, in walking minutes, of leaving one's old "
                         f"community; higher keeps more residents, lower balances more (default {d.stability_minutes:g})")
+    p.add_argument("--max-new-centers", type=int, default=None, metavar="N",
+                   help="open at most N new sites; residents then beyond every open site are "
+                        "reported as not covered (default: no limit)")
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from covplan.output.compare import compare_plans, write_comparison
 
     comparison = compare_plans(args.plan_a, args.plan_b)
-    write_comparison(comparison, args.out, self_contained=not args.cdn_maps)
+    write_comparison(comparison, args.stage.path, self_contained=not args.cdn_maps)
     return 0
 
 
 def _cmd_isochrones(args: argparse.Namespace) -> int:
     from covplan.inputs.areas import load_centers
     from covplan.inputs.network import load_network
-    from covplan.output.files import prepare_folder, write_layers
+    from covplan.output.files import write_layers
     from covplan.output.maps import isochrone_map, save_map
     from covplan.reach.isochrones import compute_isochrones, dissolve_isochrones
 
@@ -304,7 +329,7 @@ def _cmd_isochrones(args: argparse.Namespace) -> int:
     centers = load_centers(args.centers)
     isochrones = compute_isochrones(network, centers, minutes=_minutes_list(args.minutes),
                                     progress=True)
-    out = prepare_folder(args.out)
+    out = args.stage.path
     write_layers(out / "isochrones.gpkg", {"isochrones": isochrones,
                                            "service_areas": dissolve_isochrones(isochrones),
                                            "centers": centers})
@@ -333,6 +358,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from covplan.reach.isochrones import compute_isochrones
 
     started = time.perf_counter()
+    config = _plan_config(args)        # checks --seed and the rest before the city is built
     with _stage(args, "demo city"):
         city = build_demo_city(seed=args.seed)
     with _stage(args, "network"):
@@ -349,22 +375,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                                  max_minutes=args.minutes, progress=True)
     with _stage(args, "as-is isochrones"):
         isochrones = compute_isochrones(network, centers, minutes=[args.minutes], progress=True)
-    out = Path(args.out)
+    out = args.stage.path              # as-is and plan files go to --out together
     base = _base_layer(network, city.railway)
     with _stage(args, "writing as-is"):
         _write_coverage(out, result, isochrones, title="asis", map_name="asis_map.html",
                         extra_layers={"districts": districts, "railway": city.railway},
                         base=base, self_contained=not args.cdn_maps)
-    _log_coverage(out, result)
-    from covplan.output.files import write_plan
+    from covplan.output.files import write_plan_files
     from covplan.plan.pipeline import plan_communities
 
     with _stage(args, "plan (reach, partition, isochrones)"):
         plan = plan_communities(network, population, communities=communities, centers=centers,
-                                districts=districts, config=_plan_config(args), progress=True)
+                                districts=districts, config=config, progress=True)
     with _stage(args, "writing plan"):
-        write_plan(plan, out, base=base, self_contained=not args.cdn_maps)
+        args.stage.plan_id = write_plan_files(plan, out, base=base,
+                                              self_contained=not args.cdn_maps)
         _write_demo_scenario(out, args.seed, plan.config)
+        args.stage.commit()
+    _log_coverage(Path(args.out), result)
     logger.info("Demo: %d old communities -> %s (%.1f s)", len(communities), _plan_summary(plan),
                 time.perf_counter() - started)
     return 0
@@ -388,7 +416,7 @@ def _cmd_site(args: argparse.Namespace) -> int:
     import geopandas as gpd
     import pandas as pd
     from covplan.inputs.areas import label_units, load_centers, load_communities
-    from covplan.output.files import prepare_folder, write_json, write_layers
+    from covplan.output.files import write_json, write_layers
     from covplan.output.maps import isochrone_map, save_map
     from covplan.reach.isochrones import compute_isochrones
     from covplan.reach.matrix import compute_reach
@@ -401,7 +429,7 @@ def _cmd_site(args: argparse.Namespace) -> int:
     centers = load_centers(args.centers) if args.centers else None
     reach = compute_reach(network, population, centers=centers, max_minutes=args.minutes,
                           candidate_spacing_m=args.candidate_spacing, progress=True)
-    out = prepare_folder(args.out)
+    out = args.stage.path
     layers, summary, points = {}, {"max_minutes": args.minutes}, []
     if args.communities:
         communities = load_communities(args.communities).reset_index(drop=True)
@@ -431,7 +459,8 @@ def _cmd_site(args: argparse.Namespace) -> int:
     write_layers(out / "site.gpkg", layers)
     write_json(out / "site.json", summary)
     save_map(isochrone_map(isochrones, shown), out / "map.html", self_contained=not args.cdn_maps)
-    logger.info("Wrote %s: %s", out, ", ".join(f"{k} {v}" for k, v in summary.items()))
+    args.stage.commit()
+    logger.info("Wrote %s: %s", args.out, ", ".join(f"{k} {v}" for k, v in summary.items()))
     return 0
 
 
@@ -478,8 +507,15 @@ def _cmd_bench_suite(args: argparse.Namespace, config) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error of the command."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`.\n")
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="covplan", description="Plan 15-minute service circles for neighbourhood communities.")
     parser.add_argument("--version", action="version", version=f"covplan {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output: debug messages and per-stage timings")
@@ -488,7 +524,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="replay the demo city: 69 uneven communities -> about 30")
-    demo.add_argument("--out", required=True, help="output folder")
+    _add_out_option(demo)
     _add_plan_options(demo)
     _add_map_option(demo)
     demo.set_defaults(func=_cmd_demo)
@@ -504,7 +540,7 @@ def _build_parser() -> argparse.ArgumentParser:
     cov.add_argument("--communities", default=None, help="existing community polygons")
     cov.add_argument("--minutes", type=float, default=DEFAULT_MAX_MINUTES,
                      help="service-circle limit")
-    cov.add_argument("--out", required=True, help="output folder")
+    _add_out_option(cov)
     _add_map_option(cov)
     cov.set_defaults(func=_cmd_coverage)
 
@@ -521,7 +557,7 @@ def _build_parser() -> argparse.ArgumentParser:
     site.add_argument("--candidate-spacing", type=float, default=DEFAULT_CANDIDATE_SPACING_M,
                       help="one candidate site per populated square of this side, m "
                            f"(default {DEFAULT_CANDIDATE_SPACING_M:g})")
-    site.add_argument("--out", required=True, help="output folder")
+    _add_out_option(site)
     _add_map_option(site)
     site.set_defaults(func=_cmd_site)
 
@@ -530,7 +566,7 @@ def _build_parser() -> argparse.ArgumentParser:
     iso.add_argument("--centers", required=True, help="service-center points (any vector format)")
     iso.add_argument("--minutes", default=",".join(f"{m:g}" for m in DEFAULT_BANDS),
                      help="limits, comma separated")
-    iso.add_argument("--out", required=True, help="output folder")
+    _add_out_option(iso)
     _add_map_option(iso)
     iso.set_defaults(func=_cmd_isochrones)
 
@@ -604,7 +640,10 @@ def _add_plan_parser(sub) -> None:
     plan.add_argument("--communities", default=None, help="existing communities (merge/split mode)")
     plan.add_argument("--centers", default=None, help="existing or candidate center sites")
     plan.add_argument("--districts", default=None, help="district limits no community may cross")
-    plan.add_argument("--out", required=True, help="output folder")
+    plan.add_argument("--lock-centers", default=None, metavar="IDS",
+                      help="existing centers that must stay open: center ids, comma-separated, "
+                           "or 'all'; one the rules do not allow is reported, never closed silently")
+    _add_out_option(plan)
     _add_plan_options(plan, overrides=True)
     _add_map_option(plan)
     plan.set_defaults(func=_cmd_plan)
@@ -619,8 +658,14 @@ def _cmd_atlas(args: argparse.Namespace) -> int:
         raise InputError(msg)
     started = time.perf_counter()
     # A plan folder: read_plan checks it (DataSourceError), and a `streets` line layer in its
-    # plan.gpkg is drawn under each community; no network is loaded.
-    write_atlas(args.plan, out, title=args.title, progress=True)
+    # plan.gpkg is drawn under each community; no network is loaded. Written beside and
+    # renamed, so an interrupted run never leaves half a PDF at --out.
+    partial = out.with_name(f".{out.stem}.covplan-partial-{os.getpid()}.pdf")
+    try:
+        write_atlas(args.plan, partial, title=args.title, progress=True)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
     logger.info("Atlas of %s written to %s (%.1f s)", args.plan, out, time.perf_counter() - started)
     return 0
 
@@ -639,24 +684,47 @@ def _add_compare_parser(sub) -> None:
     compare = sub.add_parser("compare", help="compare two plans: table and map of what changed")
     compare.add_argument("plan_a", metavar="DIR_A", help="plan folder written by `covplan plan`")
     compare.add_argument("plan_b", metavar="DIR_B", help="plan folder to compare with DIR_A")
-    compare.add_argument("--out", required=True, help="output folder")
+    _add_out_option(compare)
     _add_map_option(compare)
     compare.set_defaults(func=_cmd_compare)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `covplan`; returns the exit code (2 for errors in the input)."""
+    """Entry point of `covplan`; returns the exit code: 2 for errors in the input (one line on
+    stderr), 130 when interrupted (Ctrl-C). A command that writes a folder gets ``args.stage``:
+    --out is checked and locked before any computation, and written whole or not at all."""
     parser = _build_parser()
-    args = parser.parse_args(argv)
-    _configure_logging(args.verbose - args.quiet)
     try:
-        return args.func(args)
+        args = parser.parse_args(argv)
+    except SystemExit as exc:          # --help, --version (0) or a one-line usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    _configure_logging(args.verbose - args.quiet)
+    writes = getattr(args, "writes_folder", False)
+    try:
+        if not writes:
+            return args.func(args)
+        from covplan.output.files import output_folder
+
+        with output_folder(args.out, force=args.force) as args.stage:
+            return args.func(args)
     except CoverageError as exc:
         if args.debug:
             raise
         message = " ".join(str(exc).split())
         print(f"covplan {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        stage = getattr(args, "stage", None)
+        if not writes:
+            where = ""
+        elif stage is not None and stage.committed:      # Ctrl-C after the folder was moved in
+            where = f"; {args.out} was already written"
+        else:
+            where = f"; {args.out} left unchanged"
+        print(f"covplan {args.command}: interrupted{where}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass
 
 from covplan.defaults import (
@@ -15,6 +17,55 @@ from covplan.defaults import (
 from covplan.errors import InputError
 
 EXCEPTION_MODES = ("separate", "attach")
+
+# PlanConfig field -> the `covplan plan` / `covplan demo` flag that sets it (None: no flag; the
+# scenario's [plan] table and the API set it). covplan.cli maps its flags to fields likewise.
+FLAGS = {"target_pop": "--target", "tolerance": "--tolerance", "max_minutes": "--minutes",
+         "walk_speed_kmh": "--walk-speed", "candidate_spacing_m": "--candidate-spacing",
+         "max_unit_pop": "--max-unit-pop", "restarts": "--restarts", "seed": "--seed",
+         "stability_minutes": "--stability-weight", "exceptions": "--exceptions",
+         "min_pop_exception": None, "max_new_centers": "--max-new-centers"}
+
+
+def parameter_names(field: str) -> str:
+    """Where a PlanConfig field is set: '--seed / PlanConfig.seed' (with its scenario key)."""
+    flag = FLAGS.get(field)
+    api = f"PlanConfig.{field}, [plan] {field} in a scenario"
+    return f"{flag} / {api}" if flag else api
+
+
+def _number(value) -> bool:
+    """A finite real number; bool is not one (True would silently be 1)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+# Field -> (test, what a valid value is); the message names the flag and the field.
+_RULES = {
+    "target_pop": (lambda v: _number(v) and v > 0, "a positive number of residents"),
+    "tolerance": (lambda v: _number(v) and 0 < v < 1,
+                  "a share strictly between 0 and 1, e.g. 0.2 for ±20 %"),
+    "max_minutes": (lambda v: _number(v) and 0 < v <= MAX_MINUTES_LIMIT,
+                    f"greater than 0 and at most {MAX_MINUTES_LIMIT:g} minutes"),
+    "walk_speed_kmh": (lambda v: _number(v) and 0 < v <= MAX_WALK_SPEED_KMH,
+                       f"greater than 0 and at most {MAX_WALK_SPEED_KMH:g} km/h"),
+    "candidate_spacing_m": (lambda v: _number(v) and v > 0, "a positive distance in metres"),
+    "max_unit_pop": (lambda v: v is None or (_whole(v) and v > 0),
+                     ("a positive whole number of residents, or None to never split, written 0 "
+                      "on the command line and in a scenario")),
+    "restarts": (lambda v: _whole(v) and v >= 1, "a whole number, at least 1"),
+    "seed": (lambda v: _whole(v) and v >= 0, "a whole number ≥ 0"),
+    "stability_minutes": (lambda v: _number(v) and v >= 0, "a number of minutes ≥ 0"),
+    "exceptions": (lambda v: isinstance(v, str) and v in EXCEPTION_MODES,
+                   f"one of {', '.join(EXCEPTION_MODES)}"),
+    "min_pop_exception": (lambda v: _number(v) and 0 <= v < 1,
+                          "a share of the target in [0, 1)"),
+    "max_new_centers": (lambda v: v is None or (_whole(v) and v >= 0),
+                        "a whole number of new sites ≥ 0, or None for no limit"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +94,10 @@ class PlanConfig:
     min_pop_exception
         A community below this share of the target must be a proven exception; the planner
         dissolves others into their neighbours.
+    max_new_centers
+        At most this many new sites (None: no limit). A plan that wants more is made again on
+        the existing centers and the new sites it needed most; residents then beyond every
+        open site are reported as not covered.
     """
 
     target_pop: int = 10_000
@@ -56,37 +111,15 @@ class PlanConfig:
     stability_minutes: float = 2.0
     exceptions: str = "separate"
     min_pop_exception: float = 0.5
+    max_new_centers: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.target_pop, (int, float)) or self.target_pop <= 0:
-            msg = f"`target_pop` must be a positive number of residents, got {self.target_pop!r}."
-            raise InputError(msg)
-        if not 0 < self.tolerance < 1:
-            msg = f"`tolerance` must lie strictly between 0 and 1 (e.g. 0.2 for ±20 %), got {self.tolerance!r}."
-            raise InputError(msg)
-        if not 0 < self.max_minutes <= MAX_MINUTES_LIMIT:
-            msg = f"`max_minutes` must be greater than 0 and at most {MAX_MINUTES_LIMIT:g}, got {self.max_minutes!r}."
-            raise InputError(msg)
-        if not 0 < self.walk_speed_kmh <= MAX_WALK_SPEED_KMH:
-            msg = (f"`walk_speed_kmh` must be greater than 0 and at most {MAX_WALK_SPEED_KMH:g}, "
-                   f"got {self.walk_speed_kmh!r}.")
-            raise InputError(msg)
-        if self.candidate_spacing_m <= 0:
-            msg = f"`candidate_spacing_m` must be positive, got {self.candidate_spacing_m!r}."
-            raise InputError(msg)
-        if self.max_unit_pop is not None and self.max_unit_pop <= 0:
-            msg = f"`max_unit_pop` must be positive or None, got {self.max_unit_pop!r}."
-            raise InputError(msg)
-        if self.exceptions not in EXCEPTION_MODES:
-            msg = f"`exceptions` must be one of {', '.join(EXCEPTION_MODES)}, got {self.exceptions!r}."
-            raise InputError(msg)
-        if not 0 <= self.min_pop_exception < 1:
-            msg = ("`min_pop_exception` must lie in [0, 1) (a share of the target), got "
-                   f"{self.min_pop_exception!r}.")
-            raise InputError(msg)
-        if self.restarts < 1:
-            msg = f"`restarts` must be at least 1, got {self.restarts!r}."
-            raise InputError(msg)
+        # Checked once here, so a bad value fails at once with its flag named, not deep in numpy.
+        for name, (ok, rule) in _RULES.items():
+            value = getattr(self, name)
+            if not ok(value):
+                msg = f"{name} must be {rule} ({parameter_names(name)}), got {value!r}."
+                raise InputError(msg)
 
     @property
     def min_pop(self) -> float:

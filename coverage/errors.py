@@ -7,6 +7,7 @@ __all__ = [
     "InputError",
     "CRSError",
     "DataSourceError",
+    "OutputBusyError",
     "InfeasibleError",
     "CoverageWarning",
 ]
@@ -26,6 +27,10 @@ class CRSError(InputError):
 
 class DataSourceError(CoverageError, OSError):
     """A file could not be found, read or parsed."""
+
+
+class OutputBusyError(DataSourceError):
+    """Another covplan run is writing the same output folder (it holds the folder's lock)."""
 
 
 class InfeasibleError(CoverageError):

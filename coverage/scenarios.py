@@ -695,7 +695,8 @@ _PLAN_KINDS = {"target_pop": "positive_int", "tolerance": "number", "max_minutes
                "walk_speed_kmh": "number", "candidate_spacing_m": "positive",
                "max_unit_pop": "count", "restarts": "positive_int", "seed": "int",
                "stability_minutes": "non_negative", "exceptions": "str",
-               "min_pop_exception": "non_negative", "use_districts": "bool"}
+               "min_pop_exception": "non_negative", "use_districts": "bool",
+               "max_new_centers": "int"}
 
 
 def _read_plan(value: Any, label: str) -> tuple[tuple[str, Any], ...]:

@@ -174,3 +174,24 @@ def test_lock_centers_names_unknown_ids_and_the_known_ones():
                          lock_centers="s1,s9")
     with pytest.raises(InputError, match="no existing centers were given"):
         plan_communities(net, population, config=CONFIG, lock_centers="all")
+
+
+def test_max_new_centers_caps_the_new_sites_and_reports_what_it_costs():
+    from covplan.plan.replan import rule_issues
+
+    net, population = _strip_town()
+    old, centers = _strip_centers()
+    free = plan_communities(net, population, communities=old, centers=centers, config=CONFIG)
+    assert free.report["centers_new"] == 2
+    roomy = plan_communities(net, population, communities=old, centers=centers,
+                             config=dataclasses.replace(CONFIG, max_new_centers=2))
+    assert roomy.units["community_id"].tolist() == free.units["community_id"].tolist()
+    for budget in (1, 0):
+        capped = plan_communities(net, population, communities=old, centers=centers,
+                                  config=dataclasses.replace(CONFIG, max_new_centers=budget))
+        assert capped.report["centers_new"] <= budget
+        assert capped.units["pop"].sum() == population.cells["pop"].sum()
+        lost = int(capped.units.loc[capped.units["community_id"].isna(), "pop"].sum())
+        assert capped.report["coverage_share"] == pytest.approx(1 - lost / capped.units["pop"].sum())
+        assert (lost > 0) == any(i.startswith("walking rule") for i in rule_issues(capped))
+        assert capped.report["parameters"]["max_new_centers"] == budget

@@ -217,7 +217,7 @@ def test_locked_centers_stay_open_where_the_rules_allow(demo_replay):
     """Centers the plan closed, locked open: most then serve a community at no cost in
     balance; any that cannot is reported in the decisions, never dropped silently."""
     from covplan.cities.demo import build_demo_city
-    from covplan.inputs.areas import load_centers, load_communities, load_districts
+    from covplan.inputs.areas import load_centers, load_communities
     from covplan.inputs.network import load_network
 
     plan, population, districts = demo_replay
@@ -291,3 +291,24 @@ def test_islands_city_plan_comes_within_three_points_of_its_ceiling():
     assert r["coverage_share"] == pytest.approx(r["coverage_ceiling"])
     assert r["within_tolerance_pop_share"] >= r["within_tolerance_pop_share_ceiling"] - 0.03
     assert plan.communities["contiguous"].all()
+
+
+def test_implausible_inputs_reach_the_report_as_warnings():
+    """A cell of 2,500 residents on one hectare (250,000 per km2) is planned as given, and the
+    report says it looks wrong, with the problems list carrying it as a warning."""
+    from conftest import grid_town
+    from covplan.errors import CoverageWarning
+    from covplan.output.glossary import problems
+
+    net, population = grid_town(8)
+    cells = population.cells.copy()
+    cells.loc[cells.index[0], "pop"] = 2_500
+    with pytest.warns(CoverageWarning, match="denser than 100,000 residents per km2"):
+        dense = Population.from_frame(cells, population_column="pop", id_column="cell_id")
+    config = PlanConfig(target_pop=2_000, tolerance=0.3, max_minutes=8.0, max_unit_pop=None,
+                        restarts=1)
+    plan = plan_communities(net, dense, config=config)
+    assert plan.units["pop"].sum() == cells["pop"].sum()
+    assert any("denser than 100,000" in w for w in plan.report["warnings"])
+    assert {"severity": "warning", "kind": "implausible_input",
+            "message": plan.report["warnings"][0]} in problems(plan.report)

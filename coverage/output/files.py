@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
 import json
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import fields
+import shutil
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,12 +23,19 @@ import numpy as np
 import pandas as pd
 import pyogrio
 import shapely
-from covplan.errors import DataSourceError
+from covplan import __version__
+from covplan.errors import DataSourceError, InputError, OutputBusyError
 from covplan.metrics import parse_previous_ids
 from shapely.geometry import GeometryCollection, MultiPolygon, Polygon
 
 if TYPE_CHECKING:
     from covplan.plan.pipeline import Plan
+
+try:
+    import fcntl
+except ImportError:                     # Windows: the folder lock uses msvcrt instead
+    fcntl = None
+    import msvcrt
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +96,11 @@ def as_multipolygons(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     return out
 
 
-def write_layers(path: str | os.PathLike[str], layers: Mapping[str, gpd.GeoDataFrame]) -> Path:
+def write_layers(path: str | os.PathLike[str], layers: Mapping[str, gpd.GeoDataFrame], *,
+                 metadata: Mapping[str, str] | None = None) -> Path:
     """Write each frame as a layer of one GeoPackage, replacing the file; polygon layers are
-    written as valid MultiPolygons (`as_multipolygons`)."""
+    written as valid MultiPolygons (`as_multipolygons`). `metadata` (e.g. the plan id) is stored
+    with every layer (GeoPackage metadata, `pyogrio.read_info(...)["layer_metadata"]`)."""
     target = Path(path)
     if target.exists():
         target.unlink()
@@ -93,7 +109,9 @@ def write_layers(path: str | os.PathLike[str], layers: Mapping[str, gpd.GeoDataF
         for col in clean.columns:
             if col != clean.geometry.name and clean[col].dtype == object:
                 clean[col] = clean[col].astype("string")
-        clean.to_file(target, layer=name, driver="GPKG", engine="pyogrio")
+        clean.to_file(target, layer=name, driver="GPKG", engine="pyogrio",
+                      metadata=dict(metadata) if metadata else None)
+        _fault_point(f"{target.name}/{name}")
     logger.info("Wrote %s (layers: %s)", target, ", ".join(layers))
     return target
 
@@ -111,6 +129,7 @@ def write_json(path: str | os.PathLike[str], data: Mapping) -> Path:
     target = Path(path)
     clean = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in data.items()}
     target.write_text(json.dumps(clean, indent=2, default=_plain, ensure_ascii=False) + "\n")
+    _fault_point(target.name)
     logger.info("Wrote %s", target)
     return target
 
@@ -190,26 +209,35 @@ def report_document(report: Mapping) -> dict:
 
 
 _DERIVED_REPORT_KEYS = ("problems", "glossary")    # built at write time, dropped at read time
+# Written to report.json but not part of the plan in memory (read_plan drops them too).
+_WRITE_ONLY_REPORT_KEYS = ("plan_id", *_DERIVED_REPORT_KEYS)
 
 
-def write_plan(plan, out: str | os.PathLike[str], *, self_contained: bool = True,
-               base: gpd.GeoDataFrame | None = None) -> Path:
+def plan_id(plan) -> str:
     """
-    Write a plan folder into `out`: plan.gpkg (layers communities, centers, units, isochrones,
-    center_decisions and, in merge/split mode, previous_communities), center_decisions.csv
-    (no geometry; lon/lat of each site), communities.csv (and communities.xlsx
-    with openpyxl, see `write_community_tables`), report.json (the report, its `problems` and
-    a `glossary` of its keys), changes.csv (merge/split mode) and map.html.
-
-    Residents are `population` in every layer and file (see `_WRITTEN_NAMES`); polygon layers
-    are valid MultiPolygons. The map embeds Leaflet (opens offline) unless `self_contained` is
-    False (CDN links). `base` (`covplan.output.basemap.base_layer`) draws under the map and
-    its lines (main streets, railways) are kept as the layer `streets`, which the atlas draws.
+    The id every file of a written plan carries (report.json, each plan.gpkg layer's metadata,
+    manifest.json): a hash of the plan's content (its report without the run time, its units,
+    communities and changes). The same inputs, parameters, seed and version give the same id,
+    so written plans stay comparable byte for byte; any other plan gets another id.
     """
+    digest = hashlib.sha256()
+    report = {k: v for k, v in plan.report.items() if k not in ("runtime_s", *_WRITE_ONLY_REPORT_KEYS)}
+    digest.update(json.dumps(report, sort_keys=True, default=_plain).encode())
+    communities = plan.communities.drop(columns=plan.communities.geometry.name)
+    for frame in (plan.units, communities, plan.changes):
+        if frame is not None:
+            digest.update(pd.DataFrame(frame).to_csv(index=False).encode())
+    return digest.hexdigest()[:16]
+
+
+def write_plan_files(plan, folder: Path, *, self_contained: bool = True,
+                     base: gpd.GeoDataFrame | None = None) -> str:
+    """The files of `write_plan` written into an existing folder (an `OutputStage`'s path, so
+    they reach their place only complete); returns the plan id (`plan_id`)."""
     from covplan.output.maps import plan_map, save_map
     from covplan.output.styles import write_layer_styles
 
-    folder = prepare_folder(out)
+    pid = plan_id(plan)
     layers = {"communities": plan.communities, "centers": plan.centers,
               "units": _units_layer(plan.units), "isochrones": plan.isochrones}
     if plan.previous is not None:
@@ -221,7 +249,7 @@ def write_plan(plan, out: str | os.PathLike[str], *, self_contained: bool = True
         lines = base[base.geom_type.isin(["LineString", "MultiLineString"])]
         if len(lines):
             layers["streets"] = lines
-    write_layers(folder / "plan.gpkg", layers)
+    write_layers(folder / "plan.gpkg", layers, metadata={"plan_id": pid})
     write_layer_styles(folder / "plan.gpkg", layers=list(layers), config=plan.config)
     write_community_tables(plan, folder)
     if decisions is not None:
@@ -229,12 +257,344 @@ def write_plan(plan, out: str | os.PathLike[str], *, self_contained: bool = True
         pd.DataFrame(decisions.drop(columns=decisions.geometry.name)).assign(
             lon=lonlat.x.to_numpy(), lat=lonlat.y.to_numpy()).to_csv(
             folder / "center_decisions.csv", index=False)
-    write_json(folder / "report.json", report_document(plan.report))
+    write_json(folder / "report.json", report_document({"plan_id": pid, **plan.report}))
     if plan.changes is not None:
         plan.changes.rename(columns=_WRITTEN_NAMES["changes"]).to_csv(folder / "changes.csv",
                                                                       index=False)
+        _fault_point("changes.csv")
     save_map(plan_map(plan, base=base), folder / "map.html", self_contained=self_contained)
-    return folder
+    _fault_point("map.html")
+    return pid
+
+
+def write_plan(plan, out: str | os.PathLike[str], *, self_contained: bool = True,
+               base: gpd.GeoDataFrame | None = None, force: bool = False) -> Path:
+    """
+    Write a plan folder into `out`: plan.gpkg (layers communities, centers, units, isochrones,
+    center_decisions and, in merge/split mode, previous_communities), center_decisions.csv
+    (no geometry; lon/lat of each site), communities.csv (and communities.xlsx
+    with openpyxl, see `write_community_tables`), report.json (the report, its `problems` and
+    a `glossary` of its keys), changes.csv (merge/split mode), map.html and manifest.json.
+
+    Residents are `population` in every layer and file (see `_WRITTEN_NAMES`); polygon layers
+    are valid MultiPolygons. The map embeds Leaflet (opens offline) unless `self_contained` is
+    False (CDN links). `base` (`covplan.output.basemap.base_layer`) draws under the map and
+    its lines (main streets, railways) are kept as the layer `streets`, which the atlas draws.
+
+    The folder is written whole or not at all (`output_folder`): an older plan in `out` is
+    replaced as a whole, and a folder holding files covplan did not write is refused unless
+    `force` (they are then kept).
+
+    Raises
+    ------
+    InputError
+        If `out` is a file, or a folder holding other files and not `force`.
+    OutputBusyError
+        If another run is writing `out`.
+    DataSourceError
+        If `out` cannot be created or written.
+    """
+    with output_folder(out, force=force) as stage:
+        stage.plan_id = write_plan_files(plan, stage.path, self_contained=self_contained,
+                                         base=base)
+    return Path(out)
+
+
+# --- Output folders: locked, staged beside, swapped in whole ---------------------------------
+#
+# Guarantee: a folder written through `output_folder` holds, at every instant, either its
+# previous content or the complete new one, never a mix. The files are written into a hidden
+# sibling (same parent, so one filesystem) while `.<name>.covplan-lock` (flock) keeps other runs
+# out; manifest.json is written last; then two renames swap the folders (SIGINT/SIGTERM held
+# meanwhile) and the old one is deleted. A run killed (kill -9, power loss) between the two
+# renames leaves no `out` but the complete old folder as `.<name>.covplan-old-*`: `read_plan`
+# reads that, and the next run into `out` puts it back first. Stale staging folders are
+# deleted by the next run.
+
+MANIFEST = "manifest.json"
+# The files of a plan folder (plan, demo): read_plan refuses one its manifest does not list.
+PLAN_FOLDER_FILES = frozenset({
+    "plan.gpkg", "report.json", "communities.csv", "communities.xlsx", "center_decisions.csv",
+    "changes.csv", "map.html", "scenario.toml", "resolved.json", MANIFEST,
+    "asis.gpkg", "asis.json", "asis_map.html"})                       # covplan demo
+# Every name covplan writes into an --out folder (also coverage, site, isochrones, compare;
+# atlas.pdf by `covplan atlas DIR`): a folder holding only these may be replaced without --force.
+OUTPUT_FILES = PLAN_FOLDER_FILES | {
+    "coverage.gpkg", "coverage.json", "site.gpkg", "site.json", "isochrones.gpkg",
+    "comparison.json", "compare_map.html", "atlas.pdf"}
+_SQLITE_SIDECARS = ("-journal", "-wal", "-shm")       # beside a GeoPackage open in QGIS
+_CLUTTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})   # file managers' own files
+_KILL_AT = "COVPLAN_TEST_KILL_AT"
+
+
+def _fault_point(step: str) -> None:
+    """Fault injection for the interruption tests: COVPLAN_TEST_KILL_AT=STEP[@SIGNAL] sends
+    SIGNAL (default SIGKILL) to this process when it reaches STEP (a file written, a layer as
+    'plan.gpkg/units', 'manifest.json', 'swap' between the two renames, 'swapped' after)."""
+    wanted = os.environ.get(_KILL_AT)
+    if wanted:
+        name, _, sig = wanted.partition("@")
+        if name == step:
+            os.kill(os.getpid(), getattr(signal, sig or "SIGKILL"))
+
+
+def _ours(entry: Path) -> bool:
+    name = entry.name
+    if entry.is_dir():
+        return False
+    return (name in OUTPUT_FILES or name in _CLUTTER
+            or (name.endswith(_SQLITE_SIDECARS) and name.rsplit("-", 1)[0] in OUTPUT_FILES))
+
+
+def _foreign(folder: Path) -> list[str]:
+    """What in `folder` covplan did not write (folders end in '/')."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not _ours(p))
+
+
+def _sibling(target: Path, kind: str) -> Path:
+    return target.parent / f".{target.name}.covplan-{kind}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class OutputStage:
+    """A folder being written: files go into `path`; `commit` moves them to `out` whole."""
+
+    out: Path                       # where the folder goes (resolved)
+    path: Path                      # the staging folder beside it
+    keep: list[str] = field(default_factory=list)    # foreign entries of `out` kept (force)
+    plan_id: str | None = None      # recorded in manifest.json
+    committed: bool = False
+
+    def commit(self) -> None:
+        """Write manifest.json, then replace `out` by the staging folder (no-op once done)."""
+        if self.committed:
+            return
+        _write_manifest(self.path, self.plan_id)
+        for name in self.keep:
+            _keep_entry(self.out / name.rstrip("/"), self.path / name.rstrip("/"))
+        with _signals_held():          # Ctrl-C now takes effect once the folder is in place
+            trash = _swap(self.path, self.out)
+            self.committed = True
+        _fault_point("swapped")
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+        logger.info("Moved the complete folder into place: %s", self.out)
+
+
+@contextlib.contextmanager
+def output_folder(out: str | os.PathLike[str], *, force: bool = False) -> Iterator[OutputStage]:
+    """
+    Lock `out`, stage a folder beside it and, when the block ends without error, move it into
+    place whole (`OutputStage.commit`, unless the block did); on any error or interruption the
+    staging folder is removed and `out` is left as it was.
+
+    `out` must be a new folder, or one holding only files covplan writes (`OUTPUT_FILES`); other
+    files are refused unless `force`, which keeps them in the new folder. Checked before the
+    block runs, so the CLI refuses a bad --out before any computation.
+
+    Raises
+    ------
+    InputError
+        `out` is a file, lies under a file, is the current folder (or holds it), or holds
+        files covplan did not write and not `force`.
+    OutputBusyError
+        Another run holds the lock of `out`.
+    DataSourceError
+        The folder (or its parent) cannot be created or written.
+    """
+    shown = os.fspath(out)
+    target = Path(out).resolve()
+    if target.exists() and not target.is_dir():
+        msg = (f"--out '{shown}' is a file, not a folder; name a new folder or a plan folder "
+               "(--out / out=).")
+        raise InputError(msg)
+    if target == target.parent or target in (Path.cwd(), *Path.cwd().parents):
+        msg = (f"--out '{shown}' is the current folder or holds it, and an output folder is "
+               f"replaced as a whole; name a subfolder, e.g. --out {Path(shown) / 'plan'}.")
+        raise InputError(msg)
+    created = _make_parents(target.parent, shown)
+    try:
+        with _folder_lock(target, shown):
+            _recover(target)
+            keep = _foreign(target)
+            if keep and not force:
+                listing = ", ".join(keep[:5]) + (f", … {len(keep) - 5} more" if len(keep) > 5 else "")
+                msg = (f"--out '{shown}' holds files covplan did not write ({listing}); choose a "
+                       "new or empty folder, or pass --force (force=True) to write there and "
+                       "keep them.")
+                raise InputError(msg)
+            stage = OutputStage(out=target, path=_sibling(target, "new"), keep=keep)
+            try:
+                stage.path.mkdir()
+                yield stage
+                stage.commit()
+            finally:
+                if not stage.committed:
+                    shutil.rmtree(stage.path, ignore_errors=True)
+    except BaseException:
+        for folder in reversed(created):       # parents made for a folder never written
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _make_parents(parent: Path, shown: str) -> list[Path]:
+    """Create `parent` and the folders above it that are missing; the ones created, top first."""
+    ancestors = (parent, *parent.parents)
+    blocker = next((p for p in ancestors if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        msg = (f"--out '{shown}' cannot be created: '{blocker}' is a file; choose another "
+               "folder (--out / out=).")
+        raise InputError(msg)
+    missing = [p for p in ancestors if not p.exists()][::-1]
+    for p in missing:
+        try:
+            p.mkdir(exist_ok=True)
+        except OSError as exc:
+            msg = (f"cannot create --out '{shown}': {exc.strerror} ('{p}'); choose a folder you "
+                   "can write to (--out / out=).")
+            raise DataSourceError(msg) from exc
+    return missing
+
+
+@contextlib.contextmanager
+def _folder_lock(target: Path, shown: str) -> Iterator[None]:
+    """Hold `.<name>.covplan-lock` beside `target` (an OS lock: the kernel drops it when its
+    process dies, so a stale lock file is simply taken over)."""
+    path = target.parent / f".{target.name}.covplan-lock"
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            msg = (f"cannot write in '{target.parent}' ({exc.strerror}), where --out '{shown}' "
+                   "goes; choose a folder you can write to (--out / out=).")
+            raise DataSourceError(msg) from exc
+        if not _try_lock(fd, path):
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "pid unknown"
+            os.close(fd)
+            msg = (f"another covplan run is writing {shown} ({holder}); wait for it or choose "
+                   "another --out (out=).")
+            raise OutputBusyError(msg)
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break                  # still the file at `path` (not one a finished run removed)
+        os.close(fd)
+    try:
+        stale = os.read(fd, 200).decode(errors="replace").strip()
+        if stale:
+            logger.warning("Took over the lock of %s from a covplan run that stopped without "
+                           "releasing it (%s)", shown, stale)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, started {started}".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)            # before unlocking: a waiting run then makes a new file
+        os.close(fd)
+
+
+def _try_lock(fd: int, path: Path) -> bool:
+    """True once this process holds the lock, False while another one does."""
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:                          # Windows
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except (BlockingIOError, PermissionError):
+        return False
+    except OSError as exc:             # a filesystem without locks (some network shares)
+        logger.warning("Cannot lock %s (%s): a second run into the same folder is not detected",
+                       path, exc.strerror)
+    return True
+
+
+def _aside(target: Path, *kinds: str) -> list[Path]:
+    """The staging ('new'), swapped-out ('old') and doomed ('trash') folders of `target`'s
+    runs, oldest first."""
+    prefix = f".{target.name}.covplan-"
+    if not target.name or not target.parent.is_dir():
+        return []
+    found = [p for p in target.parent.iterdir() if p.name.startswith(prefix)
+             and p.name[len(prefix):].split("-")[0] in kinds and p.is_dir()]
+    return sorted(found, key=os.path.getmtime)
+
+
+def _recover(target: Path) -> None:
+    """Under the lock: put back a folder a killed run left renamed aside, delete the rest."""
+    backups = _aside(target, "old")
+    if backups and not target.exists():
+        backups[-1].rename(target)
+        logger.warning("Restored %s: a covplan run was stopped while replacing it", target)
+    for path in _aside(target, "new", "old", "trash"):
+        logger.info("Removing %s, left by a covplan run that was stopped", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _keep_entry(source: Path, dest: Path) -> None:
+    """A foreign entry of the old folder into the new one: hard links (no copy, and the old
+    folder keeps its own until the swap), a copy where links are impossible."""
+    if source.is_dir() and not source.is_symlink():
+        shutil.copytree(source, dest, symlinks=True, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(source, dest)
+
+
+def _link_or_copy(source, dest) -> None:
+    try:
+        os.link(source, dest, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(source, dest, follow_symlinks=False)
+
+
+def _swap(new: Path, target: Path) -> Path | None:
+    """Put `new` at `target` (old -> aside, new -> target); returns the old folder, renamed
+    for deletion, if there was one."""
+    if not target.exists():
+        new.rename(target)
+        return None
+    old = _sibling(target, "old")
+    target.rename(old)
+    _fault_point("swap")
+    new.rename(target)
+    trash = _sibling(target, "trash")          # never put back, unlike an "old" folder
+    old.rename(trash)
+    return trash
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM received in the block take effect after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {}
+    for name in ("SIGINT", "SIGTERM"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is not None:
+            previous[sig] = signal.signal(sig, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in caught:
+            signal.raise_signal(signum)
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def _write_manifest(folder: Path, pid: str | None) -> None:
+    """manifest.json, written last: the plan id and every file with its size and sha256."""
+    files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    write_json(folder / MANIFEST, {"plan_id": pid, "version": __version__, "files": files})
 
 
 PLAN_FILES = ("plan.gpkg", "report.json")     # changes.csv only exists in merge/split mode
@@ -251,16 +611,30 @@ def read_plan(folder: str | os.PathLike[str]) -> Plan:
     is rebuilt from the report's parameters, and ``work_crs`` is the local UTM zone of the units
     (the planner's working CRS is not stored in the folder).
 
+    The folder's manifest.json must match it: every file it lists present and unchanged (for
+    plan.gpkg, which QGIS rewrites when it opens it: every layer tagged with the plan id), and
+    no plan file it does not list (e.g. the changes.csv of an older plan). A folder without a
+    manifest (written by hand or by an older covplan) is read with a warning. When `folder`
+    is missing because a run was killed while replacing it, the previous plan kept beside it
+    is read (see `output_folder`).
+
     Raises
     ------
     DataSourceError
-        If `folder` is not a folder, lacks a file or layer of a plan, or a file cannot be read.
+        If `folder` is not a folder, lacks a file or layer of a plan, holds files of different
+        plans, or a file cannot be read.
     """
     from covplan.config import PlanConfig
     from covplan.inputs.crs import local_metric_crs
     from covplan.plan.pipeline import Plan
 
     root = Path(folder)
+    backups = [] if root.is_dir() else _aside(root, "old")
+    if backups:
+        logger.warning("%s is missing: a covplan run was stopped while replacing it; reading the "
+                       "previous plan kept at %s (the next run into %s puts it back)", root,
+                       backups[-1], root)
+        root = backups[-1]
     if not root.is_dir():
         msg = (f"plan folder '{root}' does not exist or is not a folder; pass the --out folder "
                "of `covplan plan` (it holds plan.gpkg and report.json).")
@@ -281,11 +655,12 @@ def read_plan(folder: str | os.PathLike[str]) -> Plan:
         msg = (f"'{gpkg}' lacks layer(s) {missing} of a plan (it has {sorted(present)}); "
                "write the plan again with `covplan plan`.")
         raise DataSourceError(msg)
-    layers = {name: _read_layer(gpkg, name)
-              for name in (*PLAN_LAYERS, "previous_communities", "center_decisions")
-              if name in present}
+    read = [name for name in (*PLAN_LAYERS, "previous_communities", "center_decisions")
+            if name in present]
+    _check_manifest(root, read)
+    layers = {name: _read_layer(gpkg, name) for name in read}
     report = _read_report(root / "report.json")
-    for key in _DERIVED_REPORT_KEYS:
+    for key in _WRITE_ONLY_REPORT_KEYS:
         report.pop(key, None)
     layers["units"] = _in_memory_names(layers["units"], "units")
     changes = None
@@ -304,6 +679,41 @@ def read_plan(folder: str | os.PathLike[str]) -> Plan:
                 previous=layers.get("previous_communities"), report=report, config=config,
                 work_crs=work_crs, version=str(report.get("version", "")),
                 center_decisions=layers.get("center_decisions"))
+
+
+def _check_manifest(root: Path, layers: list[str]) -> str | None:
+    """The plan id of `root` once its manifest.json matches its files (see `read_plan`); None,
+    with a warning, for a folder without a manifest."""
+    path = root / MANIFEST
+    if not path.is_file():
+        logger.warning("%s has no %s (written by hand or by an older covplan): its files are "
+                       "not checked to belong to one plan; write the plan again to add one",
+                       root, MANIFEST)
+        return None
+    again = f"write the plan again (`covplan plan --out {root}` / write_plan)"
+    manifest = _read_report(path)
+    listed, pid = manifest.get("files"), manifest.get("plan_id")
+    if not isinstance(listed, dict) or not isinstance(pid, str):
+        msg = f"'{path}' is not a plan manifest (it lacks plan_id or files); {again}."
+        raise DataSourceError(msg)
+    problems = []
+    for name, entry in sorted(listed.items()):
+        if not (root / name).is_file():
+            problems.append(f"{name} is missing")
+        elif name != "plan.gpkg" and _sha256(root / name) != (entry or {}).get("sha256"):
+            problems.append(f"{name} is not the one written with this plan")
+    problems += [f"{p.name} is not part of this plan" for p in sorted(root.iterdir())
+                 if p.name in PLAN_FOLDER_FILES and p.name not in listed and p.name != MANIFEST]
+    if "plan.gpkg" in listed and (root / "plan.gpkg").is_file():
+        for layer in layers:
+            info = pyogrio.read_info(root / "plan.gpkg", layer=layer)
+            got = (info.get("layer_metadata") or {}).get("plan_id")
+            if got != pid:
+                problems.append(f"plan.gpkg layer {layer} is of plan {got or '(none)'}")
+    if problems:
+        msg = f"files of different plans in {root} (manifest.json: plan {pid}): {'; '.join(problems)}; {again}."
+        raise DataSourceError(msg)
+    return pid
 
 
 def _in_memory_names(frame, kind: str):

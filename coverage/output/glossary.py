@@ -105,14 +105,20 @@ GLOSSARY: dict[str, str] = {
               "by problems (severity 'warning')",
     "rule_issues": "where the plan cannot meet a rule, one line each (list of text); kept for now, "
                    "superseded by problems (severity 'error'); only in `covplan plan` and re-plans",
-    "problems": "issues and rule_issues in one list: each {severity: 'error' (a broken rule) or "
-                "'warning' (a repaired input), kind, message} (list of objects)",
+    "warnings": "inputs that look implausible but were used as given (a cell denser than "
+                "100,000 residents per km2, overlapping cells, a target above the population), "
+                "one line each (list of text)",
+    "problems": "issues, warnings and rule_issues in one list: each {severity: 'error' (a broken "
+                "rule) or 'warning' (a repaired or implausible input), kind, message} (list of "
+                "objects)",
     # Provenance.
     "runtime_s": "planning time (seconds)",
     "parameters": "the PlanConfig that produced the plan (object: target_pop in persons, "
                   "tolerance as a share, max_minutes in minutes, walk_speed_kmh in km/h, "
                   "candidate_spacing_m in metres, ...)",
     "version": "covplan version that wrote the plan (text)",
+    "plan_id": "the id every file of this plan folder carries (manifest.json lists the files "
+               "and their sha256); read_plan refuses a folder mixing files of two plans (text)",
     "glossary": "this list: the meaning and unit of each report key (object key -> text)",
 }
 
@@ -139,8 +145,9 @@ _WARNING_KINDS = (
 
 def problems(report: Mapping) -> list[dict[str, str]]:
     """
-    `issues` (repaired inputs, severity "warning") and `rule_issues` (broken rules, severity
-    "error") as one list of {severity, kind, message}, errors first. The kind of a broken rule
+    `issues` (repaired inputs) and `warnings` (implausible inputs), severity "warning", and
+    `rule_issues` (broken rules, severity "error") as one list of {severity, kind, message},
+    errors first. The kind of a broken rule
     is the rule ('walking_rule', 'balance_rule', 'contiguity_rule'); of a repair, what was
     repaired ('input_repair' when the message is not one the planner writes today).
     """
@@ -152,4 +159,6 @@ def problems(report: Mapping) -> list[dict[str, str]]:
     for message in report.get("issues") or []:
         kind = next((k for needle, k in _WARNING_KINDS if needle in str(message)), "input_repair")
         out.append({"severity": "warning", "kind": kind, "message": str(message)})
+    for message in report.get("warnings") or []:
+        out.append({"severity": "warning", "kind": "implausible_input", "message": str(message)})
     return out

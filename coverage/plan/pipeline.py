@@ -137,21 +137,12 @@ def plan_communities(network: WalkNetwork, population: Population | gpd.GeoDataF
     started = time.perf_counter()
     ready = prepare_planning(network, population, centers=centers, communities=communities,
                              districts=districts, config=config, progress=progress)
-    network, reach, adjacency, prior = ready.network, ready.reach, ready.adjacency, ready.prior
-    district_of, candidate_district = ready.district_of, ready.candidate_district
-
+    network, reach, prior = ready.network, ready.reach, ready.prior
     locked = locked_candidates(reach.candidates, lock_centers)
-    fixed = _keep_valid(reach, adjacency, prior, district_of, config)
-    center_of, exception_centers = _plan_exceptions(ready, config)
-    regular = center_of < 0
-    open_to_all = ~np.isin(np.arange(len(reach.candidates)), exception_centers)
-    for group in np.unique(district_of):
-        kept = {old: c for old, c in fixed.items() if district_of[prior.unit == old][0] == group}
-        center_of, freed = _plan_district(reach, adjacency, prior, (district_of == group) & regular,
-                                          (candidate_district == group) & open_to_all, kept,
-                                          center_of, config, locked=locked)
-        for old in freed:
-            del fixed[old]
+    center_of, exception_centers, fixed = _solve(ready, config, locked=locked)
+    allowed = _new_site_budget(reach, center_of, config)
+    if allowed is not None:
+        center_of, exception_centers, fixed = _solve(ready, config, locked=locked, allowed=allowed)
     center_of = _attach_exceptions(ready, center_of, exception_centers, config)
 
     labels, table = community_tables(ready, center_of, districts=districts, config=config)
@@ -162,7 +153,7 @@ def plan_communities(network: WalkNetwork, population: Population | gpd.GeoDataF
         return iso.merge(centers_out[["center_id", "community_id"]], on="center_id")
 
     plan = assemble_plan(ready, center_of, labels, table, isochrones_of=isochrones_of,
-                         communities=communities, config=config, fixed=len(fixed), started=started,
+                         communities=communities, config=config, fixed=fixed, started=started,
                          locked=locked)
     report = plan.report
     logger.info("Plan: %d communities, %.1f %% of residents within %g min of their center "
@@ -219,6 +210,7 @@ def assemble_plan(ready: PlanningInputs, center_of: np.ndarray, labels: np.ndarr
                          district_of=ready.district_of, district_ids=ready.district_ids,
                          prior_unit=prior.unit if prior else None, changes=changes,
                          fixed=fixed, issues=ready.issues, runtime_s=time.perf_counter() - started)
+    report["warnings"] = input_warnings(ready, config)
     crs = ready.population.crs
     from covplan.plan.decisions import center_decisions, decision_counts
 
@@ -300,7 +292,62 @@ def _check_band_reachable(bound: FeasibilityBound, config: PlanConfig) -> None:
     raise InfeasibleError(msg)
 
 
-def _plan_exceptions(ready: PlanningInputs, config: PlanConfig) -> tuple[np.ndarray, np.ndarray]:
+def _solve(ready: PlanningInputs, config: PlanConfig, *, locked: np.ndarray | None,
+           allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Exception communities, then each district around its kept communities, on the
+    candidates `allowed` (None: all). Returns (center_of, exception centers, kept count)."""
+    reach, prior, district_of = ready.reach, ready.prior, ready.district_of
+    fixed = _keep_valid(reach, ready.adjacency, prior, district_of, config)
+    center_of, exception_centers = _plan_exceptions(ready, config, allowed=allowed)
+    regular = center_of < 0
+    open_to_all = ~np.isin(np.arange(len(reach.candidates)), exception_centers)
+    if allowed is not None:
+        open_to_all &= allowed
+    for group in np.unique(district_of):
+        kept = {old: c for old, c in fixed.items() if district_of[prior.unit == old][0] == group}
+        center_of, freed = _plan_district(reach, ready.adjacency, prior,
+                                          (district_of == group) & regular,
+                                          (ready.candidate_district == group) & open_to_all, kept,
+                                          center_of, config, locked=locked)
+        for old in freed:
+            del fixed[old]
+    return center_of, exception_centers, len(fixed)
+
+
+def _new_site_budget(reach: ReachMatrix, center_of: np.ndarray,
+                     config: PlanConfig) -> np.ndarray | None:
+    """
+    With ``max_new_centers`` and a plan that opens more new sites, the candidates a second
+    pass may use: every existing center and the new sites the first pass found most needed —
+    those serving the most residents that no existing center reaches, then the most residents.
+    None when the plan keeps within the budget (or there is none).
+    """
+    budget = config.max_new_centers
+    if budget is None:
+        return None
+    existing = reach.candidates["existing"].to_numpy(dtype=bool)
+    served = center_of >= 0
+    new_sites = np.unique(center_of[served][~existing[center_of[served]]])
+    if len(new_sites) <= budget:
+        return None
+    pop = reach.units["pop"].to_numpy(dtype="float64")
+    minutes = reach.minutes.tocsr()
+    by_existing = np.asarray(minutes[:, np.flatnonzero(existing)].getnnz(axis=1)) > 0
+    only_new = np.bincount(center_of[served], weights=pop[served] * ~by_existing[served],
+                           minlength=len(existing))
+    residents = np.bincount(center_of[served], weights=pop[served], minlength=len(existing))
+    order = np.lexsort((new_sites, -residents[new_sites], -only_new[new_sites]))
+    keep = new_sites[order[:budget]]
+    logger.info("The plan opened %d new sites, more than max_new_centers = %d: planning again "
+                "with the existing centers and the %d most needed new sites", len(new_sites),
+                budget, len(keep))
+    allowed = existing.copy()
+    allowed[keep] = True
+    return allowed
+
+
+def _plan_exceptions(ready: PlanningInputs, config: PlanConfig, *,
+                     allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """
     Plan the forced-undersized residents apart, district by district: whatever community they
     join is undersized (see `covplan.solve.bounds`), so they form as few communities of their own as
@@ -312,7 +359,8 @@ def _plan_exceptions(ready: PlanningInputs, config: PlanConfig) -> tuple[np.ndar
     forced = bound.forced_undersized
     for group in np.unique(ready.district_of[forced]):
         rows = np.flatnonzero(forced & (ready.district_of == group))
-        cols = np.flatnonzero(ready.candidate_district == group)
+        cols = np.flatnonzero((ready.candidate_district == group)
+                              & (True if allowed is None else allowed))
         center_of[rows] = partition_group(reach, ready.adjacency, None, rows, cols, config,
                                           exceptions_only=True)
         center_of = _split_detached(reach, ready.adjacency, rows, cols, center_of)
@@ -466,6 +514,20 @@ def _prior(units, candidates, centers, communities, work) -> Prior | None:
             elif inside[i] >= 0:
                 cand_prior[i] = int(inside[i])
     return Prior(ids=ids, unit=unit_prior, candidate=cand_prior, issues=issues)
+
+
+def input_warnings(ready: PlanningInputs, config: PlanConfig) -> list[str]:
+    """Implausible but usable inputs, one line each: the population loader's (densities,
+    overlapping cells) and the plan's own (a target above the whole population)."""
+    found = list(ready.population.warnings)
+    total = int(ready.reach.pop.sum())
+    if config.target_pop > total:
+        found.append(f"the target of {config.target_pop:,.0f} residents per community is above "
+                     f"the whole population ({total:,}): at most one community, undersized; "
+                     "lower --target / PlanConfig.target_pop")
+    for message in found[len(ready.population.warnings):]:
+        logger.warning("%s", message)
+    return found
 
 
 def locked_candidates(candidates: gpd.GeoDataFrame,

@@ -67,6 +67,9 @@ def reduce_to(plan: SearchPlan, k: int, tries: int = 4) -> None:
     while len(plan.alive) > k:
         alive = plan.alive
         feasible = plan.cnt[alive] == plan.size[alive][:, None]
+        # How many communities each candidate could serve: "another could" is a count above
+        # the community's own, without copying the table per community tried.
+        servable = feasible.sum(axis=0)
         done = False
         # Communities on locked sites go last: those sites must stay open.
         locked = (np.zeros(len(alive), bool) if plan.problem.locked is None
@@ -74,7 +77,7 @@ def reduce_to(plan: SearchPlan, k: int, tries: int = 4) -> None:
         for i in np.lexsort((alive, plan.popk[alive], _poorness(plan, alive), locked)):
             s = int(alive[i])
             # Quick necessary test: every member reaches a candidate that could serve another.
-            others = np.any(np.delete(feasible, i, axis=0), axis=0)
+            others = servable - feasible[i] > 0
             if failed[s] or not (plan.structure[plan.label == s] @ others > 0).all():
                 failed[s] = True
                 continue
