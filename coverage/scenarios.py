@@ -27,6 +27,7 @@ import itertools
 import logging
 import os
 import tomllib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ import pandas as pd
 import shapely
 from covplan import __version__
 from covplan.config import PlanConfig
-from covplan.errors import DataSourceError, InputError
+from covplan.errors import CoverageWarning, DataSourceError, InputError
 from covplan.inputs.crs import WGS84
 from covplan.inputs.network import WalkNetwork
 from covplan.inputs.population import Population, largest_remainder
@@ -57,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 LINK_SNAP_M = 100.0          # a new link must end this close to an existing network node
 CLOSE_POINT_M = 50.0         # default search radius of close_road's `point`
+OUTSIDE_WARNING_SHARE = 0.5  # a new estate more outside the network's extent than this is warned
 _REQUIRED = object()
 _PLAN_KEYS = tuple(f.name for f in dataclasses.fields(PlanConfig)) + ("use_districts",)
 _BASE_KEYS = ("demo", "demo_seed", "network", "population", "population_column", "centers",
@@ -218,6 +220,15 @@ class AddResidents(_Change):
         """Spread `count` over the polygon by area: existing cells, then new squares."""
         cells, work = parts.cells, parts.network.crs
         polygon = _polygon(self, work, parts.hull, where)
+        outside = 1.0 - polygon.intersection(parts.hull).area / polygon.area
+        if outside > OUTSIDE_WARNING_SHARE:
+            message = (f"{where}: {100 * outside:.0f} % of the new estate's polygon lies outside "
+                       "the walking network's extent, so many of its residents may reach no "
+                       "center; check the polygon (lon/lat, longitude first) or extend the "
+                       "network")
+            logger.warning("%s", message)
+            warnings.warn(message, CoverageWarning, stacklevel=2)
+            parts.warnings.append(message)
         geoms = np.asarray(cells.to_crs(work).geometry.values)
         areal = np.isin(shapely.get_type_id(geoms), (3, 6))
         hit = np.flatnonzero(areal & shapely.intersects(geoms, polygon))
@@ -824,6 +835,9 @@ def apply_scenario(inputs: ScenarioInputs, scenario: Scenario) -> ScenarioInputs
         population = Population.from_frame(cells, population_column="pop", id_column="cell_id")
         logger.info("Scenario population: %s residents (base %s)", f"{population.total:,}",
                     f"{inputs.population.total:,}")
+    if parts.warnings:     # carried to the plan's report.json `warnings`
+        population = dataclasses.replace(population,
+                                          warnings=(*population.warnings, *parts.warnings))
     districts = inputs.districts if scenario.use_districts else None
     return ScenarioInputs(network=network, population=population, centers=parts.centers,
                           communities=inputs.communities, districts=districts, config=config,
@@ -844,6 +858,7 @@ class _Parts:
     centers: gpd.GeoDataFrame | None
     cells: gpd.GeoDataFrame
     population_changed: bool = False
+    warnings: list[str] = field(default_factory=list)  # implausible but usable changes
     closed: list[np.ndarray] = field(default_factory=list)                # edge rows to drop
     links: list[tuple[AddLink, str]] = field(default_factory=list)       # links to add, `where`
 

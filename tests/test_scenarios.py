@@ -364,3 +364,21 @@ def test_each_change_type_applies_itself_and_says_where_it_lies():
     removed = RemoveCenter(3, "S1")
     assert removed.touched_center() == ("S1", "closed") and removed.touched_points() == []
     assert AddResidents(4, 10, polygon=((0, 0), (1, 0), (1, 1))).changed_roads() == []
+
+
+def test_a_new_estate_mostly_outside_the_city_is_planned_and_warned(grid_inputs, tmp_path):
+    """92 % of this estate lies beyond the network's extent: accepted (it touches the city), but
+    said in the log, as a CoverageWarning and in the population's warnings (report.json)."""
+    from covplan.errors import CoverageWarning
+
+    path = write(tmp_path, f"""
+base = "demo"
+[[changes]]
+type = "add_residents"
+count = 500
+polygon = {ring(300, 300, 650, 650)}
+""")
+    with pytest.warns(CoverageWarning, match=r"changes\[0\]: 92 % of the new estate's polygon lies outside"):
+        new = apply_scenario(grid_inputs, load_scenario(path))
+    assert new.population.total == 250 + 500
+    assert any("92 % of the new estate" in w for w in new.population.warnings)
