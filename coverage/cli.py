@@ -170,7 +170,7 @@ _PLAN_FLAGS = {"target": "target_pop", "tolerance": "tolerance", "minutes": "max
                "walk_speed_kmh": "walk_speed_kmh", "seed": "seed", "restarts": "restarts",
                "candidate_spacing": "candidate_spacing_m", "max_unit_pop": "max_unit_pop",
                "exceptions": "exceptions", "stability_minutes": "stability_minutes",
-               "max_new_centers": "max_new_centers"}
+               "max_new_centers": "max_new_centers", "new_center_cost": "new_center_cost"}
 # Input flags of `covplan plan`; a scenario's [base] table names its inputs instead.
 _INPUT_FLAGS = ("network", "population", "population_column", "communities", "centers", "districts")
 
@@ -308,6 +308,10 @@ def _add_plan_options(p: argparse.ArgumentParser, *, overrides: bool = False) ->
     p.add_argument("--max-new-centers", type=int, default=None, metavar="N",
                    help="open at most N new sites; residents then beyond every open site are "
                         "reported as not covered (default: no limit)")
+    p.add_argument("--new-center-cost", type=float, default=default(d.new_center_cost),
+                   metavar="RESIDENTS",
+                   help="what a new site costs, in residents in balanced communities: plans with "
+                        "fewer new sites are also made and weighed (default 0: not weighed)")
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

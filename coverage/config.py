@@ -24,7 +24,8 @@ FLAGS = {"target_pop": "--target", "tolerance": "--tolerance", "max_minutes": "-
          "walk_speed_kmh": "--walk-speed", "candidate_spacing_m": "--candidate-spacing",
          "max_unit_pop": "--max-unit-pop", "restarts": "--restarts", "seed": "--seed",
          "stability_minutes": "--stability-weight", "exceptions": "--exceptions",
-         "min_pop_exception": None, "max_new_centers": "--max-new-centers"}
+         "min_pop_exception": None, "max_new_centers": "--max-new-centers",
+         "new_center_cost": "--new-center-cost"}
 
 
 def parameter_names(field: str) -> str:
@@ -65,6 +66,8 @@ _RULES = {
                           "a share of the target in [0, 1)"),
     "max_new_centers": (lambda v: v is None or (_whole(v) and v >= 0),
                         "a whole number of new sites ≥ 0, or None for no limit"),
+    "new_center_cost": (lambda v: _number(v) and v >= 0,
+                        "a number of residents ≥ 0 (0: new sites cost nothing)"),
 }
 
 
@@ -98,6 +101,11 @@ class PlanConfig:
         At most this many new sites (None: no limit). A plan that wants more is made again on
         the existing centers and the new sites it needed most; residents then beyond every
         open site are reported as not covered.
+    new_center_cost
+        What a new site costs, in residents in balanced communities: the plan is also made
+        with half, a quarter and none of its new sites, and the one with the fewest residents
+        outside balanced communities (the unserved included) plus this cost per new site wins
+        (0: not weighed, one plan).
     """
 
     target_pop: int = 10_000
@@ -112,6 +120,7 @@ class PlanConfig:
     exceptions: str = "separate"
     min_pop_exception: float = 0.5
     max_new_centers: int | None = None
+    new_center_cost: float = 0.0
 
     def __post_init__(self) -> None:
         # Checked once here, so a bad value fails at once with its flag named, not deep in numpy.

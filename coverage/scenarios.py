@@ -707,7 +707,7 @@ _PLAN_KINDS = {"target_pop": "positive_int", "tolerance": "number", "max_minutes
                "max_unit_pop": "count", "restarts": "positive_int", "seed": "int",
                "stability_minutes": "non_negative", "exceptions": "str",
                "min_pop_exception": "non_negative", "use_districts": "bool",
-               "max_new_centers": "int"}
+               "max_new_centers": "int", "new_center_cost": "non_negative"}
 
 
 def _read_plan(value: Any, label: str) -> tuple[tuple[str, Any], ...]:

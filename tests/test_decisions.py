@@ -195,3 +195,16 @@ def test_max_new_centers_caps_the_new_sites_and_reports_what_it_costs():
         assert capped.report["coverage_share"] == pytest.approx(1 - lost / capped.units["pop"].sum())
         assert (lost > 0) == any(i.startswith("walking rule") for i in rule_issues(capped))
         assert capped.report["parameters"]["max_new_centers"] == budget
+
+
+@pytest.mark.parametrize(("cost", "new_sites"), [(1_000, 2), (2_000, 1), (5_000, 0)])
+def test_new_center_cost_weighs_new_sites_against_balance(cost, new_sites):
+    # 12,000 residents: two new sites balance everyone; one leaves 1,500 residents outside the
+    # band, none 5,750 (and some beyond every open site). A site worth more than 1,500
+    # residents is not built, one worth more than 4,250 ... none is.
+    net, population = _strip_town()
+    old, centers = _strip_centers()
+    plan = plan_communities(net, population, communities=old, centers=centers,
+                            config=dataclasses.replace(CONFIG, new_center_cost=cost))
+    assert plan.report["centers_new"] == new_sites
+    assert plan.units["pop"].sum() == population.cells["pop"].sum()

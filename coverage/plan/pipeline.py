@@ -140,9 +140,12 @@ def plan_communities(network: WalkNetwork, population: Population | gpd.GeoDataF
     network, reach, prior = ready.network, ready.reach, ready.prior
     locked = locked_candidates(reach.candidates, lock_centers)
     center_of, exception_centers, fixed = _solve(ready, config, locked=locked)
-    allowed = _new_site_budget(reach, center_of, config)
+    allowed = _new_site_budget(reach, center_of, config.max_new_centers)
     if allowed is not None:
         center_of, exception_centers, fixed = _solve(ready, config, locked=locked, allowed=allowed)
+    if config.new_center_cost > 0:
+        center_of, exception_centers, fixed = _weigh_new_sites(
+            ready, config, locked, (center_of, exception_centers, fixed))
     center_of = _attach_exceptions(ready, center_of, exception_centers, config)
 
     labels, table = community_tables(ready, center_of, districts=districts, config=config)
@@ -314,20 +317,68 @@ def _solve(ready: PlanningInputs, config: PlanConfig, *, locked: np.ndarray | No
     return center_of, exception_centers, len(fixed)
 
 
+_COST_PASSES = 3     # budgets tried against new_center_cost: half the sites, a quarter, none
+
+
+def _weigh_new_sites(ready: PlanningInputs, config: PlanConfig, locked: np.ndarray | None,
+                     solved: tuple[np.ndarray, np.ndarray, int]) -> tuple[np.ndarray, np.ndarray, int]:
+    """
+    With ``new_center_cost`` (residents a new site must be worth), the plan among budgets of
+    all, half, a quarter and none of its new sites that leaves the fewest residents outside
+    balanced communities plus the cost of its new sites; ties keep more sites.
+    """
+    reach = ready.reach
+    existing = reach.candidates["existing"].to_numpy(dtype=bool)
+
+    def price(center_of: np.ndarray) -> tuple[float, int]:
+        new = _new_sites(center_of, existing)
+        return (_unbalanced(center_of, reach.units["pop"].to_numpy(), config)
+                + config.new_center_cost * len(new), -len(new))
+
+    best, best_price = solved, price(solved[0])
+    wanted = len(_new_sites(solved[0], existing))
+    budgets = sorted({wanted // 2 ** k for k in range(1, _COST_PASSES)} | {0}, reverse=True)
+    for budget in budgets:
+        if budget >= wanted:
+            continue
+        allowed = _new_site_budget(reach, solved[0], budget)
+        trial = _solve(ready, config, locked=locked, allowed=allowed)
+        got = price(trial[0])
+        logger.info("%d new sites at most: %.0f residents outside balanced communities + "
+                    "%g x %d new sites", budget, got[0] - config.new_center_cost * -got[1],
+                    config.new_center_cost, -got[1])
+        if got < best_price:
+            best, best_price = trial, got
+    return best
+
+
+def _new_sites(center_of: np.ndarray, existing: np.ndarray) -> np.ndarray:
+    served = center_of >= 0
+    return np.unique(center_of[served][~existing[center_of[served]]])
+
+
+def _unbalanced(center_of: np.ndarray, pop: np.ndarray, config: PlanConfig) -> float:
+    """Residents outside communities within the band, the unserved included."""
+    served = center_of >= 0
+    _, inverse = np.unique(center_of[served], return_inverse=True)
+    sizes = np.bincount(inverse, weights=pop[served].astype("float64"))
+    balanced = sizes[(sizes >= config.min_pop) & (sizes <= config.max_pop)].sum()
+    return float(pop.sum() - balanced)
+
+
 def _new_site_budget(reach: ReachMatrix, center_of: np.ndarray,
-                     config: PlanConfig) -> np.ndarray | None:
+                     budget: int | None) -> np.ndarray | None:
     """
-    With ``max_new_centers`` and a plan that opens more new sites, the candidates a second
-    pass may use: every existing center and the new sites the first pass found most needed —
-    those serving the most residents that no existing center reaches, then the most residents.
-    None when the plan keeps within the budget (or there is none).
+    With a budget of new sites (``max_new_centers``) that a plan exceeds, the candidates a
+    second pass may use: every existing center and the new sites the first pass found most
+    needed — those serving the most residents that no existing center reaches, then the most
+    residents. None when the plan keeps within the budget (or there is none).
     """
-    budget = config.max_new_centers
     if budget is None:
         return None
     existing = reach.candidates["existing"].to_numpy(dtype=bool)
     served = center_of >= 0
-    new_sites = np.unique(center_of[served][~existing[center_of[served]]])
+    new_sites = _new_sites(center_of, existing)
     if len(new_sites) <= budget:
         return None
     pop = reach.units["pop"].to_numpy(dtype="float64")
@@ -338,8 +389,8 @@ def _new_site_budget(reach: ReachMatrix, center_of: np.ndarray,
     residents = np.bincount(center_of[served], weights=pop[served], minlength=len(existing))
     order = np.lexsort((new_sites, -residents[new_sites], -only_new[new_sites]))
     keep = new_sites[order[:budget]]
-    logger.info("The plan opened %d new sites, more than max_new_centers = %d: planning again "
-                "with the existing centers and the %d most needed new sites", len(new_sites),
+    logger.info("The plan opened %d new sites, more than a budget of %d: planning again with "
+                "the existing centers and the %d most needed new sites", len(new_sites),
                 budget, len(keep))
     allowed = existing.copy()
     allowed[keep] = True
