@@ -25,12 +25,7 @@ def merge_split():
     # 24 x 4 blocks of 125 residents: C01 (3,000) meets every rule and keeps s1; C02 (6,000) is
     # split in two, neither half reached whole by s2; C03 (2,000) and C04 (1,000) merge.
     net, population = _strip_town()
-    ids = ["C01", "C02", "C03", "C04"]
-    old = gpd.GeoDataFrame({"community_id": ids}, crs=CRS, geometry=[
-        _strip(0, 6), _strip(6, 18), _strip(18, 22), _strip(22, 24)])
-    centers = gpd.GeoDataFrame({"center_id": ["s1", "s2", "s3", "s4"], "community_id": ids},
-                               geometry=gpd.points_from_xy([X0 + 300, X0 + 1200, X0 + 2000,
-                                                            X0 + 2300], [Y0 + 200] * 4), crs=CRS)
+    old, centers = _strip_centers()
     return plan_communities(net, population, communities=old, centers=centers, config=CONFIG)
 
 
@@ -135,6 +130,7 @@ def test_redraw_lists_candidate_centers_kept_or_closed():
 
 
 def _strip_centers():
+    """The strip town's four old communities and their centers s1-s4."""
     ids = ["C01", "C02", "C03", "C04"]
     old = gpd.GeoDataFrame({"community_id": ids}, crs=CRS, geometry=[
         _strip(0, 6), _strip(6, 18), _strip(18, 22), _strip(22, 24)])
