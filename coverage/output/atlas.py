@@ -32,6 +32,7 @@ from covplan.errors import DataSourceError, InputError
 from covplan.metrics import parse_previous_ids
 
 if TYPE_CHECKING:
+    from covplan.plan.grids import Grids
     from covplan.plan.pipeline import Plan
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -43,6 +44,7 @@ __all__ = ["read_streets", "write_atlas"]
 PAGE_SIZE_IN = (11.69, 8.27)        # A4 landscape
 OSM_CREDIT = "© OpenStreetMap contributors"
 STREET_LAYERS = ("streets", "edges")   # line layers of a plan.gpkg drawn as streets
+GRID_LAYERS = ("grids", "grid_stations")  # a plan.gpkg's grids (网格) and their stations
 # Fills of the overview: soft, well-separated colours; neighbours never share one when avoidable.
 FILL_COLORS = ("#a6cee3", "#b2df8a", "#fdbf6f", "#cab2d6", "#fb9a99", "#ffff99", "#8dd3c7",
                "#d9d9d9", "#bc80bd", "#ccebc5")
@@ -62,6 +64,8 @@ STYLE = {
     "minutes_colors": ("#1a9641", "#a6d96a", "#fdae61", "#d7191c"),
     "unreachable": "#777777",
     "credit": "#666666",
+    "grid_line": "#333333",
+    "grid_station": "#222222",
 }
 _POINT_SIZE = (3.0, 70.0)           # scatter marker areas (pt²) of the smallest/largest unit
 _SIZE_CLASSES = 8                   # residents drawn in this many marker sizes (keeps PDFs small)
@@ -73,7 +77,7 @@ _ISOCHRONE_SIMPLIFY_M = 5.0
 
 def write_atlas(plan: Plan | str | os.PathLike[str], path: str | os.PathLike[str], *,
                 title: str | None = None, streets: gpd.GeoDataFrame | None = None,
-                progress: bool = False) -> Path:
+                progress: bool = False, grids: Grids | gpd.GeoDataFrame | None = None) -> Path:
     """
     Write a printable PDF atlas of `plan`: an overview page, then one page per community.
 
@@ -92,6 +96,11 @@ def write_atlas(plan: Plan | str | os.PathLike[str], path: str | os.PathLike[str
         attribute or the folder's street layer if there is one, else no streets.
     progress
         Show a progress bar over the pages.
+    grids
+        Grids (网格) inside the communities (`covplan.plan.grids.plan_grids`, or its ``grids``
+        frame): each community page is followed by a page of its grids, drawn and listed.
+        None: the folder's ``grids`` layer when `plan` is a folder holding one, else no grids
+        (the atlas is then as without grids).
 
     Returns
     -------
@@ -120,6 +129,8 @@ def write_atlas(plan: Plan | str | os.PathLike[str], path: str | os.PathLike[str
         plan = read_plan(folder)
         if streets is None:
             streets = read_streets(folder)
+        if grids is None:
+            grids = _read_grids(folder)
     if streets is None:
         streets = getattr(plan, "streets", None)
     target = Path(path)
@@ -129,8 +140,8 @@ def write_atlas(plan: Plan | str | os.PathLike[str], path: str | os.PathLike[str
         msg = f"cannot create the folder of '{target}': {exc.strerror}; choose another --out."
         raise DataSourceError(msg) from exc
 
-    atlas = _Atlas(plan, title=title, streets=streets)
-    total = 1 + len(atlas.order)
+    atlas = _Atlas(plan, title=title, streets=streets, grids=grids)
+    total = atlas.n_pages
     try:
         with PdfPages(target, metadata={"CreationDate": None}) as pdf:
             pages = progress_bar(atlas.pages(), desc="atlas pages", total=total, progress=progress)
@@ -140,9 +151,28 @@ def write_atlas(plan: Plan | str | os.PathLike[str], path: str | os.PathLike[str
     except OSError as exc:
         msg = f"cannot write '{target}': {exc.strerror or exc}; choose another --out."
         raise DataSourceError(msg) from exc
-    logger.info("Wrote %s (%d pages: overview and %d communities)", target, total,
-                len(atlas.order))
+    logger.info("Wrote %s (%d pages: overview and %d communities%s)", target, total,
+                len(atlas.order), f", {total - 1 - len(atlas.order)} with grids"
+                if atlas.grids is not None else "")
     return target
+
+
+def _read_grids(folder: Path) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame | None] | None:
+    """The grids (and grid stations) layers of a plan folder's plan.gpkg, or None."""
+    import pyogrio
+
+    gpkg = folder / "plan.gpkg"
+    try:
+        layers = {str(name) for name, _ in pyogrio.list_layers(gpkg)} if gpkg.is_file() else set()
+    except pyogrio.errors.DataSourceError:
+        return None
+    if GRID_LAYERS[0] not in layers:
+        return None
+    read = [gpd.read_file(gpkg, layer=name, engine="pyogrio") if name in layers else None
+            for name in GRID_LAYERS]
+    logger.info("Grids for the atlas: layer '%s' of %s (%d grids)", GRID_LAYERS[0], gpkg,
+                len(read[0]))
+    return read[0], read[1]
 
 
 def read_streets(folder: str | os.PathLike[str]) -> gpd.GeoDataFrame | None:
@@ -175,7 +205,8 @@ def read_streets(folder: str | os.PathLike[str]) -> gpd.GeoDataFrame | None:
 class _Atlas:
     """The plan projected to a metric CRS, and the page figures drawn from it one by one."""
 
-    def __init__(self, plan: Plan, *, title: str | None, streets: gpd.GeoDataFrame | None):
+    def __init__(self, plan: Plan, *, title: str | None, streets: gpd.GeoDataFrame | None,
+                 grids=None):
         self.plan = plan
         crs = _metric_crs(plan)
         self.communities = _project(plan.communities, crs).reset_index(drop=True)
@@ -204,17 +235,28 @@ class _Atlas:
         self.max_unit_pop = float(pop.max()) if len(pop) and pop.max() > 0 else 1.0
         self.point_units = bool(len(self.units)) and bool(
             self.units.geom_type.isin(["Point", "MultiPoint"]).all())
+        self.grids, self.grid_stations = _grid_frames(grids, crs)
+        with_grids = (set() if self.grids is None
+                      else set(self.grids["community_id"].astype(str)))
+        self.has_grids = [self.communities.at[i, "community_id"] in with_grids
+                          for i in range(len(self.communities))]
+        self.n_pages = 1 + len(self.order) + sum(self.has_grids)
 
     def pages(self) -> Iterator[Figure]:
         yield self.overview()
-        for number, index in enumerate(self.order, start=2):
+        number = 2
+        for index in self.order:
             yield self.community_page(index, number)
+            number += 1
+            if self.has_grids[index]:
+                yield self.grids_page(index, number)
+                number += 1
 
     # --- overview ---
 
     def overview(self) -> Figure:
         fig = _page()
-        n_pages = 1 + len(self.order)
+        n_pages = self.n_pages
         r = self.plan.report
         fig.text(0.03, 0.955, self.title, fontsize=17, fontweight="bold", va="baseline")
         fig.text(0.03, 0.918, _headline(self.plan), fontsize=10.5, va="baseline", color="#222222")
@@ -237,7 +279,7 @@ class _Atlas:
 
         side = fig.add_axes((0.75, 0.06, 0.23, 0.83))
         side.set_axis_off()
-        rows = _overview_rows(self.plan, self.band)
+        rows = _overview_rows(self.plan, self.band) + _grid_overview_rows(self.grids)
         _table(side, rows, top=1.0, width=1.0, key_width=0.6, wrap=22)
         handles = [*_center_handles()]
         if len(comms) and not _within_band(comms).all():
@@ -327,7 +369,60 @@ class _Atlas:
                     borderaxespad=0.0, labelspacing=0.45)
         locator = fig.add_axes((0.835, 0.065, 0.145, 0.2))
         self._locator(locator, index)
-        _footer(fig, number, 1 + len(self.order), self.plan)
+        _footer(fig, number, self.n_pages, self.plan)
+        return fig
+
+    # --- the grids of one community ---
+
+    def grids_page(self, index: int, number: int) -> Figure:
+        """The community's grids: drawn (boundaries, numbers, stations) and listed."""
+        row = self.communities.loc[index]
+        cid = str(row["community_id"])
+        grids = self.grids[self.grids["community_id"].astype(str) == cid]
+        grids = grids.iloc[sorted(range(len(grids)),
+                                  key=lambda i: _natural_key(grids["grid_id"].iat[i]))]
+        fig = _page()
+        fig.text(0.03, 0.955, f"Community {cid}: {len(grids)} grids", fontsize=17,
+                 fontweight="bold", va="baseline")
+        fig.text(0.03, 0.918, _grids_subtitle(grids), fontsize=10.5, va="baseline",
+                 color="#222222")
+        ax = fig.add_axes((0.03, 0.06, 0.55, 0.83))
+        xmin, ymin, xmax, ymax = _frame(ax, row.geometry.bounds, pad=0.04)
+        others = self.communities.cx[xmin:xmax, ymin:ymax]
+        others = others[others["community_id"] != cid]
+        if len(others):
+            others.plot(ax=ax, color=STYLE["other_fill"], edgecolor=STYLE["other_line"],
+                        linewidth=0.7, zorder=1)
+        if self.streets is not None:
+            near = self.streets.cx[xmin:xmax, ymin:ymax]
+            if len(near):
+                near.plot(ax=ax, color=STYLE["street"], linewidth=0.5, zorder=2)
+        # The communities' colouring, keyed by grid id: touching grids differ.
+        colors = _neighbour_colors(gpd.GeoDataFrame({"community_id": grids["grid_id"].to_numpy()},
+                                                    geometry=grids.geometry.values,
+                                                    crs=grids.crs))
+        grids.plot(ax=ax, color=colors, alpha=0.75, edgecolor=STYLE["grid_line"],
+                   linewidth=0.7, zorder=1.5)
+        off = grids[~_within_band(grids)]
+        if len(off):
+            off.boundary.plot(ax=ax, color=STYLE["out_of_band"], linewidth=1.2, zorder=3)
+        gpd.GeoSeries([row.geometry], crs=self.communities.crs).boundary.plot(
+            ax=ax, color=STYLE["boundary"], linewidth=2.0, zorder=4)
+        stations = (self.grid_stations[self.grid_stations["grid_id"].isin(grids["grid_id"])]
+                    if self.grid_stations is not None else None)
+        if stations is not None and len(stations):
+            stations.plot(ax=ax, color=STYLE["grid_station"], marker="^", markersize=16,
+                          edgecolor="#ffffff", linewidth=0.5, zorder=5)
+        size = float(np.clip(11 - 0.9 * math.log2(max(len(grids), 1)), 6.0, 10.0))
+        for grid_id, shape in zip(grids["grid_id"], grids.geometry):
+            point = shape.representative_point()
+            _label(ax, point.x, point.y, _short_grid_id(str(grid_id), cid), size=size)
+        _scale_bar(ax)
+        _north_arrow(ax)
+        side = fig.add_axes((0.61, 0.06, 0.37, 0.83))
+        side.set_axis_off()
+        _grid_table(side, grids, cid)
+        _footer(fig, number, self.n_pages, self.plan)
         return fig
 
     def _replaced(self, row: pd.Series) -> gpd.GeoDataFrame:
@@ -443,6 +538,93 @@ class _Atlas:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+def _grid_frames(grids, crs) -> tuple[gpd.GeoDataFrame | None, gpd.GeoDataFrame | None]:
+    """Grids and their stations (a Grids, a (grids, stations) pair or a grids frame) projected."""
+    if grids is None:
+        return None, None
+    stations = None
+    if hasattr(grids, "stations"):
+        grids, stations = grids.grids, grids.stations
+    elif isinstance(grids, tuple):
+        grids, stations = grids
+    if "grid_id" not in grids.columns or "community_id" not in grids.columns:
+        msg = ("grids need grid_id and community_id columns, as plan_grids writes them "
+               "(write_atlas(grids=...)).")
+        raise InputError(msg)
+    frame = _project(grids, crs).reset_index(drop=True)
+    frame["grid_id"] = frame["grid_id"].astype(str)
+    if stations is not None and len(stations):
+        stations = _project(stations, crs).reset_index(drop=True)
+        stations["grid_id"] = stations["grid_id"].astype(str)
+    return frame, stations
+
+
+def _grid_overview_rows(grids: gpd.GeoDataFrame | None) -> list[tuple[str, str]]:
+    if grids is None or not len(grids):
+        return []
+    within = _within_band(grids)
+    rows = [("Grids", f"{len(grids)}"),
+            ("Grids in band", f"{int(within.sum())} ({_share(float(within.mean()))})")]
+    if "max_minutes" in grids:
+        rows.append(("Worst grid walk", _minutes(grids["max_minutes"].max())))
+    return rows
+
+
+def _grids_subtitle(grids: gpd.GeoDataFrame) -> str:
+    pop = grids["population"].astype(float) if "population" in grids else pd.Series([], dtype=float)
+    sizes = f"{_int(pop.min())}–{_int(pop.max())}" if len(pop) else "–"
+    parts = [f"{_int(pop.sum())} residents, {sizes} per grid",
+             f"{int(_within_band(grids).sum())} of {len(grids)} grids within the band"]
+    if "max_minutes" in grids:
+        parts.append(f"worst walk to a grid station {_minutes(grids['max_minutes'].max())}")
+    return "  ·  ".join(parts)
+
+
+def _short_grid_id(grid_id: str, community_id: str) -> str:
+    """'C07-G03' -> 'G03' on its community's page."""
+    return grid_id.removeprefix(f"{community_id}-")
+
+
+def _grid_table(ax: Axes, grids: gpd.GeoDataFrame, community_id: str) -> None:
+    """One line per grid (number, residents, households, mean and worst walk), grids outside
+    their band in red, then the notes of the grids that have one."""
+    households = "households" in grids
+    columns = [("grid", 0.0), ("residents", 0.16), *([("househ.", 0.36)] if households else []),
+               ("mean walk", 0.55 if households else 0.40),
+               ("worst walk", 0.78 if households else 0.68)]
+    size = 8.0 if len(grids) <= 24 else 6.5
+    step = 0.028 if len(grids) <= 24 else 0.021
+    y = 1.0
+    for name, x in columns:
+        ax.text(x, y, name, fontsize=size, fontweight="bold", va="top", transform=ax.transAxes)
+    y -= step * 1.3
+    within = _within_band(grids)
+    for (_, row), ok in zip(grids.iterrows(), within):
+        color = "#111111" if ok else STYLE["out_of_band"]
+        values = [_short_grid_id(str(row["grid_id"]), community_id),
+                  _int(row.get("population", float("nan")))]
+        if households:
+            values.append(_int(row["households"]))
+        values += [_minutes(row.get("mean_minutes")), _minutes(row.get("max_minutes"))]
+        for (_, x), value in zip(columns, values):
+            ax.text(x, y, value, fontsize=size, va="top", color=color, transform=ax.transAxes)
+        y -= step
+    ax.text(0.0, y - 0.01, f"{int(within.sum())} of {len(grids)} within the band (red: outside)",
+            fontsize=7.5, va="top", color="#444444", transform=ax.transAxes)
+    y -= 0.045
+    notes = [(row["grid_id"], str(row["note"])) for _, row in grids.iterrows()
+             if "note" in grids and isinstance(row["note"], str) and row["note"]]
+    for grid_id, note in notes:
+        if y < 0.02:
+            ax.text(0.0, y, "… (more notes in the grids layer)", fontsize=7, va="top",
+                    color="#444444", transform=ax.transAxes)
+            break
+        text = textwrap.wrap(f"{_short_grid_id(str(grid_id), community_id)}: {note}", 70)
+        ax.text(0.0, y, "\n".join(text[:3]), fontsize=7, va="top", color="#333333",
+                transform=ax.transAxes, linespacing=1.2)
+        y -= 0.022 * min(len(text), 3) + 0.008
+
 
 def _page() -> Figure:
     from matplotlib.figure import Figure

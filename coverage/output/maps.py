@@ -34,6 +34,7 @@ from jinja2 import Template
 
 if TYPE_CHECKING:
     from covplan.assess import CoverageResult
+    from covplan.plan.grids import Grids
     from covplan.plan.pipeline import Plan
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,11 @@ STYLE = {
     "street_label_line_m": 160.0,
     "center_outline_weight": 2,
     "label_center_gap_m": 120.0,   # community labels keep this far from service centers
+    # Grids (网格) inside communities: thin lines over the fills, labels from this zoom on.
+    "grid_line": "#3b3b3b",
+    "grid_weight": 0.8,
+    "grid_label_zoom": 15.0,
+    "grid_station": "#3b3b3b",
 }
 WATER_KINDS = frozenset({"water", "river", "lake", "canal", "stream", "reservoir", "sea",
                          "riverbank", "pond", "basin", "wetland", "coastline"})
@@ -170,6 +176,9 @@ _LABEL_CSS = """<style>
   var(--cov-label-px, 11px));}
 .cov-map-hide-labels .cov-label, .cov-map-hide-labels .cov-base-label {display: none;}
 </style>"""
+_GRID_LABEL_CSS = """<style>
+.cov-grid-label > div {color: #333; font-size: calc(0.8 * var(--cov-label-px, 11px));}
+</style>"""
 
 
 class LabelLayer(MacroElement):
@@ -200,19 +209,36 @@ class LabelLayer(MacroElement):
     map.on("zoomend", map._covLabelScale);
     map.whenReady(map._covLabelScale);
 })({{ this._parent._parent.get_name() }});
+{% if this.min_zoom is not none %}
+(function (map, zoom, below) {
+    var toggle = function () { map.getContainer().classList.toggle(below, map.getZoom() < zoom); };
+    map.on("zoomend", toggle);
+    map.whenReady(toggle);
+})({{ this._parent._parent.get_name() }}, {{ this.min_zoom|tojson }}, {{ this.below|tojson }});
+{% endif %}
 {% endmacro %}
 """)
 
-    def __init__(self, labels: list[tuple[float, float, str]], *, css_class: str) -> None:
+    def __init__(self, labels: list[tuple[float, float, str]], *, css_class: str,
+                 min_zoom: float | None = None) -> None:
         super().__init__()
         self._name = "LabelLayer"
         self.rows = [[round(lat, 5), round(lon, 5), text] for lat, lon, text in labels]
         self.css_class = css_class
         self.pane = STYLE["labels_pane"]
+        # Labels shown from `min_zoom` on only: the map carries a class while zoomed out.
+        self.min_zoom = None if min_zoom is None else float(min_zoom)
+        key = "" if min_zoom is None else f"{round(100 * float(min_zoom))}"
+        self.below, self.shown = f"cov-below-zoom-{key}", f"cov-from-zoom-{key}"
+        if min_zoom is not None:
+            self.css_class = f"{css_class} {self.shown}"
 
     def render(self, **kwargs: Any) -> None:
         super().render(**kwargs)
         self.get_root().header.add_child(Element(_LABEL_CSS), name="coverage_label_css")
+        if self.min_zoom is not None:
+            rule = f"<style>.{self.below} .{self.shown} {{display: none;}}</style>"
+            self.get_root().header.add_child(Element(rule), name=f"coverage_{self.below}_css")
 
 
 # --- saving and the base map --------------------------------------------------------------------
@@ -816,13 +842,15 @@ def _plan_summary(plan: Plan) -> str:
 
 
 def plan_map(plan: Plan, *, m: folium.Map | None = None,
-             base: gpd.GeoDataFrame | None = None) -> folium.Map:
+             base: gpd.GeoDataFrame | None = None,
+             grids: Grids | gpd.GeoDataFrame | None = None) -> folium.Map:
     """
     The plan for handing out: communities by residents vs target (with a legend) and labelled
     with their id and residents, service centers with their figures, 15-minute walk areas,
     uncovered residents, old boundaries dashed, population density, a title, a summary panel,
     a north arrow and a scale bar. `base` (from `covplan.output.basemap.base_layer`) is drawn
-    under everything, so the map shows streets and water offline, where tiles fail.
+    under everything, so the map shows streets and water offline, where tiles fail. `grids`
+    (`covplan.plan.grids.plan_grids`) adds the grids inside the communities (`add_grids_layer`).
     """
     fmap = base_map(plan.communities, m=m)
     if base is not None:
@@ -841,9 +869,70 @@ def plan_map(plan: Plan, *, m: folium.Map | None = None,
     add_uncovered(fmap, plan.units, minutes_column="minutes", max_minutes=plan.config.max_minutes)
     add_forced_undersized(fmap, plan.units, min_pop=plan.config.min_pop,
                           max_minutes=plan.config.max_minutes)
+    if grids is not None:
+        add_grids_layer(fmap, grids)
     add_community_labels(fmap, plan.communities, pop_column="population", centers=plan.centers)
     add_plan_centers(fmap, plan.centers, plan.communities)
     return finish_map(fmap)
+
+
+def add_grids_layer(fmap: folium.Map, grids: Grids | gpd.GeoDataFrame, *,
+                    stations: gpd.GeoDataFrame | None = None,
+                    label_zoom: float | None = None) -> folium.map.Layer:
+    """
+    Grids (网格) inside the communities: thin boundaries over the community fills (not filled,
+    so the communities' tooltips stay reachable; the lines carry the grid's figures), and a
+    label per grid (its number and residents) from zoom `label_zoom` on (default
+    ``STYLE["grid_label_zoom"]``), in the layer "grid labels". `grids` is a
+    `covplan.plan.grids.Grids` (its stations are drawn too) or its ``grids`` frame; `stations`
+    (points with grid_id) are drawn as small dots in the layer "grid stations", off at first.
+    """
+    if hasattr(grids, "stations"):
+        stations = grids.stations if stations is None else stations
+        grids = grids.grids
+    frame = grids.copy()
+    _round_minutes(frame, ("mean_minutes", "max_minutes"))
+    fields = _present(frame, {"grid_id": "grid", "population": "residents",
+                              "households": "households", "station_id": "station node",
+                              "mean_minutes": "mean walk to station (min)",
+                              "max_minutes": "longest walk to station (min)", "note": "note"})
+
+    def style(_feature):
+        return {"color": STYLE["grid_line"], "weight": STYLE["grid_weight"], "opacity": 0.9,
+                "fill": False, "className": "cov-grid"}
+
+    layer = _add_layer(fmap, frame, name=f"grids ({len(frame)})", style=style,
+                       fields=fields or {"grid_id": "grid"})
+    _pane(fmap, STYLE["labels_pane"], 440)
+    shown = frame[~frame.geometry.is_empty & frame.geometry.notna()]
+    labels = []
+    if len(shown):
+        metric = shown.to_crs(shown.estimate_utm_crs())
+        spots = gpd.GeoSeries([_label_point(g, None) for g in metric.geometry],
+                              crs=metric.crs).to_crs(4326)
+        for point, row in zip(spots, shown.itertuples()):
+            short = _grid_number(str(row.grid_id), getattr(row, "community_id", None))
+            count = (f"<br>{_int(row.population)}" if pd.notna(getattr(row, "population", None))
+                     else "")
+            labels.append((point.y, point.x, f"{html.escape(short)}{count}"))
+    group = folium.FeatureGroup(name="grid labels", show=True).add_to(fmap)
+    fmap.get_root().header.add_child(Element(_GRID_LABEL_CSS), name="coverage_grid_label_css")
+    LabelLayer(labels, css_class="cov-label cov-grid-label",
+               min_zoom=STYLE["grid_label_zoom"] if label_zoom is None else label_zoom).add_to(group)
+    if stations is not None and len(stations):
+        radius = STYLE["unit_radius"]
+        _add_layer(fmap, stations, name="grid stations", show=False,
+                   fields=_present(stations, {"grid_id": "grid", "station_id": "station node"}),
+                   style=lambda _f: _point_style(STYLE["grid_station"], radius=radius,
+                                                 class_name="cov-grid-station", fill_opacity=1),
+                   marker=folium.CircleMarker(radius=radius))
+    return layer
+
+
+def _grid_number(grid_id: str, community_id) -> str:
+    """'C07-G03' -> 'G03': the community's own label already names it."""
+    prefix = f"{community_id}-" if community_id is not None and pd.notna(community_id) else ""
+    return grid_id[len(prefix):] if prefix and grid_id.startswith(prefix) else grid_id
 
 
 # --- coverage (as-is) layers ----------------------------------------------------------------------
