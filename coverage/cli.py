@@ -170,7 +170,9 @@ _PLAN_FLAGS = {"target": "target_pop", "tolerance": "tolerance", "minutes": "max
                "walk_speed_kmh": "walk_speed_kmh", "seed": "seed", "restarts": "restarts",
                "candidate_spacing": "candidate_spacing_m", "max_unit_pop": "max_unit_pop",
                "exceptions": "exceptions", "stability_minutes": "stability_minutes",
-               "max_new_centers": "max_new_centers", "new_center_cost": "new_center_cost"}
+               "max_new_centers": "max_new_centers", "new_center_cost": "new_center_cost",
+               "grids": "grids", "grid_target": "grid_target", "grid_tolerance": "grid_tolerance",
+               "grid_minutes": "grid_minutes", "household_size": "household_size"}
 # Input flags of `covplan plan`; a scenario's [base] table names its inputs instead.
 _INPUT_FLAGS = ("network", "population", "population_column", "communities", "centers", "districts")
 
@@ -312,6 +314,16 @@ def _add_plan_options(p: argparse.ArgumentParser, *, overrides: bool = False) ->
                    metavar="RESIDENTS",
                    help="what a new site costs, in residents in balanced communities: plans with "
                         "fewer new sites are also made and weighed (default 0: not weighed)")
+    p.add_argument("--grids", action="store_const", const=True, default=default(d.grids),
+                   help="also split every community into grids (网格) with a grid station each")
+    p.add_argument("--grid-target", type=int, default=default(d.grid_target),
+                   help=f"residents per grid (default {d.grid_target})")
+    p.add_argument("--grid-tolerance", type=float, default=default(d.grid_tolerance),
+                   help=f"allowed relative deviation of a grid, 0-1 (default {d.grid_tolerance})")
+    p.add_argument("--grid-minutes", type=float, default=default(d.grid_minutes),
+                   help=f"walk from every resident to the grid station (default {d.grid_minutes:g})")
+    p.add_argument("--household-size", type=float, default=None,
+                   help="residents per household: gives each grid's households (default: none)")
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -409,7 +421,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     network, population = _load_inputs(args)
     peers = tuple(p for p in args.peers.split(",") if p)
     report = run_reach_benchmark(network, population, max_minutes=args.minutes, peers=peers,
-                                 networkx_origins=args.networkx_origins)
+                                 networkx_origins=args.networkx_origins or None,
+                                 rounds=args.rounds, warmup=args.warmup, rss=args.rss)
     print(format_table(report))
     if args.json:
         write_json(args.json, report)
@@ -582,8 +595,16 @@ def _build_parser() -> argparse.ArgumentParser:
     bench_reach.add_argument("--minutes", type=float, default=DEFAULT_MAX_MINUTES)
     bench_reach.add_argument("--peers", default="scipy,networkx,pandana",
                              help="comma-separated peers to include")
-    bench_reach.add_argument("--networkx-origins", type=int, default=None,
-                             help="run networkx on the first N origins only (reported as such)")
+    bench_reach.add_argument("--networkx-origins", type=int, default=500,
+                             help="run networkx on N origins spread evenly through the sorted "
+                                  "origins, timed per origin (0 = all; default 500)")
+    bench_reach.add_argument("--rounds", type=int, default=5,
+                             help="paired rounds (each peer right after a call of ours); ratios "
+                                  "are their median (default 5)")
+    bench_reach.add_argument("--no-warmup", dest="warmup", action="store_false",
+                             help="no warm-up call before timing")
+    bench_reach.add_argument("--no-rss", dest="rss", action="store_false",
+                             help="skip the peak-RSS runs in fresh processes")
     bench_reach.add_argument("--json", default=None, help="also write the figures to this JSON file")
     bench_reach.set_defaults(func=_cmd_bench)
 

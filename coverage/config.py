@@ -25,7 +25,9 @@ FLAGS = {"target_pop": "--target", "tolerance": "--tolerance", "max_minutes": "-
          "max_unit_pop": "--max-unit-pop", "restarts": "--restarts", "seed": "--seed",
          "stability_minutes": "--stability-weight", "exceptions": "--exceptions",
          "min_pop_exception": None, "max_new_centers": "--max-new-centers",
-         "new_center_cost": "--new-center-cost"}
+         "new_center_cost": "--new-center-cost", "grids": "--grids",
+         "grid_target": "--grid-target", "grid_tolerance": "--grid-tolerance",
+         "grid_minutes": "--grid-minutes", "household_size": "--household-size"}
 
 
 def parameter_names(field: str) -> str:
@@ -68,6 +70,13 @@ _RULES = {
                         "a whole number of new sites ≥ 0, or None for no limit"),
     "new_center_cost": (lambda v: _number(v) and v >= 0,
                         "a number of residents ≥ 0 (0: new sites cost nothing)"),
+    "grids": (lambda v: isinstance(v, bool), "true or false"),
+    "grid_target": (lambda v: _number(v) and v > 0, "a positive number of residents"),
+    "grid_tolerance": (lambda v: _number(v) and 0 < v < 1, "a share strictly between 0 and 1"),
+    "grid_minutes": (lambda v: _number(v) and 0 < v <= MAX_MINUTES_LIMIT,
+                     f"greater than 0 and at most {MAX_MINUTES_LIMIT:g} minutes"),
+    "household_size": (lambda v: v is None or (_number(v) and v > 0),
+                       "a positive number of residents per household, or None"),
 }
 
 
@@ -106,6 +115,10 @@ class PlanConfig:
         with half, a quarter and none of its new sites, and the one with the fewest residents
         outside balanced communities (the unserved included) plus this cost per new site wins
         (0: not weighed, one plan).
+    grids, grid_target, grid_tolerance, grid_minutes, household_size
+        Also split every community into grids (网格) of about `grid_target` residents (±
+        `grid_tolerance`), each with a grid station its residents reach within `grid_minutes`;
+        `household_size` gives each grid's households (see `covplan.plan.grids.plan_grids`).
     """
 
     target_pop: int = 10_000
@@ -121,6 +134,11 @@ class PlanConfig:
     min_pop_exception: float = 0.5
     max_new_centers: int | None = None
     new_center_cost: float = 0.0
+    grids: bool = False
+    grid_target: int = 1_000
+    grid_tolerance: float = 0.25
+    grid_minutes: float = 5.0
+    household_size: float | None = None
 
     def __post_init__(self) -> None:
         # Checked once here, so a bad value fails at once with its flag named, not deep in numpy.

@@ -707,7 +707,9 @@ _PLAN_KINDS = {"target_pop": "positive_int", "tolerance": "number", "max_minutes
                "max_unit_pop": "count", "restarts": "positive_int", "seed": "int",
                "stability_minutes": "non_negative", "exceptions": "str",
                "min_pop_exception": "non_negative", "use_districts": "bool",
-               "max_new_centers": "int", "new_center_cost": "non_negative"}
+               "max_new_centers": "int", "new_center_cost": "non_negative", "grids": "bool",
+               "grid_target": "positive_int", "grid_tolerance": "number",
+               "grid_minutes": "number", "household_size": "positive"}
 
 
 def _read_plan(value: Any, label: str) -> tuple[tuple[str, Any], ...]:

@@ -141,7 +141,9 @@ def test_plan_scenario_round_trip_gives_the_same_plan(tmp_path, grid_files):
     assert set(resolved["config"]) == {"target_pop", "tolerance", "max_minutes", "walk_speed_kmh",
                                        "candidate_spacing_m", "max_unit_pop", "restarts", "seed",
                                        "stability_minutes", "exceptions", "min_pop_exception",
-                                       "max_new_centers", "new_center_cost"}
+                                       "max_new_centers", "new_center_cost", "grids",
+                                       "grid_target", "grid_tolerance", "grid_minutes",
+                                       "household_size"}
     assert resolved["inputs"]["network"]["sha256"] and resolved["version"]
     assert [c["type"] for c in resolved["changes"]] == ["add_center", "add_residents"]
     saved = (first / "scenario.toml").read_text()

@@ -265,3 +265,31 @@ def test_demo_city_grids(tmp_path):
     assert g.loc[~proven, "within_tolerance"].mean() >= 0.85
     assert r["within_tolerance_pop_share"] <= r["within_tolerance_pop_share_ceiling"]
     assert 300 <= r["grids"] <= 400
+
+
+def test_a_plan_with_grids_writes_and_reads_them_back(tmp_path):
+    """PlanConfig.grids (covplan plan --grids): the plan carries its grids, plan.gpkg the layers
+    grids and grid_stations, grids.csv the table, report.json their figures; read_plan gives
+    them back, and the same seed gives the same plan id."""
+    from covplan.output.files import read_plan
+
+    net, population = grid_town(10)
+    config = PlanConfig(target_pop=3_000, tolerance=0.3, max_minutes=8.0, max_unit_pop=None,
+                        restarts=1, grids=True, grid_target=500, grid_minutes=4.0,
+                        household_size=2.5)
+    plan = plan_communities(net, population, config=config)
+    assert plan.grids is not None and plan.report["grids"]["grids"] == len(plan.grids.grids)
+    assert plan.grids.grids["population"].sum() == population.cells["pop"].sum()
+    folder = write_plan(plan, tmp_path / "plan")
+    assert {"grids.csv", "plan.gpkg"} <= {p.name for p in folder.iterdir()}
+    table = pd.read_csv(folder / "grids.csv")
+    assert table["grid_id"].tolist() == plan.grids.grids["grid_id"].tolist()
+    back = read_plan(folder)
+    assert back.grids is not None
+    assert back.grids.grids["grid_id"].tolist() == plan.grids.grids["grid_id"].tolist()
+    again = write_plan(plan_communities(net, population, config=config), tmp_path / "again")
+    manifest = (folder / "manifest.json").read_text(), (again / "manifest.json").read_text()
+    assert re.search(r'"plan_id": "(\w+)"', manifest[0]).group(1) == \
+        re.search(r'"plan_id": "(\w+)"', manifest[1]).group(1)
+    plain = plan_communities(net, population, config=dataclasses.replace(config, grids=False))
+    assert plain.grids is None and plain.report["grids"] is None

@@ -222,6 +222,8 @@ def plan_id(plan) -> str:
     """
     digest = hashlib.sha256()
     report = {k: v for k, v in plan.report.items() if k not in ("runtime_s", *_WRITE_ONLY_REPORT_KEYS)}
+    if isinstance(report.get("grids"), dict):      # the grids' own run time too
+        report["grids"] = {k: v for k, v in report["grids"].items() if k != "runtime_s"}
     digest.update(json.dumps(report, sort_keys=True, default=_plain).encode())
     communities = plan.communities.drop(columns=plan.communities.geometry.name)
     for frame in (plan.units, communities, plan.changes):
@@ -245,6 +247,9 @@ def write_plan_files(plan, folder: Path, *, self_contained: bool = True,
     decisions = getattr(plan, "center_decisions", None)
     if decisions is not None:
         layers["center_decisions"] = decisions
+    grids = getattr(plan, "grids", None)
+    if grids is not None:
+        layers["grids"], layers["grid_stations"] = grids.grids, grids.stations
     if base is not None:
         lines = base[base.geom_type.isin(["LineString", "MultiLineString"])]
         if len(lines):
@@ -252,6 +257,9 @@ def write_plan_files(plan, folder: Path, *, self_contained: bool = True,
     write_layers(folder / "plan.gpkg", layers, metadata={"plan_id": pid})
     write_layer_styles(folder / "plan.gpkg", layers=list(layers), config=plan.config)
     write_community_tables(plan, folder)
+    if grids is not None:
+        pd.DataFrame(grids.grids.drop(columns=grids.grids.geometry.name)).to_csv(
+            folder / "grids.csv", index=False)
     if decisions is not None:
         lonlat = decisions.geometry.to_crs("EPSG:4326")
         pd.DataFrame(decisions.drop(columns=decisions.geometry.name)).assign(
@@ -262,7 +270,8 @@ def write_plan_files(plan, folder: Path, *, self_contained: bool = True,
         plan.changes.rename(columns=_WRITTEN_NAMES["changes"]).to_csv(folder / "changes.csv",
                                                                       index=False)
         _fault_point("changes.csv")
-    save_map(plan_map(plan, base=base), folder / "map.html", self_contained=self_contained)
+    save_map(plan_map(plan, base=base, grids=grids), folder / "map.html",
+             self_contained=self_contained)
     _fault_point("map.html")
     return pid
 
@@ -315,7 +324,7 @@ MANIFEST = "manifest.json"
 # The files of a plan folder (plan, demo): read_plan refuses one its manifest does not list.
 PLAN_FOLDER_FILES = frozenset({
     "plan.gpkg", "report.json", "communities.csv", "communities.xlsx", "center_decisions.csv",
-    "changes.csv", "map.html", "scenario.toml", "resolved.json", MANIFEST,
+    "changes.csv", "map.html", "scenario.toml", "resolved.json", MANIFEST, "grids.csv",
     "asis.gpkg", "asis.json", "asis_map.html"})                       # covplan demo
 # Every name covplan writes into an --out folder (also coverage, site, isochrones, compare;
 # atlas.pdf by `covplan atlas DIR`): a folder holding only these may be replaced without --force.
@@ -655,8 +664,8 @@ def read_plan(folder: str | os.PathLike[str]) -> Plan:
         msg = (f"'{gpkg}' lacks layer(s) {missing} of a plan (it has {sorted(present)}); "
                "write the plan again with `covplan plan`.")
         raise DataSourceError(msg)
-    read = [name for name in (*PLAN_LAYERS, "previous_communities", "center_decisions")
-            if name in present]
+    read = [name for name in (*PLAN_LAYERS, "previous_communities", "center_decisions",
+                              "grids", "grid_stations") if name in present]
     _check_manifest(root, read)
     layers = {name: _read_layer(gpkg, name) for name in read}
     report = _read_report(root / "report.json")
@@ -674,11 +683,18 @@ def read_plan(folder: str | os.PathLike[str]) -> Plan:
     work_crs = local_metric_crs(tuple(units.total_bounds), units.crs)
     logger.info("Read plan %s: %d communities, %d units", root, len(layers["communities"]),
                 len(units))
+    grids = None
+    if "grids" in layers and "grid_stations" in layers:
+        from covplan.plan.grids import Grids
+
+        # The units' grid ids are not stored: the grids' polygons carry the plan's grids.
+        grids = Grids(grids=layers["grids"], stations=layers["grid_stations"],
+                      units=pd.DataFrame(), report=report.get("grids") or {})
     return Plan(communities=layers["communities"], centers=layers["centers"], units=units,
                 isochrones=layers["isochrones"], changes=changes,
                 previous=layers.get("previous_communities"), report=report, config=config,
                 work_crs=work_crs, version=str(report.get("version", "")),
-                center_decisions=layers.get("center_decisions"))
+                center_decisions=layers.get("center_decisions"), grids=grids)
 
 
 def _check_manifest(root: Path, layers: list[str]) -> str | None:

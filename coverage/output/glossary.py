@@ -105,6 +105,9 @@ GLOSSARY: dict[str, str] = {
               "by problems (severity 'warning')",
     "rule_issues": "where the plan cannot meet a rule, one line each (list of text); kept for now, "
                    "superseded by problems (severity 'error'); only in `covplan plan` and re-plans",
+    "grids": "the grids' (网格) figures when planned with --grids: grid count, share within "
+             "the grid band, residents within grid_minutes of their station and its ceiling, "
+             "worst walk, stability (object; null without grids)",
     "warnings": "inputs that look implausible but were used as given (a cell denser than "
                 "100,000 residents per km2, overlapping cells, a target above the population), "
                 "one line each (list of text)",

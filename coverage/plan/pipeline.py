@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import pyproj
     from covplan.inputs.network import WalkNetwork
     from covplan.inputs.population import Population
+    from covplan.plan.grids import Grids
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Plan:
     version: str
     # Every existing center and new site: kept/closed/moved/new and why (`covplan.plan.decisions`).
     center_decisions: gpd.GeoDataFrame | None = None
+    grids: Grids | None = None      # with PlanConfig.grids (`covplan.plan.grids.plan_grids`)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -166,7 +168,26 @@ def plan_communities(network: WalkNetwork, population: Population | gpd.GeoDataF
                 100 * report["within_tolerance_pop_share"], 100 * config.tolerance,
                 100 * report["within_tolerance_pop_share_ceiling"], report["exception_communities"],
                 report["runtime_s"])
-    return plan
+    return with_grids(plan, network)
+
+
+def with_grids(plan: Plan, network: WalkNetwork,
+               previous: gpd.GeoDataFrame | None = None) -> Plan:
+    """The plan with its grids when ``config.grids`` asks for them (`previous`: an earlier
+    plan's grids, whose ids carry over), else as it is."""
+    config = plan.config
+    if not config.grids:
+        return plan
+    import dataclasses
+
+    from covplan.plan.grids import plan_grids
+
+    grids = plan_grids(plan, network, target_pop=config.grid_target,
+                       tolerance=config.grid_tolerance, max_minutes=config.grid_minutes,
+                       household_size=config.household_size, previous_grids=previous,
+                       seed=config.seed)
+    plan.report["grids"] = grids.report
+    return dataclasses.replace(plan, grids=grids)
 
 
 def assemble_plan(ready: PlanningInputs, center_of: np.ndarray, labels: np.ndarray,
@@ -214,6 +235,7 @@ def assemble_plan(ready: PlanningInputs, center_of: np.ndarray, labels: np.ndarr
                          prior_unit=prior.unit if prior else None, changes=changes,
                          fixed=fixed, issues=ready.issues, runtime_s=time.perf_counter() - started)
     report["warnings"] = input_warnings(ready, config)
+    report["grids"] = None                      # the grids' figures, when planned (`with_grids`)
     crs = ready.population.crs
     from covplan.plan.decisions import center_decisions, decision_counts
 

@@ -34,6 +34,7 @@ from covplan.plan.pipeline import (
     partition_group,
     plan_communities,
     prepare_planning,
+    with_grids,
 )
 from covplan.reach.isochrones import compute_isochrones
 from covplan.scenarios import Scenario, ScenarioInputs, apply_scenario, load_inputs
@@ -210,7 +211,7 @@ def replan(plan: Plan, network: WalkNetwork, population: Population, *,
     logger.info("Re-planned %d of %d communities (%d touched) into %d (%.1f s)", len(window),
                 len(base.ids), len(reasons), len(new_ids), report["runtime_s"])
     report["rule_issues"] = rule_issues(out)
-    return out
+    return with_grids(out, network, None if plan.grids is None else plan.grids.grids)
 
 
 def _global_reason(plan: Plan, config: PlanConfig, districts) -> str:
