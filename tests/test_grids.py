@@ -234,9 +234,7 @@ def test_atlas_adds_a_page_of_grids_per_community(town, grids, tmp_path):
     assert _pages(with_grids) == 1 + 2 * len(plan.communities)
     assert _pages(plain) == 1 + len(plan.communities)
     # A plan folder whose plan.gpkg holds the grids layers gets the grid pages by itself.
-    folder = write_plan(plan, tmp_path / "plan")
-    grids.grids.to_file(folder / "plan.gpkg", layer="grids", engine="pyogrio")
-    grids.stations.to_file(folder / "plan.gpkg", layer="grid_stations", engine="pyogrio")
+    folder = write_plan(dataclasses.replace(plan, grids=grids), tmp_path / "plan")
     from_folder = write_atlas(folder, tmp_path / "folder.pdf").read_bytes()
     assert _pages(from_folder) == 1 + 2 * len(plan.communities)
 
