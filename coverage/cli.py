@@ -376,7 +376,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     config = _plan_config(args)        # checks --seed and the rest before the city is built
     with _stage(args, "demo city"):
-        city = build_demo_city(seed=args.seed)
+        if args.residents:     # a synthetic metropolis of that size instead (covplan.cities.metropolis)
+            from covplan.cities.metropolis import build_metropolis
+
+            city = build_metropolis(args.residents, seed=args.seed)
+        else:
+            city = build_demo_city(seed=args.seed)
     with _stage(args, "network"):
         network = load_network(city.graph, walk_speed_kmh=args.walk_speed_kmh)
     with _stage(args, "population"):
@@ -406,7 +411,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     with _stage(args, "writing plan"):
         args.stage.plan_id = write_plan_files(plan, out, base=base,
                                               self_contained=not args.cdn_maps)
-        _write_demo_scenario(out, args.seed, plan.config)
+        if not args.residents:    # a scenario names the embedded demo only
+            _write_demo_scenario(out, args.seed, plan.config)
         args.stage.commit()
     _log_coverage(Path(args.out), result)
     logger.info("Demo: %d old communities -> %s (%.1f s)", len(communities), _plan_summary(plan),
@@ -541,6 +547,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="replay the demo city: 69 uneven communities -> about 30")
+    demo.add_argument("--residents", type=int, default=None, metavar="N",
+                      help="plan a synthetic metropolis of N residents instead (districts, a "
+                           "dense core, a river and a railway, existing communities)")
     _add_out_option(demo)
     _add_plan_options(demo)
     _add_map_option(demo)
@@ -589,6 +598,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks against peer libraries (not tests)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    from covplan.bench.scale import add_scale_parser
+    from covplan.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
+    add_scale_parser(bench_sub)
     bench_reach = bench_sub.add_parser("reach", help="walk-time engine vs scipy, networkx, pandana")
     _add_network_options(bench_reach)
     _add_population_options(bench_reach)
