@@ -219,3 +219,18 @@ def test_scenarios_over_different_bases_are_refused(serial):
                                 base=dataclasses.replace(sweep.base.base, demo_seed=3))
     with pytest.raises(InputError, match="one base"):
         plan_scenarios([sweep.scenarios[0], other], inputs)
+
+
+def test_a_sweep_folder_may_be_written_again(tmp_path):
+    """A second sweep into the same --out replaces the first whole (no --force needed): its
+    plans/ and summary files are covplan's own."""
+    from covplan.output.files import _foreign
+
+    out = tmp_path / "sweep"
+    (out / "plans" / "000_a").mkdir(parents=True)
+    (out / "communities").mkdir()
+    for name in ("summary.csv", "summary.png", "manifest.json"):
+        (out / name).write_text("x")
+    assert _foreign(out) == []
+    (out / "notes").mkdir()
+    assert _foreign(out) == ["notes/"]

@@ -330,7 +330,9 @@ PLAN_FOLDER_FILES = frozenset({
 # atlas.pdf by `covplan atlas DIR`): a folder holding only these may be replaced without --force.
 OUTPUT_FILES = PLAN_FOLDER_FILES | {
     "coverage.gpkg", "coverage.json", "site.gpkg", "site.json", "isochrones.gpkg",
-    "comparison.json", "compare_map.html", "atlas.pdf"}
+    "comparison.json", "compare_map.html", "atlas.pdf", "summary.csv", "summary.png"}
+# Sub-folders covplan writes (`covplan sweep`: a plan folder per scenario, GeoParquet copies).
+OUTPUT_FOLDERS = frozenset({"plans", "communities"})
 _SQLITE_SIDECARS = ("-journal", "-wal", "-shm")       # beside a GeoPackage open in QGIS
 _CLUTTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})   # file managers' own files
 _KILL_AT = "COVPLAN_TEST_KILL_AT"
@@ -350,7 +352,7 @@ def _fault_point(step: str) -> None:
 def _ours(entry: Path) -> bool:
     name = entry.name
     if entry.is_dir():
-        return False
+        return name in OUTPUT_FOLDERS
     return (name in OUTPUT_FILES or name in _CLUTTER
             or (name.endswith(_SQLITE_SIDECARS) and name.rsplit("-", 1)[0] in OUTPUT_FILES))
 
