@@ -235,3 +235,27 @@ def test_a_detached_exception_piece_gets_its_own_free_site():
     # Without a free site reaching the lighter piece, it stays (the note says non-contiguous).
     alone = _split_detached(reach, adjacency, rows, np.array([0]), np.zeros(4, dtype="int64"))
     assert alone.tolist() == [0, 0, 0, 0]
+
+
+def test_a_community_that_cannot_be_contiguous_is_proven_so():
+    """Units 0 and 3 reach site 0 only; units 1-2 between them reach only site 1: any plan
+    covering 0 and 3 puts both in site 0's community, and no chain of units reaching site 0
+    joins them. With unit 1 also reaching site 0, the chain exists and nothing is proven."""
+    from types import SimpleNamespace
+
+    import scipy.sparse as sp
+
+    def bound(minutes):
+        reach = SimpleNamespace(pop=np.array([10, 10, 10, 10]), minutes=sp.csr_matrix(minutes),
+                                units=None)
+        path = sp.csr_matrix((np.ones(6), ([0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2])), shape=(4, 4))
+        return feasibility_bound(reach, min_pop=1, adjacency=path)
+
+    apart = bound(np.array([[1.0, 0], [0, 1.0], [0, 2.0], [3.0, 0]]))
+    assert apart.sole_site.tolist() == [0, 1, 1, 0]
+    assert apart.split_sites.tolist() == [0]
+    chained = bound(np.array([[1.0, 0], [2.0, 1.0], [2.0, 2.0], [3.0, 0]]))
+    assert chained.split_sites.tolist() == []
+    assert "cannot be" in _note(20, False, "", 20, 0, CONFIG, split_forced=True)
+    unproven = _note(2_500, False, "", 4_000, 0, CONFIG)
+    assert "the planner found no bordering community" in unproven and "cannot" not in unproven

@@ -379,3 +379,21 @@ def test_one_band_scoring_ranks_residents_outside_the_band_first():
     # Fewer residents outside wins even with more people beyond the band's edges.
     assert band_key([6_000, 9_000], min_pop=8_000, max_pop=12_000, target_pop=10_000) < \
         band_key([7_900, 7_900], min_pop=8_000, max_pop=12_000, target_pop=10_000)
+
+
+def test_a_tiny_window_is_covered_by_one_center_fewer_that_moves():
+    """Units 0-3 in a row; sites: 0 reaches {0, 1}, 1 reaches {2, 3}, 2 reaches {1, 2} (the tiny
+    community's), 3 reaches {0, 1, 2}. With sites 2, 3 and 1 as centers, one fewer that still
+    reaches everyone keeps 3 and 1 and drops 2 (sites 0 and 1 would do too, but move one);
+    a floor above what site 1 gathers leaves unit 3 without a site, and one site never covers."""
+    from types import SimpleNamespace
+
+    from covplan.solve.partition.improve import _cover_option
+
+    reach = np.array([[1, 0, 0, 1], [1, 0, 1, 1], [0, 1, 1, 1], [0, 1, 0, 0]], dtype=float)
+    win = SimpleNamespace(structure=sp.csr_matrix(reach), pop=np.array([100.0, 100, 100, 100]),
+                          blocked=np.zeros(4, dtype=bool))
+    assert _cover_option(win, 2, np.array([2, 3, 1]), floor=0).tolist() == [1, 3]
+    assert _cover_option(win, 2, np.array([2, 0, 1]), floor=0).tolist() == [0, 1]
+    assert _cover_option(win, 2, np.array([2, 3, 1]), floor=250) is None
+    assert _cover_option(win, 1, np.array([2, 3, 1]), floor=0) is None

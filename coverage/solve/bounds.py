@@ -13,6 +13,10 @@ with center c holding unit u lies inside the connected piece of u among the unit
 The pieces of all (unit, site) pairs come from one connected-components pass over a graph whose
 nodes are the stored pairs and whose edges join (u, c) and (v, c) for adjacent u, v: its size
 follows the stored pairs times the adjacency degree, nothing quadratic.
+
+Contiguity itself can be out of reach: units whose only reachable site is the same c must all
+be in c's community in any plan that covers them; when no chain of units reaching c joins
+them, that community cannot be contiguous (``split_sites``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class FeasibilityBound:
     island: np.ndarray            # per unit: on a network component apart from the main one
     pop: np.ndarray               # per unit residents
     min_pop: float
+    sole_site: np.ndarray = None  # per unit: its only reachable site (-1: none or several)
+    split_sites: np.ndarray = None  # sites whose sole-site units no chain reaching them joins
 
     @property
     def population_total(self) -> int:
@@ -127,10 +133,35 @@ def feasibility_bound(reach: ReachMatrix, *, min_pop: float,
         node = reach.units["node"].to_numpy()
         on = node >= 0
         island[on] = np.asarray(component)[node[on]] != 0
+    sole = np.full(n_units, -1, dtype="int64")
+    once = np.bincount(rows, minlength=n_units) == 1
+    sole[rows[once[rows]]] = cols[once[rows]]
+    split = (np.zeros(0, dtype="int64") if adjacency is None
+             else _split_sites(sole, rows, cols, adjacency))
     return FeasibilityBound(gather=gather, best_gather=best_gather, contiguous=adjacency is not None,
                             reachable=reachable,
                             forced_undersized=forced, island=island,
-                            pop=reach.pop.astype("int64"), min_pop=float(min_pop))
+                            pop=reach.pop.astype("int64"), min_pop=float(min_pop),
+                            sole_site=sole, split_sites=split)
+
+
+def _split_sites(sole: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                 adjacency: sp.spmatrix) -> np.ndarray:
+    """Sites c whose sole-site units lie in different connected pieces of the units reaching c:
+    a plan covering them all puts them in c's community, which then cannot be contiguous."""
+    sites, counts = np.unique(sole[sole >= 0], return_counts=True)
+    adjacency = sp.csr_matrix(adjacency)
+    order = np.argsort(cols, kind="stable")          # the pairs by site, once
+    start = np.searchsorted(cols[order], sites[counts > 1])
+    stop = np.searchsorted(cols[order], sites[counts > 1], side="right")
+    split = []
+    for c, a, b in zip(sites[counts > 1], start, stop):
+        reaching = np.unique(rows[order[a:b]])
+        _, piece = connected_components(adjacency[reaching][:, reaching], directed=False)
+        mine = np.isin(reaching, np.flatnonzero(sole == c))
+        if len(np.unique(piece[mine])) > 1:
+            split.append(int(c))
+    return np.asarray(split, dtype="int64")
 
 
 _EDGE_CHUNK = 2_000_000     # pair look-ups per block, to bound the memory of the edge build

@@ -13,7 +13,9 @@ empty), so a kept result never breaks coverage or contiguity; one with more tiny
 than before (below half the target) is refused. Outside the window nothing changes.
 A tiny community left at the end breaks a rule (`min_pop_exception`: only proven exceptions,
 planned apart, may be tiny), so last its window is re-solved for fewer tiny communities even at
-a cost in balance (`_clear_tiny`), and the balancing runs once more.
+a cost in balance (`_clear_tiny`), and the balancing runs once more. There, one center fewer
+is also tried as an exact set cover (HiGHS): sites that each reach at least the tiny threshold
+of the window's residents and together reach all of it, keeping the most current centers.
 Deterministic: a budget of settled window units, no clock.
 """
 
@@ -23,6 +25,7 @@ import dataclasses
 import logging
 
 import numpy as np
+import scipy.sparse as sp
 from covplan.solve.partition.flow import attach_strays, settle, split_pieces
 from covplan.solve.partition.refine import Window, reduce_to
 from covplan.solve.partition.search import (
@@ -153,6 +156,35 @@ def _options(plan: SearchPlan, win: Window, s: int, k: int, angles: np.ndarray) 
     return [o for o in options if len(o) == k and len(np.unique(o)) == k]
 
 
+_COVER_NODES = 200          # branch-and-bound nodes for a window's set cover (deterministic)
+
+
+def _cover_option(win: Window, k: int, current: np.ndarray, floor: float) -> np.ndarray | None:
+    """k free sites that together reach every unit of the window, each reaching at least
+    `floor` of its residents, keeping as many current centers as possible (None when no such k
+    sites exist, or HiGHS can't tell). Why: with one center fewer, the others must move so
+    that their walks still cover the tiny community's units; dropping one and covering
+    greedily just brings back a center that gathers too few."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    reach = sp.csr_matrix(win.structure, dtype="float64")
+    reach.data[:] = 1.0
+    gathers = np.asarray(reach.T @ win.pop).ravel()
+    cols = np.flatnonzero(~win.blocked & (gathers >= floor))
+    a = reach[:, cols].tocsr()
+    if (np.diff(a.indptr) == 0).any():
+        return None
+    moved = (~np.isin(cols, current)).astype("float64")     # 0 for a current center
+    res = milp(moved, integrality=np.ones(len(cols)), bounds=Bounds(0, 1),
+               constraints=[LinearConstraint(a, 1, np.inf),
+                            LinearConstraint(np.ones((1, len(cols))), k, k)],
+               options={"node_limit": _COVER_NODES, "presolve": True})
+    if res.x is None:
+        return None
+    chosen = cols[np.flatnonzero(res.x > 0.5)]
+    return chosen if len(chosen) == k else None
+
+
 def _best_of(sub: _SubPlan, win: Window, trials, k: int, best, budget: list[int],
              tiny_first: bool = False):
     """The best of `best` and the (centers, small) trials that beat the window's key without
@@ -226,6 +258,10 @@ def _improve_window(plan: SearchPlan, s: int, angles: np.ndarray, budget: list[i
         counts = [m - 1, m] if tiny_first else _counts(win, m, over)
         for k in counts:
             options = _options(plan, win, s, k, angles)
+            if tiny_first and k < m and (cover := _cover_option(
+                    win, k, plan.center[win.comms],
+                    plan.problem.tiny_share * plan.problem.target_pop)) is not None:
+                options.insert(0, cover)
             best = _best_of(sub, win, ((c, None) for c in options), k, best, budget, tiny_first)
             if best is not None and not tiny_first:   # counts nearest first; one that works wins
                 break
