@@ -7,7 +7,9 @@ population-weighted k-means). One evaluator (`covplan.bench.planner.evaluate_par
 every labelling, and each row sits beside the city's ceilings (the share of residents any plan
 could cover, and could put in a balanced community), so a shortfall shows as the planner's,
 not the city's. Cities: São Paulo and Helsinki (real data, skipped with the reason when
-missing), the demo city and the synthetic kinds of `covplan.cities.synthetic`.
+missing), the demo city and the synthetic kinds of `covplan.cities.synthetic`. A grid-quality
+row per city (`grids`; by default the demo's only) splits the merge/split plan's communities into
+grids (`covplan.plan.grids`) and sets their balance and walks beside their ceilings.
 """
 
 from __future__ import annotations
@@ -76,13 +78,16 @@ class SuiteResult:
     skipped: dict[str, str] = field(default_factory=dict)
     runtime_s: float = 0.0
     parameters: dict = field(default_factory=dict)
+    grids: pd.DataFrame = field(default_factory=pd.DataFrame)   # one row per city with grids
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON (NaN -> None)."""
         records = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                     for k, v in row.items()} for row in self.rows.to_dict(orient="records")]
-        return {"rows": records, "skipped": self.skipped, "runtime_s": round(self.runtime_s, 1),
-                "parameters": self.parameters}
+        grids = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                  for k, v in row.items()} for row in self.grids.to_dict(orient="records")]
+        return {"rows": records, "grids": grids, "skipped": self.skipped,
+                "runtime_s": round(self.runtime_s, 1), "parameters": self.parameters}
 
     def to_markdown(self) -> str:
         """The table, then the skipped cities and what the columns mean."""
@@ -109,13 +114,27 @@ class SuiteResult:
                      "latter. "
                      "Smallest regular: the smallest community that is not an exception (all "
                      "members forced undersized). Time: the plan call, or the peer's own call.")
+        if len(self.grids):
+            lines += ["", ("| city | grids | in band / ceiling | share of ceiling | residents "
+                           "within walk / ceiling | worst walk (min) | contiguous | time s |"),
+                      "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            lines += [f"| {r.city} | {r.grids} | {r.grids_within_tolerance} / "
+                      f"{r.grids_within_tolerance_ceiling} | {_pct(r.within_tolerance_of_ceiling)} "
+                      f"| {_pct(r.within_limit_share)} / {_pct(r.within_limit_ceiling)} | "
+                      f"{_minutes(r.max_minutes)} | {_pct(r.contiguous_share, 0)} | "
+                      f"{_num(r.time_s, 1)} |" for r in self.grids.itertuples()]
+            lines.append("\nGrids: the merge/split plan's communities split into grids "
+                         "(covplan.plan.grids, grid target, tolerance and walk of the config). "
+                         "Ceiling: this plan's grids less those proven unable to be in the band "
+                         "(walks that gather too few residents, a community's residents able to "
+                         "be in a balanced grid); residents within walk: of the grid station.")
         return "\n".join(lines)
 
 
 def run_suite(cities: list[str] | None = None, *, peers: bool = True,
               config: PlanConfig | None = None,
               data_dir: str | os.PathLike[str] = Path("../shared/data"),
-              progress: bool = False) -> SuiteResult:
+              progress: bool = False, grids: bool | None = None) -> SuiteResult:
     """
     Run the planner-quality suite.
 
@@ -129,6 +148,9 @@ def run_suite(cities: list[str] | None = None, *, peers: bool = True,
         The plan parameters (default `PlanConfig()`).
     data_dir
         The folder holding ``sao_paulo/`` and ``helsinki/``.
+    grids
+        Grid-quality rows (`SuiteResult.grids`): None for the demo's only (about 10 s), True
+        for every city, False for none.
 
     Returns
     -------
@@ -157,11 +179,15 @@ def run_suite(cities: list[str] | None = None, *, peers: bool = True,
             logger.warning("Suite: skipping %s: %s", name, missing)
             continue
         logger.info("Suite: %s", name)
+        with_grids = grids is True or (grids is None and name == "demo")
         rows += _run_city(name, _load_city(name, Path(data_dir), config), config=config,
-                          peers=peers, progress=progress)
-    return SuiteResult(rows=pd.DataFrame(rows), skipped=skipped,
-                       runtime_s=time.perf_counter() - started,
-                       parameters={**config.to_dict(), "cities": names, "peers": peers})
+                          peers=peers, progress=progress, grids=with_grids)
+    grid_rows = [r for r in rows if r["mode"] == "grids"]
+    return SuiteResult(rows=pd.DataFrame([r for r in rows if r["mode"] != "grids"]),
+                       skipped=skipped, runtime_s=time.perf_counter() - started,
+                       parameters={**config.to_dict(), "cities": names, "peers": peers,
+                                   "grids": grids},
+                       grids=pd.DataFrame(grid_rows))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +259,7 @@ def _helsinki_population(path: Path, network) -> Any:
 
 
 def _run_city(name: str, city: _City, *, config: PlanConfig, peers: bool,
-              progress: bool) -> list[dict[str, Any]]:
+              progress: bool, grids: bool = False) -> list[dict[str, Any]]:
     from covplan.plan.pipeline import plan_communities
 
     if city.target_pop is not None:
@@ -262,7 +288,33 @@ def _run_city(name: str, city: _City, *, config: PlanConfig, peers: bool,
         # The peers partition the merge/split instance (the same candidates): its plan's proof
         # of who is forced undersized, and its ceilings, judge them too.
         rows += _peer_rows(name, instance, plans["merge-split"])
+    if grids:
+        rows.append(_grid_row(name, city, plans["merge-split"], config))
     return rows
+
+
+_GRID_FIGURES = ("grids", "grids_within_tolerance", "grids_within_tolerance_ceiling",
+                 "within_tolerance_share", "within_tolerance_ceiling",
+                 "within_tolerance_of_ceiling", "within_tolerance_pop_share",
+                 "within_limit_share", "within_limit_ceiling", "mean_minutes", "max_minutes",
+                 "contiguous_share")
+
+
+def _grid_row(name: str, city: _City, plan: Plan, config: PlanConfig) -> dict[str, Any]:
+    """The grid-quality row (mode "grids"): `plan`'s communities split into grids."""
+    from covplan.plan.grids import plan_grids
+
+    if plan.grids is not None:          # planned with the plan (config.grids)
+        report = plan.grids.report
+        elapsed = report["runtime_s"]
+    else:
+        started = time.perf_counter()
+        report = plan_grids(plan, city.network, target_pop=config.grid_target,
+                            tolerance=config.grid_tolerance, max_minutes=config.grid_minutes,
+                            seed=config.seed).report
+        elapsed = time.perf_counter() - started
+    return {"city": name, "mode": "grids", "residents": report["population_total"],
+            **{key: report[key] for key in _GRID_FIGURES}, "time_s": round(elapsed, 2)}
 
 
 def _row(city: str, mode: str, instance: PlanInstance, labels: np.ndarray, time_s: float, *,

@@ -5,8 +5,9 @@ coverage, balance and walking times move.
 
 plan A + plan B (objects or folders written by `write_plan`)
   -> units matched by unit_id -> communities matched by shared residents -> centers matched by id
-  -> PlanComparison (summary, per-community table, per-unit movement, center changes)
-  -> comparison.json, communities.csv and compare_map.html (`write_comparison`).
+  -> grids (when both plans have them) matched by grid id, residents located by their unit
+  -> PlanComparison (summary, per-community table, per-unit movement, center changes, grids)
+  -> comparison.json, communities.csv, grids.csv and compare_map.html (`write_comparison`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 from covplan._validate import require_columns, require_crs
 from covplan.errors import InputError
+from covplan.inputs.areas import label_units
 from covplan.metrics import coverage_figures, within_limit
 from covplan.output.maps import MapPanel, base_map, finish_map, geojson_layer, save_map, titled_map
 from covplan.plan.pipeline import Plan
@@ -46,6 +48,12 @@ MATCHING_RULE = (
     "moved, else it is kept. Sites the planner proposed (ids new-...) are named by candidate, "
     "not by place, so they are the same center only at the same place (within 1 m, whatever "
     "their ids); elsewhere the A one is closed and the B one new.")
+GRID_RULE = (
+    "Grids are matched by grid_id (a grid id carries its community's id). A grid is kept when "
+    "B has the same id holding the same units, changed when the id holds other units, removed "
+    "when only A has the id and added when only B has it. A unit's residents are in the grid "
+    "holding the unit's point (a unit cut between grids counts whole in that one); a resident "
+    "keeps their grid when both plans put them in grids of the same id.")
 STYLE = {
     "status_fill": {"unchanged": "#f7f7f7", "changed": "#fdae61", "added": "#1a9641"},
     "a_line": "#555555",
@@ -74,6 +82,10 @@ class PlanComparison:
                                     # moved, newly_covered, newly_uncovered
     centers: gpd.GeoDataFrame       # status (kept/moved/new/closed), center_id/community_id
                                     # _a/_b, distance_m; the B site (A's for closed ones)
+    grids: pd.DataFrame | None = None   # when both plans have grids: grid_id, status (kept /
+                                    # changed / added / removed), community_id, population,
+                                    # within_tolerance and units _a/_b (see `GRID_RULE`)
+    folders: tuple[Path | None, Path | None] = (None, None)    # plan folders read, resolved
 
 
 def compare_plans(a: Plan | str | os.PathLike[str],
@@ -101,7 +113,10 @@ def compare_plans(a: Plan | str | os.PathLike[str],
         ``metrics``, each plan's coverage_share, within_tolerance_share, mean_minutes,
         max_minutes, population_min/max and communities with the B - A delta),
         ``communities``, ``units`` and ``centers``. Coverage in each plan means within that
-        plan's own ``max_minutes`` of the resident's own center.
+        plan's own ``max_minutes`` of the resident's own center. When both plans have grids:
+        ``grids`` (one row per grid id, `GRID_RULE`), ``units`` gains grid_id_a/_b, and
+        ``summary["grids"]`` gives each side's count and within-tolerance share, the grids kept,
+        changed, added and removed, and the residents keeping their grid id (else None).
 
     Raises
     ------
@@ -127,30 +142,65 @@ def compare_plans(a: Plan | str | os.PathLike[str],
                                    sites_a, sites_b)
     centers = _center_changes(sites_a, sites_b, plan_a)
     summary = _summary(plan_a, plan_b, label_a, label_b, units, communities, centers)
+    grids, summary["grids"] = _grid_comparison(plan_a, plan_b, units)
     logger.info("Compared %s with %s: %d communities added, %d removed, %d changed, %d unchanged; "
                 "%d residents change community", label_b, label_a, summary["communities_added"],
                 summary["communities_removed"], summary["communities_changed"],
                 summary["communities_unchanged"], summary["residents_moved"])
+    folders = tuple(Path(s).resolve() if isinstance(s, (str, os.PathLike)) else None
+                    for s in (a, b))
     return PlanComparison(a=plan_a, b=plan_b, summary=summary, communities=communities,
-                          units=units, centers=centers)
+                          units=units, centers=centers, grids=grids, folders=folders)
 
 
 def write_comparison(comparison: PlanComparison, out: str | os.PathLike[str], *,
                      self_contained: bool = True) -> Path:
     """
-    Write comparison.json (the summary), communities.csv and compare_map.html into `out`.
+    Write comparison.json (the summary), communities.csv, grids.csv (when both plans have grids)
+    and compare_map.html into `out`.
 
     The map is self-contained (Leaflet embedded, see `covplan.output.maps.save_map`): it opens without
     internet, where only the base tiles are missing; `self_contained=False` links the CDNs.
-    Returns the folder.
+    Returns the folder. Raises InputError when `out` is, holds or lies in a plan folder the
+    comparison was read from (`check_out_folder`).
     """
     from covplan.output.files import prepare_folder, write_json
 
+    check_out_folder(out, *comparison.folders)
     folder = prepare_folder(out)
     write_json(folder / "comparison.json", comparison.summary)
     comparison.communities.to_csv(folder / "communities.csv", index=False)
+    if comparison.grids is not None:
+        comparison.grids.to_csv(folder / "grids.csv", index=False)
     save_map(compare_map(comparison), folder / "compare_map.html", self_contained=self_contained)
     return folder
+
+
+def check_out_folder(out: str | os.PathLike[str],
+                     *plans: Plan | str | os.PathLike[str] | None) -> None:
+    """
+    Refuse an output folder that is one of the plan folders compared, holds one or lies inside
+    one: writing it would replace (or alter) a plan the comparison reads. Plans given as
+    objects (or None) are not folders and pass.
+
+    Raises
+    ------
+    InputError
+        Naming the folder, the plan it would replace and a folder to use instead.
+    """
+    target = Path(out).resolve()
+    for side, source in zip("AB", plans):
+        if not isinstance(source, (str, os.PathLike)):
+            continue
+        folder = Path(source).resolve()
+        if target == folder or folder in target.parents or target in folder.parents:
+            where = ("is" if target == folder else
+                     "lies inside" if folder in target.parents else "holds")
+            suggestion = folder.parent / f"{folder.name}-vs-comparison"
+            msg = (f"--out '{os.fspath(out)}' {where} plan {side}'s folder ({os.fspath(source)}): "
+                   f"writing the comparison there would replace the plan it compares; name a "
+                   f"folder of its own, e.g. --out {suggestion} (write_comparison(out=...)).")
+            raise InputError(msg)
 
 
 # --- inputs --------------------------------------------------------------------------------------
@@ -516,6 +566,70 @@ def _summary(a: Plan, b: Plan, label_a: str, label_b: str, units, communities, c
     }
 
 
+# --- grids ---------------------------------------------------------------------------------------
+
+def _grid_comparison(a: Plan, b: Plan, units: gpd.GeoDataFrame) -> tuple[pd.DataFrame | None,
+                                                                        dict | None]:
+    """Grids matched by id (`GRID_RULE`): the table and the summary's figures; (None, None)
+    unless both plans have grids. Adds grid_id_a/_b to `units`."""
+    grids_a, grids_b = getattr(a, "grids", None), getattr(b, "grids", None)
+    if grids_a is None or grids_b is None:
+        return None, None
+    frames = {"a": grids_a.grids, "b": grids_b.grids}
+    members = {}
+    for side, frame in frames.items():
+        require_columns(frame, ["grid_id", "community_id", "population", "within_tolerance"],
+                        name=f"plan {side.upper()} grids")
+        located = label_units(units, frame, id_column="grid_id")
+        units[f"grid_id_{side}"] = pd.Series(located, index=units.index, dtype=object)
+        members[side] = units.dropna(subset=[f"grid_id_{side}"]).groupby(
+            f"grid_id_{side}")["unit_id"].agg(frozenset)
+    rows_a = frames["a"].set_index(frames["a"]["grid_id"].astype(str))
+    rows_b = frames["b"].set_index(frames["b"]["grid_id"].astype(str))
+    ids = list(rows_a.index) + [g for g in rows_b.index if g not in rows_a.index]
+    rows = []
+    for gid in ids:
+        row = {"grid_id": gid}
+        for side, table in (("a", rows_a), ("b", rows_b)):
+            there = gid in table.index
+            row[f"community_id_{side}"] = str(table.at[gid, "community_id"]) if there else None
+            row[f"population_{side}"] = int(table.at[gid, "population"]) if there else None
+            row[f"within_tolerance_{side}"] = bool(table.at[gid, "within_tolerance"]) if there \
+                else None
+            row[f"units_{side}"] = len(members[side].get(gid, ())) if there else None
+        if gid not in rows_b.index:
+            row["status"] = "removed"
+        elif gid not in rows_a.index:
+            row["status"] = "added"
+        else:
+            same = members["a"].get(gid, frozenset()) == members["b"].get(gid, frozenset())
+            row["status"] = "kept" if same else "changed"
+        rows.append(row)
+    columns = ["grid_id", "status", "community_id_a", "community_id_b", "population_a",
+               "population_b", "within_tolerance_a", "within_tolerance_b", "units_a", "units_b"]
+    table = pd.DataFrame(rows, columns=columns)
+    for col in ("population_a", "population_b", "units_a", "units_b"):
+        table[col] = table[col].astype("Int64")
+    in_a = units["grid_id_a"].notna()
+    keep = in_a & (units["grid_id_a"] == units["grid_id_b"])
+    residents = int(units.loc[in_a, "pop"].sum())
+    status = table["status"].value_counts()
+    share = {side: float(frames[side]["within_tolerance"].astype(bool).mean())
+             if len(frames[side]) else None for side in "ab"}
+    summary = {
+        "grids_a": len(frames["a"]), "grids_b": len(frames["b"]),
+        **{f"grids_{k}": int(status.get(k, 0)) for k in ("kept", "changed", "added", "removed")},
+        "residents_keeping_grid": int(units.loc[keep, "pop"].sum()),
+        "residents_keeping_grid_share": (int(units.loc[keep, "pop"].sum()) / residents
+                                         if residents else None),
+        "within_tolerance_share": {
+            "a": share["a"], "b": share["b"],
+            "delta": None if None in share.values() else share["b"] - share["a"]},
+        "matching": GRID_RULE,
+    }
+    return table, summary
+
+
 # --- map -----------------------------------------------------------------------------------------
 
 def _boundaries(plan: Plan, communities: pd.DataFrame, side: str) -> gpd.GeoDataFrame:
@@ -610,6 +724,15 @@ def _summary_panel(summary: dict) -> str:
         f"centers: {summary['centers_new']} new, {summary['centers_closed']} closed, "
         f"{summary['centers_moved']} moved, {summary['centers_kept']} kept",
     ]
+    grids = summary.get("grids")
+    if grids:
+        share = grids["within_tolerance_share"]
+        lines.append(
+            f"grids {grids['grids_a']} → {grids['grids_b']}: {grids['grids_kept']} kept, "
+            f"{grids['grids_changed']} changed, {grids['grids_added']} added, "
+            f"{grids['grids_removed']} removed; residents keeping their grid "
+            f"{grids['residents_keeping_grid_share']:.0%}; grids within tolerance "
+            f"{share['a']:.0%} → {share['b']:.0%}")
     swatches = "".join(
         f"<tr><td><span class='cov-swatch' style='background:{color}'></span></td>"
         f"<td>{status} in B</td></tr>" for status, color in STYLE["status_fill"].items())

@@ -6,9 +6,12 @@ residents reach within `max_minutes` on foot.
 plan + walking network
   -> the plan's units, their pieces of their community (`unit_pieces` with communities as
      cells) and adjacency -> units x (community, station node) minutes -> per community the
-     partition core (forced-undersized residents apart, as the communities' exceptions)
+     partition core, or where walks are scarce balanced grids packed first
+     (`covplan.plan.grid_balance.pack`), then repaired by moving units between neighbouring
+     grids (`rebalance`)
   -> grids, stations with the smallest worst walk, ids by station position or inherited from
-     `previous_grids`, figures, notes and a report, in the population's CRS.
+     `previous_grids`, figures, notes and a report (`covplan.plan.grid_report`), in the
+     population's CRS.
 
 Grids are built per community, so none crosses a community boundary; population is conserved
 to the person (checked). With `previous_grids`, a community whose units did not change keeps its
@@ -29,13 +32,23 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import shapely
-from covplan._sparse import lookup
 from covplan._validate import require_positive
 from covplan.defaults import MAX_MINUTES_LIMIT, population_band
 from covplan.errors import InfeasibleError, InputError
 from covplan.inputs.areas import label_units
 from covplan.inputs.population import Population
 from covplan.inputs.tessellation import dissolve_pieces, piece_adjacency, unit_pieces
+from covplan.plan.grid_balance import pack, rebalance
+from covplan.plan.grid_report import (
+    INSIDE_M,
+    check_conserved,
+    grid_report,
+    grids_frame,
+    outside_population,
+    shortfall,
+    stations_frame,
+    units_frame,
+)
 from covplan.plan.ids import inherit_ids
 from covplan.reach.matrix import ReachMatrix, compute_reach
 from covplan.solve.bounds import FeasibilityBound, feasibility_bound
@@ -55,10 +68,10 @@ logger = logging.getLogger(__name__)
 GRID_FLAGS = {"target_pop": "--grid-target", "tolerance": "--grid-tolerance",
               "max_minutes": "--grid-minutes", "household_size": "--household-size",
               "seed": "--seed"}
-_INSIDE_M = 1.0             # a node this close to a grid is inside it (streets on its border)
 _STABILITY_MINUTES = 2.0    # per-person cost of leaving one's old grid (as for communities)
 _NODE_SPACING_M = 1.0       # station candidates: every node some unit of the community joins
 _SNAP_M = 1e-3              # community borders are snapped to this grid before cutting pieces
+_FRESH_LABEL = 1 << 40      # labels of grid pieces split off, above every column and old grid
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -173,18 +186,19 @@ def plan_grids(plan: Plan, network: WalkNetwork, *, target_pop: float = 1_000,
     shapes = dissolve_pieces(space.pieces, label, crs=space.units.crs)
     station = _stations(space, label, shapes)
     grid_ids = _grid_ids(space, label, station, prev, kept)
-    grids = _grids_frame(space, label, shapes, station, grid_ids, kept, params, network,
-                         household_size)
-    _check_conserved(space, grids)
+    grids = grids_frame(space, label, shapes, station, grid_ids, kept, params, network,
+                        household_size)
+    check_conserved(space, grids)
     crs = plan.communities.crs
-    units = _units_frame(space, label, station, grid_ids)
-    stations = _stations_frame(space, label, station, grid_ids, network, crs)
-    report = _report(space, grids, units, prev, params, household_size,
-                     time.perf_counter() - started, outside=_outside_population(plan))
-    logger.info("Grids: %d in %d communities, %.1f %% within ±%g %% of %g, %.1f %% of residents "
-                "within %g min of their station (at most %.1f %% possible) (%.1f s)",
-                len(grids), len(space.ids), 100 * report["within_tolerance_share"],
-                100 * params.tolerance, params.target_pop, 100 * report["within_limit_share"],
+    units = units_frame(space, label, station, grid_ids)
+    stations = stations_frame(space, label, station, grid_ids, network, crs)
+    report = grid_report(space, grids, units, prev, params, household_size,
+                         time.perf_counter() - started, outside=outside_population(plan))
+    logger.info("Grids: %d in %d communities, %.1f %% within ±%g %% of %g (at most %.1f %% "
+                "possible), %.1f %% of residents within %g min of their station (at most %.1f %% "
+                "possible) (%.1f s)", len(grids), len(space.ids),
+                100 * report["within_tolerance_share"], 100 * params.tolerance, params.target_pop,
+                100 * report["within_tolerance_ceiling"], 100 * report["within_limit_share"],
                 params.max_minutes, 100 * report["within_limit_ceiling"], report["runtime_s"])
     return Grids(grids=grids.to_crs(crs), stations=stations, units=units, report=report)
 
@@ -449,6 +463,8 @@ def _split_community(space: _Space, rows: np.ndarray, cols: np.ndarray, prev: _P
     if rest.any():
         with_kept[rest] = _partition_all(space, rows[rest], cols[~np.isin(cols, list(kept.values()))],
                                          prev, own, params)
+        with_kept = _rebalance(space, rows, cols, with_kept, params,
+                               frozen=set((n_cols + np.asarray(list(kept))).tolist()))
     if _band(space, rows, with_kept, params) <= _band(space, rows, free, params):
         return with_kept, list(kept)
     logger.info("Community %s: keeping its %d valid old grids would leave the rest worse "
@@ -466,21 +482,57 @@ def _band(space: _Space, rows: np.ndarray, label: np.ndarray, params: _Params) -
 
 def _partition_all(space: _Space, rows: np.ndarray, cols: np.ndarray, prev: _Previous | None,
                    own: np.ndarray, params: _Params) -> np.ndarray:
-    """Column per unit: the forced-undersized residents first, in as few grids as their walks
-    allow (they cannot be in a balanced one), then the rest on the other candidates."""
-    out = np.full(len(rows), -1, dtype="int64")
-    forced = space.bound.forced_undersized[rows]
-    if forced.any():
-        out[forced] = _partition(space, rows[forced], cols, None, own, params, exceptions=True)
-    regular = ~forced & space.bound.reachable[rows]
-    if regular.any():
-        free = cols[~np.isin(cols, out[forced])]
-        out[regular] = _partition(space, rows[regular], free, prev, own, params, exceptions=False)
+    """Column per unit (-1: reaches none), grids repaired by `grid_balance.rebalance`. Where
+    some residents' walks gather fewer than the band's floor, walks are scarce: balanced grids
+    are packed first (`grid_balance.pack`) and the partition core splits the rest. Elsewhere the
+    core splits all, and if grids stay outside the band, packing is tried too and the one
+    closer to the ceiling kept (`shortfall`). Earlier grids of the community: the core only,
+    which weighs keeping residents in them."""
+    reach = space.bound.reachable[rows]
+    if not reach.any():
+        return np.full(len(rows), -1, dtype="int64")
+    prior = prev is not None and own.any()
+    scarce = bool(space.bound.forced_undersized[rows].any())
+    if prior or not scarce:
+        out = np.full(len(rows), -1, dtype="int64")
+        out[reach] = _partition(space, rows[reach], cols, prev, own, params)
+        out = _rebalance(space, rows, cols, out, params)
+        if prior or shortfall(space, rows, out, params)[0] == 0:
+            return out
+    minutes = space.reach.minutes[rows][:, cols]
+    packed = pack(space.pop[rows], space.adjacency[rows][:, rows], minutes, band=params.band)
+    packed = np.where(packed >= 0, cols[np.maximum(packed, 0)], -1)
+    rest = reach & (packed < 0)
+    if rest.any():
+        packed[rest] = _partition(space, rows[rest], cols[~np.isin(cols, packed)], None, own,
+                                  params)
+    packed = _rebalance(space, rows, cols, packed, params)
+    if scarce or shortfall(space, rows, packed, params) < shortfall(space, rows, out, params):
+        return packed
     return out
 
 
+def _rebalance(space: _Space, rows: np.ndarray, cols: np.ndarray, label: np.ndarray,
+               params: _Params, frozen: set[int] | None = None) -> np.ndarray:
+    """`grid_balance.rebalance` on one community's labels, each grid one connected piece first:
+    a label's most populous piece keeps it, another piece takes a label of its own (one above
+    every column and old grid, by its first unit, so labels stay distinct across communities)."""
+    adjacency = space.adjacency[rows][:, rows].tocsr()
+    piece = split_pieces(label, adjacency)
+    held = label >= 0
+    size = np.bincount(piece[held], weights=space.pop[rows][held] + 1e-6)
+    order = np.lexsort((piece[held], -size[piece[held]], label[held]))
+    first_of_label = np.r_[True, np.diff(label[held][order]) != 0]
+    main = np.zeros(len(size), dtype=bool)
+    main[piece[held][order][first_of_label]] = True
+    first_unit = np.full(len(size), len(rows))
+    np.minimum.at(first_unit, piece[held], np.flatnonzero(held))
+    fresh = _FRESH_LABEL + rows[np.minimum(first_unit, len(rows) - 1)]
+    label = np.where(held, np.where(main[piece], label, fresh[piece]), -1)
+    return rebalance(label, space.pop[rows], adjacency, space.reach.minutes[rows][:, cols],
+                     band=params.band, frozen=frozen)
 def _partition(space: _Space, rows: np.ndarray, cols: np.ndarray, prev: _Previous | None,
-               own: np.ndarray, params: _Params, *, exceptions: bool) -> np.ndarray:
+               own: np.ndarray, params: _Params) -> np.ndarray:
     minutes = space.reach.minutes[rows][:, cols].tocsr()
     minutes.sort_indices()
     prior_unit = prior_column = None
@@ -490,11 +542,12 @@ def _partition(space: _Space, rows: np.ndarray, cols: np.ndarray, prev: _Previou
                               prev.unit[rows], -1)
         prior_column = np.where((prev.column[cols] >= 0) & own[np.maximum(prev.column[cols], 0)],
                                 prev.column[cols], -1)
+    # Forced-undersized residents are partitioned with the rest: apart, they left fragments of
+    # the others that no balanced grid could use.
     problem = PartitionProblem(
         minutes=minutes, pop=space.pop[rows], adjacency=space.adjacency[rows][:, rows].tocsr(),
         target_pop=params.target_pop, tolerance=params.tolerance, unit_prior=prior_unit,
-        candidate_prior=prior_column, stability_minutes=_STABILITY_MINUTES,
-        exceptions_only=exceptions)
+        candidate_prior=prior_column, stability_minutes=_STABILITY_MINUTES)
     # No xy: greedy seeds and a single run. Bisection restarts cost ten times more on
     # grid-sized instances for about 2 % more grids in the band.
     result = partition_units(problem, seed=params.seed, restarts=1)
@@ -549,7 +602,7 @@ def _stations(space: _Space, label: np.ndarray, shapes: gpd.GeoDataFrame) -> np.
         served = weight @ hit
         worst = np.asarray(sub.max(axis=0).todense()).ravel()
         total = weight @ sub
-        inside = shapely.dwithin(points[cols], shape, _INSIDE_M)
+        inside = shapely.dwithin(points[cols], shape, INSIDE_M)
         best = np.lexsort((cols, total, worst, ~inside, -served))[0]
         station[g] = cols[best]
     return station
@@ -596,194 +649,3 @@ def _grid_ids(space: _Space, label: np.ndarray, station: np.ndarray, prev: _Prev
             taken.add(ids[g])
         used |= taken
     return [str(i) for i in ids]
-
-
-# --- frames, notes and the report ---------------------------------------------------------------
-
-def _unit_minutes(space: _Space, label: np.ndarray, station: np.ndarray) -> np.ndarray:
-    col = station[label]
-    minutes = np.full(len(label), np.nan)
-    ok = col >= 0
-    value, found = lookup(space.reach.minutes, np.flatnonzero(ok), col[ok])
-    minutes[np.flatnonzero(ok)[found]] = value[found]
-    return minutes
-
-
-def _grids_frame(space: _Space, label: np.ndarray, shapes: gpd.GeoDataFrame,
-                 station: np.ndarray, grid_ids: list[str], kept: dict[int, int],
-                 params: _Params, network: WalkNetwork,
-                 household_size: float | None) -> gpd.GeoDataFrame:
-    pop = space.pop
-    minutes = _unit_minutes(space, label, station)
-    within = np.isfinite(minutes)
-    n = len(shapes)
-    population = np.bincount(label, weights=pop, minlength=n).astype("int64")
-    near = np.bincount(label, weights=pop * within, minlength=n)
-    total = np.bincount(label, weights=np.where(within, minutes * pop, 0.0), minlength=n)
-    worst = np.full(n, -np.inf)
-    np.maximum.at(worst, label[within], minutes[within])
-    lo, hi = params.band
-    frame = pd.DataFrame({
-        "grid_id": grid_ids,
-        "community_id": [space.ids[k] for k in _grid_community(space, label, n)],
-        "population": population})
-    if household_size is not None:
-        frame["households"] = np.round(population / household_size).astype("int64")
-    node = space.reach.candidates["node"].to_numpy()
-    frame["station_id"] = pd.array([network.node_id[node[s]] if s >= 0 else None
-                                    for s in station], dtype="Int64")
-    frame["mean_minutes"] = np.where(near > 0, total / np.maximum(near, 1), np.nan)
-    frame["max_minutes"] = np.where(np.isfinite(worst), worst, np.nan)
-    frame["beyond_limit"] = (population - near).astype("int64")
-    frame["within_tolerance"] = (population >= lo) & (population <= hi)
-    frame["contiguous"] = shapes["contiguous"].to_numpy()
-    frame["units"] = np.bincount(label, minlength=n)
-    frame["kept"] = np.isin(np.arange(n), list(kept))
-    inside = _station_inside(space, station, shapes)
-    frame["note"] = [_note(space, label, g, frame.iloc[g], inside[g], params) for g in range(n)]
-    out = gpd.GeoDataFrame(frame, geometry=shapes.geometry.values, crs=shapes.crs)
-    return out.sort_values("grid_id", key=_natural).reset_index(drop=True)
-
-
-def _natural(ids: pd.Series) -> pd.Series:
-    """Sort key: C2-G3 before C10-G1, numbers compared as numbers."""
-    import re
-
-    return ids.map(lambda s: tuple((0, int(t)) if t.isdigit() else (1, t)
-                                   for t in re.split(r"(\d+)", str(s))))
-
-
-def _grid_community(space: _Space, label: np.ndarray, n: int) -> np.ndarray:
-    out = np.zeros(n, dtype="int64")
-    out[label] = space.community
-    return out
-
-
-def _station_inside(space: _Space, station: np.ndarray, shapes: gpd.GeoDataFrame) -> np.ndarray:
-    points = np.asarray(space.reach.candidates.geometry.values)
-    inside = np.zeros(len(station), dtype=bool)
-    has = station >= 0
-    inside[has] = shapely.dwithin(points[station[has]], np.asarray(shapes.geometry.values)[has],
-                                  _INSIDE_M)
-    return inside
-
-
-def _note(space: _Space, label: np.ndarray, g: int, row: pd.Series, inside: bool,
-          params: _Params) -> str:
-    """Why a grid misses a rule. "Cannot" only where proven: by the walking bound
-    (`covplan.solve.bounds`), a unit larger than the band's ceiling, or the community's count."""
-    lo, hi = params.band
-    limit = f"{params.max_minutes:g} min"
-    members = np.flatnonzero(label == g)
-    pop, population = space.pop[members], int(row["population"])
-    notes = []
-    forced = space.bound.forced_undersized[members]
-    community = int(space.pop[space.community == space.community[members[0]]].sum())
-    if population < lo and forced.any():
-        most = space.bound.best_gather[members[forced]].max()
-        notes.append(f"cannot reach {lo:,.0f} residents: no station within {limit} of its "
-                     f"residents gathers that many contiguous residents (at most {most:,.0f})")
-    elif population > hi and pop.max() > hi:
-        notes.append(f"cannot be balanced: one unit of {pop.max():,} residents alone exceeds "
-                     f"{hi:,.0f} and is kept whole (a finer population, e.g. --max-unit-pop / "
-                     "PlanConfig.max_unit_pop, splits it)")
-    elif not lo <= population <= hi and np.ceil(community / hi) > np.floor(community / lo):
-        notes.append(f"cannot be balanced: the community's {community:,} residents split into no "
-                     f"number of grids of {lo:,.0f}-{hi:,.0f}")
-    elif population < lo:
-        notes.append(f"smaller than target: the planner found no balanced split here; "
-                     f"{lo - population:,.0f} residents short of {lo:,.0f}")
-    elif population > hi:
-        notes.append(f"larger than target: the planner found no balanced split here; "
-                     f"{population - hi:,.0f} residents over {hi:,.0f}")
-    unreached = int(pop[~space.bound.reachable[members]].sum())
-    if unreached:
-        notes.append(f"{unreached:,} residents cannot reach any network node within {limit}")
-    if int(row["beyond_limit"]) > unreached:
-        notes.append(f"{int(row['beyond_limit']) - unreached:,} residents are beyond {limit} of "
-                     "the station: no node reaches every resident within it")
-    if not inside and pd.notna(row["station_id"]):
-        notes.append(f"station outside the grid: no node inside it reaches as many residents "
-                     f"within {limit}")
-    if not bool(row["contiguous"]):
-        notes.append("not contiguous: its pieces touch only at corners")
-    return "; ".join(notes)
-
-
-def _units_frame(space: _Space, label: np.ndarray, station: np.ndarray,
-                 grid_ids: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({"unit_id": space.units["unit_id"].to_numpy(),
-                         "community_id": space.units["community_id"].to_numpy(),
-                         "grid_id": np.asarray(grid_ids, dtype=object)[label],
-                         "pop": space.pop,
-                         "minutes": _unit_minutes(space, label, station)})
-
-
-def _stations_frame(space: _Space, label: np.ndarray, station: np.ndarray, grid_ids: list[str],
-                    network: WalkNetwork, crs) -> gpd.GeoDataFrame:
-    # stations and grids come in the same row order (by grid id)
-    order = np.argsort(_natural(pd.Series(grid_ids)).to_numpy(), kind="stable")
-    cands = space.reach.candidates
-    node = cands["node"].to_numpy()
-    rows = station[order]
-    has = rows >= 0
-    geometry = np.full(len(rows), None, dtype=object)
-    geometry[has] = np.asarray(cands.geometry.values)[rows[has]]
-    frame = gpd.GeoDataFrame({
-        "grid_id": np.asarray(grid_ids, dtype=object)[order],
-        "community_id": [space.ids[k] for k in _grid_community(space, label, len(station))[order]],
-        "station_id": pd.array([network.node_id[node[s]] if s >= 0 else None for s in rows],
-                               dtype="Int64")},
-        geometry=gpd.GeoSeries(geometry, crs=space.units.crs))
-    return frame.to_crs(crs)
-
-
-def _check_conserved(space: _Space, grids: gpd.GeoDataFrame) -> None:
-    """Population in == population out, per community (an internal invariant, not input)."""
-    held = grids.groupby("community_id")["population"].sum()
-    given = pd.Series(space.pop).groupby(np.asarray(space.ids)[space.community]).sum()
-    if not held.reindex(given.index).fillna(0).astype("int64").equals(given.astype("int64")):
-        msg = "grids lost or gained residents of a community; please report this plan."
-        raise RuntimeError(msg)
-
-
-def _outside_population(plan: Plan) -> int:
-    return int(plan.units.loc[plan.units["community_id"].isna(), "pop"].sum())
-
-
-def _report(space: _Space, grids: gpd.GeoDataFrame, units: pd.DataFrame, prev: _Previous | None,
-            params: _Params, household_size: float | None, runtime_s: float, *,
-            outside: int) -> dict:
-    pop = units["pop"].to_numpy(dtype="float64")
-    total = float(pop.sum())
-    within = np.isfinite(units["minutes"].to_numpy(dtype="float64"))
-    minutes = units["minutes"].to_numpy(dtype="float64")
-    figures = space.bound.figures()
-    stability = None
-    if prev is not None:
-        had = prev.unit >= 0
-        old = np.asarray(prev.ids + [""], dtype=object)[prev.unit]
-        same = had & (units["grid_id"].to_numpy(dtype=object) == old)
-        stability = float(pop[same].sum() / pop[had].sum()) if had.any() else None
-    return {
-        "grids": len(grids),
-        "communities": len(space.ids),
-        "population_total": int(total),
-        "population_outside_communities": outside,
-        "target_pop": params.target_pop, "tolerance": params.tolerance,
-        "max_minutes_limit": params.max_minutes, "household_size": household_size,
-        "within_tolerance_share": float(grids["within_tolerance"].mean()) if len(grids) else 0.0,
-        "within_tolerance_pop_share": (float(grids.loc[grids["within_tolerance"], "population"].sum()
-                                             / total) if total else 0.0),
-        "within_tolerance_pop_share_ceiling": figures["within_tolerance_pop_share_ceiling"],
-        "grids_proven_outside": int(grids["note"].str.startswith("cannot").sum()),
-        "within_limit_share": float(pop[within].sum() / total) if total else 0.0,
-        "within_limit_ceiling": figures["coverage_ceiling"],
-        "mean_minutes": float(np.average(minutes[within], weights=pop[within]))
-        if within.any() and pop[within].sum() else None,
-        "max_minutes": float(minutes[within].max()) if within.any() else None,
-        "contiguous_share": float(grids["contiguous"].mean()) if len(grids) else 1.0,
-        "grids_kept": int(grids["kept"].sum()),
-        "stability_share": stability,
-        "runtime_s": runtime_s,
-    }
