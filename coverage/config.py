@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import asdict, dataclass
 
 from covplan.defaults import (
@@ -27,7 +28,8 @@ FLAGS = {"target_pop": "--target", "tolerance": "--tolerance", "max_minutes": "-
          "min_pop_exception": None, "max_new_centers": "--max-new-centers",
          "new_center_cost": "--new-center-cost", "grids": "--grids",
          "grid_target": "--grid-target", "grid_tolerance": "--grid-tolerance",
-         "grid_minutes": "--grid-minutes", "household_size": "--household-size"}
+         "grid_minutes": "--grid-minutes", "household_size": "--household-size",
+         "jobs": "--jobs"}
 
 
 def parameter_names(field: str) -> str:
@@ -77,6 +79,8 @@ _RULES = {
                      f"greater than 0 and at most {MAX_MINUTES_LIMIT:g} minutes"),
     "household_size": (lambda v: v is None or (_number(v) and v > 0),
                        "a positive number of residents per household, or None"),
+    "jobs": (lambda v: v == "auto" or (_whole(v) and v >= 1),
+             "a whole number of worker processes, at least 1, or 'auto' for one per CPU"),
 }
 
 
@@ -119,6 +123,10 @@ class PlanConfig:
         Also split every community into grids (网格) of about `grid_target` residents (±
         `grid_tolerance`), each with a grid station its residents reach within `grid_minutes`;
         `household_size` gives each grid's households (see `covplan.plan.grids.plan_grids`).
+    jobs
+        Worker processes planning districts (or a large city's regions) side by side ("auto":
+        one per CPU). How the plan is computed, not what: every output is the same for any
+        value, so it is left out of `to_dict` (the report, the resolved scenario).
     """
 
     target_pop: int = 10_000
@@ -139,6 +147,7 @@ class PlanConfig:
     grid_tolerance: float = 0.25
     grid_minutes: float = 5.0
     household_size: float | None = None
+    jobs: int | str = 1
 
     def __post_init__(self) -> None:
         # Checked once here, so a bad value fails at once with its flag named, not deep in numpy.
@@ -156,5 +165,11 @@ class PlanConfig:
     def max_pop(self) -> float:
         return population_band(self.target_pop, self.tolerance)[1]
 
+    @property
+    def workers(self) -> int:
+        """`jobs` as a number of processes."""
+        return (os.cpu_count() or 1) if self.jobs == "auto" else int(self.jobs)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The parameters that shape the plan (`jobs` does not, so plan files never differ by it)."""
+        return {k: v for k, v in asdict(self).items() if k != "jobs"}

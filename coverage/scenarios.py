@@ -60,7 +60,8 @@ LINK_SNAP_M = 100.0          # a new link must end this close to an existing net
 CLOSE_POINT_M = 50.0         # default search radius of close_road's `point`
 OUTSIDE_WARNING_SHARE = 0.5  # a new estate more outside the network's extent than this is warned
 _REQUIRED = object()
-_PLAN_KEYS = tuple(f.name for f in dataclasses.fields(PlanConfig)) + ("use_districts",)
+# `jobs` is how a run executes, not what it plans: a scenario file does not carry it.
+_PLAN_KEYS = tuple(f.name for f in dataclasses.fields(PlanConfig) if f.name != "jobs") + ("use_districts",)
 _BASE_KEYS = ("demo", "demo_seed", "network", "population", "population_column", "centers",
               "communities", "districts")
 _BASE_FILES = ("network", "population", "centers", "communities", "districts")

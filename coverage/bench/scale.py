@@ -12,12 +12,17 @@ isochrones) and writing (the plan folder). With ``stages=True`` the reach step
 (`prepare_planning`) and the isochrones are then timed again on their own, after the plan was
 written and dropped, and the partition is the plan's time less those two. The growth exponent
 between two sizes is log(time ratio) / log(size ratio): 1 is linear, 2 quadratic.
+
+With ``jobs`` > 1 the planner's worker processes (districts or regions side by side) are the
+size's process's children: their largest peak is reported apart ("workers GB"); they share the
+main process's memory copy-on-write, so adding the two overstates what the machine needed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -57,6 +62,7 @@ class SizeResult:
     message: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float = math.nan                   # whole process, after writing
+    workers_peak_rss_mb: float = math.nan           # the largest planner worker (jobs > 1)
     rss_after_mb: dict[str, float] = field(default_factory=dict)   # high-water mark per stage
     figures: dict[str, Any] = field(default_factory=dict)          # city and plan figures
 
@@ -100,6 +106,7 @@ class ScaleResult:
 def run_scale(sizes: Sequence[float] = DEFAULT_SIZES, *, stages: bool = True,
               time_limit_s: float = DEFAULT_TIME_LIMIT_S, seed: int = 0,
               config: PlanConfig | None = None, districts: bool = True,
+              jobs: int | str | None = None,
               json_path: str | os.PathLike[str] | None = None) -> ScaleResult:
     """
     Plan a metropolis of each size in its own process; see the module docstring.
@@ -116,7 +123,9 @@ def run_scale(sizes: Sequence[float] = DEFAULT_SIZES, *, stages: bool = True,
         The metropolis seed and the plan parameters (default PlanConfig()).
     districts
         Plan within the metropolis's districts (one per ~400,000 residents), as
-        `covplan demo` does; False plans the whole city as one piece.
+        `covplan demo` does; False plans the whole city without them (a large one by regions).
+    jobs
+        Worker processes of the planner (``PlanConfig.jobs``; None: the config's).
     json_path
         Also write the result there as JSON (rewritten after every size).
 
@@ -135,6 +144,8 @@ def run_scale(sizes: Sequence[float] = DEFAULT_SIZES, *, stages: bool = True,
         raise InputError(f"the time limit must be > 0 s, got {time_limit_s} (--time-limit / "
                          "time_limit_s=).")
     config = config or PlanConfig()
+    if jobs is not None:
+        config = dataclasses.replace(config, jobs=jobs)
     machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": sys.platform}
     results: list[SizeResult] = []
     stop = ""
@@ -150,7 +161,8 @@ def run_scale(sizes: Sequence[float] = DEFAULT_SIZES, *, stages: bool = True,
                         if last.status == "ok" else last.message)
             if last.status != "ok":
                 stop = f"a smaller city {last.status}"
-        result = ScaleResult(tuple(results), config.to_dict() | {"districts": districts},
+        result = ScaleResult(tuple(results),
+                             config.to_dict() | {"districts": districts, "jobs": config.jobs},
                              time_limit_s, machine)
         if json_path is not None:
             from covplan.output.files import write_json
@@ -166,7 +178,7 @@ def _run_size(n: int, *, stages: bool, time_limit_s: float, seed: int,
         # -P: the checkout's coverage/ folder must not shadow coverage.py (see pyproject).
         command = [sys.executable, "-P", "-m", "covplan.bench.scale", "--child", str(n),
                    "--seed", str(seed), "--config", json.dumps(config.to_dict()),
-                   "--json", str(out), "--folder", tmp,
+                   "--json", str(out), "--folder", tmp, "--jobs", str(config.jobs),
                    *(["--stages"] if stages else []), *([] if districts else ["--no-districts"])]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=time_limit_s,
@@ -180,6 +192,7 @@ def _run_size(n: int, *, stages: bool, time_limit_s: float, seed: int,
             return SizeResult(n, "failed", reason)
         data = json.loads(out.read_text())
     return SizeResult(n, "ok", seconds=data["seconds"], peak_rss_mb=data["peak_rss_mb"],
+                      workers_peak_rss_mb=data.get("workers_peak_rss_mb", math.nan),
                       rss_after_mb=data["rss_after_mb"], figures=data["figures"])
 
 
@@ -188,7 +201,7 @@ def format_scale_table(result: ScaleResult) -> str:
     exponent = {row["to"]: row["total"] for row in result.exponents()}
     columns = ["residents", "city s", "network s", "population s", "areas s", "plan s",
                "(reach s", "partition s", "isochrones s)", "writing s", "total s",
-               "peak RSS GB", "growth exp.", "communities", "in band %"]
+               "peak RSS GB", "workers GB", "growth exp.", "communities", "in band %"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---:|" * len(columns)]
     for s in result.sizes:
         if s.status != "ok":
@@ -198,7 +211,9 @@ def format_scale_table(result: ScaleResult) -> str:
         cells = [f"{s.residents:,}"] + [_sec(t.get(k)) for k in
                                         ("city", "network", "population", "areas", "plan",
                                          "reach", "partition", "isochrones", "writing")]
+        workers = s.workers_peak_rss_mb
         cells += [_sec(s.total_s), f"{s.peak_rss_mb / 1024:.2f}",
+                  f"{workers / 1024:.2f}" if math.isfinite(workers) else "–",
                   f"{exponent[s.residents]:.2f}" if s.residents in exponent else "–",
                   f"{s.figures.get('communities', 0):,}",
                   f"{100 * s.figures.get('within_tolerance_pop_share', math.nan):.1f}"]
@@ -255,7 +270,7 @@ def _child(residents: int, *, seed: int, config: PlanConfig, stages: bool, distr
     with timed("writing"):
         write_plan(plan, folder / "plan",
                    base=base_layer(network, features=railway.assign(kind="railway")))
-    peak = _peak_rss_mb()
+    peak, workers = _peak_rss_mb(), _peak_rss_mb(resource.RUSAGE_CHILDREN)
     report = plan.report
     figures.update({key: report[key] for key in (
         "communities", "coverage_share", "within_tolerance_pop_share",
@@ -272,12 +287,14 @@ def _child(residents: int, *, seed: int, config: PlanConfig, stages: bool, distr
             compute_isochrones(network.with_walk_speed(config.walk_speed_kmh), plan_centers,
                                minutes=[config.max_minutes])
         seconds["partition"] = seconds["plan"] - seconds["reach"] - seconds["isochrones"]
-    return {"seconds": seconds, "peak_rss_mb": peak, "rss_after_mb": rss, "figures": figures}
+    return {"seconds": seconds, "peak_rss_mb": peak, "rss_after_mb": rss, "figures": figures,
+            "workers_peak_rss_mb": workers if workers > 0 else math.nan}   # 0: no pool ran
 
 
-def _peak_rss_mb() -> float:
-    """The process's peak resident set so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    """The process's (or its largest ended child's) peak resident set so far (Linux reports
+    KiB, macOS bytes)."""
+    peak = resource.getrusage(who).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
@@ -288,11 +305,14 @@ def _child_main(argv: Sequence[str]) -> int:
     parser.add_argument("--config", default="{}")
     parser.add_argument("--stages", action="store_true")
     parser.add_argument("--no-districts", action="store_true")
+    parser.add_argument("--jobs", default="1")
     parser.add_argument("--json", required=True)
     parser.add_argument("--folder", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    data = _child(args.child, seed=args.seed, config=PlanConfig(**json.loads(args.config)),
+    jobs = args.jobs if args.jobs == "auto" else int(args.jobs)
+    data = _child(args.child, seed=args.seed,
+                  config=PlanConfig(**json.loads(args.config), jobs=jobs),
                   stages=args.stages, districts=not args.no_districts, folder=Path(args.folder))
     Path(args.json).write_text(json.dumps(data))
     return 0
@@ -317,9 +337,23 @@ def add_scale_parser(bench_sub: Any) -> None:
                    help="time the plan as a whole only (skips re-running reach and isochrones)")
     p.add_argument("--no-districts", action="store_true",
                    help="plan each city as one piece, not within its districts")
+    p.add_argument("--jobs", type=parse_jobs, default=1,
+                   help="worker processes planning districts or regions side by side, or "
+                        "'auto': one per CPU (default 1)")
     p.add_argument("--seed", type=int, default=0, help="metropolis seed (default 0)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.set_defaults(func=run_scale_command)
+
+
+def parse_jobs(text: str) -> int | str:
+    """'--jobs' values: a whole number >= 1 or 'auto' (PlanConfig checks the number)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        msg = f"--jobs takes a whole number of worker processes or 'auto', got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
 
 
 def parse_sizes(text: str) -> list[float]:
@@ -339,7 +373,7 @@ def run_scale_command(args: argparse.Namespace) -> int:
     """The `covplan bench scale` handler: prints the table, writes --json."""
     result = run_scale(parse_sizes(args.sizes), stages=not args.no_stages,
                        time_limit_s=args.time_limit_s, seed=args.seed,
-                       districts=not args.no_districts, json_path=args.json)
+                       districts=not args.no_districts, jobs=args.jobs, json_path=args.json)
     print(result.to_markdown())
     return 0
 

@@ -30,6 +30,7 @@ from covplan.inputs.tessellation import (
     unit_pieces,
 )
 from covplan.metrics import community_table, plan_report
+from covplan.plan import regions
 from covplan.reach.isochrones import compute_isochrones
 from covplan.reach.matrix import ReachMatrix, compute_reach
 from covplan.solve.bounds import FeasibilityBound, feasibility_bound
@@ -319,24 +320,56 @@ def _check_band_reachable(bound: FeasibilityBound, config: PlanConfig) -> None:
 
 def _solve(ready: PlanningInputs, config: PlanConfig, *, locked: np.ndarray | None,
            allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
-    """Exception communities, then each district around its kept communities, on the
-    candidates `allowed` (None: all). Returns (center_of, exception centers, kept count)."""
-    reach, prior, district_of = ready.reach, ready.prior, ready.district_of
-    fixed = _keep_valid(reach, ready.adjacency, prior, district_of, config)
+    """Exception communities, then each district (in a large city without districts, each
+    region, its seams repaired after) around its kept communities, side by side on
+    ``config.jobs`` processes, on the candidates `allowed` (None: all). Returns (center_of,
+    exception centers, kept count); the same for any number of jobs."""
+    reach, prior = ready.reach, ready.prior
+    fixed = _keep_valid(reach, ready.adjacency, prior, ready.district_of, config)
     center_of, exception_centers = _plan_exceptions(ready, config, allowed=allowed)
-    regular = center_of < 0
     open_to_all = ~np.isin(np.arange(len(reach.candidates)), exception_centers)
     if allowed is not None:
         open_to_all &= allowed
-    for group in np.unique(district_of):
-        kept = {old: c for old, c in fixed.items() if district_of[prior.unit == old][0] == group}
-        center_of, freed = _plan_district(reach, ready.adjacency, prior,
-                                          (district_of == group) & regular,
-                                          (ready.candidate_district == group) & open_to_all, kept,
-                                          center_of, config, locked=locked)
+    parts = regions.plan_regions(ready, config, fixed)
+    district_of, candidate_district = parts or (ready.district_of, ready.candidate_district)
+    # Each kept community lies in one part (its first unit's): found once, not per part.
+    first_unit = {}
+    if fixed:
+        first_unit = dict(zip(*(a.tolist() for a in np.unique(prior.unit, return_index=True))))
+    groups = np.unique(district_of)
+    tasks = [(district_of == group, (candidate_district == group) & open_to_all,
+              {old: c for old, c in fixed.items() if district_of[first_unit[old]] == group})
+             for group in groups]
+    data = {"reach": reach, "adjacency": ready.adjacency, "prior": prior, "config": config,
+            "locked": locked, "center_of": center_of}
+    started = time.perf_counter()
+    done = regions.run_tasks(_district_task, tasks, jobs=config.workers, data=data,
+                             sizes=[float(reach.pop[part].sum()) for part, _, _ in tasks])
+    for group, (values, freed) in zip(groups, done):
+        center_of[district_of == group] = values
         for old in freed:
             del fixed[old]
+    logger.info("Planned %d %s in %.1f s on %d process(es)", len(groups),
+                "districts" if parts is None else "regions", time.perf_counter() - started,
+                min(config.workers, len(groups)))
+    if parts is not None:
+        frozen = np.zeros(len(reach.candidates), dtype=bool)
+        frozen[np.r_[exception_centers, list(fixed.values())].astype("int64")] = True
+        center_of = regions.repair_seams(ready, config, center_of, district_of, frozen=frozen,
+                                         open_to_all=open_to_all, locked=locked)
     return center_of, exception_centers, len(fixed)
+
+
+def _district_task(task: tuple[np.ndarray, np.ndarray, dict[int, int]]) -> tuple[np.ndarray, list[int]]:
+    """One part's plan (`_plan_district` on its regular units), run by `regions.run_tasks`: the
+    new centers of the part's units (its kept communities lie inside it) and the kept
+    communities it gave up."""
+    part, candidate_in, kept = task
+    s = regions.shared()
+    before = s["center_of"]
+    out, freed = _plan_district(s["reach"], s["adjacency"], s["prior"], part & (before < 0),
+                                candidate_in, kept, before, s["config"], locked=s["locked"])
+    return out[part], freed
 
 
 _COST_PASSES = 3     # budgets tried against new_center_cost: half the sites, a quarter, none
@@ -577,7 +610,7 @@ def _prior(units, candidates, centers, communities, work) -> Prior | None:
         inside = label_units(candidates, comm)
         for i in np.flatnonzero(existing):
             named = served.iloc[i] if served is not None else None
-            if named is not None and named == named and named in index_of:
+            if named is not None and pd.notna(named) and named in index_of:
                 cand_prior[i] = index_of[named]
                 # On its own community's border is not outside it, whichever side the tie takes.
                 own = comm.geometry.iloc[cand_prior[i]].covers(candidates.geometry.iloc[i])
