@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from covplan import __version__
+from covplan.config import EXCEPTION_MODES, FLAGS, PlanConfig
 from covplan.defaults import (
     DEFAULT_BANDS,
     DEFAULT_CANDIDATE_SPACING_M,
@@ -67,8 +68,23 @@ def _add_population_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--population", required=True,
                    help="raster (GeoTIFF), vector grid/points (GeoPackage, GeoJSON, Shapefile, zip) or CSV")
     p.add_argument("--population-column", default=None, help="column holding counts (auto-detected)")
+    _add_population_crs_option(p)
     p.add_argument("--disaggregate", choices=["none", "nodes", "grid"], default="none",
                    help="split coarse cells onto network nodes or a finer grid before computing")
+
+
+def _add_population_crs_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--population-crs", default=None, metavar="CRS",
+                   help="CRS of a CSV's x/y columns, e.g. EPSG:32633 (default: lon/lat degrees)")
+
+
+def _population_options(args: argparse.Namespace) -> dict:
+    """load_population keywords of the population flags (crs= only when given: other sources
+    carry their own)."""
+    options = {"population_column": args.population_column}
+    if args.population_crs is not None:
+        options["crs"] = args.population_crs
+    return options
 
 
 def _load_inputs(args: argparse.Namespace):
@@ -76,7 +92,7 @@ def _load_inputs(args: argparse.Namespace):
     from covplan.inputs.population import load_population
 
     network = load_network(args.network, walk_speed_kmh=args.walk_speed_kmh, progress=True)
-    population = load_population(args.population, population_column=args.population_column)
+    population = load_population(args.population, **_population_options(args))
     if args.disaggregate == "nodes":
         population = population.disaggregate(onto="nodes", network=network)
     elif args.disaggregate == "grid":
@@ -165,26 +181,60 @@ def _log_coverage(out: Path, result) -> None:
                     result.max_minutes)
 
 
-# Plan flag -> PlanConfig field.
-_PLAN_FLAGS = {"target": "target_pop", "tolerance": "tolerance", "minutes": "max_minutes",
-               "walk_speed_kmh": "walk_speed_kmh", "seed": "seed", "restarts": "restarts",
-               "candidate_spacing": "candidate_spacing_m", "max_unit_pop": "max_unit_pop",
-               "exceptions": "exceptions", "stability_minutes": "stability_minutes",
-               "max_new_centers": "max_new_centers", "new_center_cost": "new_center_cost",
-               "grids": "grids", "grid_target": "grid_target", "grid_tolerance": "grid_tolerance",
-               "grid_minutes": "grid_minutes", "household_size": "household_size"}
+# The plan flags are config.FLAGS; this adds how each reads and what its help says, in --help
+# order ("{default}" is PlanConfig's value). A field FLAGS gains without an entry here gets its
+# reading from its type and its help from PlanConfig's docstring (`_derived_option`).
+_PLAN_OPTIONS = {
+    "target_pop": {"type": int, "help": "residents per community (default {default})"},
+    "tolerance": {"type": float,
+                  "help": "allowed relative deviation from the target, 0-1 (default {default})"},
+    "max_minutes": {"type": float, "help": "service-circle limit in minutes (default {default:g})"},
+    "walk_speed_kmh": {"type": float, "metavar": "WALK_SPEED_KMH",
+                       "help": "walking speed in km/h, e.g. 3.0 for elderly residents (default "
+                               "{default})"},
+    "seed": {"type": int, "help": "default {default}"},
+    "restarts": {"type": int, "help": "default {default}"},
+    "candidate_spacing_m": {"type": float,
+                            "help": "one candidate site for a new center per populated square of "
+                                    "this side, m (default {default:g})"},
+    "max_unit_pop": {"type": int, "help": "split cells with more residents onto network nodes, "
+                                          "0: never (default {default})"},
+    "exceptions": {"choices": EXCEPTION_MODES,
+                   "help": "residents who provably cannot be in a balanced community (network "
+                           "islands, remote pockets): communities of their own, or attached to "
+                           "the bordering community as served remotely (default {default})"},
+    "stability_minutes": {"type": float, "metavar": "STABILITY_MINUTES",
+                          "help": "merge/split: per-resident cost, in walking minutes, of leaving "
+                                  "one's old community; higher keeps more residents, lower "
+                                  "balances more (default {default:g})"},
+    "max_new_centers": {"type": int, "metavar": "N",
+                        "help": "open at most N new sites; residents then beyond every open site "
+                                "are reported as not covered (default: no limit)"},
+    "new_center_cost": {"type": float, "metavar": "RESIDENTS",
+                        "help": "what a new site costs, in residents in balanced communities: "
+                                "plans with fewer new sites are also made and weighed (default 0: "
+                                "not weighed)"},
+    "grids": {"action": "store_const", "const": True,
+              "help": "also split every community into grids (网格) with a grid station each"},
+    "grid_target": {"type": int, "help": "residents per grid (default {default})"},
+    "grid_tolerance": {"type": float,
+                       "help": "allowed relative deviation of a grid, 0-1 (default {default})"},
+    "grid_minutes": {"type": float,
+                     "help": "walk from every resident to the grid station (default {default:g})"},
+    "household_size": {"type": float, "help": "residents per household: gives each grid's "
+                                              "households (default: none)"},
+}
+# argparse dest -> PlanConfig field of the plan flags: each flag's dest is its field (the test
+# that flags and fields agree reads this).
+_PLAN_FLAGS = {field: field for field, flag in FLAGS.items() if flag}
 # Input flags of `covplan plan`; a scenario's [base] table names its inputs instead.
 _INPUT_FLAGS = ("network", "population", "population_column", "communities", "centers", "districts")
 
 
 def _plan_config(args: argparse.Namespace, base=None):
     """PlanConfig from the plan flags; flags left out (None) keep `base`'s values."""
-    import dataclasses
-
-    from covplan.config import PlanConfig
-
-    given = {field: getattr(args, flag) for flag, field in _PLAN_FLAGS.items()
-             if getattr(args, flag, None) is not None}
+    given = {field: getattr(args, field) for field, flag in FLAGS.items()
+             if flag and getattr(args, field, None) is not None}
     if given.get("max_unit_pop") == 0:
         given["max_unit_pop"] = None
     return dataclasses.replace(base or PlanConfig(), **given)
@@ -275,55 +325,56 @@ def _plan_summary(plan) -> str:
 
 
 def _add_plan_options(p: argparse.ArgumentParser, *, overrides: bool = False) -> None:
-    """Flags of PlanConfig. With `overrides`, a flag left out keeps the scenario's value."""
-    from covplan.config import EXCEPTION_MODES, PlanConfig
+    """The flags of PlanConfig (config.FLAGS), in `_PLAN_OPTIONS` order, then any other field
+    FLAGS names. With `overrides`, a flag left out keeps the scenario's value."""
+    defaults = PlanConfig()
+    fields = {f.name: f for f in dataclasses.fields(PlanConfig)}
+    named = [name for name in FLAGS if FLAGS[name] and name in fields]
+    for name in sorted(named, key=lambda n: list(_PLAN_OPTIONS).index(n) if n in _PLAN_OPTIONS
+                       else len(_PLAN_OPTIONS)):
+        flag, value = FLAGS[name], getattr(defaults, name)
+        option = dict(_PLAN_OPTIONS.get(name) or _derived_option(fields[name], value))
+        option["help"] = option["help"].format(default=value)
+        if option.get("action") is None and option.get("choices") is None:
+            option.setdefault("metavar", flag.lstrip("-").replace("-", "_").upper())
+        p.add_argument(flag, dest=name, default=None if overrides else value, **option)
 
-    d = PlanConfig()
 
-    def default(value):
-        return None if overrides else value
+def _derived_option(field: dataclasses.Field, value) -> dict:
+    """argparse settings of a PlanConfig field `_PLAN_OPTIONS` does not list: a switch for a
+    bool, else a value read as its annotated types allow (PlanConfig checks it), with the first
+    sentence of the field's entry in PlanConfig's docstring as help."""
+    kinds = [k.strip() for k in str(field.type).split("|") if k.strip() in ("int", "float", "str")]
+    doc = _docstring_entry(PlanConfig.__doc__ or "", field.name)
+    text = (doc[:1].lower() + doc[1:] if doc else f"PlanConfig.{field.name}").replace("%", "%%")
+    if isinstance(value, bool):
+        return {"action": "store_const", "const": True, "help": text}
 
-    p.add_argument("--target", type=int, default=default(d.target_pop),
-                   help=f"residents per community (default {d.target_pop})")
-    p.add_argument("--tolerance", type=float, default=default(d.tolerance),
-                   help=f"allowed relative deviation from the target, 0-1 (default {d.tolerance})")
-    p.add_argument("--minutes", type=float, default=default(d.max_minutes),
-                   help=f"service-circle limit in minutes (default {d.max_minutes:g})")
-    p.add_argument("--walk-speed", type=float, default=default(d.walk_speed_kmh),
-                   dest="walk_speed_kmh",
-                   help=f"walking speed in km/h, e.g. 3.0 for elderly residents (default {d.walk_speed_kmh})")
-    p.add_argument("--seed", type=int, default=default(d.seed), help=f"default {d.seed}")
-    p.add_argument("--restarts", type=int, default=default(d.restarts), help=f"default {d.restarts}")
-    p.add_argument("--candidate-spacing", type=float, default=default(d.candidate_spacing_m),
-                   help="one candidate site for a new center per populated square of this side, "
-                        f"m (default {d.candidate_spacing_m:g})")
-    p.add_argument("--max-unit-pop", type=int, default=default(d.max_unit_pop),
-                   help=f"split cells with more residents onto network nodes, 0: never (default {d.max_unit_pop})")
-    p.add_argument("--exceptions", choices=EXCEPTION_MODES, default=default(d.exceptions),
-                   help="residents who provably cannot be in a balanced community (network islands, "
-                        "remote pockets): communities of their own, or attached to the bordering "
-                        f"community as served remotely (default {d.exceptions})")
-    p.add_argument("--stability-weight", type=float, default=default(d.stability_minutes),
-                   dest="stability_minutes",
-                   help="merge/split: per-resident cost, in walking minutes, of leaving one's old "
-                        f"community; higher keeps more residents, lower balances more (default {d.stability_minutes:g})")
-    p.add_argument("--max-new-centers", type=int, default=None, metavar="N",
-                   help="open at most N new sites; residents then beyond every open site are "
-                        "reported as not covered (default: no limit)")
-    p.add_argument("--new-center-cost", type=float, default=default(d.new_center_cost),
-                   metavar="RESIDENTS",
-                   help="what a new site costs, in residents in balanced communities: plans with "
-                        "fewer new sites are also made and weighed (default 0: not weighed)")
-    p.add_argument("--grids", action="store_const", const=True, default=default(d.grids),
-                   help="also split every community into grids (网格) with a grid station each")
-    p.add_argument("--grid-target", type=int, default=default(d.grid_target),
-                   help=f"residents per grid (default {d.grid_target})")
-    p.add_argument("--grid-tolerance", type=float, default=default(d.grid_tolerance),
-                   help=f"allowed relative deviation of a grid, 0-1 (default {d.grid_tolerance})")
-    p.add_argument("--grid-minutes", type=float, default=default(d.grid_minutes),
-                   help=f"walk from every resident to the grid station (default {d.grid_minutes:g})")
-    p.add_argument("--household-size", type=float, default=None,
-                   help="residents per household: gives each grid's households (default: none)")
+    def convert(text: str):
+        for kind in kinds or ["str"]:
+            with contextlib.suppress(ValueError):
+                return {"int": int, "float": float, "str": str}[kind](text)
+        raise ValueError(text)
+
+    convert.__name__ = " or ".join(kinds) or "str"      # argparse names it in its errors
+    return {"type": convert, "help": f"{text} (default {value})"}
+
+
+def _docstring_entry(doc: str, name: str) -> str:
+    """The first sentence of `name`'s own entry (a line holding only the name, the text
+    indented under it) in a numpydoc-style docstring, or ''."""
+    lines = doc.splitlines()
+    for at, line in enumerate(lines):
+        if line.strip() == name:
+            indent = len(line) - len(line.lstrip())
+            body = []
+            for text in lines[at + 1:]:
+                if not text.strip() or len(text) - len(text.lstrip()) <= indent:
+                    break
+                body.append(text.strip())
+            return " ".join(body).split(". ")[0].rstrip(".")
+    return ""
+
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -332,6 +383,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     comparison = compare_plans(args.plan_a, args.plan_b)
     write_comparison(comparison, args.stage.path, self_contained=not args.cdn_maps)
     return 0
+
+
+def _compare_out(args: argparse.Namespace) -> None:
+    """--out must not be (or hold, or lie in) a compared plan's folder: it would replace it."""
+    from covplan.output.compare import check_out_folder
+
+    check_out_folder(args.out, args.plan_a, args.plan_b)
 
 
 def _cmd_isochrones(args: argparse.Namespace) -> int:
@@ -379,11 +437,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if args.residents:     # a synthetic metropolis of that size instead (covplan.cities.metropolis)
             from covplan.cities.metropolis import build_metropolis
 
-            city = build_metropolis(args.residents, seed=args.seed)
+            city = build_metropolis(args.residents, seed=config.seed)
         else:
-            city = build_demo_city(seed=args.seed)
+            city = build_demo_city(seed=config.seed)
     with _stage(args, "network"):
-        network = load_network(city.graph, walk_speed_kmh=args.walk_speed_kmh)
+        network = load_network(city.graph, walk_speed_kmh=config.walk_speed_kmh)
     with _stage(args, "population"):
         population = load_population(city.population, population_column="population",
                                      id_column="cell_id")
@@ -393,9 +451,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         districts = load_districts(city.districts)
     with _stage(args, "as-is coverage (reach)"):
         result = assess_coverage(network, population, centers, communities=communities,
-                                 max_minutes=args.minutes, progress=True)
+                                 max_minutes=config.max_minutes, progress=True)
     with _stage(args, "as-is isochrones"):
-        isochrones = compute_isochrones(network, centers, minutes=[args.minutes], progress=True)
+        isochrones = compute_isochrones(network, centers, minutes=[config.max_minutes],
+                                        progress=True)
     out = args.stage.path              # as-is and plan files go to --out together
     base = _base_layer(network, city.railway)
     with _stage(args, "writing as-is"):
@@ -412,7 +471,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         args.stage.plan_id = write_plan_files(plan, out, base=base,
                                               self_contained=not args.cdn_maps)
         if not args.residents:    # a scenario names the embedded demo only
-            _write_demo_scenario(out, args.seed, plan.config)
+            _write_demo_scenario(out, config.seed, plan.config)
         args.stage.commit()
     _log_coverage(Path(args.out), result)
     logger.info("Demo: %d old communities -> %s (%.1f s)", len(communities), _plan_summary(plan),
@@ -500,7 +559,7 @@ def _cmd_bench_plan(args: argparse.Namespace) -> int:
         msg = "covplan bench plan needs --network and --population, or --suite."
         raise InputError(msg)
     network = load_network(args.network, walk_speed_kmh=config.walk_speed_kmh, progress=True)
-    population = load_population(args.population, population_column=args.population_column)
+    population = load_population(args.population, **_population_options(args))
     peers = () if args.no_peers else tuple(p for p in args.peers.split(",") if p)
     report = run_plan_benchmark(
         network, population, config=config, peers=peers,
@@ -522,7 +581,8 @@ def _cmd_bench_suite(args: argparse.Namespace, config) -> int:
         msg = "--suite brings its own cities; drop --network and --population (see --cities)."
         raise InputError(msg)
     cities = [c.strip() for c in args.cities.split(",") if c.strip()] if args.cities else None
-    result = run_suite(cities, peers=not args.no_peers, config=config, progress=True)
+    grids = {"demo": None, "all": True, "none": False}[args.suite_grids]
+    result = run_suite(cities, peers=not args.no_peers, config=config, progress=True, grids=grids)
     print(result.to_markdown())
     print(f"\nSuite wall time: {result.runtime_s:.0f} s")
     if args.json:
@@ -635,6 +695,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bench_plan.add_argument("--population", default=None,
                             help="population file (see plan; not with --suite)")
     bench_plan.add_argument("--population-column", default=None)
+    _add_population_crs_option(bench_plan)
     _add_plan_options(bench_plan)
     bench_plan.add_argument("--peers", default="maxp,kmeans", help="comma-separated: maxp, kmeans")
     bench_plan.add_argument("--maxp-level", choices=["cells", "units"], default="cells",
@@ -655,6 +716,9 @@ def _build_parser() -> argparse.ArgumentParser:
                             help="suite cities, comma-separated (default: sao_paulo, helsinki, "
                                  "demo, core_fringe, river, linear, islands)")
     bench_plan.add_argument("--no-peers", action="store_true", help="skip Max-p and k-means")
+    bench_plan.add_argument("--suite-grids", choices=("demo", "all", "none"), default="demo",
+                            help="with --suite: the grid-quality table for the demo (default), "
+                                 "every city, or none")
     bench_plan.set_defaults(func=_cmd_bench_plan)
     return parser
 
@@ -690,6 +754,7 @@ def _add_plan_parser(sub) -> None:
 
 def _cmd_atlas(args: argparse.Namespace) -> int:
     from covplan.output.atlas import write_atlas
+    from covplan.output.folders import locked_folder, staged_file
 
     out = Path(args.out) if args.out else Path(args.plan) / "atlas.pdf"
     if out.suffix.lower() != ".pdf":
@@ -697,14 +762,15 @@ def _cmd_atlas(args: argparse.Namespace) -> int:
         raise InputError(msg)
     started = time.perf_counter()
     # A plan folder: read_plan checks it (DataSourceError), and a `streets` line layer in its
-    # plan.gpkg is drawn under each community; no network is loaded. Written beside and
-    # renamed, so an interrupted run never leaves half a PDF at --out.
-    partial = out.with_name(f".{out.stem}.covplan-partial-{os.getpid()}.pdf")
-    try:
+    # plan.gpkg is drawn under each community; no network is loaded. Under the folder's lock,
+    # as every command that writes an output folder, so a run replacing DIR waits its turn;
+    # written beside and renamed, so an interrupted run never leaves half a PDF at --out.
+    missing = (f"plan folder '{args.plan}' does not exist or is not a folder; pass the --out "
+               "folder of `covplan plan` (it holds plan.gpkg and report.json).")
+    with (locked_folder(args.plan, busy="wait for it, then run covplan atlas again",
+                        missing=missing),
+          staged_file(out) as partial):
         write_atlas(args.plan, partial, title=args.title, progress=True)
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
     logger.info("Atlas of %s written to %s (%.1f s)", args.plan, out, time.perf_counter() - started)
     return 0
 
@@ -725,7 +791,7 @@ def _add_compare_parser(sub) -> None:
     compare.add_argument("plan_b", metavar="DIR_B", help="plan folder to compare with DIR_A")
     _add_out_option(compare)
     _add_map_option(compare)
-    compare.set_defaults(func=_cmd_compare)
+    compare.set_defaults(func=_cmd_compare, check_out=_compare_out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -744,6 +810,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.func(args)
         from covplan.output.files import output_folder
 
+        if (check_out := getattr(args, "check_out", None)) is not None:
+            check_out(args)          # before the folder is locked or staged
         with output_folder(args.out, force=args.force) as args.stage:
             return args.func(args)
     except CoverageError as exc:

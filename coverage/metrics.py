@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import geopandas as gpd
@@ -44,8 +45,12 @@ def _exception(forced: np.ndarray, island: np.ndarray) -> str:
     return "island" if island.any() else "remote pocket"
 
 
+_CANNOT_BE_CONTIGUOUS = "not contiguous, and it cannot be"   # the note of a proven break
+
+
 def _note(population: float, contiguous: bool, exception: str, best_gather: float,
-          remote: int, config: PlanConfig, *, in_district: bool = False) -> str:
+          remote: int, config: PlanConfig, *, in_district: bool = False,
+          split_forced: bool = False) -> str:
     """
     Why a community misses a rule. "Cannot" only where `covplan.solve.bounds` proves it (what the
     bound counted, the note names: contiguous residents, of the district when there are
@@ -73,10 +78,22 @@ def _note(population: float, contiguous: bool, exception: str, best_gather: floa
     if remote:
         notes.append(f"{remote:,} residents of an exception area attached here are served remotely, "
                      f"beyond {limit}")
-    if not contiguous:
+    if not contiguous and split_forced:
+        notes.append(f"{_CANNOT_BE_CONTIGUOUS} in a plan that covers everyone: some of its "
+                     "residents reach no site but its center, in pieces that no chain of units "
+                     f"within {limit} of it joins")
+    elif not contiguous:
         notes.append("not contiguous: the planner found no bordering community whose center "
                      "reaches its detached piece")
     return "; ".join(notes)
+
+
+def _split_forced(bound: FeasibilityBound, candidate: int, members: np.ndarray) -> bool:
+    """Whether the bound proves this community cannot be contiguous: its center is a split
+    site (`covplan.solve.bounds`) and it holds that site's sole-site units."""
+    if bound.split_sites is None or candidate not in bound.split_sites:
+        return False
+    return bool(np.isin(np.flatnonzero(bound.sole_site == candidate), members).all())
 
 
 def community_table(units: gpd.GeoDataFrame, labels: np.ndarray, center_of: np.ndarray,
@@ -126,7 +143,8 @@ def community_table(units: gpd.GeoDataFrame, labels: np.ndarray, center_of: np.n
             "previous_ids": "" if prior_unit is None else _previous_ids(prior_unit[members], member_pop, prior_ids),
             "note": _note(total, contiguous, exception,
                           float(bound.best_gather[members].max()) if len(members) else 0.0,
-                          remote, config, in_district=districts is not None),
+                          remote, config, in_district=districts is not None,
+                          split_forced=_split_forced(bound, candidate, members)),
         })
     table = pd.DataFrame(rows)
     geometry = [shapes.loc[i, "geometry"] if i in shapes.index else None for i in range(len(planned))]
@@ -241,6 +259,8 @@ def plan_report(units: gpd.GeoDataFrame, table: gpd.GeoDataFrame, *, config: Pla
         "within_tolerance_share": float(table["within_tolerance"].mean()) if len(table) else 0.0,
         **balance_figures(units, table, bound, config=config),
         "contiguous_share": float(table["contiguous"].mean()) if len(table) else 0.0,
+        "communities_proven_not_contiguous": int(table["note"].str.contains(
+            _CANNOT_BE_CONTIGUOUS, regex=False).sum()) if len(table) else 0,
         "population_min": int(sizes.min()) if len(sizes) else 0,
         "population_max": int(sizes.max()) if len(sizes) else 0,
         "stability_share": None,
@@ -300,23 +320,57 @@ def _district_figures(units: gpd.GeoDataFrame, table: gpd.GeoDataFrame, bound: F
     return out
 
 
+# --- old -> new communities: one rule for stability and for ids (covplan.plan.ids) ---------
+
+def shared_residents(new_of_unit: np.ndarray, old_of_unit: np.ndarray, pop: np.ndarray,
+                     n_new: int, n_old: int) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Residents and units each new community (rows) shares with each old one (columns); the last
+    column, n_old, holds those outside every old community. Units in no new community (-1)
+    are left out.
+    """
+    new = np.asarray(new_of_unit, dtype=np.int64)
+    old = np.asarray(old_of_unit, dtype=np.int64)
+    weight = np.asarray(pop, dtype="float64")
+    inside = new >= 0
+    col = np.where(old[inside] >= 0, old[inside], n_old)
+    residents = np.zeros((n_new, n_old + 1))
+    units = np.zeros((n_new, n_old + 1))
+    np.add.at(residents, (new[inside], col), weight[inside])
+    np.add.at(units, (new[inside], col), 1)
+    return residents, units
+
+
+def link_pairs(pairs: Iterable[tuple[int, int]]) -> dict[int, int]:
+    """
+    Old -> new links from (new, old) pairs given best first: a pair links when neither its new
+    nor its old community is linked yet, so each continues at most one other.
+    """
+    heir: dict[int, int] = {}
+    linked: set[int] = set()
+    for new, old in pairs:
+        if new not in linked and old not in heir:
+            heir[old] = new
+            linked.add(new)
+    return heir
+
+
 def _stability(units: gpd.GeoDataFrame, prior_unit: np.ndarray, table: gpd.GeoDataFrame) -> float:
     """
     Share of residents who keep their community: each new community continues the old one that
-    gives it most residents (each old community continues in at most one new community).
+    gives it most residents (each old community continues in at most one new community), linked
+    as ids are inherited (`link_pairs`); ties go to the lower new id, then old index.
     """
     pop = units["pop"].to_numpy()
-    new = units["community_id"].to_numpy()
-    frame = pd.DataFrame({"old": prior_unit, "new": new, "pop": pop}).dropna(subset=["new"])
-    frame = frame[frame.old >= 0]
-    flows = frame.groupby(["new", "old"], as_index=False)["pop"].sum()
-    flows = flows.sort_values(["pop", "new", "old"], ascending=[False, True, True])
-    heir: dict[str, int] = {}
-    taken: set[int] = set()
-    for row in flows.itertuples():
-        if row.new not in heir and row.old not in taken:
-            heir[row.new] = row.old
-            taken.add(row.old)
-    kept = sum(int(r.pop) for r in flows.itertuples() if heir.get(r.new) == r.old)
+    new_ids = table["community_id"].astype(str).to_numpy()
+    row = pd.Series(np.arange(len(new_ids)), index=new_ids)
+    new = units["community_id"].map(row).fillna(-1).to_numpy(dtype=np.int64)
+    old = np.asarray(prior_unit, dtype=np.int64)
+    n_old = int(old.max()) + 1 if len(old) else 0
+    residents, units_shared = shared_residents(new, old, pop, len(new_ids), n_old)
+    rows, cols = np.nonzero(units_shared[:, :n_old])
+    order = sorted(zip(rows.tolist(), cols.tolist(), strict=True),
+                   key=lambda rc: (-residents[rc], new_ids[rc[0]], rc[1]))
+    kept = sum(int(residents[r, k]) for k, r in link_pairs(order).items())
     total = int(pop.sum())
     return kept / total if total else 0.0

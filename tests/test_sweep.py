@@ -224,7 +224,7 @@ def test_scenarios_over_different_bases_are_refused(serial):
 def test_a_sweep_folder_may_be_written_again(tmp_path):
     """A second sweep into the same --out replaces the first whole (no --force needed): its
     plans/ and summary files are covplan's own."""
-    from covplan.output.files import _foreign
+    from covplan.output.folders import _foreign
 
     out = tmp_path / "sweep"
     (out / "plans" / "000_a").mkdir(parents=True)

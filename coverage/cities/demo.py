@@ -12,12 +12,12 @@ lon/lat as the last step.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import geopandas as gpd
 import networkx as nx
 import numpy as np
 import shapely
+from covplan.cities.city import City
 from covplan.errors import InputError
 from covplan.inputs.areas import label_units
 from pyproj import Geod, Transformer
@@ -67,48 +67,10 @@ _EW_ARTERIALS = ("Nanhuan Road", "Gongye Road", "Lanxin Road", "Zhanqian Road", 
                  "Beihuan Road")
 
 
-@dataclass(frozen=True, slots=True, eq=False)   # eq=False: pandas fields don't compare to bool
-class DemoCity:
-    """
-    The demo city, every layer in EPSG:4326.
-
-    Attributes
-    ----------
-    graph
-        osmnx-style walk graph: ``graph['crs'] == 'EPSG:4326'``; nodes have ``x`` (lon), ``y``
-        (lat) and ``street_count``; edges have ``length`` (m), ``highway`` ('primary',
-        'residential' or 'footway'), ``name``, ``osmid``, ``oneway`` and ``reversed``, and
-        ``tunnel``/``bridge`` = 'yes' on the railway underpasses and footbridge. Every street is
-        present in both directions.
-    population
-        Populated 100 m grid cells: ``cell_id`` ('R<row>C<col>', rows counted from the south,
-        columns from the west), ``population`` (int), ``geometry``.
-    communities
-        The 69 communities: ``community_id`` ('C01'..'C69'), ``name``, ``district_id``.
-    centers
-        One service center per community, on a street node: ``center_id`` ('S01'..'S69'),
-        ``community_id``, ``name``.
-    districts
-        The three districts: ``district_id`` ('D1'..'D3'), ``name``.
-    railway
-        The railway line, for maps: ``name``.
-    work_crs
-        The metric CRS the city was laid out in.
-    seed
-        The seed the city was built from.
-    """
-
-    graph: nx.MultiDiGraph
-    population: gpd.GeoDataFrame
-    communities: gpd.GeoDataFrame
-    centers: gpd.GeoDataFrame
-    districts: gpd.GeoDataFrame
-    railway: gpd.GeoDataFrame
-    work_crs: str
-    seed: int
+DemoCity = City     # the name this module has always returned (one record for every city)
 
 
-def build_demo_city(*, seed: int = 0) -> DemoCity:
+def build_demo_city(*, seed: int = 0) -> City:
     """
     Build the demo city: streets, railway, districts, population cells, communities and centers.
 
@@ -122,8 +84,10 @@ def build_demo_city(*, seed: int = 0) -> DemoCity:
 
     Returns
     -------
-    DemoCity
-        Every layer in EPSG:4326, with 300,000 residents in 69 communities.
+    City
+        Every layer in EPSG:4326 (see `covplan.cities.city.City`), with 300,000 residents in 69
+        communities ('C01'..'C69' with ``name`` and ``district_id``), their centers ('S01'..
+        'S69', ``name``), three districts ('D1'..'D3') and the railway; no ``features``.
 
     Raises
     ------
@@ -153,7 +117,7 @@ def build_demo_city(*, seed: int = 0) -> DemoCity:
     row, col = (cell_xy // CELL_M).astype(int).T[::-1]
     community_ids = [f"C{k + 1:02d}" for k in range(len(communities))]
     names = _community_names(community_district)
-    city = DemoCity(
+    city = City(
         graph=street_graph(node_lonlat, edges),
         population=_frame({"cell_id": [f"R{r:02d}C{c:02d}" for r, c in zip(row, col)],
                            "population": cell_pop}, squares),
@@ -167,6 +131,7 @@ def build_demo_city(*, seed: int = 0) -> DemoCity:
         districts=_frame({"district_id": [d for d, _ in _DISTRICTS],
                           "name": [n for _, n in _DISTRICTS]}, districts),
         railway=_frame({"name": ["Lanxin Railway"]}, [rail]),
+        name="demo",
         work_crs=WORK_CRS,
         seed=int(seed),
     )
@@ -176,7 +141,7 @@ def build_demo_city(*, seed: int = 0) -> DemoCity:
     return city
 
 
-def demo_summary(city: DemoCity) -> dict[str, int]:
+def demo_summary(city: City) -> dict[str, int]:
     """
     Totals of a demo city, for reports and READMEs.
 
@@ -480,8 +445,10 @@ def _power_region(k: int, seeds: np.ndarray, power: np.ndarray, district: Polygo
     norm = np.hypot(*normal.T)[:, None]
     unit = normal / norm
     foot = unit * c[:, None] / norm                    # the border's point nearest the origin
-    along = unit[:, ::-1] * [-1.0, 1.0] * 4 * _WIDTH_M   # far along the border, both ways
-    back = unit * 4 * _WIDTH_M                         # far into the kept side
+    # Far enough to span the district wherever it lies (a big metropolis reaches beyond the demo).
+    far = 4 * max(_WIDTH_M, 2 * float(np.abs(district.bounds).max()))
+    along = unit[:, ::-1] * [-1.0, 1.0] * far          # far along the border, both ways
+    back = unit * far                                  # far into the kept side
     corners = np.stack([foot + along, foot - along, foot - along - back, foot + along - back],
                        axis=1)
     return shapely.normalize(shapely.intersection_all([*shapely.polygons(corners), district]))

@@ -1,10 +1,9 @@
 """
 A synthetic metropolis of any size, for the scale benchmark and `covplan demo --residents N`.
 
-The city is built like the synthetic cities (`covplan.cities.synthetic`, whose street lattice and
-cells it reuses): streets on a jittered lattice (local streets 125 m apart, arterials every
-500 m), populated 100 m cells, uneven existing communities with one service center each, every
-layer in EPSG:4326. What makes it a metropolis:
+The city is built like the synthetic cities, on their frame (`covplan.cities.lattice`): streets
+on a jittered lattice (local streets 125 m apart, arterials every 500 m), populated 100 m cells,
+uneven existing communities with one service center each, every layer in EPSG:4326. What makes it a metropolis:
 
 - Its size: N residents on an elliptic footprint of N / `DENSITY_PER_KM2` km², so the area, the
   streets and the cells grow in proportion to N. The density is São Paulo centre's: the 517,570
@@ -25,13 +24,12 @@ at São Paulo (UTM 23S).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import geopandas as gpd
-import networkx as nx
 import numpy as np
 import shapely
 import shapely.affinity
+from covplan.cities.city import City
 from covplan.cities.demo import (
     CELL_M,
     check_seed,
@@ -40,10 +38,7 @@ from covplan.cities.demo import (
     round_to_total,
     street_graph,
 )
-
-# Private helpers of the synthetic cities (the lattice, the cells, the layout record), shared
-# so the metropolis is built the same way; they would better be public there.
-from covplan.cities.synthetic import _cells, _Layout, _streets
+from covplan.cities.lattice import STEP_M, Layout, cell_grid, street_lattice
 from covplan.errors import InputError
 from pyproj import Transformer
 from scipy.cluster.vq import kmeans2
@@ -76,50 +71,10 @@ _MAX_CELL = 850                         # residents per 100 m cell: 85,000/km²,
 _FRINGE, _CORE, _CORE_SCALE = 55.0, 480.0, 0.35          # core scale: share of the footprint
 _LOCAL, _LOCAL_SCALE_M = 240.0, 1_200.0
 
-
-@dataclass(frozen=True, slots=True, eq=False)   # eq=False: pandas fields don't compare to bool
-class MetropolisCity:
-    """
-    A synthetic metropolis, every layer in EPSG:4326 (the layers of
-    `covplan.cities.demo.DemoCity` and `covplan.cities.synthetic.SyntheticCity`).
-
-    Attributes
-    ----------
-    graph
-        osmnx-style walk graph (``crs`` EPSG:4326; nodes ``x``/``y``; edges ``length`` in m,
-        ``highway``, ``name``, ``osmid``; ``bridge='yes'`` on river bridges, ``tunnel='yes'``
-        on railway underpasses), both directions.
-    population
-        Populated 100 m cells: ``cell_id`` ('R<row>C<col>'), ``population`` (int), polygons.
-    communities
-        Existing communities: ``community_id``, ``population`` (residents of the cells whose
-        centroid lies inside), ``district_id``.
-    centers
-        One service center per community on a street node: ``center_id``, ``community_id``.
-    districts
-        ``district_id``, ``name``, polygons along arterials.
-    railway
-        The railway line: ``name``.
-    features
-        ``kind`` ('river', 'railway', 'park'), ``name``, shapes.
-    name, work_crs, seed, residents
-        'metropolis', the UTM CRS it was laid out in, its seed and its residents.
-    """
-
-    graph: nx.MultiDiGraph
-    population: gpd.GeoDataFrame
-    communities: gpd.GeoDataFrame
-    centers: gpd.GeoDataFrame
-    districts: gpd.GeoDataFrame
-    railway: gpd.GeoDataFrame
-    features: gpd.GeoDataFrame
-    name: str
-    work_crs: str
-    seed: int
-    residents: int
+MetropolisCity = City     # the name this module has always returned (one record for every city)
 
 
-def build_metropolis(residents: int, *, seed: int = 0) -> MetropolisCity:
+def build_metropolis(residents: int, *, seed: int = 0) -> City:
     """
     Build a metropolis of exactly `residents` residents (see the module docstring).
 
@@ -156,7 +111,7 @@ def build_metropolis(residents: int, *, seed: int = 0) -> MetropolisCity:
     axes = np.sqrt(area_m2 / (np.pi * _ASPECT)) * np.array([1.0, _ASPECT])
     # Half extents on the 500 m grid, so that cells, arterials and district limits line up.
     half = tuple(float(np.ceil((a + _MARGIN_M) / _SUPERBLOCK_M) * _SUPERBLOCK_M) for a in axes)
-    squares, cell_xy = _cells(half)
+    squares, cell_xy = cell_grid(half)
     footprint = (((cell_xy / axes) ** 2).sum(axis=1) <= 1.0)
 
     seeds = _district_seeds(rng, cell_xy[footprint], residents)
@@ -166,9 +121,9 @@ def build_metropolis(residents: int, *, seed: int = 0) -> MetropolisCity:
     parks = [shapely.affinity.scale(Point(*(s + rng.uniform(-600, 600, 2))).buffer(1.0, 16),
                                     rng.uniform(150, 300), rng.uniform(120, 250))
              for s in seeds]
-    layout = _Layout(built=box(-1e7, -1e7, 1e7, 1e7).difference(water), weight=np.zeros(0),
-                     barrier=water, bridges=_bridges(half))
-    node_xy, edges = _cut_at_railway(*_streets(rng, half, layout), rail)
+    layout = Layout(built=box(-1e7, -1e7, 1e7, 1e7).difference(water), weight=np.zeros(0),
+                    barrier=water, bridges=_bridges(half))
+    node_xy, edges = _cut_at_railway(*street_lattice(rng, half, layout), rail)
 
     weight = _density(cell_xy, axes, seeds)
     weight *= np.minimum(rng.lognormal(0.0, 0.3, size=len(cell_xy)), 1.5)
@@ -205,7 +160,7 @@ def build_metropolis(residents: int, *, seed: int = 0) -> MetropolisCity:
     ids = [f"C{k + 1:0{len(str(n))}d}" for k in range(n)]
     district_ids = [f"D{k + 1:0{len(str(d))}d}" for k in range(d)]
     extent = box(-half[0], -half[1], half[0], half[1])
-    city = MetropolisCity(
+    city = City(
         graph=graph,
         population=frame({"cell_id": [f"R{r:0{width}d}C{c:0{width}d}" for r, c in zip(row, col)],
                           "population": pop}, squares),
@@ -224,7 +179,7 @@ def build_metropolis(residents: int, *, seed: int = 0) -> MetropolisCity:
                         "name": ["River", "Metropolitan Railway"]
                                 + [f"Park {k + 1}" for k in range(len(parks))]},
                        [water.intersection(extent), rail] + parks),
-        name="metropolis", work_crs=WORK_CRS, seed=int(seed), residents=residents)
+        name="metropolis", work_crs=WORK_CRS, seed=int(seed))
     logger.info("Built a metropolis of %s residents (seed %d): %.0f km², %d districts, %d nodes, "
                 "%d cells, %d communities", f"{residents:,}", seed, area_m2 / 1e6, d,
                 graph.number_of_nodes(), len(city.population), n)
@@ -278,7 +233,7 @@ def _railway(axes: np.ndarray, half: tuple[float, float]) -> LineString:
 
 def _bridges(half: tuple[float, float]) -> dict[int, tuple[str, str]]:
     """Lattice columns carrying a bridge: arterials every 3 km, offset from the middle."""
-    ni = int(half[0] // 62.5)
+    ni = int(half[0] // STEP_M)
     columns = np.arange(-ni, ni + 1)
     columns = columns[columns % _BRIDGE_EVERY == _BRIDGE_EVERY // 2]
     return {int(c): ("primary", f"Bridge {k + 1}") for k, c in enumerate(columns)}
@@ -357,9 +312,7 @@ def _communities(rng: np.random.Generator, districts: list, cell_xy: np.ndarray,
         xmin, ymin, xmax, ymax = chunk.bounds
         near = np.flatnonzero((node_xy[:, 0] >= xmin) & (node_xy[:, 0] <= xmax)
                               & (node_xy[:, 1] >= ymin) & (node_xy[:, 1] <= ymax))
-        count = max(1, round(int(pop[cells].sum()) / _MEAN_COMMUNITY))
-        regions, label = district_communities(rng, chunk, cell_xy[cells], pop[cells], count,
-                                              node_xy[near])
+        count, regions, label = _layout(rng, chunk, cell_xy[cells], pop[cells], node_xy[near])
         chosen = choose_center_nodes(rng, regions, cell_xy[cells], pop[cells], label,
                                      node_xy[near])
         cell_label[cells] = label + len(polygons)
@@ -368,6 +321,20 @@ def _communities(rng: np.random.Generator, districts: list, cell_xy: np.ndarray,
         centers.append(near[chosen])
     return (polygons, cell_label, np.array(community_district, dtype=np.int64),
             np.concatenate(centers))
+
+
+def _layout(rng: np.random.Generator, chunk, xy: np.ndarray, pop: np.ndarray,
+            node_xy: np.ndarray) -> tuple[int, list, np.ndarray]:
+    """The demo's layout of one subdistrict, about _MEAN_COMMUNITY residents a community; when
+    no layout of that count keeps every size in range and has a street node in every
+    community (seen in a sparse subdistrict of a 30 M city), fewer and then more are tried."""
+    count = max(1, round(int(pop.sum()) / _MEAN_COMMUNITY))
+    for k in dict.fromkeys(max(1, count + d) for d in (0, -1, -2, -3, 1, 2)):
+        try:
+            return k, *district_communities(rng, chunk, xy, pop, k, node_xy)
+        except RuntimeError:
+            continue
+    return count, *district_communities(rng, chunk, xy, pop, count, node_xy)   # raises
 
 
 def _subdistricts(cell_xy: np.ndarray, pop: np.ndarray, cell_district: np.ndarray,

@@ -1,10 +1,10 @@
 """
 Synthetic cities that stress the community planner in different ways, for the planner suite.
 
-Each kind is built like the demo city (`covplan.cities.demo`, whose helpers it reuses): streets on a
-jittered lattice (local streets 125 m apart, arterials every 500 m), populated 100 m cells,
-uneven existing communities (power regions, as in the demo) with one service center each, every
-layer in EPSG:4326 so that it flows through the ordinary loaders. What differs is the shape that
+Each kind is built like the demo city (`covplan.cities.demo`, whose helpers it reuses): streets on
+the jittered lattice of `covplan.cities.lattice` (local streets 125 m apart, arterials every 500
+m), populated 100 m cells, uneven existing communities (power regions, as in the demo) with one
+service center each, every layer in EPSG:4326 so that it flows through the ordinary loaders. What differs is the shape that
 makes planning hard:
 
 - ``core_fringe``: a very dense core (cells of 800+ residents) and villages of a few hundred to a
@@ -25,12 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import geopandas as gpd
-import networkx as nx
 import numpy as np
 import shapely
 import shapely.affinity
-
-# Private demo helpers, shared so both cities are built the same way (see the module docstring).
+from covplan.cities.city import City
 from covplan.cities.demo import (
     CELL_M,
     check_seed,
@@ -40,10 +38,9 @@ from covplan.cities.demo import (
     round_to_total,
     street_graph,
 )
+from covplan.cities.lattice import Layout, cell_grid, street_lattice
 from covplan.errors import InputError
 from pyproj import Transformer
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 from shapely.geometry import LineString, Point, Polygon, box
 from shapely.geometry.base import BaseGeometry
@@ -52,50 +49,10 @@ __all__ = ["SYNTHETIC_KINDS", "SyntheticCity", "build_synthetic_city"]
 
 logger = logging.getLogger(__name__)
 
-_STEP = 62.5                 # lattice step; streets on every second line -> 125 m blocks
-_ARTERIAL_EVERY = 8          # lattice lines: arterials 500 m apart, never jittered
-_JITTER_M = 8.0
-_UNBUILT_SHARE = 0.05        # local block sides never built
 _MEAN_COMMUNITY = 4_300      # existing communities average about the demo's size
 _MAX_ACCESS_M = 300.0        # no one lives farther from a street node than this
 
-
-@dataclass(frozen=True, slots=True, eq=False)   # eq=False: pandas fields don't compare to bool
-class SyntheticCity:
-    """
-    A synthetic city, every layer in EPSG:4326 (the layers of `covplan.cities.demo.DemoCity`).
-
-    Attributes
-    ----------
-    graph
-        osmnx-style walk graph (``crs`` EPSG:4326; nodes ``x``/``y``; edges ``length`` in m,
-        ``highway``, ``name``, ``osmid``, ``bridge='yes'`` on bridges), both directions.
-    population
-        Populated 100 m cells: ``cell_id`` ('R<row>C<col>'), ``population`` (int), polygons.
-    communities
-        Existing communities (convex polygons covering every populated cell): ``community_id``
-        ('C01'...), ``population`` (residents of the cells whose centroid lies inside) and
-        ``district_id`` when the city has districts.
-    centers
-        One service center per community on a street node: ``center_id``, ``community_id``.
-    districts
-        ``district_id``, ``name`` and polygons, or None.
-    features
-        What shapes the city, for maps and tests: ``kind`` ('river', 'lake', 'island',
-        'estate', 'village', 'airfield', 'high-rise'), ``name``, polygons.
-    name, work_crs, seed
-        The kind, the UTM CRS the city was laid out in, and the seed it was built from.
-    """
-
-    graph: nx.MultiDiGraph
-    population: gpd.GeoDataFrame
-    communities: gpd.GeoDataFrame
-    centers: gpd.GeoDataFrame
-    districts: gpd.GeoDataFrame | None
-    features: gpd.GeoDataFrame
-    name: str
-    work_crs: str
-    seed: int
+SyntheticCity = City     # the name this module has always returned (one record for every city)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,26 +62,10 @@ class _Kind:
     work_crs: str            # the UTM zone of (lon, lat): the zone the loaders will choose
     total: int               # residents, exact for every seed
     half: tuple[float, float]   # half width and half height of the extent, m
-    layout: Callable[[np.random.Generator, np.ndarray], _Layout]
+    layout: Callable[[np.random.Generator, np.ndarray], Layout]
 
 
-@dataclass(frozen=True, slots=True)
-class _Layout:
-    """What a kind decides: where streets run, what they cannot cross, and who lives where."""
-
-    built: BaseGeometry                   # streets run where both ends lie inside
-    weight: np.ndarray                    # expected residents per cell, before noise and rounding
-    barrier: BaseGeometry | None = None   # no street crosses it, bridges aside
-    bridges: dict[int, tuple[str, str]] | None = None   # lattice column -> (highway, name)
-    paths: BaseGeometry | None = None     # every lattice line is a footpath here, not every second
-    no_local: BaseGeometry | None = None  # arterials only (airfield)
-    rural: BaseGeometry | None = None     # arterials here are country roads
-    islands: bool = False                 # keep detached pieces of >= 10 nodes, not just the main
-    districts: tuple[tuple[str, str, Polygon], ...] | None = None
-    features: tuple[tuple[str, str, BaseGeometry], ...] = ()
-
-
-def build_synthetic_city(kind: str, *, seed: int = 0) -> SyntheticCity:
+def build_synthetic_city(kind: str, *, seed: int = 0) -> City:
     """
     Build a synthetic city of one of `SYNTHETIC_KINDS`.
 
@@ -158,9 +99,9 @@ def build_synthetic_city(kind: str, *, seed: int = 0) -> SyntheticCity:
     origin = np.array(Transformer.from_crs("EPSG:4326", spec.work_crs, always_xy=True)
                       .transform(spec.lon, spec.lat))
     extent = box(-spec.half[0], -spec.half[1], spec.half[0], spec.half[1])
-    squares, cell_xy = _cells(spec.half)
+    squares, cell_xy = cell_grid(spec.half)
     layout = spec.layout(rng, cell_xy)
-    node_xy, edges = _streets(rng, spec.half, layout)
+    node_xy, edges = street_lattice(rng, spec.half, layout)
 
     # Residents: noise like the demo's, nobody far from a street, integers summing to the total.
     weight = layout.weight * np.minimum(rng.lognormal(0.0, 0.3, size=len(cell_xy)), 1.5)
@@ -191,7 +132,7 @@ def build_synthetic_city(kind: str, *, seed: int = 0) -> SyntheticCity:
                                          minlength=len(ids)).astype(np.int64)}
     if layout.districts:
         columns["district_id"] = [districts[d][0] for d in community_district]
-    city = SyntheticCity(
+    city = City(
         graph=graph,
         population=frame({"cell_id": [f"R{r:03d}C{c:03d}" for r, c in zip(row, col)],
                           "population": pop}, list(squares)),
@@ -210,92 +151,6 @@ def build_synthetic_city(kind: str, *, seed: int = 0) -> SyntheticCity:
                 "%d communities", kind, seed, graph.number_of_nodes(), len(city.population),
                 spec.total, len(ids))
     return city
-
-
-# ---------------------------------------------------------------------------------------------
-# The shared frame: cells and the street lattice
-
-
-def _cells(half: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Every 100 m cell of the extent: squares and centroids (city coordinates)."""
-    cols, rows = (np.arange(int(2 * h / CELL_M)) for h in half)
-    col, row = (a.ravel() for a in np.meshgrid(cols, rows))
-    xy = (np.column_stack([col, row]) + 0.5) * CELL_M - np.array(half)
-    return shapely.box(*(xy - CELL_M / 2).T, *(xy + CELL_M / 2).T), xy
-
-
-def _streets(rng: np.random.Generator, half: tuple[float, float], layout: _Layout,
-             ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """
-    Street nodes (city coordinates) and undirected edges in the arrays `covplan.cities.demo._graph`
-    takes (u, v, highway, name, osmid, structure).
-
-    The lattice has a node every _STEP m; streets follow every second line (every line inside
-    `layout.paths`), arterials every eighth. Edges are kept where both ends lie in
-    `layout.built` and the edge does not cross `layout.barrier`, except the bridges.
-    """
-    ni, nj = (int(h // _STEP) for h in half)
-    i, j = (a.ravel() for a in np.meshgrid(np.arange(-ni, ni + 1), np.arange(-nj, nj + 1)))
-    on_arterial = (i % _ARTERIAL_EVERY == 0) | (j % _ARTERIAL_EVERY == 0)
-    jitter = rng.uniform(-_JITTER_M, _JITTER_M, size=(i.size, 2)) * ~on_arterial[:, None]
-    xy = np.column_stack([i * _STEP, j * _STEP]) + jitter
-    width = 2 * ni + 1
-
-    # Every lattice neighbour pair; `line` is the row (east-west) or column (north-south).
-    east = np.flatnonzero(i < ni)
-    north = np.flatnonzero(j < nj)
-    u = np.concatenate([east, north])
-    v = np.concatenate([east + 1, north + width])
-    north_south = np.repeat([False, True], [east.size, north.size])
-    line = np.where(north_south, i[u], j[u])
-    along = np.where(north_south, j[u], i[u]) // 2          # which block side along the line
-    arterial = line % _ARTERIAL_EVERY == 0
-
-    segments = shapely.linestrings(np.stack([xy[u], xy[v]], axis=1))
-    inside = shapely.contains_xy(layout.built, *xy.T)
-    street = line % 2 == 0
-    if layout.paths is not None:
-        in_paths = shapely.contains_xy(layout.paths, *xy.T)
-        street |= in_paths[u] & in_paths[v]
-    crossing = (shapely.intersects(segments, layout.barrier) if layout.barrier is not None
-                else np.zeros(u.size, dtype=bool))
-    bridges = layout.bridges or {}
-    bridge = crossing & north_south & np.isin(line, list(bridges))
-    _, side = np.unique((north_south * 10_000 + line + 5_000) * 10_000 + along + 5_000,
-                        return_inverse=True)
-    unbuilt = (rng.random(side.max() + 1) < _UNBUILT_SHARE)[side] & ~arterial
-    if layout.no_local is not None:
-        empty = shapely.contains_xy(layout.no_local, *xy.T)
-        unbuilt |= empty[u] & empty[v] & ~arterial
-    keep = street & ((inside[u] & inside[v] & ~crossing) | bridge) & ~unbuilt
-
-    # The main piece only; with islands also detached pieces of 10+ nodes (stray bits dropped).
-    adjacency = coo_matrix((np.ones(keep.sum()), (u[keep], v[keep])), shape=(i.size, i.size))
-    _, component = connected_components(adjacency, directed=False)
-    used = np.zeros(i.size, dtype=bool)
-    used[u[keep]] = used[v[keep]] = True
-    sizes = np.bincount(component[used], minlength=component.max() + 1)
-    wanted = sizes >= 10 if layout.islands else np.arange(sizes.size) == sizes.argmax()
-    in_city = used & wanted[component]
-    keep &= in_city[u]
-    row_of = np.cumsum(in_city) - 1
-
-    rural = (shapely.contains_xy(layout.rural, *((xy[u] + xy[v]) / 2).T)
-             if layout.rural is not None else np.zeros(u.size, dtype=bool))
-    path = street & (line % 2 == 1)
-    highway = np.where(path, "footway", np.where(arterial, np.where(rural, "tertiary", "primary"),
-                                                 "residential"))
-    name = np.array([f"{'North' if ns else 'East'} {'Avenue' if a else 'Lane'} {ln}"
-                     for ns, ln, a in zip(north_south, line, arterial)], dtype=object)
-    name[path] = "Estate Path"
-    structure = np.where(bridge, "bridge", "")
-    for column, (kind, title) in bridges.items():
-        on = bridge & (line == column)
-        highway[on], name[on] = kind, title
-    edges = {"u": row_of[u], "v": row_of[v], "highway": highway, "name": name,
-             "osmid": np.where(bridge, 9_000 + line, 10_000 + 1_000 * north_south + line),
-             "structure": structure}
-    return xy[in_city], {key: values[keep] for key, values in edges.items()}
 
 
 def _existing_communities(rng: np.random.Generator, districts: list[Polygon], cell_xy: np.ndarray,
@@ -342,7 +197,7 @@ def _fill(weight: np.ndarray, where: np.ndarray, residents: float) -> None:
 # The kinds
 
 
-def _core_fringe(rng: np.random.Generator, xy: np.ndarray) -> _Layout:
+def _core_fringe(rng: np.random.Generator, xy: np.ndarray) -> Layout:
     """A city of radius 2.3 km with a very dense core; villages of 200-3,000 residents along six
     country roads, 2-5 km beyond its edge."""
     core_r, total = 2_300.0, _KINDS["core_fringe"].total
@@ -369,7 +224,7 @@ def _core_fringe(rng: np.random.Generator, xy: np.ndarray) -> _Layout:
     built = shapely.union_all([Point(0, 0).buffer(core_r + 200),
                                *(road.buffer(15.0) for road in roads),
                                *(v.buffer(80.0) for _, _, v in villages)])
-    return _Layout(built=built, weight=weight, rural=_outside(Point(0, 0).buffer(core_r + 200)),
+    return Layout(built=built, weight=weight, rural=_outside(Point(0, 0).buffer(core_r + 200)),
                    features=tuple(villages))
 
 
@@ -377,7 +232,7 @@ def _outside(area: BaseGeometry) -> BaseGeometry:
     return box(-1e6, -1e6, 1e6, 1e6).difference(area)
 
 
-def _river(rng: np.random.Generator, xy: np.ndarray) -> _Layout:
+def _river(rng: np.random.Generator, xy: np.ndarray) -> Layout:
     """A 180 m river meandering west to east through the middle; three bridges."""
     x = np.linspace(-4_000.0, 4_000.0, 161)
     river = LineString(np.column_stack([x, 250 * np.sin(2 * np.pi * (x + 700) / 5_500) - 150]))
@@ -390,11 +245,11 @@ def _river(rng: np.random.Generator, xy: np.ndarray) -> _Layout:
     weight[_inside(park, xy)] = 0.0
     bridges = {-32: ("primary", "West Bridge"), 8: ("footway", "Footbridge"),
                40: ("primary", "East Bridge")}
-    return _Layout(built=_outside(water), weight=weight, barrier=water, bridges=bridges,
+    return Layout(built=_outside(water), weight=weight, barrier=water, bridges=bridges,
                    features=(("river", "River", water), ("park", "Park", park)))
 
 
-def _linear(rng: np.random.Generator, xy: np.ndarray) -> _Layout:
+def _linear(rng: np.random.Generator, xy: np.ndarray) -> Layout:
     """A 1.2 km strip along Main Road (y = 0), towns along it, three districts."""
     towns = np.sort(rng.uniform(-11_000.0, 11_000.0, size=6))
     # Between the towns ~50 residents per cell: a 15-minute stretch still holds a community.
@@ -405,11 +260,11 @@ def _linear(rng: np.random.Generator, xy: np.ndarray) -> _Layout:
     districts = tuple((f"D{k + 1}", names[k],
                        shapely.segmentize(box(cuts[k], -600.0, cuts[k + 1], 600.0), 100.0))
                       for k in range(3))
-    return _Layout(built=box(-12_001.0, -601.0, 12_001.0, 601.0), weight=weight,
+    return Layout(built=box(-12_001.0, -601.0, 12_001.0, 601.0), weight=weight,
                    districts=districts)
 
 
-def _islands(rng: np.random.Generator, xy: np.ndarray) -> _Layout:
+def _islands(rng: np.random.Generator, xy: np.ndarray) -> Layout:
     """
     A lake (north-east) holding two inhabited islands more than 500 m from every shore, a walled
     estate with its own footpaths, a high-rise block beside an almost empty airfield.
@@ -432,7 +287,7 @@ def _islands(rng: np.random.Generator, xy: np.ndarray) -> _Layout:
     main = np.where(town, 200 * _gauss(xy, (-800.0, 200.0), 1_800) + 110, 0.0)
     weight += main * (total - weight.sum()) / main.sum()
     water = lake.difference(shapely.union_all([big, small]))
-    return _Layout(built=_outside(water), weight=weight,
+    return Layout(built=_outside(water), weight=weight,
                    barrier=shapely.union_all([water, estate.exterior]),
                    paths=shapely.union_all([estate, small]),   # too small for 125 m blocks
                    no_local=airfield, islands=True,

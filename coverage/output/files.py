@@ -1,137 +1,57 @@
-"""Writing and reading results: GeoPackage layers, JSON summaries and whole plan folders."""
+"""
+Plan folders: the files of a plan written (`write_plan`) and read back (`read_plan`).
+
+The plain writers (GeoPackage layers, JSON) are in `covplan.output.writers`, the atomic-folder
+machinery (lock, staging, swap, manifest) in `covplan.output.folders`; their public names are
+re-exported here, where callers have always imported them.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import json
 import logging
 import os
-import shutil
-import signal
-import threading
-import time
-import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import geopandas as gpd
-import numpy as np
 import pandas as pd
 import pyogrio
-import shapely
-from covplan import __version__
-from covplan.errors import DataSourceError, InputError, OutputBusyError
+from covplan.errors import DataSourceError
 from covplan.metrics import parse_previous_ids
-from shapely.geometry import GeometryCollection, MultiPolygon, Polygon
+from covplan.output.folders import (
+    MANIFEST,
+    OUTPUT_FILES,
+    OUTPUT_FOLDERS,
+    PLAN_FOLDER_FILES,
+    OutputStage,
+    file_sha256,
+    folders_aside,
+    output_folder,
+    prepare_folder,
+)
+from covplan.output.writers import (
+    as_multipolygons,
+    fault_point,
+    plain_value,
+    write_json,
+    write_layers,
+)
 
 if TYPE_CHECKING:
     from covplan.plan.pipeline import Plan
 
-try:
-    import fcntl
-except ImportError:                     # Windows: the folder lock uses msvcrt instead
-    fcntl = None
-    import msvcrt
+# The names of writers and folders are re-exported: callers import them from here.
+__all__ = ["MANIFEST", "OUTPUT_FILES", "OUTPUT_FOLDERS", "PLAN_FOLDER_FILES", "OutputStage",
+           "as_multipolygons", "community_rows", "output_folder", "plan_id", "prepare_folder",
+           "read_plan", "report_document", "write_community_tables", "write_json",
+           "write_layers", "write_plan", "write_plan_files"]
 
 logger = logging.getLogger(__name__)
-
-
-def prepare_folder(path: str | os.PathLike[str]) -> Path:
-    """Create the output folder (and parents); raise DataSourceError if that is impossible."""
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        msg = f"cannot create output folder '{out}': {exc.strerror}; choose another --out."
-        raise DataSourceError(msg) from exc
-    return out
-
-
-def _polygon_parts(geom) -> list[Polygon]:
-    """The non-empty polygons in `geom` (lines and points dropped, collections opened)."""
-    if isinstance(geom, Polygon):
-        return [] if geom.is_empty else [geom]
-    if isinstance(geom, (MultiPolygon, GeometryCollection)):
-        return [p for part in geom.geoms for p in _polygon_parts(part)]
-    return []
-
-
-def _valid_multipolygon(geom):
-    """`geom` as a valid MultiPolygon (None stays None): repaired with `shapely.make_valid`,
-    keeping only its polygonal parts (an empty MultiPolygon when none is left)."""
-    if geom is None:
-        return None
-    if not geom.is_valid:
-        geom = shapely.make_valid(geom)
-    out = MultiPolygon(_polygon_parts(geom))
-    if not out.is_valid:                        # parts that touch or overlap: merge them
-        out = MultiPolygon(_polygon_parts(shapely.make_valid(shapely.union_all(out.geoms))))
-    return out
-
-
-def as_multipolygons(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """
-    A polygon layer with every geometry a valid MultiPolygon, in the CRS it is written in.
-
-    A layer is polygonal when its non-empty geometries are (Multi)Polygons or collections
-    holding a polygon; other layers (points, lines) come back unchanged. Invalid shapes (a
-    bow-tie, a ring that crosses itself after reprojection) are repaired with
-    `shapely.make_valid` and only their polygonal parts are kept, so one layer has one
-    geometry type in every plan, whether a shape has one part or several.
-    """
-    geoms = frame.geometry
-    present = geoms[geoms.notna() & ~geoms.is_empty]
-    types = set(present.geom_type)
-    if not present.size or not types <= {"Polygon", "MultiPolygon", "GeometryCollection"}:
-        return frame
-    if "GeometryCollection" in types and not any(_polygon_parts(g) for g in present):
-        return frame
-    out = frame.copy()
-    out[geoms.name] = gpd.GeoSeries([_valid_multipolygon(g) for g in geoms], index=frame.index,
-                                    crs=frame.crs)
-    return out
-
-
-def write_layers(path: str | os.PathLike[str], layers: Mapping[str, gpd.GeoDataFrame], *,
-                 metadata: Mapping[str, str] | None = None) -> Path:
-    """Write each frame as a layer of one GeoPackage, replacing the file; polygon layers are
-    written as valid MultiPolygons (`as_multipolygons`). `metadata` (e.g. the plan id) is stored
-    with every layer (GeoPackage metadata, `pyogrio.read_info(...)["layer_metadata"]`)."""
-    target = Path(path)
-    if target.exists():
-        target.unlink()
-    for name, frame in layers.items():
-        clean = as_multipolygons(frame).copy()
-        for col in clean.columns:
-            if col != clean.geometry.name and clean[col].dtype == object:
-                clean[col] = clean[col].astype("string")
-        clean.to_file(target, layer=name, driver="GPKG", engine="pyogrio",
-                      metadata=dict(metadata) if metadata else None)
-        _fault_point(f"{target.name}/{name}")
-    logger.info("Wrote %s (layers: %s)", target, ", ".join(layers))
-    return target
-
-
-def _plain(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
-def write_json(path: str | os.PathLike[str], data: Mapping) -> Path:
-    """Write `data` as indented JSON (numpy scalars become plain numbers, inf/NaN null)."""
-    target = Path(path)
-    clean = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in data.items()}
-    target.write_text(json.dumps(clean, indent=2, default=_plain, ensure_ascii=False) + "\n")
-    _fault_point(target.name)
-    logger.info("Wrote %s", target)
-    return target
 
 
 # Residents are `population` in every layer and file of a plan folder. In memory the units keep
@@ -213,18 +133,32 @@ _DERIVED_REPORT_KEYS = ("problems", "glossary")    # built at write time, droppe
 _WRITE_ONLY_REPORT_KEYS = ("plan_id", *_DERIVED_REPORT_KEYS)
 
 
+# Run timings are seconds named `*_s` (runtime_s); any key so named, at any depth, is left out
+# of the plan id, so no section that reports its own time can make the id differ between runs.
+_TIMING_SUFFIXES = ("_s", "_ms", "_seconds")
+
+
+def _without_timings(value):
+    """`value` with every mapping key naming a timing (`_TIMING_SUFFIXES`) dropped, at any depth."""
+    if isinstance(value, Mapping):
+        return {k: _without_timings(v) for k, v in value.items()
+                if not str(k).endswith(_TIMING_SUFFIXES)}
+    if isinstance(value, (list, tuple)):
+        return [_without_timings(v) for v in value]
+    return value
+
+
 def plan_id(plan) -> str:
     """
     The id every file of a written plan carries (report.json, each plan.gpkg layer's metadata,
-    manifest.json): a hash of the plan's content (its report without the run time, its units,
+    manifest.json): a hash of the plan's content (its report without run timings, its units,
     communities and changes). The same inputs, parameters, seed and version give the same id,
     so written plans stay comparable byte for byte; any other plan gets another id.
     """
     digest = hashlib.sha256()
-    report = {k: v for k, v in plan.report.items() if k not in ("runtime_s", *_WRITE_ONLY_REPORT_KEYS)}
-    if isinstance(report.get("grids"), dict):      # the grids' own run time too
-        report["grids"] = {k: v for k, v in report["grids"].items() if k != "runtime_s"}
-    digest.update(json.dumps(report, sort_keys=True, default=_plain).encode())
+    report = _without_timings({k: v for k, v in plan.report.items()
+                               if k not in _WRITE_ONLY_REPORT_KEYS})
+    digest.update(json.dumps(report, sort_keys=True, default=plain_value).encode())
     communities = plan.communities.drop(columns=plan.communities.geometry.name)
     for frame in (plan.units, communities, plan.changes):
         if frame is not None:
@@ -269,10 +203,10 @@ def write_plan_files(plan, folder: Path, *, self_contained: bool = True,
     if plan.changes is not None:
         plan.changes.rename(columns=_WRITTEN_NAMES["changes"]).to_csv(folder / "changes.csv",
                                                                       index=False)
-        _fault_point("changes.csv")
+        fault_point("changes.csv")
     save_map(plan_map(plan, base=base, grids=grids), folder / "map.html",
              self_contained=self_contained)
-    _fault_point("map.html")
+    fault_point("map.html")
     return pid
 
 
@@ -309,305 +243,6 @@ def write_plan(plan, out: str | os.PathLike[str], *, self_contained: bool = True
     return Path(out)
 
 
-# --- Output folders: locked, staged beside, swapped in whole ---------------------------------
-#
-# Guarantee: a folder written through `output_folder` holds, at every instant, either its
-# previous content or the complete new one, never a mix. The files are written into a hidden
-# sibling (same parent, so one filesystem) while `.<name>.covplan-lock` (flock) keeps other runs
-# out; manifest.json is written last; then two renames swap the folders (SIGINT/SIGTERM held
-# meanwhile) and the old one is deleted. A run killed (kill -9, power loss) between the two
-# renames leaves no `out` but the complete old folder as `.<name>.covplan-old-*`: `read_plan`
-# reads that, and the next run into `out` puts it back first. Stale staging folders are
-# deleted by the next run.
-
-MANIFEST = "manifest.json"
-# The files of a plan folder (plan, demo): read_plan refuses one its manifest does not list.
-PLAN_FOLDER_FILES = frozenset({
-    "plan.gpkg", "report.json", "communities.csv", "communities.xlsx", "center_decisions.csv",
-    "changes.csv", "map.html", "scenario.toml", "resolved.json", MANIFEST, "grids.csv",
-    "asis.gpkg", "asis.json", "asis_map.html"})                       # covplan demo
-# Every name covplan writes into an --out folder (also coverage, site, isochrones, compare;
-# atlas.pdf by `covplan atlas DIR`): a folder holding only these may be replaced without --force.
-OUTPUT_FILES = PLAN_FOLDER_FILES | {
-    "coverage.gpkg", "coverage.json", "site.gpkg", "site.json", "isochrones.gpkg",
-    "comparison.json", "compare_map.html", "atlas.pdf", "summary.csv", "summary.png"}
-# Sub-folders covplan writes (`covplan sweep`: a plan folder per scenario, GeoParquet copies).
-OUTPUT_FOLDERS = frozenset({"plans", "communities"})
-_SQLITE_SIDECARS = ("-journal", "-wal", "-shm")       # beside a GeoPackage open in QGIS
-_CLUTTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})   # file managers' own files
-_KILL_AT = "COVPLAN_TEST_KILL_AT"
-
-
-def _fault_point(step: str) -> None:
-    """Fault injection for the interruption tests: COVPLAN_TEST_KILL_AT=STEP[@SIGNAL] sends
-    SIGNAL (default SIGKILL) to this process when it reaches STEP (a file written, a layer as
-    'plan.gpkg/units', 'manifest.json', 'swap' between the two renames, 'swapped' after)."""
-    wanted = os.environ.get(_KILL_AT)
-    if wanted:
-        name, _, sig = wanted.partition("@")
-        if name == step:
-            os.kill(os.getpid(), getattr(signal, sig or "SIGKILL"))
-
-
-def _ours(entry: Path) -> bool:
-    name = entry.name
-    if entry.is_dir():
-        return name in OUTPUT_FOLDERS
-    return (name in OUTPUT_FILES or name in _CLUTTER
-            or (name.endswith(_SQLITE_SIDECARS) and name.rsplit("-", 1)[0] in OUTPUT_FILES))
-
-
-def _foreign(folder: Path) -> list[str]:
-    """What in `folder` covplan did not write (folders end in '/')."""
-    if not folder.is_dir():
-        return []
-    return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not _ours(p))
-
-
-def _sibling(target: Path, kind: str) -> Path:
-    return target.parent / f".{target.name}.covplan-{kind}-{uuid.uuid4().hex[:12]}"
-
-
-@dataclass
-class OutputStage:
-    """A folder being written: files go into `path`; `commit` moves them to `out` whole."""
-
-    out: Path                       # where the folder goes (resolved)
-    path: Path                      # the staging folder beside it
-    keep: list[str] = field(default_factory=list)    # foreign entries of `out` kept (force)
-    plan_id: str | None = None      # recorded in manifest.json
-    committed: bool = False
-
-    def commit(self) -> None:
-        """Write manifest.json, then replace `out` by the staging folder (no-op once done)."""
-        if self.committed:
-            return
-        _write_manifest(self.path, self.plan_id)
-        for name in self.keep:
-            _keep_entry(self.out / name.rstrip("/"), self.path / name.rstrip("/"))
-        with _signals_held():          # Ctrl-C now takes effect once the folder is in place
-            trash = _swap(self.path, self.out)
-            self.committed = True
-        _fault_point("swapped")
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
-        logger.info("Moved the complete folder into place: %s", self.out)
-
-
-@contextlib.contextmanager
-def output_folder(out: str | os.PathLike[str], *, force: bool = False) -> Iterator[OutputStage]:
-    """
-    Lock `out`, stage a folder beside it and, when the block ends without error, move it into
-    place whole (`OutputStage.commit`, unless the block did); on any error or interruption the
-    staging folder is removed and `out` is left as it was.
-
-    `out` must be a new folder, or one holding only files covplan writes (`OUTPUT_FILES`); other
-    files are refused unless `force`, which keeps them in the new folder. Checked before the
-    block runs, so the CLI refuses a bad --out before any computation.
-
-    Raises
-    ------
-    InputError
-        `out` is a file, lies under a file, is the current folder (or holds it), or holds
-        files covplan did not write and not `force`.
-    OutputBusyError
-        Another run holds the lock of `out`.
-    DataSourceError
-        The folder (or its parent) cannot be created or written.
-    """
-    shown = os.fspath(out)
-    target = Path(out).resolve()
-    if target.exists() and not target.is_dir():
-        msg = (f"--out '{shown}' is a file, not a folder; name a new folder or a plan folder "
-               "(--out / out=).")
-        raise InputError(msg)
-    if target == target.parent or target in (Path.cwd(), *Path.cwd().parents):
-        msg = (f"--out '{shown}' is the current folder or holds it, and an output folder is "
-               f"replaced as a whole; name a subfolder, e.g. --out {Path(shown) / 'plan'}.")
-        raise InputError(msg)
-    created = _make_parents(target.parent, shown)
-    try:
-        with _folder_lock(target, shown):
-            _recover(target)
-            keep = _foreign(target)
-            if keep and not force:
-                listing = ", ".join(keep[:5]) + (f", … {len(keep) - 5} more" if len(keep) > 5 else "")
-                msg = (f"--out '{shown}' holds files covplan did not write ({listing}); choose a "
-                       "new or empty folder, or pass --force (force=True) to write there and "
-                       "keep them.")
-                raise InputError(msg)
-            stage = OutputStage(out=target, path=_sibling(target, "new"), keep=keep)
-            try:
-                stage.path.mkdir()
-                yield stage
-                stage.commit()
-            finally:
-                if not stage.committed:
-                    shutil.rmtree(stage.path, ignore_errors=True)
-    except BaseException:
-        for folder in reversed(created):       # parents made for a folder never written
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
-
-
-def _make_parents(parent: Path, shown: str) -> list[Path]:
-    """Create `parent` and the folders above it that are missing; the ones created, top first."""
-    ancestors = (parent, *parent.parents)
-    blocker = next((p for p in ancestors if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        msg = (f"--out '{shown}' cannot be created: '{blocker}' is a file; choose another "
-               "folder (--out / out=).")
-        raise InputError(msg)
-    missing = [p for p in ancestors if not p.exists()][::-1]
-    for p in missing:
-        try:
-            p.mkdir(exist_ok=True)
-        except OSError as exc:
-            msg = (f"cannot create --out '{shown}': {exc.strerror} ('{p}'); choose a folder you "
-                   "can write to (--out / out=).")
-            raise DataSourceError(msg) from exc
-    return missing
-
-
-@contextlib.contextmanager
-def _folder_lock(target: Path, shown: str) -> Iterator[None]:
-    """Hold `.<name>.covplan-lock` beside `target` (an OS lock: the kernel drops it when its
-    process dies, so a stale lock file is simply taken over)."""
-    path = target.parent / f".{target.name}.covplan-lock"
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            msg = (f"cannot write in '{target.parent}' ({exc.strerror}), where --out '{shown}' "
-                   "goes; choose a folder you can write to (--out / out=).")
-            raise DataSourceError(msg) from exc
-        if not _try_lock(fd, path):
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "pid unknown"
-            os.close(fd)
-            msg = (f"another covplan run is writing {shown} ({holder}); wait for it or choose "
-                   "another --out (out=).")
-            raise OutputBusyError(msg)
-        with contextlib.suppress(OSError):
-            if os.fstat(fd).st_ino == os.stat(path).st_ino:
-                break                  # still the file at `path` (not one a finished run removed)
-        os.close(fd)
-    try:
-        stale = os.read(fd, 200).decode(errors="replace").strip()
-        if stale:
-            logger.warning("Took over the lock of %s from a covplan run that stopped without "
-                           "releasing it (%s)", shown, stale)
-        started = time.strftime("%Y-%m-%d %H:%M:%S")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}, started {started}".encode(), 0)
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)            # before unlocking: a waiting run then makes a new file
-        os.close(fd)
-
-
-def _try_lock(fd: int, path: Path) -> bool:
-    """True once this process holds the lock, False while another one does."""
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        else:                          # Windows
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-    except (BlockingIOError, PermissionError):
-        return False
-    except OSError as exc:             # a filesystem without locks (some network shares)
-        logger.warning("Cannot lock %s (%s): a second run into the same folder is not detected",
-                       path, exc.strerror)
-    return True
-
-
-def _aside(target: Path, *kinds: str) -> list[Path]:
-    """The staging ('new'), swapped-out ('old') and doomed ('trash') folders of `target`'s
-    runs, oldest first."""
-    prefix = f".{target.name}.covplan-"
-    if not target.name or not target.parent.is_dir():
-        return []
-    found = [p for p in target.parent.iterdir() if p.name.startswith(prefix)
-             and p.name[len(prefix):].split("-")[0] in kinds and p.is_dir()]
-    return sorted(found, key=os.path.getmtime)
-
-
-def _recover(target: Path) -> None:
-    """Under the lock: put back a folder a killed run left renamed aside, delete the rest."""
-    backups = _aside(target, "old")
-    if backups and not target.exists():
-        backups[-1].rename(target)
-        logger.warning("Restored %s: a covplan run was stopped while replacing it", target)
-    for path in _aside(target, "new", "old", "trash"):
-        logger.info("Removing %s, left by a covplan run that was stopped", path)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _keep_entry(source: Path, dest: Path) -> None:
-    """A foreign entry of the old folder into the new one: hard links (no copy, and the old
-    folder keeps its own until the swap), a copy where links are impossible."""
-    if source.is_dir() and not source.is_symlink():
-        shutil.copytree(source, dest, symlinks=True, copy_function=_link_or_copy)
-    else:
-        _link_or_copy(source, dest)
-
-
-def _link_or_copy(source, dest) -> None:
-    try:
-        os.link(source, dest, follow_symlinks=False)
-    except OSError:
-        shutil.copy2(source, dest, follow_symlinks=False)
-
-
-def _swap(new: Path, target: Path) -> Path | None:
-    """Put `new` at `target` (old -> aside, new -> target); returns the old folder, renamed
-    for deletion, if there was one."""
-    if not target.exists():
-        new.rename(target)
-        return None
-    old = _sibling(target, "old")
-    target.rename(old)
-    _fault_point("swap")
-    new.rename(target)
-    trash = _sibling(target, "trash")          # never put back, unlike an "old" folder
-    old.rename(trash)
-    return trash
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM received in the block take effect after it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = {}
-    for name in ("SIGINT", "SIGTERM"):
-        sig = getattr(signal, name, None)
-        if sig is not None and signal.getsignal(sig) is not None:
-            previous[sig] = signal.signal(sig, lambda signum, _frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for signum in caught:
-            signal.raise_signal(signum)
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as stream:
-        return hashlib.file_digest(stream, "sha256").hexdigest()
-
-
-def _write_manifest(folder: Path, pid: str | None) -> None:
-    """manifest.json, written last: the plan id and every file with its size and sha256."""
-    files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size}
-             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
-    write_json(folder / MANIFEST, {"plan_id": pid, "version": __version__, "files": files})
-
-
 PLAN_FILES = ("plan.gpkg", "report.json")     # changes.csv only exists in merge/split mode
 PLAN_LAYERS = ("communities", "centers", "units", "isochrones")
 
@@ -640,7 +275,7 @@ def read_plan(folder: str | os.PathLike[str]) -> Plan:
     from covplan.plan.pipeline import Plan
 
     root = Path(folder)
-    backups = [] if root.is_dir() else _aside(root, "old")
+    backups = [] if root.is_dir() else folders_aside(root, "old")
     if backups:
         logger.warning("%s is missing: a covplan run was stopped while replacing it; reading the "
                        "previous plan kept at %s (the next run into %s puts it back)", root,
@@ -718,7 +353,7 @@ def _check_manifest(root: Path, layers: list[str]) -> str | None:
     for name, entry in sorted(listed.items()):
         if not (root / name).is_file():
             problems.append(f"{name} is missing")
-        elif name != "plan.gpkg" and _sha256(root / name) != (entry or {}).get("sha256"):
+        elif name != "plan.gpkg" and file_sha256(root / name) != (entry or {}).get("sha256"):
             problems.append(f"{name} is not the one written with this plan")
     problems += [f"{p.name} is not part of this plan" for p in sorted(root.iterdir())
                  if p.name in PLAN_FOLDER_FILES and p.name not in listed and p.name != MANIFEST]

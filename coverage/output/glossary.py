@@ -39,6 +39,9 @@ GLOSSARY: dict[str, str] = {
     "within_tolerance_share": "communities whose population lies within target_pop ± tolerance / "
                               "communities (share 0-1)",
     "contiguous_share": "communities whose territory is one piece / communities (share 0-1)",
+    "communities_proven_not_contiguous": "communities no plan covering everyone can make one piece: "
+                                         "residents whose only reachable site is the center, in "
+                                         "pieces no chain of units within its walk joins (count)",
     "population_min": "residents of the smallest community (persons)",
     "population_max": "residents of the largest community (persons)",
     "new_centers": "communities whose center is a newly sited one ('new-…' ids) (count)",
@@ -106,8 +109,9 @@ GLOSSARY: dict[str, str] = {
     "rule_issues": "where the plan cannot meet a rule, one line each (list of text); kept for now, "
                    "superseded by problems (severity 'error'); only in `covplan plan` and re-plans",
     "grids": "the grids' (网格) figures when planned with --grids: grid count, share within "
-             "the grid band, residents within grid_minutes of their station and its ceiling, "
-             "worst walk, stability (object; null without grids)",
+             "the grid band and grids_within_tolerance_ceiling (the grids less those proven "
+             "unable to reach the band), residents within grid_minutes of their station and its "
+             "ceiling, worst walk, stability (object; null without grids)",
     "warnings": "inputs that look implausible but were used as given (a cell denser than "
                 "100,000 residents per km2, overlapping cells, a target above the population), "
                 "one line each (list of text)",

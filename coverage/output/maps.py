@@ -14,6 +14,7 @@ fonts, Bootstrap, jQuery or D3. Offline, where tiles fail, `base=` (from
 
 from __future__ import annotations
 
+import contextlib
 import html
 import itertools
 import logging
@@ -29,10 +30,12 @@ import pandas as pd
 import shapely
 from branca.element import Element, MacroElement
 from covplan.errors import DataSourceError
-from covplan.output.offline import map_html
+from covplan.output.offline import map_html, walk_elements
 from jinja2 import Template
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from covplan.assess import CoverageResult
     from covplan.plan.grids import Grids
     from covplan.plan.pipeline import Plan
@@ -262,7 +265,7 @@ def save_map(fmap: folium.Map, path: str | os.PathLike[str], *,
     Returns
     -------
     Path
-        The written file.
+        The written file: the same bytes for the same map, however often it is saved.
 
     Raises
     ------
@@ -272,7 +275,8 @@ def save_map(fmap: folium.Map, path: str | os.PathLike[str], *,
         If the file cannot be written.
     """
     target = Path(path)
-    page = map_html(fmap, self_contained=self_contained)
+    with _render_leaves_no_trace(fmap):
+        page = map_html(fmap, self_contained=self_contained)
     try:
         target.write_text(page, encoding="utf-8")
     except OSError as exc:
@@ -281,6 +285,19 @@ def save_map(fmap: folium.Map, path: str | os.PathLike[str], *,
     logger.info("Wrote %s (%.0f kB, %s)", target, len(page.encode("utf-8")) / 1024,
                 "self-contained" if self_contained else "CDN links")
     return target
+
+
+@contextlib.contextmanager
+def _render_leaves_no_trace(fmap: folium.Map) -> Iterator[None]:
+    """Give every element of the map its children back once rendered: a render adds links,
+    styles and scripts to the page and an add-to-map script to each layer, and the next render
+    would add them again (folium issue #2237), so a map saved twice would differ."""
+    kept = [(element, element._children.copy()) for element in walk_elements(fmap.get_root())]
+    try:
+        yield
+    finally:
+        for element, children in kept:
+            element._children = children
 
 
 def base_map(frame: gpd.GeoDataFrame, *, m: folium.Map | None = None) -> folium.Map:

@@ -75,8 +75,8 @@ def map_html(fmap: folium.Map, *, self_contained: bool = True) -> str:
     if not self_contained:
         return html
     uses_jquery = bool(getattr(fmap, "objects_to_stay_in_front", None)) or any(
-        isinstance(e, folium.Popup) for e in _walk(root))
-    uses_icons = any(isinstance(e, folium.Icon) for e in _walk(root))
+        isinstance(e, folium.Popup) for e in walk_elements(root))
+    uses_icons = any(isinstance(e, folium.Icon) for e in walk_elements(root))
     for name, link in list(root.header._children.items()):
         if not isinstance(link, (JavascriptLink, CssLink)):
             continue
@@ -104,21 +104,21 @@ def map_html(fmap: folium.Map, *, self_contained: bool = True) -> str:
     return html
 
 
-def _walk(element: Element) -> Iterator[Element]:
+def walk_elements(element: Element) -> Iterator[Element]:
     """Every element under `element` (a Figure's header, html and script included)."""
     yield element
     if isinstance(element, Figure):
         for part in (element.header, element.html, element.script):
-            yield from _walk(part)
+            yield from walk_elements(part)
     for child in element._children.values():
-        yield from _walk(child)
+        yield from walk_elements(child)
 
 
 def _number_elements(root: Element) -> None:
     # branca names elements with random hex ids; numbering them in tree order makes the page
     # deterministic (same plan -> same bytes) without changing what it draws.
     counter = itertools.count()
-    for element in _walk(root):
+    for element in walk_elements(root):
         element._id = f"{next(counter):04d}"
 
 

@@ -1,7 +1,8 @@
 """
 Stable community ids: which new community continues which old one, by the residents they share.
 One rule for merge/split plans (`covplan.plan.pipeline`) and incremental re-plans
-(`covplan.plan.replan`); see `inherit_ids`.
+(`covplan.plan.replan`); see `inherit_ids`. Its two steps, `shared_residents` and `link_pairs`
+(`covplan.metrics`), also count the residents who keep their community (`stability_share`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+from covplan.metrics import link_pairs, shared_residents
 
 __all__ = ["ID_RULE", "inherit_ids"]
 
@@ -64,27 +66,17 @@ def inherit_ids(new_of_unit: np.ndarray, old_of_unit: np.ndarray, pop: np.ndarra
     list[str]
         One unique id per new community, deterministic for the same inputs.
     """
-    new = np.asarray(new_of_unit, dtype=np.int64)
-    old = np.asarray(old_of_unit, dtype=np.int64)
-    weight = np.asarray(pop, dtype="float64")
     n_old = len(old_ids)
-    inside = new >= 0
     # Column n_old: residents outside every old community (they compete as "largest group").
-    col = np.where(old[inside] >= 0, old[inside], n_old)
-    residents = np.zeros((n_new, n_old + 1))
-    units = np.zeros((n_new, n_old + 1))
-    np.add.at(residents, (new[inside], col), weight[inside])
-    np.add.at(units, (new[inside], col), 1)
+    residents, units = shared_residents(new_of_unit, old_of_unit, pop, n_new, n_old)
 
     ids: list[str | None] = [None] * n_new
-    heir: dict[int, int] = {}                                   # old -> new
     rows, cols = np.nonzero(units[:, :n_old])
     order = sorted(zip(rows.tolist(), cols.tolist(), strict=True),
                    key=lambda rc: (-residents[rc], -units[rc], str(old_ids[rc[1]]), rc[0]))
-    for r, k in order:
-        if ids[r] is None and k not in heir:
-            ids[r] = str(old_ids[k])
-            heir[k] = r
+    heir = link_pairs(order)                                    # old -> new
+    for k, r in heir.items():
+        ids[r] = str(old_ids[k])
 
     used = set(reserved) | {str(i) for i in old_ids} | {i for i in ids if i is not None}
     # Splits: communities inheriting nothing whose largest group comes from an inherited old one.
