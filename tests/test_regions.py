@@ -16,6 +16,7 @@ from covplan.config import PlanConfig
 from covplan.errors import InputError
 from covplan.plan import regions
 from covplan.plan.pipeline import plan_communities, prepare_planning
+from covplan.solve.partition.seeding import bisect_parts
 from geopandas.testing import assert_geodataframe_equal
 from scipy.sparse.csgraph import connected_components
 from shapely.geometry import box
@@ -164,7 +165,8 @@ def test_regions_are_balanced_connected_and_keep_atoms_whole() -> None:
     sizes = np.bincount(region, weights=pop)
     assert sizes.max() / sizes.min() < 2.5
     # The straight cut alone would leave a region in two pieces across the river.
-    assert _pieces(regions._bisect(xy, pop, 4), adjacency) != [1, 1, 1, 1]
+    straight, _ = bisect_parts(xy.astype("float64"), pop + 1e-6, np.arange(len(xy)), 4)
+    assert _pieces(straight, adjacency) != [1, 1, 1, 1]
 
 
 def test_seam_bands_hold_the_communities_touching_each_seam() -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 from covplan._sparse import lookup
 from covplan.solve.partition.core import band_key
+from covplan.solve.partition.seeding import bisect_parts
 from scipy.sparse.csgraph import connected_components
 
 if TYPE_CHECKING:
@@ -143,32 +144,14 @@ def unit_regions(xy: np.ndarray, pop: np.ndarray, adjacency: sp.csr_matrix, *, s
     """
     pop = np.asarray(pop, dtype="float64")
     k = max(1, round(float(pop.sum()) / size))
-    region = _bisect(np.asarray(xy, dtype="float64"), pop + 1e-6, k)
+    xy = np.asarray(xy, dtype="float64")
+    region, _ = bisect_parts(xy, pop + 1e-6, np.arange(len(xy)), k)
     if atoms is not None and (atoms >= 0).any():
         inside = np.flatnonzero(atoms >= 0)
         weight = sp.csr_matrix((pop[inside] + 1e-6, (atoms[inside], region[inside])))
         majority = np.asarray(weight.argmax(axis=1)).ravel()
         region[inside] = majority[atoms[inside]]
     return _connect(region, pop, adjacency)
-
-
-def _bisect(xy: np.ndarray, weight: np.ndarray, k: int) -> np.ndarray:
-    """k parts of equal weight, cutting across the longer side. By hand: no installed library
-    balances a geometric split (k-means does not); METIS would cut the unit graph instead."""
-    part = np.zeros(len(xy), dtype="int64")
-    stack, n_parts = [(np.arange(len(xy)), k)], 0
-    while stack:
-        group, parts = stack.pop()
-        if parts == 1 or len(group) <= 1:
-            part[group], n_parts = n_parts, n_parts + 1
-            continue
-        half = parts // 2
-        axis = int(np.argmax(np.ptp(xy[group], axis=0)))
-        order = group[np.lexsort((group, xy[group, axis]))]
-        cum = np.cumsum(weight[order])
-        cut = int(np.clip(np.searchsorted(cum, cum[-1] * half / parts) + 1, 1, len(order) - 1))
-        stack += [(order[cut:], parts - half), (order[:cut], half)]
-    return part
 
 
 def _connect(region: np.ndarray, pop: np.ndarray, adjacency: sp.csr_matrix) -> np.ndarray:

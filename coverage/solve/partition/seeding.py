@@ -22,7 +22,7 @@ def packing_bound(structure: sp.csr_matrix) -> int:
     return count
 
 
-def _bisect(xy: np.ndarray, pop: np.ndarray, units: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+def bisect_parts(xy: np.ndarray, pop: np.ndarray, units: np.ndarray, k: int) -> tuple[np.ndarray, int]:
     """k parts of about equal population, cutting across the longer side; part per unit (-1 off)."""
     part = np.full(len(xy), -1, dtype="int64")
     stack, n_parts = [(units, k)], 0
@@ -51,7 +51,7 @@ def seed_centers(xy: np.ndarray, pop: np.ndarray, structure: sp.csr_matrix, k: i
     if k < 1 or len(reachable) == 0:
         return np.zeros(0, dtype="int64")
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    part, n_parts = _bisect(np.asarray(xy, dtype="float64") @ rot, pop, reachable,
+    part, n_parts = bisect_parts(np.asarray(xy, dtype="float64") @ rot, pop, reachable,
                             min(k, len(reachable)))
     members = sp.csr_matrix((pop[reachable] + 1e-3, (part[reachable], reachable)),
                             shape=(n_parts, structure.shape[0]))
