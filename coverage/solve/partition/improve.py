@@ -7,7 +7,10 @@ A window of P residents can hold from ceil(P / max_pop) to floor(P / min_pop) co
 the band. Each count near the current one is tried from a few center sets: the current
 centers (a flow re-solve), the current ones with the community split in two by bisection seeds
 of its own units (one center more) or with one of the smallest dropped (one less), and rotated
-equal-population bisection seeds of the whole window. Every set is settled by the flow core
+equal-population bisection seeds of the whole window; where residents stay outside the band,
+also sets with one community meant to stay small (`_uneven`), among them seeds with the small
+one at either end of the window beside balanced ones (`_end_seeds`). Every set is settled by
+the flow core
 (`Window.evaluate`: every unit served by a center it reaches, every community connected, none
 empty), so a kept result never breaks coverage or contiguity; one with more tiny communities
 than before (below half the target) is refused. Outside the window nothing changes.
@@ -22,6 +25,7 @@ Deterministic: a budget of settled window units, no clock.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 
 import numpy as np
@@ -213,6 +217,7 @@ def _uneven(plan: SearchPlan, win: Window, s: int, k: int, angles: np.ndarray):
     its communities to reach the band, fewer residents end up outside it when one is small and
     its neighbours balanced than when all fall short evenly, as the flow alone would have it."""
     m = len(win.comms)
+    yield from _end_seeds(win, k, angles)
     if k == m:
         popk = plan.popk[win.comms]
         short = np.flatnonzero(popk < win.lo)
@@ -223,6 +228,28 @@ def _uneven(plan: SearchPlan, win: Window, s: int, k: int, angles: np.ndarray):
         if np.array_equal(options[0][:-2], rest):   # the first split of s: two new centers last
             for i in (k - 2, k - 1):
                 yield options[0], i
+
+
+_END_MARGIN = 1.05          # the small end holds this much above the tiny threshold
+
+
+def _end_seeds(win: Window, k: int, angles: np.ndarray):
+    """(centers, 0) trials with the small community at one end of the window (both ends of its
+    first two bisection directions) and the other k - 1 sharing the rest at the target or within
+    the band. In a strip too thin to fill every community, the balanced ones must sit side by
+    side; seeds of equal parts spread the shortfall over all of them instead."""
+    if win.xy is None or k < 2:
+        return
+    total, problem = float(win.pop.sum()), win.problem
+    floor = problem.tiny_share * problem.target_pop * _END_MARGIN
+    small = min(max(total - (k - 1) * problem.target_pop, floor), win.lo - 1)
+    if small < floor or not win.lo <= (total - small) / (k - 1) <= win.hi:
+        return
+    for angle, turn in itertools.product(angles[:_WINDOW_SEEDS], (0.0, np.pi)):
+        centers = seed_centers(win.xy, win.pop, win.structure, k, float(angle + turn),
+                               win.blocked, first=small)
+        if len(centers) == k:
+            yield centers, 0
 
 
 def _dissolve(plan: SearchPlan, s: int, tiny_first: bool = False) -> bool:
@@ -290,16 +317,22 @@ def improve(plan: SearchPlan, angles: np.ndarray, budget: int, *,
     once the settled windows have held `budget` units in all (a deterministic stand-in for a
     time limit). Then, with `clear_tiny`, tiny communities are cleared (`_clear_tiny`).
     """
-    _balance(plan, angles, budget)
+    failed = _balance(plan, angles, budget, set())
+    label, center = plan.label.copy(), plan.center.copy()
     if clear_tiny and _clear_tiny(plan, angles, budget):
-        _balance(plan, angles, budget)     # balance again, now without tiny communities
+        # Balance again, now without tiny communities; a window that found nothing before and
+        # that clearing left alone (no unit or center changed within two rings) is not retried.
+        moved = label != plan.label
+        touched = np.unique(np.r_[label[moved], plan.label[moved],
+                                  np.flatnonzero(center[:len(plan.center)] != plan.center[:len(center)])])
+        near = {int(c) for t in touched if t >= 0 and plan.size[t] > 0 for c in plan.around(int(t), 2)}
+        _balance(plan, angles, budget, failed - near - set(touched.tolist()))
     return plan
 
 
-def _balance(plan: SearchPlan, angles: np.ndarray, budget: int) -> None:
-    """The main loop of `improve`."""
+def _balance(plan: SearchPlan, angles: np.ndarray, budget: int, failed: set[int]) -> set[int]:
+    """The main loop of `improve`; returns the communities whose windows found nothing."""
     left = [budget]
-    failed: set[int] = set()
     problem = plan.problem
     while left[0] > 0:
         alive = plan.alive
@@ -316,6 +349,7 @@ def _balance(plan: SearchPlan, angles: np.ndarray, budget: int) -> None:
             failed -= near        # their surroundings changed: worth another try
         else:
             failed.add(s)
+    return failed
 
 
 def _clear_tiny(plan: SearchPlan, angles: np.ndarray, budget: int) -> bool:

@@ -40,19 +40,35 @@ def bisect_parts(xy: np.ndarray, pop: np.ndarray, units: np.ndarray, k: int) -> 
     return part, n_parts
 
 
+def end_parts(xy: np.ndarray, pop: np.ndarray, units: np.ndarray, k: int,
+              first: float) -> tuple[np.ndarray, int]:
+    """Like `bisect_parts`, but part 0 holds the `first` residents at the low end of the longer
+    side and the other k - 1 parts share the rest about equally."""
+    axis = int(np.argmax(np.ptp(xy[units], axis=0)))
+    order = units[np.lexsort((units, xy[units, axis]))]
+    cut = int(np.clip(np.searchsorted(np.cumsum(pop[order] + 1e-9), first) + 1, 1, len(order) - 1))
+    part, n_parts = bisect_parts(xy, pop, order[cut:], k - 1)
+    part[order[:cut]] = -1
+    part[part >= 0] += 1
+    part[order[:cut]] = 0
+    return part, n_parts + 1
+
+
 def seed_centers(xy: np.ndarray, pop: np.ndarray, structure: sp.csr_matrix, k: int, angle: float,
-                  blocked: np.ndarray | None = None) -> np.ndarray:
+                  blocked: np.ndarray | None = None, *, first: float | None = None) -> np.ndarray:
     """
     One center per bisection part: the free candidate reaching most of the part's people. Then
     a part holding units no center reaches swaps its center for the candidate reaching most of
-    those and of the units only its old center reached (most of the part's people next).
+    those and of the units only its old center reached (most of the part's people next). With
+    `first`, the first part holds that many residents at one end (`end_parts`).
     """
     reachable = np.flatnonzero(np.diff(structure.indptr) > 0)
-    if k < 1 or len(reachable) == 0:
+    if k < 1 or len(reachable) == 0 or (first is not None and (k < 2 or len(reachable) < k)):
         return np.zeros(0, dtype="int64")
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    part, n_parts = bisect_parts(np.asarray(xy, dtype="float64") @ rot, pop, reachable,
-                            min(k, len(reachable)))
+    turned = np.asarray(xy, dtype="float64") @ rot
+    part, n_parts = (bisect_parts(turned, pop, reachable, min(k, len(reachable))) if first is None
+                     else end_parts(turned, pop, reachable, k, first))
     members = sp.csr_matrix((pop[reachable] + 1e-3, (part[reachable], reachable)),
                             shape=(n_parts, structure.shape[0]))
     gather = (members @ structure).toarray()
@@ -83,6 +99,8 @@ def seed_centers(xy: np.ndarray, pop: np.ndarray, structure: sp.csr_matrix, k: i
                 count[csc.indices[csc.indptr[old]:csc.indptr[old + 1]]] -= 1
                 count[csc.indices[csc.indptr[best]:csc.indptr[best + 1]]] += 1
                 centers[row] = best
+    if first is not None and centers[0] < 0:
+        return np.zeros(0, dtype="int64")      # the small end's center comes first, or none
     return centers[centers >= 0]
 
 
