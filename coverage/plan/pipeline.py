@@ -34,7 +34,8 @@ from covplan.plan import regions
 from covplan.reach.isochrones import compute_isochrones
 from covplan.reach.matrix import ReachMatrix, compute_reach
 from covplan.solve.bounds import FeasibilityBound, feasibility_bound
-from covplan.solve.partition.core import PartitionProblem, band_key, partition_units
+from covplan.solve.partition.core import PartitionProblem, partition_units
+from covplan.solve.partition.search import tiny_first_order
 from scipy.sparse.csgraph import connected_components
 
 if TYPE_CHECKING:
@@ -707,7 +708,7 @@ def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | 
                                           locked=locked)
     if not kept:
         return with_kept, []
-    band_key = _band_key(with_kept[in_district], pop[in_district], config)
+    band_key = regions.assignment_band_key(with_kept[in_district], pop[in_district], config)
     if band_key[0] == 0:
         return with_kept, []
     rows = np.flatnonzero(in_district)
@@ -715,20 +716,11 @@ def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | 
     free[rows] = partition_group(reach, adjacency, prior, rows, np.flatnonzero(candidate_in), config,
                                  locked=locked)
     # Tiny communities first (the min_pop_exception rule), then the band's order.
-    free_key = _band_key(free[in_district], pop[in_district], config)
-    if (free_key[1], *free_key) < (band_key[1], *band_key):
+    free_key = regions.assignment_band_key(free[in_district], pop[in_district], config)
+    if tiny_first_order(free_key) < tiny_first_order(band_key):
         logger.info("Giving up %d kept communities so that their neighbours can balance", len(kept))
         return free, list(kept)
     return with_kept, []
-
-
-def _band_key(center_of: np.ndarray, pop: np.ndarray, config: PlanConfig) -> tuple[float, int, int, float]:
-    """`band_key` of an assignment of units to centers (-1: unserved)."""
-    served = center_of >= 0
-    _, inverse = np.unique(center_of[served], return_inverse=True)
-    return band_key(np.bincount(inverse, weights=pop[served]), min_pop=config.min_pop,
-                    max_pop=config.max_pop, target_pop=config.target_pop,
-                    tiny_share=config.min_pop_exception)
 
 
 def partition_group(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | None,

@@ -27,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 from covplan._sparse import lookup
 from covplan.solve.partition.core import band_key
+from covplan.solve.partition.search import tiny_first_order
 from covplan.solve.partition.seeding import bisect_parts
 from scipy.sparse.csgraph import connected_components
 
@@ -300,19 +301,23 @@ def _band_cost(reach: ReachMatrix, prior: Prior | None, rows: np.ndarray, center
     """The rules' order of a band's plan: `band_key` (tiny communities first), then walking
     person-minutes plus the stability cost of residents leaving their old community."""
     pop = reach.pop[rows].astype("float64")
-    key = band_key(_sizes(centers, pop), min_pop=config.min_pop, max_pop=config.max_pop,
-                   target_pop=config.target_pop, tiny_share=config.min_pop_exception)
+    key = assignment_band_key(centers, pop, config)
     minutes = lookup(reach.minutes, rows, centers)[0]
     cost = np.where(np.isfinite(minutes), minutes, 0.0)
     if prior is not None:
         old = prior.unit[rows]
         cost = cost + config.stability_minutes * ((old >= 0) & (old != prior.candidate[centers]))
-    return (key[1], *key, float((cost * pop).sum()))
+    return (*tiny_first_order(key), float((cost * pop).sum()))
 
 
-def _sizes(centers: np.ndarray, pop: np.ndarray) -> np.ndarray:
-    """Residents per community of an assignment of units to centers (all served)."""
-    return np.bincount(np.unique(centers, return_inverse=True)[1], weights=pop)
+def assignment_band_key(center_of: np.ndarray, pop: np.ndarray,
+                        config: PlanConfig) -> tuple[float, int, int, float]:
+    """`band_key` of an assignment of units to centers (-1: unserved)."""
+    served = center_of >= 0
+    _, inverse = np.unique(center_of[served], return_inverse=True)
+    return band_key(np.bincount(inverse, weights=pop[served]), min_pop=config.min_pop,
+                    max_pop=config.max_pop, target_pop=config.target_pop,
+                    tiny_share=config.min_pop_exception)
 
 
 def seam_bands(center_of: np.ndarray, region: np.ndarray, adjacency: sp.csr_matrix,

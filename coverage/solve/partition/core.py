@@ -79,6 +79,7 @@ from covplan.solve.partition.search import (
     band_key,
     local_search,
     problem_band_key,
+    tiny_first_order,
 )
 from covplan.solve.partition.seeding import greedy_seeds, packing_bound, seed_centers, set_cover
 
@@ -321,9 +322,8 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
     total = float(problem.pop[reachable].sum())
     k = problem.n_communities or max(choose_k(total, problem.target_pop, problem.tolerance),
                                      packing_bound(structure))
-    wanted = max(restarts, min(_SMALL_RUNS, _SMALL_UNITS // max(n, 1)))
-    if problem.exceptions_only:     # no seed brings forced-undersized residents to the band
-        wanted = 1
+    # Exceptions take one run: no seed brings forced-undersized residents to the band.
+    wanted = 1 if problem.exceptions_only else max(restarts, min(_SMALL_RUNS, _SMALL_UNITS // max(n, 1)))
     runs = 1 if problem.xy is None else max(1, min(wanted, _RESTART_UNITS // max(n, 1)))
     angles = np.r_[0.0, rng.uniform(0, np.pi, runs - 1)]
     # The best run in the rules' order, and the best with fewest tiny communities: the tiny
@@ -336,7 +336,7 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
         key = _score(problem, _centers_of(plan))   # the rules' order: band, then walking
         logger.debug("Run %d: %.0f residents outside the band, %d tiny communities, %d outside "
                      "the band, %.0f people beyond its edges, %.0f person-minutes", run, *key)
-        for name, rank in (("band", key), ("tidy", (key[1], *key))):
+        for name, rank in (("band", key), ("tidy", tiny_first_order(key))):
             if name not in best or rank < best[name][0]:
                 best[name] = (rank, run, plan)
     picks = {run: plan for _, run, plan in best.values()}
@@ -344,7 +344,7 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
     finals = [plan if problem.exceptions_only else    # exceptions can't reach the band
               improve(plan, np.linspace(0, np.pi, 4, endpoint=False) + angles[-1], budget)
               for _, plan in sorted(picks.items())]
-    winner = min(finals, key=lambda p: (p.key()[1], p.key()))
+    winner = min(finals, key=lambda p: tiny_first_order(p.key()))
     _trace(winner, "improved")
     center = _centers_of(winner)
     *_, violation, objective = _score(problem, center)

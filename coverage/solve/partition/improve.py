@@ -39,6 +39,7 @@ from covplan.solve.partition.search import (
     empty_community,
     local_search,
     problem_band_key,
+    tiny_first_order,
 )
 from covplan.solve.partition.seeding import seed_centers, set_cover
 
@@ -195,7 +196,7 @@ def _best_of(sub: _SubPlan, win: Window, trials, k: int, best, budget: list[int]
     more tiny communities, while the budget lasts. With `tiny_first`, a trial must leave fewer
     tiny communities, and the fewest tiny, then the rules' order, wins."""
     def rank(key):
-        return (key[1], *key) if tiny_first else key
+        return tiny_first_order(key) if tiny_first else key
 
     for centers, small in trials:
         if budget[0] <= 0:
@@ -308,26 +309,34 @@ def _improve_window(plan: SearchPlan, s: int, angles: np.ndarray, budget: list[i
     return False
 
 
-def improve(plan: SearchPlan, angles: np.ndarray, budget: int, *,
-            clear_tiny: bool = True) -> SearchPlan:
+def improve(plan: SearchPlan, angles: np.ndarray, budget: int) -> SearchPlan:
     """
     Repeatedly take the community outside the band with the most residents (tiny ones first,
     dissolved into their neighbours when that helps) and re-solve its window; a community that
     can't be improved is skipped until something near it changes. Stops when none improves or
     once the settled windows have held `budget` units in all (a deterministic stand-in for a
-    time limit). Then, with `clear_tiny`, tiny communities are cleared (`_clear_tiny`).
+    time limit). Then tiny communities are cleared (`_clear_tiny`) and, if that changed the
+    plan, balancing runs again.
     """
     failed = _balance(plan, angles, budget, set())
     label, center = plan.label.copy(), plan.center.copy()
-    if clear_tiny and _clear_tiny(plan, angles, budget):
-        # Balance again, now without tiny communities; a window that found nothing before and
-        # that clearing left alone (no unit or center changed within two rings) is not retried.
-        moved = label != plan.label
-        touched = np.unique(np.r_[label[moved], plan.label[moved],
-                                  np.flatnonzero(center[:len(plan.center)] != plan.center[:len(center)])])
-        near = {int(c) for t in touched if t >= 0 and plan.size[t] > 0 for c in plan.around(int(t), 2)}
+    if _clear_tiny(plan, angles, budget):
+        # A window that found nothing before and that clearing left alone (no unit or center
+        # changed within two rings) is not retried.
+        touched = _touched(label, center, plan)
+        near = {int(c) for t in touched if plan.size[t] > 0 for c in plan.around(int(t), 2)}
         _balance(plan, angles, budget, failed - near - set(touched.tolist()))
     return plan
+
+
+def _touched(label: np.ndarray, center: np.ndarray, plan: SearchPlan) -> np.ndarray:
+    """Communities of `plan` that lost or gained a unit, or changed center, since it had
+    `label` and `center`."""
+    moved = label != plan.label
+    both = min(len(center), len(plan.center))   # a community added since has moved units
+    changed = np.flatnonzero(center[:both] != plan.center[:both])
+    touched = np.unique(np.r_[label[moved], plan.label[moved], changed])
+    return touched[touched >= 0]
 
 
 def _balance(plan: SearchPlan, angles: np.ndarray, budget: int, failed: set[int]) -> set[int]:
@@ -372,7 +381,7 @@ def _clear_tiny(plan: SearchPlan, angles: np.ndarray, budget: int) -> bool:
         done = [_dissolve(trials[0], s, tiny_first=True),
                 _improve_window(trials[1], s, angles, left, tiny_first=True, rings_tried=(1,)),
                 _improve_window(trials[2], s, angles, left, tiny_first=True, rings_tried=(2,))]
-        keys = [(t.key()[1], *t.key()) for t, ok in zip(trials, done) if ok]
+        keys = [tiny_first_order(t.key()) for t, ok in zip(trials, done) if ok]
         if keys:
             best = [t for t, ok in zip(trials, done) if ok][keys.index(min(keys))]
             logger.debug("tiny community %d cleared: %s -> %s", s, plan.key()[:4], best.key()[:4])

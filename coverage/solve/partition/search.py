@@ -224,6 +224,12 @@ def band_key(sizes, *, min_pop: float, max_pop: float, target_pop: float,
             int(out.sum()), float(viol.sum()))
 
 
+def tiny_first_order(key: tuple) -> tuple:
+    """A `band_key` (or one with more after it) ordered by its tiny communities first: the
+    `min_pop_exception` rule before balance."""
+    return (key[1], *key)
+
+
 def problem_band_key(pop_k: np.ndarray, problem: PartitionProblem) -> tuple[float, int, int, float]:
     """`band_key` of a problem's community populations."""
     return band_key(pop_k, min_pop=problem.min_pop, max_pop=problem.max_pop,

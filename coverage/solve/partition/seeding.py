@@ -48,7 +48,6 @@ def end_parts(xy: np.ndarray, pop: np.ndarray, units: np.ndarray, k: int,
     order = units[np.lexsort((units, xy[units, axis]))]
     cut = int(np.clip(np.searchsorted(np.cumsum(pop[order] + 1e-9), first) + 1, 1, len(order) - 1))
     part, n_parts = bisect_parts(xy, pop, order[cut:], k - 1)
-    part[order[:cut]] = -1
     part[part >= 0] += 1
     part[order[:cut]] = 0
     return part, n_parts + 1
