@@ -8,13 +8,14 @@ import geopandas as gpd
 import networkx as nx
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from covplan.config import PlanConfig
 from covplan.errors import InfeasibleError
 from covplan.inputs.network import WalkNetwork
 from covplan.inputs.population import Population
 from covplan.metrics import _note
 from covplan.plan.pipeline import plan_communities, prepare_planning
-from covplan.solve.bounds import feasibility_bound
+from covplan.solve.bounds import feasibility_bound, min_cover_count
 from shapely.geometry import box
 
 X0, Y0 = 500_000.0, 4_000_000.0
@@ -259,3 +260,17 @@ def test_a_community_that_cannot_be_contiguous_is_proven_so():
     assert "cannot be" in _note(20, False, "", 20, 0, CONFIG, split_forced=True)
     unproven = _note(2_500, False, "", 4_000, 0, CONFIG)
     assert "the planner found no bordering community" in unproven and "cannot" not in unproven
+
+
+def test_min_cover_count_is_the_exact_set_cover():
+    """The fewest columns reaching every row, exact where greedy is not: column 3 reaches rows
+    0-3 (the most, so greedy takes it and then needs two more for rows 4 and 5), while columns 1
+    (rows 0, 2, 4) and 2 (rows 1, 3, 5) cover all six. Rows reaching nothing are ignored."""
+    reaches = [[1, 3], [2, 3], [1, 3], [2, 3], [1, 4, 6], [2, 5]]
+    matrix = np.zeros((6, 7))
+    for row, columns in enumerate(reaches):
+        matrix[row, columns] = 1
+    assert min_cover_count(sp.csr_matrix(matrix)) == 2
+    assert min_cover_count(sp.csr_matrix(np.vstack([matrix, np.zeros(7)]))) == 2
+    assert min_cover_count(sp.csr_matrix(np.eye(5))) == 5
+    assert min_cover_count(sp.csr_matrix((3, 4))) == 0

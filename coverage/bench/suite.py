@@ -115,11 +115,14 @@ class SuiteResult:
                      "Smallest regular: the smallest community that is not an exception (all "
                      "members forced undersized). Time: the plan call, or the peer's own call.")
         if len(self.grids):
-            lines += ["", ("| city | grids | in band / ceiling | share of ceiling | residents "
-                           "within walk / ceiling | worst walk (min) | contiguous | time s |"),
-                      "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            lines += ["", ("| city | grids | in band / ceiling | share of ceiling | share of "
+                           "grids in band / bound | residents within walk / ceiling | worst walk "
+                           "(min) | contiguous | time s |"),
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
             lines += [f"| {r.city} | {r.grids} | {r.grids_within_tolerance} / "
                       f"{r.grids_within_tolerance_ceiling} | {_pct(r.within_tolerance_of_ceiling)} "
+                      f"| {_pct(r.within_tolerance_share)} / "
+                      f"{_pct(r.within_tolerance_share_bound)} "
                       f"| {_pct(r.within_limit_share)} / {_pct(r.within_limit_ceiling)} | "
                       f"{_minutes(r.max_minutes)} | {_pct(r.contiguous_share, 0)} | "
                       f"{_num(r.time_s, 1)} |" for r in self.grids.itertuples()]
@@ -127,7 +130,11 @@ class SuiteResult:
                          "(covplan.plan.grids, grid target, tolerance and walk of the config). "
                          "Ceiling: this plan's grids less those proven unable to be in the band "
                          "(walks that gather too few residents, a community's residents able to "
-                         "be in a balanced grid); residents within walk: of the grid station.")
+                         "be in a balanced grid); bound: the largest share of grids in band "
+                         "any split of these communities can have (balanced grids at most as "
+                         "many as able residents fill at the floor, grids holding residents "
+                         "forced undersized at least as many as the fewest stations reaching "
+                         "them all); residents within walk: of the grid station.")
         return "\n".join(lines)
 
 
@@ -295,7 +302,8 @@ def _run_city(name: str, city: _City, *, config: PlanConfig, peers: bool,
 
 _GRID_FIGURES = ("grids", "grids_within_tolerance", "grids_within_tolerance_ceiling",
                  "within_tolerance_share", "within_tolerance_ceiling",
-                 "within_tolerance_of_ceiling", "within_tolerance_pop_share",
+                 "within_tolerance_of_ceiling", "within_tolerance_share_bound",
+                 "within_tolerance_pop_share",
                  "within_limit_share", "within_limit_ceiling", "mean_minutes", "max_minutes",
                  "contiguous_share")
 

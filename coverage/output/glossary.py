@@ -110,8 +110,11 @@ GLOSSARY: dict[str, str] = {
                    "superseded by problems (severity 'error'); only in `covplan plan` and re-plans",
     "grids": "the grids' (网格) figures when planned with --grids: grid count, share within "
              "the grid band and grids_within_tolerance_ceiling (the grids less those proven "
-             "unable to reach the band), residents within grid_minutes of their station and its "
-             "ceiling, worst walk, stability (object; null without grids)",
+             "unable to reach the band), within_tolerance_share_bound (the largest share of "
+             "grids in band any split of these communities can have: grids_within_tolerance_max "
+             "balanced at most, grids_holding_forced_min undersized at least), residents within "
+             "grid_minutes of their station and its ceiling, worst walk, stability (object; null "
+             "without grids)",
     "warnings": "inputs that look implausible but were used as given (a cell denser than "
                 "100,000 residents per km2, overlapping cells, a target above the population), "
                 "one line each (list of text)",

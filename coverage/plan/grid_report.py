@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import shapely
 from covplan._sparse import lookup
+from covplan.solve.bounds import min_cover_count
 
 if TYPE_CHECKING:
     from covplan.inputs.network import WalkNetwork
@@ -108,6 +109,23 @@ def ceiling(space: _Space, rows: np.ndarray, params: _Params) -> int:
     who can be in one (proven, as `covplan.solve.bounds`)."""
     able = int(space.pop[rows][_able(space)[rows]].sum())
     return int(np.floor(able / params.band[0] + 1e-9))
+
+
+def share_bound(space: _Space, params: _Params) -> tuple[int, int]:
+    """(most balanced grids, fewest grids holding forced-undersized residents) over every split
+    of these communities into grids: per community, its able residents fill at most `ceiling`
+    balanced grids, and its forced residents need at least as many (undersized) grids as the
+    fewest stations reaching them all (`min_cover_count`, exact or HiGHS's proven floor). So no
+    split puts a larger share of its grids in the band than most / (most + fewest)."""
+    forced = space.bound.forced_undersized & (space.pop > 0)
+    most = fewest = 0
+    for k in range(len(space.ids)):
+        rows = np.flatnonzero(space.community == k)
+        most += ceiling(space, rows, params)
+        stuck = rows[forced[rows]]
+        if len(stuck):
+            fewest += min_cover_count(space.reach.minutes[stuck][:, space.columns(k)])
+    return most, fewest
 
 
 def shortfall(space: _Space, rows: np.ndarray, label: np.ndarray,
@@ -248,6 +266,7 @@ def grid_report(space: _Space, grids: gpd.GeoDataFrame, units: pd.DataFrame,
                                 params))
                    for cid, own in grids.groupby("community_id"))
     balanced = int(grids["within_tolerance"].sum())
+    most, fewest_forced = share_bound(space, params)
     stability = None
     if prev is not None:
         had = prev.unit >= 0
@@ -270,6 +289,10 @@ def grid_report(space: _Space, grids: gpd.GeoDataFrame, units: pd.DataFrame,
         "within_tolerance_ceiling": possible / len(grids) if len(grids) else 1.0,
         "within_tolerance_of_ceiling": balanced / possible if possible else 1.0,
         "grids_proven_outside": len(grids) - possible,
+        "grids_within_tolerance_max": most,
+        "grids_holding_forced_min": fewest_forced,
+        "within_tolerance_share_bound": (most / (most + fewest_forced)
+                                         if most + fewest_forced else 1.0),
         "within_limit_share": float(pop[within].sum() / total) if total else 0.0,
         "within_limit_ceiling": figures["coverage_ceiling"],
         "mean_minutes": float(np.average(minutes[within], weights=pop[within]))

@@ -198,3 +198,35 @@ def _piece_gather(rows: np.ndarray, cols: np.ndarray, pop: np.ndarray, adjacency
     graph = sp.csr_matrix((np.ones(len(head), dtype="int8"), (head, tail)), shape=(n_pairs, n_pairs))
     _, piece = connected_components(graph, directed=False)
     return np.bincount(piece, weights=pop[rows])[piece]
+
+
+_COVER_TIME_LIMIT_S = 10.0   # per set cover; past it HiGHS's dual bound still proves a floor
+
+
+def min_cover_count(structure: sp.spmatrix) -> int:
+    """
+    The fewest columns that together reach every row of `structure` (rows x columns, stored =
+    reaches): exact set cover by HiGHS, or, when its time limit stops it first, the rounded-up
+    dual bound, so the figure is always a proven floor. Rows reaching no column are ignored.
+
+    A grid holding a resident forced undersized is undersized whichever station it has, and
+    its station is a node that resident reaches, one station per grid: the grids holding the
+    forced residents of a community are at least this count of their reach (`plan_grids`'
+    bound on the share of grids in band).
+    """
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    matrix = sp.csr_matrix(structure, dtype="float64")
+    matrix = matrix[np.diff(matrix.indptr) > 0]
+    if matrix.shape[0] == 0:
+        return 0
+    matrix.data[:] = 1.0
+    matrix = matrix[:, np.flatnonzero(np.diff(matrix.tocsc().indptr) > 0)]
+    n = matrix.shape[1]
+    res = milp(np.ones(n), integrality=np.ones(n), bounds=Bounds(0, 1),
+               constraints=[LinearConstraint(matrix, 1, np.inf)],
+               options={"time_limit": _COVER_TIME_LIMIT_S})
+    floor = getattr(res, "mip_dual_bound", None)
+    if floor is None or not np.isfinite(floor):
+        return 1     # every row reaches a column, so at least one (HiGHS proved nothing more)
+    return max(1, int(np.ceil(floor - 1e-6)))
