@@ -15,7 +15,7 @@ from covplan.inputs.network import WalkNetwork
 from covplan.inputs.population import Population
 from covplan.metrics import _note
 from covplan.plan.pipeline import plan_communities, prepare_planning
-from covplan.solve.bounds import feasibility_bound, min_cover_count
+from covplan.solve.bounds import count_shortfall, feasibility_bound, min_cover_count
 from shapely.geometry import box
 
 X0, Y0 = 500_000.0, 4_000_000.0
@@ -274,3 +274,70 @@ def test_min_cover_count_is_the_exact_set_cover():
     assert min_cover_count(sp.csr_matrix(np.vstack([matrix, np.zeros(7)]))) == 2
     assert min_cover_count(sp.csr_matrix(np.eye(5))) == 5
     assert min_cover_count(sp.csr_matrix((3, 4))) == 0
+
+
+def _strip(n: int, reach: int) -> sp.csr_matrix:
+    """Units 0..n-1 on a line, one site at each; unit i reaches site j when |i - j| <= reach."""
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    return sp.csr_matrix((np.abs(i - j) <= reach).astype(float))
+
+
+def test_count_shortfall_when_covering_everyone_takes_too_many_centers():
+    """27 units on a strip, 50 residents each but 400 at units 8 and 18 (2,050 in all); a site
+    reaches 4 units either way. Every unit reaches a site gathering 800 (the band's floor), so
+    no one is forced undersized, yet covering all 27 takes 3 sites (9 units each), and 3
+    communities of at least 500 (the tiny floor) leave at most 2,050 - 2 x 500 = 1,050 residents
+    for one balanced community (two would need 800 + 800 + 500 > 2,050): 1,000 short. A second
+    district with the same residents spread for 2 sites loses nothing."""
+    pop = np.full(27, 50.0)
+    pop[[8, 18]] = 400.0
+    strip = _strip(27, 4)
+    gathers = strip.T @ pop
+    assert ((strip.multiply(gathers >= 800)).sum(axis=1) > 0).all()     # no one forced
+    assert min_cover_count(strip) == 3
+    band = {"min_pop": 800, "max_pop": 1_200, "tiny_pop": 500}
+    one = count_shortfall(strip, pop, np.zeros(27, bool), np.zeros(27, "int64"), **band)
+    assert one == {0: 1_000}
+    both = sp.block_diag([strip, _strip(18, 4)]).tocsr()
+    wide = np.r_[pop, np.full(18, 100.0)]                # 1,800: two communities of 900
+    district = np.r_[np.zeros(27, "int64"), np.ones(18, "int64")]
+    assert count_shortfall(both, wide, np.zeros(45, bool), district, **band) == {0: 1_000}
+    # Forced residents may fill regular communities' floors: 1,000 of them close the gap.
+    extra = sp.vstack([strip, sp.csr_matrix(np.ones((1, 27)))]).tocsr()
+    more = np.r_[pop, 1_000.0]
+    assert count_shortfall(extra, more, np.r_[np.zeros(27, bool), True],
+                           np.zeros(28, "int64"), **band) == {}
+
+
+def test_a_strip_whose_cover_takes_too_many_centers_has_a_lower_ceiling_and_says_why():
+    """The strip above as a street: 27 cells of 100 m, a node in each, 5.4 minutes' walk (four
+    cells either way). The walking rule alone allows everyone in band, the count of centers
+    does not with the tiny-community rule: that ceiling is 1,050 of 2,050 and the plan's rule
+    issues say so. (The planner's plan here holds 1,600 in band by leaving a community of
+    450, below the tiny floor of 500: a broken rule, reported.)"""
+    from covplan.plan.replan import rule_issues
+
+    G = nx.MultiDiGraph(crs=CRS)
+    for k in range(27):
+        G.add_node(k, x=X0 + 100.0 * k + 50.0, y=Y0 + 50.0)
+        if k:
+            G.add_edge(k - 1, k, length=100.0, highway="residential")
+            G.add_edge(k, k - 1, length=100.0, highway="residential")
+    pops = [400 if k in (8, 18) else 50 for k in range(27)]
+    frame = gpd.GeoDataFrame({"cell_id": [f"c{k}" for k in range(27)], "pop": pops},
+                             geometry=[box(X0 + 100 * k, Y0, X0 + 100 * (k + 1), Y0 + 100)
+                                       for k in range(27)], crs=CRS)
+    config = PlanConfig(target_pop=1_000, tolerance=0.2, max_minutes=5.4,
+                        candidate_spacing_m=100.0, max_unit_pop=None, restarts=1)
+    plan = plan_communities(WalkNetwork.from_graph(G),
+                            Population.from_frame(frame, population_column="pop",
+                                                  id_column="cell_id"), config=config)
+    r = plan.report
+    assert r["forced_undersized_population"] == 0 and r["count_short_population"] == 1_000
+    assert r["within_tolerance_pop_share_ceiling"] == 1.0
+    assert r["within_tolerance_pop_share_ceiling_rules"] == pytest.approx(1_050 / 2_050)
+    # The bound's claim: a plan above it breaks the tiny-community rule.
+    assert (r["within_tolerance_pop_share"] <= r["within_tolerance_pop_share_ceiling_rules"]
+            or r["regular_communities_below_min_pop_exception"] > 0)
+    assert any("at least 1,000 residents stay outside the band in any plan" in line
+               for line in rule_issues(plan))

@@ -66,6 +66,16 @@ GLOSSARY: dict[str, str] = {
     "within_tolerance_pop_share_ceiling": "the highest within_tolerance_pop_share any plan can "
                                           "reach, given forced-undersized and unreachable "
                                           "residents (share 0-1)",
+    "within_tolerance_pop_share_ceiling_rules": "the highest within_tolerance_pop_share a plan "
+                                                "keeping every rule (walking, and no regular "
+                                                "community below min_pop_exception) can reach: "
+                                                "the ceiling less count_short_population (share "
+                                                "0-1)",
+    "count_short_population": "residents no plan covering everyone can put in balanced "
+                              "communities because of the count of centers alone: covering "
+                              "every resident takes more centers than the residents fill at the "
+                              "band's floor, with no regular community below min_pop_exception "
+                              "(persons; 0 where the count leaves room)",
     "forced_undersized_population": "residents who provably can only be in a community below the "
                                     "band (persons)",
     "island_population": "residents cut off from the main walking network (persons)",

@@ -849,7 +849,11 @@ def _plan_summary(plan: Plan) -> str:
     if r.get("within_tolerance_pop_share") is not None:
         lines.append(f"{_share(r['within_tolerance_pop_share'])} of residents in balanced "
                      f"communities (at most {_share(r['within_tolerance_pop_share_ceiling'])} "
-                     "possible)")
+                     "possible" + (f", {_share(r['within_tolerance_pop_share_ceiling_rules'])} "
+                                   "without tiny communities"
+                                   if r.get("within_tolerance_pop_share_ceiling_rules", 1.0)
+                                   < r["within_tolerance_pop_share_ceiling"] - 1e-12 else "")
+                     + ")")
     if r.get("exception_communities"):
         lines.append(f"{r['exception_communities']} exception communities "
                      f"({_int(r['exception_population'])} residents no balanced community can reach)")

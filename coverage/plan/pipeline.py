@@ -296,7 +296,8 @@ def prepare_planning(network: WalkNetwork, population: Population, *,
     candidate_district = _candidate_districts(reach.candidates, districts, work)
     bound = feasibility_bound(reach, min_pop=config.min_pop, district_of=district_of,
                               candidate_district=candidate_district, component=network.component,
-                              adjacency=adjacency)
+                              adjacency=adjacency, max_pop=config.max_pop,
+                              tiny_pop=config.min_pop_exception * config.target_pop)
     _check_band_reachable(bound, config)
     return PlanningInputs(
         network=network, population=population, reach=reach, pieces=pieces,

@@ -96,6 +96,7 @@ def rule_issues(plan: Plan) -> list[str]:
                       f"{lat:.5f} (cells {cells}{', ...' if where['cell_id'].nunique() > 5 else ''}) "
                       f"reach no center within {plan.config.max_minutes:g} min at "
                       f"{plan.config.walk_speed_kmh:g} km/h")
+    issues += _count_issues(plan)
     table = plan.communities
     points = plan.centers.set_index("community_id").to_crs(4326).geometry
     for row in table[~table["within_tolerance"].astype(bool) | ~table["contiguous"].astype(bool)].itertuples():
@@ -115,6 +116,23 @@ def rule_issues(plan: Plan) -> list[str]:
                           "found no community around them that meets the rules (reasons in "
                           "center_decisions.csv)")
     return issues
+
+
+def _count_issues(plan: Plan) -> list[str]:
+    """The balance that the count of centers rules out (report ``count_short_population``), per
+    district where there are districts."""
+    config, report = plan.config, plan.report
+    parts = {f" in district {name}": figures for name, figures in report.get("districts", {}).items()}
+    out = []
+    for where, figures in (parts or {"": report}).items():
+        short = figures.get("count_short_population") or 0
+        if short:
+            out.append(f"balance rule: covering every resident{where} within "
+                       f"{config.max_minutes:g} min at {config.walk_speed_kmh:g} km/h takes more "
+                       f"centers than its residents fill at {config.min_pop:,.0f} with none below "
+                       f"{config.min_pop_exception * config.target_pop:,.0f}, so at least "
+                       f"{short:,} residents stay outside the band in any plan")
+    return out
 
 
 def replan_scenario(base_plan: Plan, scenario: Scenario, *, inputs: ScenarioInputs | None = None,

@@ -14,6 +14,13 @@ The pieces of all (unit, site) pairs come from one connected-components pass ove
 nodes are the stored pairs and whose edges join (u, c) and (v, c) for adjacent u, v: its size
 follows the stored pairs times the adjacency degree, nothing quadratic.
 
+Coverage has a price in count: every resident a plan covers sits in a community whose center
+they reach, so a plan that covers everyone has at least as many communities as the fewest sites
+reaching every resident (a set cover, `min_cover_count`). Where walks are short against the
+density — slow walking, a thin strip — that count can exceed what the residents fill at the
+band's floor; with every community that is not an exception at least the tiny-community floor,
+some residents then stay outside the band whatever the plan (`count_shortfall`).
+
 Contiguity itself can be out of reach: units whose only reachable site is the same c must all
 be in c's community in any plan that covers them; when no chain of units reaching c joins
 them, that community cannot be contiguous (``split_sites``).
@@ -46,6 +53,8 @@ class FeasibilityBound:
     min_pop: float
     sole_site: np.ndarray = None  # per unit: its only reachable site (-1: none or several)
     split_sites: np.ndarray = None  # sites whose sole-site units no chain reaching them joins
+    district_of: np.ndarray = None  # per unit: its district (the count shortfall is per district)
+    count_short: dict = None      # district -> residents outside the band by the center count
 
     @property
     def population_total(self) -> int:
@@ -77,22 +86,37 @@ class FeasibilityBound:
         total = int(pop.sum())
         forced = int(pop[self.forced_undersized[m]].sum())
         unreachable = int(pop[~self.reachable[m]].sum())
+        by_count = self._count_short(m)
         return {
             "population_total": total,
             "coverage_ceiling": 1.0 - unreachable / total if total else 1.0,
             "within_tolerance_pop_share_ceiling": (1.0 - (forced + unreachable) / total
                                                    if total else 1.0),
+            "within_tolerance_pop_share_ceiling_rules": (
+                1.0 - (forced + unreachable + by_count) / total if total else 1.0),
             "forced_undersized_population": forced,
+            "count_short_population": by_count,
             "unreachable_population": unreachable,
             "island_population": int(pop[self.island[m]].sum()),
         }
+
+
+    def _count_short(self, mask: np.ndarray) -> int:
+        """The count shortfall of the districts lying wholly inside `mask`."""
+        if not self.count_short:
+            return 0
+        inside = np.unique(self.district_of[mask])
+        return int(sum(short for d, short in self.count_short.items()
+                       if d in inside and mask[self.district_of == d].all()))
 
 
 def feasibility_bound(reach: ReachMatrix, *, min_pop: float,
                       district_of: np.ndarray | None = None,
                       candidate_district: np.ndarray | None = None,
                       component: np.ndarray | None = None,
-                      adjacency: sp.spmatrix | None = None) -> FeasibilityBound:
+                      adjacency: sp.spmatrix | None = None,
+                      max_pop: float | None = None,
+                      tiny_pop: float | None = None) -> FeasibilityBound:
     """
     Ceilings on coverage and balance from the walking rule alone.
 
@@ -110,6 +134,12 @@ def feasibility_bound(reach: ReachMatrix, *, min_pop: float,
     adjacency
         Units x units, symmetric: with it, a community is bounded by the connected piece of
         its units that reach its center (the contiguity rule); without it, by all of them.
+    max_pop, tiny_pop
+        The band's ceiling and the smallest community that need not be an exception: with
+        both, the residents that the count of centers covering everyone keeps outside the band
+        (`count_shortfall`, per district) come off the ceiling of plans keeping that rule too
+        (``within_tolerance_pop_share_ceiling_rules``; a plan with a tiny regular community
+        can pass it, as a plan breaking the walking rule can pass the other ceiling).
     """
     minutes = reach.minutes.tocsr()
     pop = reach.pop.astype("float64")
@@ -138,11 +168,73 @@ def feasibility_bound(reach: ReachMatrix, *, min_pop: float,
     sole[rows[once[rows]]] = cols[once[rows]]
     split = (np.zeros(0, dtype="int64") if adjacency is None
              else _split_sites(sole, rows, cols, adjacency))
+    districts = (np.zeros(n_units, dtype="int64") if district_of is None
+                 else np.asarray(district_of, dtype="int64"))
+    short = None
+    if max_pop is not None and tiny_pop is not None:
+        structure = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_units, n_cand))
+        short = count_shortfall(structure, pop, forced, districts, min_pop=min_pop,
+                                max_pop=max_pop, tiny_pop=tiny_pop)
     return FeasibilityBound(gather=gather, best_gather=best_gather, contiguous=adjacency is not None,
                             reachable=reachable,
                             forced_undersized=forced, island=island,
                             pop=reach.pop.astype("int64"), min_pop=float(min_pop),
-                            sole_site=sole, split_sites=split)
+                            sole_site=sole, split_sites=split, district_of=districts,
+                            count_short=short)
+
+
+def count_shortfall(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndarray,
+                    district_of: np.ndarray, *, min_pop: float, max_pop: float,
+                    tiny_pop: float) -> dict[int, int]:
+    """
+    Per district, residents that no plan covering everyone and keeping the tiny-community rule
+    can put in a community within the band, from the count of centers alone (0 where the count
+    does not bind; districts with none left out).
+
+    Every covered resident is in a community whose center they reach, so the regular
+    (non-exception) communities of a district number at least m, the fewest of its sites
+    reaching all its residents who are not forced undersized (`min_cover_count`). Exceptions
+    hold only forced residents, so those m or more communities hold at most T + F residents
+    (T able, F forced), each at least `tiny_pop`, each balanced one at least `min_pop` and at most
+    `max_pop`: with b of them balanced, min_pop b + tiny_pop (m - b) <= T + F, and the balanced
+    residents are at most min(max_pop b, T + F - tiny_pop (m - b), T). A greedy cover (an upper
+    bound on m) that leaves every community room to balance skips the exact count.
+    """
+    from covplan.solve.partition.seeding import set_cover
+
+    structure = sp.csr_matrix(structure)
+    reached = np.diff(structure.indptr) > 0
+    out: dict[int, int] = {}
+    for d in np.unique(district_of):
+        here = district_of == d
+        able = here & reached & ~forced & (pop > 0)
+        if not able.any():
+            continue
+        total, extra = float(pop[able].sum()), float(pop[here & reached & forced].sum())
+        rows = structure[able]
+        cols = np.flatnonzero(np.diff(rows.tocsc().indptr) > 0)
+        rows = rows[:, cols].tocsr()
+        greedy = len(set_cover(rows, pop[able]))
+        if _balanced_most(greedy, total, extra, min_pop, max_pop, tiny_pop) >= total:
+            continue      # even the greedy count leaves room: the exact one can only be lower
+        most = _balanced_most(min_cover_count(rows), total, extra, min_pop, max_pop, tiny_pop)
+        if most < total:
+            out[int(d)] = int(np.ceil(total - most))
+    return out
+
+
+def _balanced_most(count: int, total: float, extra: float, min_pop: float, max_pop: float,
+                   tiny_pop: float) -> float:
+    """The most residents in band with at least `count` regular communities holding `total`
+    able and up to `extra` forced residents (see `count_shortfall`). Counts beyond the most
+    that the residents fill at the band's floor only add communities outside it."""
+    best = 0.0
+    for m in range(max(count, 1), max(count, int((total + extra) // min_pop)) + 2):
+        for b in range(m + 1):
+            if min_pop * b + tiny_pop * (m - b) > total + extra:
+                break
+            best = max(best, min(max_pop * b, total + extra - tiny_pop * (m - b), total))
+    return best
 
 
 def _split_sites(sole: np.ndarray, rows: np.ndarray, cols: np.ndarray,
@@ -200,33 +292,43 @@ def _piece_gather(rows: np.ndarray, cols: np.ndarray, pop: np.ndarray, adjacency
     return np.bincount(piece, weights=pop[rows])[piece]
 
 
-_COVER_TIME_LIMIT_S = 10.0   # per set cover; past it HiGHS's dual bound still proves a floor
+_COVER_NODES = 2_000        # branch-and-bound nodes per set cover (a count, so deterministic);
+                            # stopped early, HiGHS's dual bound still proves a floor
+_EXACT_COVER_CELLS = 300_000  # rows x columns up to which the set cover runs as a MIP (seconds);
+                            # above, the LP relaxation's floor (a fraction of a second)
 
 
 def min_cover_count(structure: sp.spmatrix) -> int:
     """
-    The fewest columns that together reach every row of `structure` (rows x columns, stored =
-    reaches): exact set cover by HiGHS, or, when its time limit stops it first, the rounded-up
-    dual bound, so the figure is always a proven floor. Rows reaching no column are ignored.
+    A proven floor on the fewest columns that together reach every row of `structure` (rows x
+    columns, stored = reaches); rows reaching no column are ignored. The LP relaxation's
+    optimum rounded up, exact when a greedy cover meets it; otherwise, up to
+    `_EXACT_COVER_CELLS`, the exact set cover by HiGHS (or its dual bound, rounded up, when the
+    node limit stops it first).
 
     A grid holding a resident forced undersized is undersized whichever station it has, and
     its station is a node that resident reaches, one station per grid: the grids holding the
     forced residents of a community are at least this count of their reach (`plan_grids`'
-    bound on the share of grids in band).
+    bound on the share of grids in band). Communities likewise: see `count_shortfall`.
     """
-    from scipy.optimize import Bounds, LinearConstraint, milp
+    from covplan.solve.partition.seeding import set_cover
+    from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
     matrix = sp.csr_matrix(structure, dtype="float64")
     matrix = matrix[np.diff(matrix.indptr) > 0]
     if matrix.shape[0] == 0:
         return 0
     matrix.data[:] = 1.0
-    matrix = matrix[:, np.flatnonzero(np.diff(matrix.tocsc().indptr) > 0)]
-    n = matrix.shape[1]
+    matrix = matrix[:, np.flatnonzero(np.diff(matrix.tocsc().indptr) > 0)].tocsr()
+    n_rows, n = matrix.shape
+    lp = linprog(np.ones(n), A_ub=-matrix, b_ub=-np.ones(n_rows), bounds=(0, 1), method="highs")
+    floor = max(1, int(np.ceil(lp.fun - 1e-6))) if lp.status == 0 else 1
+    if floor >= len(set_cover(matrix, np.ones(n_rows))) or n_rows * n > _EXACT_COVER_CELLS:
+        return floor
     res = milp(np.ones(n), integrality=np.ones(n), bounds=Bounds(0, 1),
                constraints=[LinearConstraint(matrix, 1, np.inf)],
-               options={"time_limit": _COVER_TIME_LIMIT_S})
-    floor = getattr(res, "mip_dual_bound", None)
-    if floor is None or not np.isfinite(floor):
-        return 1     # every row reaches a column, so at least one (HiGHS proved nothing more)
-    return max(1, int(np.ceil(floor - 1e-6)))
+               options={"node_limit": _COVER_NODES})
+    dual = getattr(res, "mip_dual_bound", None)
+    if dual is None or not np.isfinite(dual):
+        return floor
+    return max(floor, int(np.ceil(dual - 1e-6)))
