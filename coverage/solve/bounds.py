@@ -198,7 +198,9 @@ def count_shortfall(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndarra
     (T able, F forced), each at least `tiny_pop`, each balanced one at least `min_pop` and at most
     `max_pop`: with b of them balanced, min_pop b + tiny_pop (m - b) <= T + F, and the balanced
     residents are at most min(max_pop b, T + F - tiny_pop (m - b), T). A greedy cover (an upper
-    bound on m) that leaves every community room to balance skips the exact count.
+    bound on m) or an LP floor on it that leaves every community room to balance skips the
+    exact count, so a shortfall is claimed only where the LP floor already proves one; the exact
+    count then says how large.
     """
     from covplan.solve.partition.seeding import set_cover
 
@@ -217,6 +219,9 @@ def count_shortfall(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndarra
         greedy = len(set_cover(rows, pop[able]))
         if _balanced_most(greedy, total, extra, min_pop, max_pop, tiny_pop) >= total:
             continue      # even the greedy count leaves room: the exact one can only be lower
+        if _balanced_most(min_cover_count(rows, exact=False), total, extra, min_pop, max_pop,
+                          tiny_pop) >= total:
+            continue      # the LP floor leaves room: the exact count is not tried (seconds)
         most = _balanced_most(min_cover_count(rows), total, extra, min_pop, max_pop, tiny_pop)
         if most < total:
             out[int(d)] = int(np.ceil(total - most))
@@ -298,11 +303,11 @@ _EXACT_COVER_CELLS = 300_000  # rows x columns up to which the set cover runs as
                             # above, the LP relaxation's floor (a fraction of a second)
 
 
-def min_cover_count(structure: sp.spmatrix) -> int:
+def min_cover_count(structure: sp.spmatrix, *, exact: bool = True) -> int:
     """
     A proven floor on the fewest columns that together reach every row of `structure` (rows x
     columns, stored = reaches); rows reaching no column are ignored. The LP relaxation's
-    optimum rounded up, exact when a greedy cover meets it; otherwise, up to
+    optimum rounded up, exact when a greedy cover meets it; otherwise, with `exact` and up to
     `_EXACT_COVER_CELLS`, the exact set cover by HiGHS (or its dual bound, rounded up, when the
     node limit stops it first).
 
@@ -323,7 +328,8 @@ def min_cover_count(structure: sp.spmatrix) -> int:
     n_rows, n = matrix.shape
     lp = linprog(np.ones(n), A_ub=-matrix, b_ub=-np.ones(n_rows), bounds=(0, 1), method="highs")
     floor = max(1, int(np.ceil(lp.fun - 1e-6))) if lp.status == 0 else 1
-    if floor >= len(set_cover(matrix, np.ones(n_rows))) or n_rows * n > _EXACT_COVER_CELLS:
+    if (not exact or n_rows * n > _EXACT_COVER_CELLS
+            or floor >= len(set_cover(matrix, np.ones(n_rows)))):
         return floor
     res = milp(np.ones(n), integrality=np.ones(n), bounds=Bounds(0, 1),
                constraints=[LinearConstraint(matrix, 1, np.inf)],

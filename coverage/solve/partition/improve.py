@@ -16,9 +16,10 @@ empty), so a kept result never breaks coverage or contiguity; one with more tiny
 than before (below half the target) is refused. Outside the window nothing changes.
 A tiny community left at the end breaks a rule (`min_pop_exception`: only proven exceptions,
 planned apart, may be tiny), so last its window is re-solved for fewer tiny communities even at
-a cost in balance (`_clear_tiny`), and the balancing runs once more. There, one center fewer
-is also tried as an exact set cover (HiGHS): sites that each reach at least the tiny threshold
-of the window's residents and together reach all of it, keeping the most current centers.
+a cost in balance (`_clear_tiny`); there, one center fewer is also tried as an exact set cover
+(HiGHS): sites that each reach at least the tiny threshold of the window's residents and
+together reach all of it, keeping the most current centers. Then the balancing runs once more,
+on half the budget: only windows near what clearing changed are worth a second try.
 Deterministic: a budget of settled window units, no clock.
 """
 
@@ -316,7 +317,7 @@ def improve(plan: SearchPlan, angles: np.ndarray, budget: int) -> SearchPlan:
     can't be improved is skipped until something near it changes. Stops when none improves or
     once the settled windows have held `budget` units in all (a deterministic stand-in for a
     time limit). Then tiny communities are cleared (`_clear_tiny`) and, if that changed the
-    plan, balancing runs again.
+    plan, balancing runs again on half the budget.
     """
     failed = _balance(plan, angles, budget, set())
     label, center = plan.label.copy(), plan.center.copy()
@@ -325,7 +326,7 @@ def improve(plan: SearchPlan, angles: np.ndarray, budget: int) -> SearchPlan:
         # changed within two rings) is not retried.
         touched = _touched(label, center, plan)
         near = {int(c) for t in touched if plan.size[t] > 0 for c in plan.around(int(t), 2)}
-        _balance(plan, angles, budget, failed - near - set(touched.tolist()))
+        _balance(plan, angles, budget // 2, failed - near - set(touched.tolist()))
     return plan
 
 
