@@ -307,12 +307,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _rules_ceiling(report: dict) -> str:
-    """The lower ceiling of plans without tiny regular communities, where the count of centers
-    covering everyone makes it lower."""
-    rules = report.get("within_tolerance_pop_share_ceiling_rules")
-    if rules is None or rules >= report["within_tolerance_pop_share_ceiling"] - 1e-12:
-        return ""
-    return f", {100 * rules:.1f} % without tiny communities"
+    from covplan.metrics import rules_ceiling
+
+    rules = rules_ceiling(report)
+    return "" if rules is None else f", {100 * rules:.1f} % without tiny communities"
 
 
 def _plan_summary(plan) -> str:

@@ -310,6 +310,16 @@ def balance_figures(units: gpd.GeoDataFrame, table: gpd.GeoDataFrame, bound: Fea
     }
 
 
+def rules_ceiling(report: dict) -> float | None:
+    """``within_tolerance_pop_share_ceiling_rules`` where the count of centers makes it lower
+    than the walking ceiling (plans without tiny regular communities can reach no more), else
+    None."""
+    rules = report.get("within_tolerance_pop_share_ceiling_rules")
+    if rules is None or rules >= report["within_tolerance_pop_share_ceiling"] - 1e-12:
+        return None
+    return rules
+
+
 def _district_figures(units: gpd.GeoDataFrame, table: gpd.GeoDataFrame, bound: FeasibilityBound,
                       district_of: np.ndarray, district_ids: list[str], *, config: PlanConfig) -> dict:
     """`balance_figures` per district ('(outside)' for units outside every district)."""

@@ -30,6 +30,7 @@ import pandas as pd
 import shapely
 from branca.element import Element, MacroElement
 from covplan.errors import DataSourceError
+from covplan.metrics import rules_ceiling
 from covplan.output.offline import map_html, walk_elements
 from jinja2 import Template
 
@@ -847,13 +848,11 @@ def _plan_summary(plan: Plan) -> str:
         lines.append(f"{len(plan.centers) - r['new_centers']} existing centers kept, "
                      f"{r['new_centers']} new sites")
     if r.get("within_tolerance_pop_share") is not None:
+        rules = rules_ceiling(r)
+        without_tiny = "" if rules is None else f", {_share(rules)} without tiny communities"
         lines.append(f"{_share(r['within_tolerance_pop_share'])} of residents in balanced "
                      f"communities (at most {_share(r['within_tolerance_pop_share_ceiling'])} "
-                     "possible" + (f", {_share(r['within_tolerance_pop_share_ceiling_rules'])} "
-                                   "without tiny communities"
-                                   if r.get("within_tolerance_pop_share_ceiling_rules", 1.0)
-                                   < r["within_tolerance_pop_share_ceiling"] - 1e-12 else "")
-                     + ")")
+                     f"possible{without_tiny})")
     if r.get("exception_communities"):
         lines.append(f"{r['exception_communities']} exception communities "
                      f"({_int(r['exception_population'])} residents no balanced community can reach)")

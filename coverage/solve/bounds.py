@@ -100,7 +100,6 @@ class FeasibilityBound:
             "island_population": int(pop[self.island[m]].sum()),
         }
 
-
     def _count_short(self, mask: np.ndarray) -> int:
         """The count shortfall of the districts lying wholly inside `mask`."""
         if not self.count_short:
@@ -213,18 +212,17 @@ def count_shortfall(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndarra
         if not able.any():
             continue
         total, extra = float(pop[able].sum()), float(pop[here & reached & forced].sum())
-        rows = structure[able]
-        cols = np.flatnonzero(np.diff(rows.tocsc().indptr) > 0)
-        rows = rows[:, cols].tocsr()
-        greedy = len(set_cover(rows, pop[able]))
-        if _balanced_most(greedy, total, extra, min_pop, max_pop, tiny_pop) >= total:
+        matrix = _cover_matrix(structure[able])
+        figures = (total, extra, min_pop, max_pop, tiny_pop)
+        greedy = len(set_cover(matrix, pop[able]))
+        if _balanced_most(greedy, *figures) >= total:
             continue      # even the greedy count leaves room: the exact one can only be lower
-        if _balanced_most(min_cover_count(rows, exact=False), total, extra, min_pop, max_pop,
-                          tiny_pop) >= total:
+        floor = _lp_cover_floor(matrix)
+        if _balanced_most(floor, *figures) >= total:
             continue      # the LP floor leaves room: the exact count is not tried (seconds)
-        most = _balanced_most(min_cover_count(rows), total, extra, min_pop, max_pop, tiny_pop)
-        if most < total:
-            out[int(d)] = int(np.ceil(total - most))
+        best = _balanced_most(_exact_cover(matrix, floor, greedy), *figures)
+        if best < total:
+            out[int(d)] = int(np.ceil(total - best))
     return out
 
 
@@ -303,11 +301,11 @@ _EXACT_COVER_CELLS = 300_000  # rows x columns up to which the set cover runs as
                             # above, the LP relaxation's floor (a fraction of a second)
 
 
-def min_cover_count(structure: sp.spmatrix, *, exact: bool = True) -> int:
+def min_cover_count(structure: sp.spmatrix) -> int:
     """
     A proven floor on the fewest columns that together reach every row of `structure` (rows x
     columns, stored = reaches); rows reaching no column are ignored. The LP relaxation's
-    optimum rounded up, exact when a greedy cover meets it; otherwise, with `exact` and up to
+    optimum rounded up, exact when a greedy cover meets it; otherwise, up to
     `_EXACT_COVER_CELLS`, the exact set cover by HiGHS (or its dual bound, rounded up, when the
     node limit stops it first).
 
@@ -317,19 +315,38 @@ def min_cover_count(structure: sp.spmatrix, *, exact: bool = True) -> int:
     bound on the share of grids in band). Communities likewise: see `count_shortfall`.
     """
     from covplan.solve.partition.seeding import set_cover
-    from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
-    matrix = sp.csr_matrix(structure, dtype="float64")
-    matrix = matrix[np.diff(matrix.indptr) > 0]
+    matrix = _cover_matrix(structure)
     if matrix.shape[0] == 0:
         return 0
+    return _exact_cover(matrix, _lp_cover_floor(matrix),
+                        len(set_cover(matrix, np.ones(matrix.shape[0]))))
+
+
+def _cover_matrix(structure: sp.spmatrix) -> sp.csr_matrix:
+    """`structure` as 0/1 floats without rows or columns that reach nothing."""
+    matrix = sp.csr_matrix(structure, dtype="float64")
+    matrix = matrix[np.diff(matrix.indptr) > 0]
     matrix.data[:] = 1.0
-    matrix = matrix[:, np.flatnonzero(np.diff(matrix.tocsc().indptr) > 0)].tocsr()
+    return matrix[:, np.flatnonzero(np.diff(matrix.tocsc().indptr) > 0)].tocsr()
+
+
+def _lp_cover_floor(matrix: sp.csr_matrix) -> int:
+    """The set cover's LP relaxation optimum, rounded up: a floor on the fewest columns."""
+    from scipy.optimize import linprog
+
     n_rows, n = matrix.shape
     lp = linprog(np.ones(n), A_ub=-matrix, b_ub=-np.ones(n_rows), bounds=(0, 1), method="highs")
-    floor = max(1, int(np.ceil(lp.fun - 1e-6))) if lp.status == 0 else 1
-    if (not exact or n_rows * n > _EXACT_COVER_CELLS
-            or floor >= len(set_cover(matrix, np.ones(n_rows)))):
+    return max(1, int(np.ceil(lp.fun - 1e-6))) if lp.status == 0 else 1
+
+
+def _exact_cover(matrix: sp.csr_matrix, floor: int, greedy: int) -> int:
+    """The fewest columns (HiGHS), or its proven floor: `floor` when a cover of `greedy` columns
+    meets it or the matrix is above `_EXACT_COVER_CELLS`, else the MIP's dual bound."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    n_rows, n = matrix.shape
+    if floor >= greedy or n_rows * n > _EXACT_COVER_CELLS:
         return floor
     res = milp(np.ones(n), integrality=np.ones(n), bounds=Bounds(0, 1),
                constraints=[LinearConstraint(matrix, 1, np.inf)],
