@@ -53,6 +53,10 @@ _WINDOW_SEEDS = 2           # rotated bisection seeds of a whole window per comm
 _MAX_WINDOW_UNITS = 6_000   # a bigger window is skipped (the flow's cost grows with it)
 _SUB_ROUNDS = 10            # local-search rounds inside a window's own plan
 _SMALL_TRIES = 2            # undersized communities of a window tried as the one left small
+_MAX_EXTRA = 4              # a set whose flow leaves more communities than this above the count
+                            # wanted is not finished: dissolving them took a third of the
+                            # improvement phase on Chengdu's network and changed no plan (the
+                            # synthetic cities at seeds 0-2, the demo, six Chengdu variants)
 
 
 class _SubPlan:
@@ -80,7 +84,8 @@ class _SubPlan:
                  tiny_first: bool = False):
         """(key like `SearchPlan.key`, label, global centers) of the window finished from `centers`
         with at most k communities, or None when the flow's assignment doesn't beat the window
-        in residents or in people outside the band, or the finish breaks a rule. With `small`,
+        in residents or in people outside the band, falls into more than `_MAX_EXTRA` pieces
+        beyond k, or the finish breaks a rule. With `small`,
         the center at that position is meant to hold an undersized community (from the tiny
         threshold up to the band's floor) so that the others can reach the band: the flow's
         soft bounds say so, and the finish makes no move that adds residents outside the band.
@@ -109,6 +114,8 @@ class _SubPlan:
         sub = SearchPlan(self.problem, self.per_person, self.weighted, self.structure,
                     split_pieces(label, win.adjacency))
         keep = small is not None      # even out no more: that would undo the uneven split
+        if len(sub.alive) > k + _MAX_EXTRA:
+            return None
         if len(sub.alive) > k:
             local_search(sub, BALANCE_WEIGHT, _SUB_ROUNDS, count_first=keep, keep_residents=keep)
             reduce_to(sub, k)
