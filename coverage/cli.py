@@ -721,7 +721,7 @@ def _build_parser() -> argparse.ArgumentParser:
                             help="run the planner-quality suite over several cities instead")
     bench_plan.add_argument("--cities", default=None,
                             help="suite cities, comma-separated (default: sao_paulo, helsinki, "
-                                 "demo, core_fringe, river, linear, islands)")
+                                 "chengdu, demo, core_fringe, river, linear, islands)")
     bench_plan.add_argument("--no-peers", action="store_true", help="skip Max-p and k-means")
     bench_plan.add_argument("--suite-grids", choices=("demo", "all", "none"), default="demo",
                             help="with --suite: the grid-quality table for the demo (default), "

