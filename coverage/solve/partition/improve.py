@@ -85,10 +85,10 @@ class _SubPlan:
         """(key like `SearchPlan.key`, label, global centers) of the window finished from `centers`
         with at most k communities, or None when the flow's assignment doesn't beat the window
         in residents or in people outside the band, falls into more than `_MAX_EXTRA` pieces
-        beyond k, or the finish breaks a rule. With `small`,
-        the center at that position is meant to hold an undersized community (from the tiny
-        threshold up to the band's floor) so that the others can reach the band: the flow's
-        soft bounds say so, and the finish makes no move that adds residents outside the band.
+        beyond k, or the finish breaks a rule. With `small`, the center at that position is
+        meant to hold an undersized community (from the tiny threshold up to the band's floor)
+        so that the others can reach the band: the flow's soft bounds say so, and the finish
+        makes no move that adds residents outside the band.
         With `tiny_first`, a set also passes when its flow has fewer tiny communities."""
         win = self.win
         start = self.col_of[centers]
