@@ -110,12 +110,12 @@ class _SubPlan:
         if (guess[0] >= win.before[0] and guess[3] >= win.before[3]
                 and not (tiny_first and guess[1] < win.before[1])):
             return None
-        label = attach_strays(label, win.pop, self.weighted, win.adjacency, cand, strict=False)
-        sub = SearchPlan(self.problem, self.per_person, self.weighted, self.structure,
-                    split_pieces(label, win.adjacency))
-        keep = small is not None      # even out no more: that would undo the uneven split
-        if len(sub.alive) > k + _MAX_EXTRA:
+        label = split_pieces(attach_strays(label, win.pop, self.weighted, win.adjacency, cand,
+                                           strict=False), win.adjacency)
+        if label.max(initial=-1) + 1 > k + _MAX_EXTRA:   # pieces are numbered 0, 1, ...
             return None
+        sub = SearchPlan(self.problem, self.per_person, self.weighted, self.structure, label)
+        keep = small is not None      # even out no more: that would undo the uneven split
         if len(sub.alive) > k:
             local_search(sub, BALANCE_WEIGHT, _SUB_ROUNDS, count_first=keep, keep_residents=keep)
             reduce_to(sub, k)
