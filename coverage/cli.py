@@ -40,6 +40,9 @@ def _configure_logging(level: int) -> None:
 @contextlib.contextmanager
 def _stage(args: argparse.Namespace, name: str):
     """Time one stage of a command: "stage NAME: N.N s", at INFO under -v, DEBUG otherwise."""
+    from covplan.output.writers import fault_point
+
+    fault_point(f"stage {name}")
     started = time.perf_counter()
     yield
     logger.log(logging.INFO if getattr(args, "verbose", 0) > 0 else logging.DEBUG,

@@ -27,8 +27,9 @@ _KILL_AT = "COVPLAN_TEST_KILL_AT"
 
 def fault_point(step: str) -> None:
     """Fault injection for the interruption tests: COVPLAN_TEST_KILL_AT=STEP[@SIGNAL] sends
-    SIGNAL (default SIGKILL) to this process when it reaches STEP (a file written, a layer as
-    'plan.gpkg/units', 'manifest.json', 'swap' between the two renames, 'swapped' after)."""
+    SIGNAL (default SIGKILL) to this process when it reaches STEP (a CLI stage as 'stage
+    scenario changes', a file written, a layer as 'plan.gpkg/units', 'manifest.json', 'swap'
+    between the two renames, 'swapped' after)."""
     wanted = os.environ.get(_KILL_AT)
     if wanted:
         name, _, sig = wanted.partition("@")
