@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from dataclasses import replace
 
 import geopandas as gpd
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 import scipy.sparse as sp
 from conftest import grid_town
 from covplan.config import PlanConfig
+from covplan._parallel import run_tasks, shared
 from covplan.errors import InputError
 from covplan.plan import regions
 from covplan.plan.pipeline import plan_communities, prepare_planning
@@ -186,13 +189,13 @@ def test_seam_bands_hold_the_communities_touching_each_seam() -> None:
 
 
 def _square(x: int) -> tuple[int, int]:
-    return x * x, regions.shared()["offset"]
+    return x * x, shared()["offset"]
 
 
 def test_run_tasks_keeps_task_order_on_workers() -> None:
     tasks = list(range(7))
-    serial = regions.run_tasks(_square, tasks, jobs=1, data={"offset": 3})
-    assert regions.run_tasks(_square, tasks, jobs=2, data={"offset": 3}) == serial
+    serial = run_tasks(_square, tasks, jobs=1, data={"offset": 3})
+    assert run_tasks(_square, tasks, jobs=2, data={"offset": 3}) == serial
     assert serial == [(x * x, 3) for x in tasks]
 
 
@@ -203,3 +206,31 @@ def test_jobs_setting() -> None:
     for bad in (0, -1, 1.5, True, "two"):
         with pytest.raises(InputError, match="--jobs / PlanConfig.jobs"):
             PlanConfig(jobs=bad)
+
+
+def test_a_city_planned_whole_gives_the_same_plan_on_two_processes(caplog) -> None:
+    """One part uses both processes itself: its runs and the improvement of its best runs
+    (redraw; one or two, the same task either way), the plans with and without its kept
+    communities (merge/split), side by side."""
+    from covplan.bench.planner import build_instance, generate_communities
+
+    net, population = grid_town(TOWN)
+    config = PlanConfig(**{**CONFIG, "restarts": 3})
+    existing = generate_communities(build_instance(net, population, config=config),
+                                    n_communities=22, seed=1)
+    for given in ({}, {"communities": existing.communities, "centers": existing.centers}):
+        plans = []
+        for jobs in (1, 2):
+            caplog.clear()
+            with caplog.at_level(logging.DEBUG, logger="covplan"):
+                plans.append(plan_communities(net, population, config=replace(config, jobs=jobs),
+                                              **given))
+        if given:
+            assert "with and without its" in caplog.text
+        else:
+            assert re.search(r"Improving run\(s\) \[[\d, ]+\] on up to 2 process", caplog.text)
+        one, two = plans
+        assert_geodataframe_equal(two.units, one.units)
+        assert_geodataframe_equal(two.communities, one.communities)
+        assert ({k: v for k, v in two.report.items() if k != "runtime_s"}
+                == {k: v for k, v in one.report.items() if k != "runtime_s"})

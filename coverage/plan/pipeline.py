@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from covplan import __version__
+from covplan._parallel import run_tasks, shared
 from covplan._sparse import lookup
 from covplan.config import PlanConfig
 from covplan.errors import InfeasibleError, InputError
@@ -342,18 +343,20 @@ def _solve(ready: PlanningInputs, config: PlanConfig, *, locked: np.ndarray | No
     tasks = [(district_of == group, (candidate_district == group) & open_to_all,
               {old: c for old, c in fixed.items() if district_of[first_unit[old]] == group})
              for group in groups]
+    # A part alone on the machine may use the idle processes itself (`_plan_district`).
     data = {"reach": reach, "adjacency": ready.adjacency, "prior": prior, "config": config,
-            "locked": locked, "center_of": center_of}
+            "locked": locked, "center_of": center_of,
+            "jobs": max(1, config.workers // len(groups))}
     started = time.perf_counter()
-    done = regions.run_tasks(_district_task, tasks, jobs=config.workers, data=data,
-                             sizes=[float(reach.pop[part].sum()) for part, _, _ in tasks])
+    done = run_tasks(_district_task, tasks, jobs=config.workers, data=data,
+                     sizes=[float(reach.pop[part].sum()) for part, _, _ in tasks])
     for group, (values, freed) in zip(groups, done):
         center_of[district_of == group] = values
         for old in freed:
             del fixed[old]
-    logger.info("Planned %d %s in %.1f s on %d process(es)", len(groups),
+    logger.info("Planned %d %s in %.1f s on up to %d process(es)", len(groups),
                 "districts" if parts is None else "regions", time.perf_counter() - started,
-                min(config.workers, len(groups)))
+                config.workers)
     if parts is not None:
         frozen = np.zeros(len(reach.candidates), dtype=bool)
         frozen[np.r_[exception_centers, list(fixed.values())].astype("int64")] = True
@@ -363,15 +366,24 @@ def _solve(ready: PlanningInputs, config: PlanConfig, *, locked: np.ndarray | No
 
 
 def _district_task(task: tuple[np.ndarray, np.ndarray, dict[int, int]]) -> tuple[np.ndarray, list[int]]:
-    """One part's plan (`_plan_district` on its regular units), run by `regions.run_tasks`: the
+    """One part's plan (`_plan_district` on its regular units), run by `run_tasks`: the
     new centers of the part's units (its kept communities lie inside it) and the kept
     communities it gave up."""
     part, candidate_in, kept = task
-    s = regions.shared()
+    s = shared()
     before = s["center_of"]
     out, freed = _plan_district(s["reach"], s["adjacency"], s["prior"], part & (before < 0),
-                                candidate_in, kept, before, s["config"], locked=s["locked"])
+                                candidate_in, kept, before, s["config"], locked=s["locked"],
+                                jobs=s["jobs"])
     return out[part], freed
+
+
+def _partition_task(task: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """`partition_group` of (rows, cols), run by `run_tasks` (`_plan_district`)."""
+    rows, cols = task
+    s = shared()
+    return partition_group(s["reach"], s["adjacency"], s["prior"], rows, cols, s["config"],
+                           locked=s["locked"])
 
 
 _COST_PASSES = 3     # budgets tried against new_center_cost: half the sites, a quarter, none
@@ -690,13 +702,15 @@ def _keep_valid(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | Non
 def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | None,
                    in_district: np.ndarray, candidate_in: np.ndarray, kept: dict[int, int],
                    center_of: np.ndarray, config: PlanConfig, *,
-                   locked: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
+                   locked: np.ndarray | None = None, jobs: int = 1) -> tuple[np.ndarray, list[int]]:
     """
     Plan one district around its kept communities; returns the new `center_of` and the kept
     communities given up. Keeping a community that meets every rule can leave its neighbours
     no way to balance (the rest may have no split into communities within the band); then the
     district is planned again with them free, still preferring residents' old communities
     through the stability cost, and the plan with fewer communities outside the band wins.
+    With `jobs` > 1 both plans are made at once on two processes (the free one is wasted when
+    the kept plan is balanced, but the wall time is one plan's instead of two).
     """
     pop = reach.units["pop"].to_numpy()
     with_kept = center_of.copy()
@@ -704,18 +718,32 @@ def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | 
         with_kept[prior.unit == old] = candidate
     rows = np.flatnonzero(in_district & (with_kept < 0))
     cols = np.flatnonzero(candidate_in & ~np.isin(np.arange(len(candidate_in)), list(kept.values())))
+    plans = [(rows, cols)]
+    if kept:
+        plans.append((np.flatnonzero(in_district), np.flatnonzero(candidate_in)))
+    made = None
+    if len(plans) == 2 and len(rows) and jobs > 1:
+        logger.debug("Planning the district with and without its %d kept communities at once",
+                     len(kept))
+        made = run_tasks(_partition_task, plans, jobs=2, data={
+            "reach": reach, "adjacency": adjacency, "prior": prior, "config": config,
+            "locked": locked})
+
+    def plan(i: int) -> np.ndarray:
+        rows, cols = plans[i]
+        return made[i] if made is not None else partition_group(reach, adjacency, prior, rows,
+                                                                cols, config, locked=locked,
+                                                                jobs=jobs)
+
     if len(rows):
-        with_kept[rows] = partition_group(reach, adjacency, prior, rows, cols, config,
-                                          locked=locked)
+        with_kept[rows] = plan(0)
     if not kept:
         return with_kept, []
     band_key = regions.assignment_band_key(with_kept[in_district], pop[in_district], config)
     if band_key[0] == 0:
         return with_kept, []
-    rows = np.flatnonzero(in_district)
     free = center_of.copy()
-    free[rows] = partition_group(reach, adjacency, prior, rows, np.flatnonzero(candidate_in), config,
-                                 locked=locked)
+    free[plans[1][0]] = plan(1)
     # Tiny communities first (the min_pop_exception rule), then the band's order.
     free_key = regions.assignment_band_key(free[in_district], pop[in_district], config)
     if tiny_first_order(free_key) < tiny_first_order(band_key):
@@ -726,7 +754,8 @@ def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | 
 
 def partition_group(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | None,
                      rows: np.ndarray, cols: np.ndarray, config: PlanConfig, *,
-                     exceptions_only: bool = False, locked: np.ndarray | None = None) -> np.ndarray:
+                     exceptions_only: bool = False, locked: np.ndarray | None = None,
+                     jobs: int = 1) -> np.ndarray:
     minutes = reach.minutes[rows][:, cols].tocsr()
     minutes.sort_indices()
     pop = reach.units["pop"].to_numpy()[rows]
@@ -740,7 +769,7 @@ def partition_group(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior |
         stability_minutes=config.stability_minutes, xy=xy, tiny_share=config.min_pop_exception,
         exceptions_only=exceptions_only,
         locked=None if locked is None or not locked[cols].any() else locked[cols])
-    result = partition_units(problem, seed=config.seed, restarts=config.restarts)
+    result = partition_units(problem, seed=config.seed, restarts=config.restarts, jobs=jobs)
     return np.where(result.center >= 0, cols[np.maximum(result.center, 0)], -1)
 
 

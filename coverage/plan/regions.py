@@ -1,7 +1,7 @@
 """
 A large city planned by parts: regions of about `REGION_RESIDENTS` cut along the unit graph,
-planned side by side like districts, then their seams repaired; and the worker pool that plans
-independent parts in parallel (`run_tasks`, sized by ``PlanConfig.jobs``).
+planned side by side like districts (`covplan._parallel.run_tasks`, sized by
+``PlanConfig.jobs``), then their seams repaired.
 
 Regions are internal: no output names them, only the log does. A region holds whole kept
 communities (they must not be cut) and is connected where the unit graph allows. After the
@@ -17,14 +17,12 @@ way, across region limits. With ``jobs`` = 1 everything runs in this process, in
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
+from covplan._parallel import run_tasks, shared
 from covplan._sparse import lookup
 from covplan.solve.partition.core import band_key
 from covplan.solve.partition.search import tiny_first_order
@@ -32,8 +30,6 @@ from covplan.solve.partition.seeding import bisect_parts
 from scipy.sparse.csgraph import connected_components
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
-
     from covplan.config import PlanConfig
     from covplan.plan.pipeline import PlanningInputs, Prior
     from covplan.reach.matrix import ReachMatrix
@@ -49,60 +45,6 @@ REGION_RESIDENTS = 1_000_000
 LARGE_CITY = 2.0                # a city of more than this many regions' residents is cut
 REGION_COMMUNITIES = 10         # at least this many targets per region (a large target)
 _CONTIGUITY_PASSES = 20         # stray pieces moved to a neighbour; a few passes settle it
-
-# What worker processes read: set before the pool forks, so they share the reach matrix and the
-# rest copy-on-write and the pool needs no fresh interpreters (see `run_tasks`).
-_SHARED: dict[str, Any] | None = None
-
-
-def shared() -> dict[str, Any]:
-    """The inputs `run_tasks` shares with its tasks."""
-    if _SHARED is None:
-        msg = "no shared planning inputs: call the task through run_tasks"
-        raise RuntimeError(msg)
-    return _SHARED
-
-
-def _receive(data: dict[str, Any]) -> None:
-    """Worker initializer where processes cannot fork: the shared inputs come pickled once."""
-    global _SHARED
-    _SHARED = data
-
-
-def run_tasks(function: Callable[[Any], Any], tasks: Sequence[Any], *, jobs: int,
-              data: dict[str, Any], sizes: Sequence[float] | None = None) -> list[Any]:
-    """
-    ``[function(t) for t in tasks]`` on up to `jobs` worker processes, in task order (so the
-    result never depends on `jobs`); the largest `sizes` start first, so that the workers end
-    together. `function` is a module-level function that reads `data`
-    through `shared()`. On Linux the workers fork after `data` is set and read it in place
-    (a pool starts in 0.05 s; one that starts fresh interpreters and is sent the data took 2.3 s
-    at 3 M residents, of which pickling the 17 MB took 0.02 s); elsewhere it is pickled to each
-    worker once. Inside a daemonic process (a Dask or multiprocessing worker, which may not
-    have children) the tasks run here, one by one.
-    """
-    global _SHARED
-    workers = min(int(jobs), len(tasks))
-    daemon = multiprocessing.current_process().daemon
-    if daemon and workers > 1:
-        logger.info("Planning %d parts one by one: a worker process cannot start workers", len(tasks))
-    _SHARED = data
-    try:
-        if workers <= 1 or daemon:
-            return [function(task) for task in tasks]
-        if sys.platform.startswith("linux"):     # macOS may not fork safely (system libraries)
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-        else:
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_receive, initargs=(data,))
-        order = np.argsort(-np.asarray(sizes if sizes is not None else np.zeros(len(tasks))),
-                           kind="stable")
-        with pool:
-            futures = {int(i): pool.submit(function, tasks[i]) for i in order}
-            return [futures[i].result() for i in range(len(tasks))]
-    finally:
-        _SHARED = None
-
 
 def plan_regions(ready: PlanningInputs, config: PlanConfig,
                  fixed: dict[int, int]) -> tuple[np.ndarray, np.ndarray] | None:

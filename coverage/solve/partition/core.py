@@ -57,6 +57,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from covplan._parallel import run_tasks, shared
 from covplan._sparse import lookup
 from covplan.defaults import population_band
 from covplan.errors import InputError
@@ -279,8 +280,20 @@ def _disconnected(problem: PartitionProblem, center: np.ndarray) -> int:
     return len(np.unique(split_pieces(center, problem.adjacency)[center >= 0])) - len(np.unique(center[center >= 0]))
 
 
+def _run_task(angle: float) -> SearchPlan:
+    """One run (`_one_run`) from bisections rotated by `angle`, run by `run_tasks`."""
+    s = shared()
+    return _one_run(s["problem"], *s["matrices"], s["k"], angle)
+
+
+def _improve_task(i: int) -> SearchPlan:
+    """`improve` of the i-th chosen run, run by `run_tasks` (`partition_units`)."""
+    s = shared()
+    return improve(s["plans"][i], s["turns"], s["budget"])
+
+
 def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generator | None = 0,
-                    restarts: int = 3) -> Partition:
+                    restarts: int = 3, jobs: int = 1) -> Partition:
     """
     Partition the units of `problem` into communities, each served by one candidate center.
 
@@ -298,6 +311,9 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
         outside the band, people beyond its edges, person-minutes) wins, ties to the earliest,
         and is then improved window by window (stage 6), beside the best run with fewest tiny
         communities.
+    jobs
+        Processes for the runs and for improving the two chosen runs; the partition is the
+        same for any number.
 
     Returns
     -------
@@ -331,8 +347,11 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
     # Both are improved (sharing the budget); the fewest tiny communities, then the rules'
     # order, wins.
     best: dict[str, tuple] = {}
-    for run, angle in enumerate(angles):
-        plan = _one_run(problem, per_person, weighted, structure, k, float(angle))
+    # Runs, then the chosen runs' improvements, side by side on up to `jobs` processes (here,
+    # one by one, when jobs is 1): the same plans either way.
+    made = run_tasks(_run_task, angles.tolist(), jobs=jobs,
+                     data={"problem": problem, "matrices": (per_person, weighted, structure), "k": k})
+    for run, plan in enumerate(made):
         key = _score(problem, _centers_of(plan))   # the rules' order: band, then walking
         logger.debug("Run %d: %.0f residents outside the band, %d tiny communities, %d outside "
                      "the band, %.0f people beyond its edges, %.0f person-minutes", run, *key)
@@ -341,9 +360,12 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
                 best[name] = (rank, run, plan)
     picks = {run: plan for _, run, plan in best.values()}
     budget = min(_IMPROVE_WORK * n, _IMPROVE_CAP) // len(picks)    # one budget in all
-    finals = [plan if problem.exceptions_only else    # exceptions can't reach the band
-              improve(plan, np.linspace(0, np.pi, 4, endpoint=False) + angles[-1], budget)
-              for _, plan in sorted(picks.items())]
+    turns = np.linspace(0, np.pi, 4, endpoint=False) + angles[-1]
+    chosen = [plan for _, plan in sorted(picks.items())]
+    logger.debug("Improving run(s) %s on up to %d process(es)", sorted(picks), jobs)
+    finals = chosen if problem.exceptions_only else run_tasks(   # exceptions can't reach the band
+        _improve_task, list(range(len(chosen))), jobs=jobs,
+        data={"plans": chosen, "turns": turns, "budget": budget})
     winner = min(finals, key=lambda p: tiny_first_order(p.key()))
     _trace(winner, "improved")
     center = _centers_of(winner)
