@@ -7,13 +7,14 @@ from __future__ import annotations
 import geopandas as gpd
 import networkx as nx
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 from covplan.config import PlanConfig
 from covplan.errors import InfeasibleError
 from covplan.inputs.network import WalkNetwork
 from covplan.inputs.population import Population
-from covplan.metrics import _note
+from covplan.metrics import _note, proven_not_contiguous
 from covplan.plan.pipeline import plan_communities, prepare_planning
 from covplan.solve.bounds import count_shortfall, feasibility_bound, min_cover_count
 from shapely.geometry import box
@@ -257,6 +258,13 @@ def test_a_community_that_cannot_be_contiguous_is_proven_so():
     assert apart.split_sites.tolist() == [0]
     chained = bound(np.array([[1.0, 0], [2.0, 1.0], [2.0, 2.0], [3.0, 0]]))
     assert chained.split_sites.tolist() == []
+    # The report counts the proof, not the notes' words: A (units 0 and 3) is in two pieces.
+    units = pd.DataFrame({"community_id": ["A", "B", "B", "A"]})
+    table = pd.DataFrame({"community_id": ["A", "B"], "candidate_id": [0, 1],
+                          "contiguous": [False, True]})
+    assert proven_not_contiguous(units, table, apart) == 1
+    assert proven_not_contiguous(units, table, chained) == 0
+    assert proven_not_contiguous(units, table.assign(contiguous=True), apart) == 0
     assert "cannot be" in _note(20, False, "", 20, 0, CONFIG, split_forced=True)
     unproven = _note(2_500, False, "", 4_000, 0, CONFIG)
     assert "the planner found no bordering community" in unproven and "cannot" not in unproven
