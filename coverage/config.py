@@ -124,7 +124,8 @@ class PlanConfig:
         `grid_tolerance`), each with a grid station its residents reach within `grid_minutes`;
         `household_size` gives each grid's households (see `covplan.plan.grids.plan_grids`).
     jobs
-        Worker processes planning districts (or a large city's regions) side by side ("auto":
+        Worker processes planning districts (or a large city's regions) side by side, or,
+        for a city planned in one part, its restarts and its two merge/split plans ("auto":
         one per CPU). How the plan is computed, not what: every output is the same for any
         value, so it is left out of `to_dict` (the report, the resolved scenario).
     """

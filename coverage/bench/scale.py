@@ -338,8 +338,9 @@ def add_scale_parser(bench_sub: Any) -> None:
     p.add_argument("--no-districts", action="store_true",
                    help="plan each city as one piece, not within its districts")
     p.add_argument("--jobs", type=parse_jobs, default=1,
-                   help="worker processes planning districts or regions side by side, or "
-                        "'auto': one per CPU (default 1)")
+                   help="worker processes planning districts or regions side by side (a city "
+                        "in one part: its restarts and merge/split plans), or 'auto': one per "
+                        "CPU (default 1)")
     p.add_argument("--seed", type=int, default=0, help="metropolis seed (default 0)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.set_defaults(func=run_scale_command)
