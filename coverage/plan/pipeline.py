@@ -729,21 +729,21 @@ def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | 
             "reach": reach, "adjacency": adjacency, "prior": prior, "config": config,
             "locked": locked})
 
-    def plan(i: int) -> np.ndarray:
+    def partition(i: int) -> np.ndarray:      # the i-th plan: made above, or made now
         rows, cols = plans[i]
         return made[i] if made is not None else partition_group(reach, adjacency, prior, rows,
                                                                 cols, config, locked=locked,
                                                                 jobs=jobs)
 
     if len(rows):
-        with_kept[rows] = plan(0)
+        with_kept[rows] = partition(0)
     if not kept:
         return with_kept, []
     band_key = regions.assignment_band_key(with_kept[in_district], pop[in_district], config)
     if band_key[0] == 0:
         return with_kept, []
     free = center_of.copy()
-    free[plans[1][0]] = plan(1)
+    free[plans[1][0]] = partition(1)
     # Tiny communities first (the min_pop_exception rule), then the band's order.
     free_key = regions.assignment_band_key(free[in_district], pop[in_district], config)
     if tiny_first_order(free_key) < tiny_first_order(band_key):
