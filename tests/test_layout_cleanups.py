@@ -100,9 +100,8 @@ def test_ids_and_stability_share_one_linking_rule():
 
     new = np.array([0, 0, 1, 1, 2, -1])
     old = np.array([0, 1, 1, 1, -1, 0])
-    residents, units = shared_residents(new, old, np.array([5, 1, 3, 3, 2, 9]), 3, 2)
-    assert residents.tolist() == [[5, 1, 0], [0, 6, 0], [0, 0, 2]]
-    assert units.tolist() == [[1, 1, 0], [0, 2, 0], [0, 0, 1]]
+    shared = shared_residents(new, old, np.array([5, 1, 3, 3, 2, 9]), 2)
+    assert shared == {(0, 0): (5, 1), (0, 1): (1, 1), (1, 1): (6, 2), (2, 2): (2, 1)}
     # Best first; a pair links only when neither end is linked yet.
     assert link_pairs([(1, 1), (0, 0), (0, 1), (2, 0)]) == {1: 1, 0: 0}
 

@@ -67,13 +67,15 @@ def inherit_ids(new_of_unit: np.ndarray, old_of_unit: np.ndarray, pop: np.ndarra
         One unique id per new community, deterministic for the same inputs.
     """
     n_old = len(old_ids)
-    # Column n_old: residents outside every old community (they compete as "largest group").
-    residents, units = shared_residents(new_of_unit, old_of_unit, pop, n_new, n_old)
+    # Old index n_old: residents outside every old community (they compete as "largest group").
+    shared = shared_residents(new_of_unit, old_of_unit, pop, n_old)
+    groups: dict[int, list[int]] = {}                          # new -> the old it shares with
+    for r, c in shared:
+        groups.setdefault(r, []).append(c)
 
     ids: list[str | None] = [None] * n_new
-    rows, cols = np.nonzero(units[:, :n_old])
-    order = sorted(zip(rows.tolist(), cols.tolist(), strict=True),
-                   key=lambda rc: (-residents[rc], -units[rc], str(old_ids[rc[1]]), rc[0]))
+    order = sorted((rc for rc in shared if rc[1] < n_old),
+                   key=lambda rc: (-shared[rc][0], -shared[rc][1], str(old_ids[rc[1]]), rc[0]))
     heir = link_pairs(order)                                    # old -> new
     for k, r in heir.items():
         ids[r] = str(old_ids[k])
@@ -82,13 +84,13 @@ def inherit_ids(new_of_unit: np.ndarray, old_of_unit: np.ndarray, pop: np.ndarra
     # Splits: communities inheriting nothing whose largest group comes from an inherited old one.
     pieces: dict[int, list[int]] = {}
     for r in range(n_new):
-        if ids[r] is not None or not units[r].any():
+        if ids[r] is not None or r not in groups:
             continue
-        k = max(range(n_old + 1), key=lambda c: (residents[r, c], units[r, c], -c))
-        if k < n_old and k in heir and units[r, k] > 0:
+        k = max(groups[r], key=lambda c: (*shared[r, c], -c))
+        if k < n_old and k in heir:
             pieces.setdefault(k, [heir[k]]).append(r)
     for k in sorted(pieces, key=lambda k: str(old_ids[k])):
-        members = sorted(pieces[k], key=lambda r: (-residents[r, k], -units[r, k], r))
+        members = sorted(pieces[k], key=lambda r: (-shared[r, k][0], -shared[r, k][1], r))
         base, n = str(old_ids[k]), 0
         for r in members:
             while f"{base}-{_suffix(n)}" in used:
