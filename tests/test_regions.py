@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from conftest import grid_town
-from covplan.config import PlanConfig
 from covplan._parallel import run_tasks, shared
+from covplan.config import PlanConfig
 from covplan.errors import InputError
 from covplan.plan import regions
 from covplan.plan.pipeline import plan_communities, prepare_planning

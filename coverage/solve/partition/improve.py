@@ -112,7 +112,7 @@ class _SubPlan:
             return None
         label = split_pieces(attach_strays(label, win.pop, self.weighted, win.adjacency, cand,
                                            strict=False), win.adjacency)
-        if label.max(initial=-1) + 1 > k + _MAX_EXTRA:   # pieces are numbered 0, 1, ...
+        if np.unique(label[label >= 0]).size > k + _MAX_EXTRA:
             return None
         sub = SearchPlan(self.problem, self.per_person, self.weighted, self.structure, label)
         keep = small is not None      # even out no more: that would undo the uneven split
