@@ -317,22 +317,28 @@ def test_improvement_clears_a_tiny_community_even_at_a_cost_in_balance():
     assert ((sizes >= problem.min_pop) & (sizes <= problem.max_pop)).sum() == 1
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_improvement_never_breaks_a_rule_that_held(seed):
+def poor_start(seed: int):
+    """A 14 x 12 grid town and a poor plan of it that meets the rules: a flow assignment to too
+    few or too many centers (by seed), each connected piece a community."""
     from covplan.solve.partition.flow import assign_by_flow, split_pieces
-    from covplan.solve.partition.improve import improve
     from covplan.solve.partition.seeding import seed_centers, set_cover
 
     reach, pop, adjacency, xy = grid(14, 12, limit=7.0, seed=seed)
     problem = PartitionProblem(reach, pop, adjacency, target_pop=pop.sum() / 6, tolerance=0.2, xy=xy)
-    # A poor start that meets the rules: a flow assignment to too few or too many centers, each
-    # connected piece a community.
     plan = plan_from_labels(problem, np.zeros(len(pop), dtype=np.int64))
     k = (3, 4, 9, 11)[seed]
     seeds = seed_centers(xy, plan.pop, plan.structure, k, 0.3)
     centers = np.array(set_cover(plan.structure, plan.pop, seeds))
     label = assign_by_flow(plan.pop, 0, plan.pop.sum(), plan.per_person, centers)
-    plan = plan_from_labels(problem, split_pieces(label, adjacency))
+    return problem, plan_from_labels(problem, split_pieces(label, adjacency))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_improvement_never_breaks_a_rule_that_held(seed):
+    from covplan.solve.partition.improve import improve
+
+    problem, plan = poor_start(seed)
+    pop = problem.pop
     center0, sizes0, ok0 = plan_rules(plan)
     key0 = plan.key()
     tiny0 = int((sizes0 < problem.tiny_share * problem.target_pop).sum())

@@ -245,7 +245,9 @@ def test_demo_replay_meets_the_goals(demo_replay):
     assert 28 <= report["communities"] <= 32
     assert report["coverage_share"] == 1.0
     assert report["contiguous_share"] == 1.0
-    assert report["within_tolerance_pop_share"] >= 0.93
+    # The suite's goal where the ceiling is 98 % or more (99.8 % here); 93.6 % before the
+    # windows solved by CP-SAT found district D3's split into four balanced communities.
+    assert report["within_tolerance_pop_share"] >= 0.95
     # No tiny community that is not a proven exception (the min_pop_exception rule).
     table = plan.communities
     regular = table[table["exception"].fillna("").astype(str) == ""]

@@ -1,0 +1,262 @@
+"""
+Windows solved as constraint models (OR-Tools CP-SAT): the last step of the improvement phase.
+
+The heuristic windows (`improve`) try a few dozen center sets and settle each by flow; where a
+stretch of city is tight (communities that can only just reach the band, circles that overlap),
+the balanced split is often a center set none of those seeds propose. Here the window around a
+community outside the band is a feasibility question put to CP-SAT: k communities, at least nb
+of them within the band, none tiny, more residents in balanced communities than now; every
+unit served by a site it reaches, every community connected.
+
+Connectivity is modelled by distance labels (shortest-path contiguity, as in districting
+models): a community's root is the unit nearest its site, and a unit may join the community
+only next to a member one step closer to the root (hops within the units that reach the site).
+That admits fewer plans than "connected", never a disconnected one. To keep the model small,
+sites whose reach over the window nearly repeats one already kept are dropped (Jaccard
+similarity), and neighbouring units that reach the same kept sites are merged into one.
+
+No library partitions a graph into connected parts under reach and population bounds, so the
+model is written here; the search is CP-SAT's, on one worker with a deterministic time limit,
+so the same inputs give the same plan.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components, shortest_path
+
+from covplan.solve.partition.refine import Window
+from covplan.solve.partition.search import (
+    FINAL_WEIGHT,
+    SearchPlan,
+    local_search,
+    problem_band_key,
+    tiny_first_order,
+)
+
+logger = logging.getLogger(__name__)
+
+SIMILAR_SITES = 0.7     # a site whose reach over the window overlaps a kept one's this much
+                        # (Jaccard) is left out: the demo's district D3 goes from 152 sites and
+                        # no answer in 30 s to 39 sites and an answer in 0.3 s
+MAX_MODEL_UNITS = 500   # a window with more merged units is left to the heuristic
+SOLVE_SECONDS = 0.5     # CP-SAT's deterministic time per model
+_ROUNDS = 4             # local-search rounds that tidy walks around a solved window
+
+
+def _free_sites(win: Window, current: np.ndarray) -> np.ndarray:
+    """Sites the window may use: its current centers, then free sites that reach some of its
+    units by residents gathered, each unlike every site kept before it."""
+    reach = win.structure
+    gathers = np.asarray(reach.T @ win.pop).ravel()
+    others = np.flatnonzero(~win.blocked & (gathers > 0) & ~np.isin(np.arange(len(gathers)), current))
+    order = np.r_[current, others[np.lexsort((others, -gathers[others]))]].astype("int64")
+    cols = reach[:, order].tocsc()
+    cols.data[:] = 1.0
+    shared = (cols.T @ cols).toarray()
+    size = np.diag(shared)
+    kept: list[int] = []
+    for i in range(len(order)):
+        if i < len(current) or not kept:
+            kept.append(i)
+            continue
+        union = size[i] + size[kept] - shared[i, kept]
+        if (shared[i, kept] / np.maximum(union, 1)).max() < SIMILAR_SITES:
+            kept.append(i)
+    return order[kept]
+
+
+def _merge_units(reach: sp.csr_matrix, adjacency: sp.csr_matrix) -> tuple[int, np.ndarray]:
+    """Neighbouring units that reach the same sites, merged: (count, group of each unit)."""
+    signature: dict[bytes, int] = {}
+    sig = np.array([signature.setdefault(reach.indices[reach.indptr[u]:reach.indptr[u + 1]].tobytes(),
+                                         len(signature)) for u in range(reach.shape[0])])
+    a = adjacency.tocoo()
+    same = sig[a.row] == sig[a.col]
+    n = reach.shape[0]
+    links = sp.csr_matrix((np.ones(int(same.sum())), (a.row[same], a.col[same])), shape=(n, n))
+    return connected_components(links, directed=False)
+
+
+class _Model:
+    """The window's units (merged) and sites as a CP-SAT model; `solve` asks for a target."""
+
+    def __init__(self, win: Window, minutes: sp.csr_matrix, sites: np.ndarray):
+        problem = win.problem
+        reach = win.structure[:, sites].tocsr()
+        reach.sort_indices()
+        self.n_groups, self.group = _merge_units(reach, win.adjacency)
+        members = sp.csr_matrix((np.ones(len(self.group)), (self.group, np.arange(len(self.group)))),
+                                shape=(self.n_groups, len(self.group)))
+        self.pop = np.rint(members @ win.pop).astype("int64")
+        group_reach = (members @ reach).tocsc()
+        group_reach.sort_indices()                # searchsorted below needs sorted groups
+        links = (members @ win.adjacency @ members.T).tocsr()
+        links.setdiag(0)
+        links.eliminate_zeros()
+        minutes = minutes[:, sites].tocsc()
+        self.tiny = int(np.ceil(problem.tiny_share * problem.target_pop - 1e-9))
+        self.lo = int(np.ceil(problem.min_pop - 1e-9))
+        self.hi = int(np.floor(problem.max_pop + 1e-9))
+        self.members: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
+        for j in range(len(sites)):
+            groups = group_reach.indices[group_reach.indptr[j]:group_reach.indptr[j + 1]]
+            if self.pop[groups].sum() < self.tiny:
+                continue
+            fine = minutes.indices[minutes.indptr[j]:minutes.indptr[j + 1]]
+            root = int(self.group[fine[np.argmin(minutes.data[minutes.indptr[j]:minutes.indptr[j + 1]])]])
+            hops = shortest_path(links[groups][:, groups], unweighted=True, directed=False,
+                                 indices=int(np.searchsorted(groups, root)))
+            linked = np.isfinite(hops)
+            if self.pop[groups[linked]].sum() >= self.tiny:
+                self.members[j] = (groups[linked], hops[linked], root)
+        self.links = links
+        self.locked = (np.zeros(len(sites), dtype=bool) if problem.locked is None
+                       else np.asarray(problem.locked, bool)[sites])
+
+    def solve(self, k: int, n_balanced: int, more_than: int, current: set[int],
+              seconds: float) -> tuple[np.ndarray | None, float]:
+        """Site (index into `sites`) per window unit for k communities, at least `n_balanced` in the band, none tiny, more than `more_than` residents balanced;
+        None if CP-SAT finds none within `seconds` of deterministic time (no proof: the model
+        admits only some connected shapes); and the deterministic time it took."""
+        from ortools.sat.python import cp_model
+
+        model = cp_model.CpModel()
+        x: dict[tuple[int, int], object] = {}
+        for j, (groups, _, _) in self.members.items():
+            for g in groups.tolist():
+                x[g, j] = model.NewBoolVar("")
+        choices: dict[int, list[int]] = {}
+        for g, j in x:
+            choices.setdefault(g, []).append(j)
+        if len(choices) < self.n_groups:
+            return None, 0.0               # some merged unit reaches no usable site
+        for g, js in choices.items():
+            model.AddExactlyOne(x[g, j] for j in js)
+        hop = {(g, j): h for j, (groups, hops, _) in self.members.items()
+               for g, h in zip(groups.tolist(), hops.tolist())}
+        opened, balanced, held = [], [], []
+        for j, (groups, hops, root) in self.members.items():
+            is_open, in_band = model.NewBoolVar(""), model.NewBoolVar("")
+            residents = sum(int(self.pop[g]) * x[g, j] for g in groups.tolist())
+            model.Add(x[root, j] == is_open)
+            if self.locked[j] and j in current:
+                model.Add(is_open == 1)       # a locked center in use stays open
+            model.Add(residents >= self.tiny).OnlyEnforceIf(is_open)
+            model.Add(residents >= self.lo).OnlyEnforceIf(in_band)
+            model.Add(residents <= self.hi).OnlyEnforceIf(in_band)
+            model.AddImplication(in_band, is_open)
+            counted = model.NewIntVar(0, self.hi, "")
+            model.Add(counted <= residents)
+            model.Add(counted <= self.hi * in_band)
+            opened.append(is_open)
+            balanced.append(in_band)
+            held.append(counted)
+            for g, h in zip(groups.tolist(), hops.tolist()):
+                model.AddImplication(x[g, j], is_open)
+                if g != root:
+                    nearer = [x[v, j] for v in self.links.indices[self.links.indptr[g]:self.links.indptr[g + 1]]
+                              if (v, j) in x and hop[v, j] < h]
+                    model.AddBoolOr(nearer).OnlyEnforceIf(x[g, j])
+        model.Add(sum(opened) == k)
+        model.Add(sum(balanced) >= n_balanced)
+        model.Add(sum(held) >= more_than + 1)
+        solver = cp_model.CpSolver()
+        params = solver.parameters
+        params.num_workers = 1
+        params.random_seed = 0
+        params.max_deterministic_time = seconds
+        params.cp_model_probing_level = 0   # probing alone took the whole second on the demo
+        params.symmetry_level = 0
+        status = solver.Solve(model)
+        logger.debug("model of %d merged units, %d sites: %d communities, %d balanced, more than %d: "
+                     "%s in %.2f", self.n_groups, len(self.members), k, n_balanced, more_than,
+                     solver.StatusName(status), solver.deterministic_time)
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return None, solver.deterministic_time
+        site = np.full(self.n_groups, -1, dtype="int64")
+        for (g, j), var in x.items():
+            if solver.BooleanValue(var):
+                site[g] = j
+        return site[self.group], solver.deterministic_time
+
+
+def _solve_window(plan: SearchPlan, s: int, rings: int, budget: list[float]) -> bool:
+    """Ask CP-SAT for a better split of the window around s (as many communities, one fewer,
+    one more) with one more balanced community at least, or, with tiny communities in it, none
+    tiny; apply it when the rules' order improves (fewer tiny communities, or as many and fewer
+    residents outside the band). Each model's deterministic time is taken from `budget`."""
+    problem = plan.problem
+    win = Window(plan, plan.around(s, rings))
+    current = plan.center[win.comms]
+    sites = _free_sites(win, current)
+    model = _Model(win, problem.minutes[win.units], sites)
+    if model.n_groups > MAX_MODEL_UNITS:
+        return False
+    sizes = plan.popk[win.comms]
+    in_band = (sizes >= problem.min_pop) & (sizes <= problem.max_pop)
+    now = int(np.rint(sizes[in_band].sum()))
+    # With tiny communities in the window, a split without one that keeps every balanced
+    # resident (the heuristic's tiny clearing already trades balance for the rule); else one
+    # more balanced community at least: gains of a few residents are not worth a model.
+    tiny = win.before[1] > 0
+    floor, at_least = (now - 1, int(in_band.sum())) if tiny else (now, int(in_band.sum()) + 1)
+    m = len(win.comms)
+    # One count at a time (as many, one fewer, one more): a model with the count free took
+    # longer to answer than the three together on the demo and on Chengdu.
+    for k in (m, m - 1, m + 1):
+        if k < 1 or budget[0] <= 0:
+            continue
+        site, spent = model.solve(k, at_least, floor, set(range(len(current))),
+                                  min(SOLVE_SECONDS, budget[0]))
+        budget[0] -= spent
+        if site is None:
+            continue
+        used, label = np.unique(site, return_inverse=True)
+        got = problem_band_key(np.bincount(label, weights=win.pop), problem)
+        logger.debug("exact window around %d (%d rings, %d communities, %d merged units): "
+                     "%s -> %s", s, rings, m, model.n_groups, win.before[:4], got)
+        if got[1] < win.before[1] or (got[1] == win.before[1] and got[:4] < win.before[:4]):
+            win.apply(plan, label, sites[used])
+            local_search(plan, FINAL_WEIGHT, _ROUNDS, comms=plan.around(s, rings + 1),
+                         count_first=True, keep_residents=True)
+            return True
+    return False
+
+
+def solve_windows(plan: SearchPlan, *, seconds: float) -> bool:
+    """
+    The improvement phase's last step: for each community outside the band (tiny ones first,
+    then the largest), its window of one ring and then two rings is put to CP-SAT
+    (`_solve_window`); stops when none improves or when the models have used `seconds` of
+    CP-SAT's deterministic time in all (no clock: the same plan on any machine). True when the
+    plan changed. A plan without adjacency (no contiguity rule) is left as it is.
+    """
+    if plan.problem.adjacency is None:
+        return False
+    problem, failed, changed, budget = plan.problem, set(), False, [seconds]
+    tiny_pop = problem.tiny_share * problem.target_pop
+    while budget[0] > 0:
+        alive = plan.alive
+        popk = plan.popk[alive]
+        out = (popk < problem.min_pop) | (popk > problem.max_pop)
+        order = np.lexsort((alive, -popk, popk >= tiny_pop))
+        todo = [int(alive[i]) for i in order if out[i] and int(alive[i]) not in failed]
+        if not todo:
+            break
+        s = todo[0]
+        before = tiny_first_order(plan.key())
+        improved = False
+        for rings in (1, 2):
+            if _solve_window(plan, s, rings, budget):
+                improved = True
+                break
+        if improved and tiny_first_order(plan.key()) < before:
+            changed = True
+            failed.clear()
+        else:
+            failed.add(s)
+    return changed
