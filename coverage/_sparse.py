@@ -45,3 +45,14 @@ def lookup(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> tuple[n
     found = keys[pos] == wanted
     values[found] = matrix.data[pos[found]]
     return values, found
+
+
+def entries_of(indptr: np.ndarray, majors: np.ndarray) -> np.ndarray:
+    """Positions of the stored entries of the given rows (CSR; columns for CSC), in order: the
+    planner sums a few rows of a matrix thousands of times, and fancy indexing built a new
+    sparse matrix for each sum (half of `seed_centers`' time on Chengdu)."""
+    majors = np.asarray(majors, dtype="int64")
+    starts = indptr[majors].astype("int64")
+    lengths = indptr[majors + 1].astype("int64") - starts
+    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+    return offsets + np.arange(int(lengths.sum()), dtype="int64")

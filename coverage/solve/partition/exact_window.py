@@ -1,12 +1,13 @@
 """
-Windows solved as constraint models (OR-Tools CP-SAT): the last step of the improvement phase.
+Windows solved as constraint models (OR-Tools CP-SAT): the core's last step, on the improved
+winner (`partition_units`, stage 7).
 
 The heuristic windows (`improve`) try a few dozen center sets and settle each by flow; where a
 stretch of city is tight (communities that can only just reach the band, circles that overlap),
-the balanced split is often a center set none of those seeds propose. Here the window around a
-community outside the band is a feasibility question put to CP-SAT: k communities, at least nb
-of them within the band, none tiny, more residents in balanced communities than now; every
-unit served by a site it reaches, every community connected.
+the balanced split can be a center set none of those seeds propose. Here the window around a
+community outside the band is a feasibility question put to CP-SAT: as many communities, one
+fewer or one more, with one more of them within the band than now, none tiny, more residents
+in balanced communities; every unit served by a site it reaches, every community connected.
 
 Connectivity is modelled by distance labels (shortest-path contiguity, as in districting
 models): a community's root is the unit nearest its site, and a unit may join the community

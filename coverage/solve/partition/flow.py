@@ -85,9 +85,18 @@ def relocate(cnt: np.ndarray, cost: np.ndarray, size: np.ndarray, centers: np.nd
 def tallies(label: np.ndarray, n_comm: int, structure: sp.csr_matrix,
              weighted: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     """Per community and candidate: members the candidate reaches, and their summed cost."""
-    served = np.flatnonzero(label >= 0)
-    onehot = sp.csr_matrix((np.ones(len(served)), (label[served], served)), shape=(n_comm, len(label)))
-    return (onehot @ structure).toarray().astype("int32"), (onehot @ weighted).toarray()
+    # Bin counts over (community, candidate) keys: the same sums, in the same order, as a
+    # one-hot matrix product, without building two sparse products per call.
+    return (_community_sums(label, n_comm, structure).astype("int32"),
+            _community_sums(label, n_comm, weighted))
+
+
+def _community_sums(label: np.ndarray, n_comm: int, matrix: sp.csr_matrix) -> np.ndarray:
+    n_cand = matrix.shape[1]
+    owner = np.repeat(label, np.diff(matrix.indptr))
+    keep = owner >= 0
+    key = owner[keep] * n_cand + matrix.indices[keep]
+    return np.bincount(key, weights=matrix.data[keep], minlength=n_comm * n_cand).reshape(n_comm, n_cand)
 
 
 def settle(pop: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarray, per_person: sp.csr_matrix,

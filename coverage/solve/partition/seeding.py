@@ -7,6 +7,7 @@ import heapq
 
 import numpy as np
 import scipy.sparse as sp
+from covplan._sparse import entries_of
 
 
 def packing_bound(structure: sp.csr_matrix) -> int:
@@ -78,7 +79,10 @@ def seed_centers(xy: np.ndarray, pop: np.ndarray, structure: sp.csr_matrix, k: i
         if gather[row, best] > 0 and not used[best]:
             centers[row], used[best] = best, True
     csc = structure.tocsc()
-    count = np.asarray(structure[:, centers[centers >= 0]].sum(axis=1)).ravel()
+    n_units, n_cand = structure.shape
+    # Sums of ones over a few columns or rows, without building a sparse slice for each.
+    at = entries_of(csc.indptr, centers[centers >= 0])
+    count = np.bincount(csc.indices[at], weights=csc.data[at], minlength=n_units)
     for _ in range(2):
         uncovered = (count == 0) & (np.diff(structure.indptr) > 0)
         holes = np.bincount(part[uncovered], weights=pop[uncovered] + 1e-3, minlength=n_parts)
@@ -89,7 +93,8 @@ def seed_centers(xy: np.ndarray, pop: np.ndarray, structure: sp.csr_matrix, k: i
             alone = np.zeros(len(count), dtype=bool)
             alone[csc.indices[csc.indptr[old]:csc.indptr[old + 1]]] = True
             need = np.flatnonzero((part == row) & ((count == 0) | ((count == 1) & alone)))
-            hits = np.asarray(structure[need].sum(axis=0)).ravel()
+            at = entries_of(structure.indptr, need)
+            hits = np.bincount(structure.indices[at], weights=structure.data[at], minlength=n_cand)
             score = np.where(used & (np.arange(len(hits)) != old), -np.inf,
                              hits * (pop.sum() + 1.0) + gather[row])
             best = int(np.argmax(score))
