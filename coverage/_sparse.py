@@ -50,7 +50,7 @@ def lookup(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> tuple[n
 def entries_of(indptr: np.ndarray, majors: np.ndarray) -> np.ndarray:
     """Positions of the stored entries of the given rows (CSR; columns for CSC), in order: the
     planner sums a few rows of a matrix thousands of times, and fancy indexing built a new
-    sparse matrix for each sum (half of `seed_centers`' time on Chengdu)."""
+    sparse matrix for each sum (more than half of `seed_centers` time on Chengdu)."""
     majors = np.asarray(majors, dtype="int64")
     starts = indptr[majors].astype("int64")
     lengths = indptr[majors + 1].astype("int64") - starts
