@@ -455,3 +455,25 @@ def test_linear_city_balances_side_by_side_without_tiny_communities(seed):
     assert report["within_tolerance_pop_share"] >= 0.93           # 0.898 / 0.938 before
     assert table["population"].min() >= 5_000                      # no tiny community
     assert table["population"].sum() == city.population["population"].sum()
+
+
+def test_sums_over_stored_entries_match_sparse_slices_exactly():
+    """The core's cheap sums (`entries_of`, `tallies`) give the numbers the sparse slices and
+    one-hot products gave, bit for bit (plans must not move with the rewrite)."""
+    from covplan._sparse import entries_of
+    from covplan.solve.partition.flow import tallies
+
+    rng = np.random.default_rng(3)
+    matrix = sp.random(60, 25, density=0.2, random_state=3, format="csr")
+    matrix.data = rng.uniform(0, 9, matrix.nnz)
+    for rows in (np.array([], dtype=np.int64), np.array([4]), np.array([0, 7, 8, 30, 59])):
+        at = entries_of(matrix.indptr, rows)
+        got = np.bincount(matrix.indices[at], weights=matrix.data[at], minlength=25)
+        assert np.array_equal(got, np.asarray(matrix[rows].sum(axis=0)).ravel())
+    label = rng.integers(-1, 6, 60)
+    ones = sp.csr_matrix((np.ones(matrix.nnz), matrix.indices, matrix.indptr), shape=matrix.shape)
+    cnt, cost = tallies(label, 6, ones, matrix)
+    served = np.flatnonzero(label >= 0)
+    onehot = sp.csr_matrix((np.ones(len(served)), (label[served], served)), shape=(6, 60))
+    assert np.array_equal(cnt, (onehot @ ones).toarray().astype("int32"))
+    assert np.array_equal(cost, (onehot @ matrix).toarray())
