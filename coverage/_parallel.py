@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,14 @@ logger = logging.getLogger(__name__)
 # What worker processes read: set before the pool forks, so they share the reach matrix and the
 # rest copy-on-write and the pool needs no fresh interpreters (see `run_tasks`).
 _SHARED: dict[str, Any] | None = None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: a container or `taskset` may allow fewer than the
+    machine has, and `os.cpu_count` counts the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def shared() -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from dataclasses import asdict, dataclass
 
 from covplan.defaults import (
@@ -126,8 +125,9 @@ class PlanConfig:
     jobs
         Worker processes planning districts (or a large city's regions) side by side, or,
         for a city planned in one part, its restarts and its two merge/split plans ("auto":
-        one per CPU). How the plan is computed, not what: every output is the same for any
-        value, so it is left out of `to_dict` (the report, the resolved scenario).
+        one per CPU this process may use). How the plan is computed, not what: every output
+        is the same for any value, so it is left out of `to_dict` (the report, the resolved
+        scenario).
     """
 
     target_pop: int = 10_000
@@ -169,7 +169,9 @@ class PlanConfig:
     @property
     def workers(self) -> int:
         """`jobs` as a number of processes."""
-        return (os.cpu_count() or 1) if self.jobs == "auto" else int(self.jobs)
+        from covplan._parallel import usable_cpus
+
+        return usable_cpus() if self.jobs == "auto" else int(self.jobs)
 
     def to_dict(self) -> dict:
         """The parameters that shape the plan (`jobs` does not, so plan files never differ by it)."""

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from covplan._parallel import usable_cpus
 from covplan.config import PlanConfig
 from covplan.errors import CoverageError, DataSourceError, InputError
 
@@ -646,7 +647,7 @@ def _executor(args: argparse.Namespace, n_scenarios: int) -> Iterator[Any]:
         with client:
             yield client.get_executor()
         return
-    workers = args.workers or max(1, min(os.cpu_count() or 1, n_scenarios))
+    workers = args.workers or max(1, min(usable_cpus(), n_scenarios))
     # One thread per worker process: the planner is CPU-bound Python and numpy.
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster, Client(cluster) as client:

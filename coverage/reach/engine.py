@@ -43,13 +43,13 @@ cut-off; networkx works per source in Python), hence this module.
 from __future__ import annotations
 
 import math
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from covplan._parallel import usable_cpus
 from covplan._progress import progress_bar
 from scipy.sparse.csgraph import connected_components, dijkstra
 
@@ -119,7 +119,7 @@ def bounded_distances(graph: sp.csr_matrix, x: np.ndarray, y: np.ndarray,
     progress
         Show a progress bar over the tiles.
     workers
-        Threads; ``min(2, os.cpu_count())`` by default. The result never depends on it.
+        Threads; ``min(2, usable_cpus())`` (the CPUs this process may use) by default. The result never depends on it.
 
     Returns
     -------
@@ -141,7 +141,7 @@ def bounded_distances(graph: sp.csr_matrix, x: np.ndarray, y: np.ndarray,
     unique, inverse = np.unique(sources, return_inverse=True)
     tiles = _tiles(net, np.asarray(x, dtype="float64"), np.asarray(y, dtype="float64"), unique,
                    limit_m)
-    workers = max(1, workers or min(2, os.cpu_count() or 1))
+    workers = max(1, workers or min(2, usable_cpus()))
     workspaces: dict[int, _Workspace] = {}
 
     def run(tile: _Tile) -> list[tuple]:

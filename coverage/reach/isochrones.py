@@ -6,7 +6,6 @@ remaining distance along each edge and buffered into an area (not a hull of reac
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING
 import geopandas as gpd
 import numpy as np
 import shapely
+from covplan._parallel import usable_cpus
 from covplan._progress import progress_bar
 from covplan._validate import require_positive
 from covplan.defaults import DEFAULT_BANDS
@@ -145,7 +145,7 @@ def compute_isochrones(network: WalkNetwork | nx.Graph, centers: gpd.GeoDataFram
     rows, pending = [], []
     # GEOS releases the GIL: the areas are drawn on two threads (as the walk times are) while
     # this one cuts the next centers' street pieces.
-    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(2, usable_cpus())) as pool:
         for i in progress_bar(range(len(work)), desc="isochrones", progress=progress):
             budgets = [(band - access[i]) * speed for band in bands]
             for band, pieces in zip(bands, _center_pieces(network, reach, row_of.get(i), dist,
