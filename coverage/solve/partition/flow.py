@@ -68,16 +68,19 @@ def relocate(cnt: np.ndarray, cost: np.ndarray, size: np.ndarray, centers: np.nd
     none, takes its cheapest option).
     """
     feasible = cnt == size[:, None]
-    eff = np.where(feasible, cost, np.inf)
+    # Only candidates some community can take matter (the first cheapest among them is the first
+    # cheapest of the whole row): a window's few communities against a city's candidates.
+    cols = np.flatnonzero(feasible.any(axis=0))
+    eff = np.where(feasible[:, cols], cost[:, cols], np.inf)
     new = centers.copy()
     used = np.zeros(cnt.shape[1], dtype=bool) if blocked is None else blocked.copy()
     for k in np.lexsort((np.arange(len(size)), -size, feasible.sum(axis=1))):
-        row = np.where(used, np.inf, eff[k])
-        best = int(np.argmin(row))
-        if np.isfinite(row[best]):
-            new[k] = best
+        row = np.where(used[cols], np.inf, eff[k])
+        best = int(np.argmin(row)) if len(cols) else 0
+        if len(cols) and np.isfinite(row[best]):
+            new[k] = cols[best]
         elif new[k] < 0 and np.isfinite(eff[k]).any():
-            new[k] = int(np.argmin(eff[k]))
+            new[k] = int(cols[np.argmin(eff[k])])
         used[new[k]] = True
     return new
 
