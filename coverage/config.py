@@ -6,6 +6,7 @@ import math
 import numbers
 from dataclasses import asdict, dataclass
 
+from covplan._parallel import usable_cpus
 from covplan.defaults import (
     DEFAULT_CANDIDATE_SPACING_M,
     DEFAULT_MAX_MINUTES,
@@ -169,8 +170,6 @@ class PlanConfig:
     @property
     def workers(self) -> int:
         """`jobs` as a number of processes."""
-        from covplan._parallel import usable_cpus
-
         return usable_cpus() if self.jobs == "auto" else int(self.jobs)
 
     def to_dict(self) -> dict:
