@@ -477,3 +477,35 @@ def test_sums_over_stored_entries_match_sparse_slices_exactly():
     onehot = sp.csr_matrix((np.ones(len(served)), (label[served], served)), shape=(6, 60))
     assert np.array_equal(cnt, (onehot @ ones).toarray().astype("int32"))
     assert np.array_equal(cost, (onehot @ matrix).toarray())
+
+
+def test_resiting_matches_a_scan_of_every_candidate():
+    """`relocate` looks only at candidates some community can take; the plain scan of every
+    candidate (as it was written first) must pick the same centers, quirks included."""
+    from covplan.solve.partition.flow import relocate
+
+    def scan(cnt, cost, size, centers, blocked):
+        feasible = cnt == size[:, None]
+        eff = np.where(feasible, cost, np.inf)
+        new = centers.copy()
+        used = np.zeros(cnt.shape[1], dtype=bool) if blocked is None else blocked.copy()
+        for k in np.lexsort((np.arange(len(size)), -size, feasible.sum(axis=1))):
+            row = np.where(used, np.inf, eff[k])
+            best = int(np.argmin(row))
+            if np.isfinite(row[best]):
+                new[k] = best
+            elif new[k] < 0 and np.isfinite(eff[k]).any():
+                new[k] = int(np.argmin(eff[k]))
+            used[new[k]] = True
+        return new
+
+    rng = np.random.default_rng(5)
+    for trial in range(200):
+        n_comm, n_cand = int(rng.integers(1, 6)), int(rng.integers(1, 12))
+        size = rng.integers(1, 4, n_comm)
+        cnt = np.minimum(rng.integers(0, 5, (n_comm, n_cand)), size[:, None])
+        cost = rng.integers(0, 4, (n_comm, n_cand)).astype(float)      # ties on purpose
+        centers = rng.integers(-1, n_cand, n_comm)
+        blocked = None if trial % 2 else rng.random(n_cand) < 0.3
+        assert np.array_equal(relocate(cnt, cost, size, centers, blocked),
+                              scan(cnt, cost, size, centers, blocked))

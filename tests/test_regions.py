@@ -200,7 +200,13 @@ def test_run_tasks_keeps_task_order_on_workers() -> None:
 
 
 def test_jobs_setting() -> None:
-    assert PlanConfig(jobs="auto").workers == (os.cpu_count() or 1)
+    from covplan._parallel import usable_cpus
+
+    # "auto": the CPUs this process may run on, which a container or taskset can narrow.
+    assert PlanConfig(jobs="auto").workers == usable_cpus()
+    assert 1 <= usable_cpus() <= (os.cpu_count() or 1)
+    if hasattr(os, "sched_getaffinity"):
+        assert usable_cpus() == len(os.sched_getaffinity(0))
     assert PlanConfig(jobs=3).workers == 3
     assert "jobs" not in PlanConfig(jobs=2).to_dict()     # no output depends on it
     for bad in (0, -1, 1.5, True, "two"):
