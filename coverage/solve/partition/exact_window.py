@@ -85,7 +85,7 @@ def _merge_units(reach: sp.csr_matrix, adjacency: sp.csr_matrix) -> tuple[int, n
 class _Model:
     """The window's units (merged) and sites as a CP-SAT model; `solve` asks for a target."""
 
-    def __init__(self, win: Window, minutes: sp.csr_matrix, sites: np.ndarray):
+    def __init__(self, win: Window, minutes: sp.csr_matrix, sites: np.ndarray, n_current: int):
         problem = win.problem
         reach = win.structure[:, sites].tocsr()
         reach.sort_indices()
@@ -114,17 +114,28 @@ class _Model:
             linked = np.isfinite(hops)
             if self.pop[groups[linked]].sum() >= self.tiny:
                 self.members[j] = (groups[linked], hops[linked], root)
-        self.links = links
-        self.locked = (np.zeros(len(sites), dtype=bool) if problem.locked is None
-                       else np.asarray(problem.locked, bool)[sites])
+        # Built once for every count asked: each member's neighbours one hop nearer the root.
+        hop = {(g, j): h for j, (groups, hops, _) in self.members.items()
+               for g, h in zip(groups.tolist(), hops.tolist())}
+        self.nearer = {(g, j): [v for v in links.indices[links.indptr[g]:links.indptr[g + 1]]
+                                if (v, j) in hop and hop[v, j] < h]
+                       for (g, j), h in hop.items() if g != self.members[j][2]}
+        self.covered = len({g for g, _ in hop}) == self.n_groups
+        # Current centers come first in `sites`: a locked one in use stays open.
+        current = np.arange(len(sites)) < n_current
+        self.keep_open = (np.zeros(len(sites), dtype=bool) if problem.locked is None
+                          else np.asarray(problem.locked, bool)[sites] & current)
 
-    def solve(self, k: int, n_balanced: int, more_than: int, current: set[int],
+    def solve(self, k: int, n_balanced: int, more_than: int,
               seconds: float) -> tuple[np.ndarray | None, float]:
-        """Site (index into `sites`) per window unit for k communities, at least `n_balanced` in the band, none tiny, more than `more_than` residents balanced;
-        None if CP-SAT finds none within `seconds` of deterministic time (no proof: the model
-        admits only some connected shapes); and the deterministic time it took."""
+        """Site (index into `sites`) per window unit for k communities, at least `n_balanced`
+        in the band, none tiny, more than `more_than` residents balanced; None if CP-SAT finds
+        none within `seconds` of deterministic time (no proof: the model admits only some
+        connected shapes); and the deterministic time it took."""
         from ortools.sat.python import cp_model
 
+        if not self.covered:
+            return None, 0.0               # some merged unit reaches no usable site
         model = cp_model.CpModel()
         x: dict[tuple[int, int], object] = {}
         for j, (groups, _, _) in self.members.items():
@@ -133,19 +144,15 @@ class _Model:
         choices: dict[int, list[int]] = {}
         for g, j in x:
             choices.setdefault(g, []).append(j)
-        if len(choices) < self.n_groups:
-            return None, 0.0               # some merged unit reaches no usable site
         for g, js in choices.items():
             model.AddExactlyOne(x[g, j] for j in js)
-        hop = {(g, j): h for j, (groups, hops, _) in self.members.items()
-               for g, h in zip(groups.tolist(), hops.tolist())}
         opened, balanced, held = [], [], []
-        for j, (groups, hops, root) in self.members.items():
+        for j, (groups, _, root) in self.members.items():
             is_open, in_band = model.NewBoolVar(""), model.NewBoolVar("")
             residents = sum(int(self.pop[g]) * x[g, j] for g in groups.tolist())
             model.Add(x[root, j] == is_open)
-            if self.locked[j] and j in current:
-                model.Add(is_open == 1)       # a locked center in use stays open
+            if self.keep_open[j]:
+                model.Add(is_open == 1)
             model.Add(residents >= self.tiny).OnlyEnforceIf(is_open)
             model.Add(residents >= self.lo).OnlyEnforceIf(in_band)
             model.Add(residents <= self.hi).OnlyEnforceIf(in_band)
@@ -156,12 +163,10 @@ class _Model:
             opened.append(is_open)
             balanced.append(in_band)
             held.append(counted)
-            for g, h in zip(groups.tolist(), hops.tolist()):
+            for g in groups.tolist():
                 model.AddImplication(x[g, j], is_open)
                 if g != root:
-                    nearer = [x[v, j] for v in self.links.indices[self.links.indptr[g]:self.links.indptr[g + 1]]
-                              if (v, j) in x and hop[v, j] < h]
-                    model.AddBoolOr(nearer).OnlyEnforceIf(x[g, j])
+                    model.AddBoolOr([x[v, j] for v in self.nearer[g, j]]).OnlyEnforceIf(x[g, j])
         model.Add(sum(opened) == k)
         model.Add(sum(balanced) >= n_balanced)
         model.Add(sum(held) >= more_than + 1)
@@ -194,7 +199,7 @@ def _solve_window(plan: SearchPlan, s: int, rings: int, budget: list[float]) -> 
     win = Window(plan, plan.around(s, rings))
     current = plan.center[win.comms]
     sites = _free_sites(win, current)
-    model = _Model(win, problem.minutes[win.units], sites)
+    model = _Model(win, problem.minutes[win.units], sites, len(current))
     if model.n_groups > MAX_MODEL_UNITS:
         return False
     sizes = plan.popk[win.comms]
@@ -211,8 +216,7 @@ def _solve_window(plan: SearchPlan, s: int, rings: int, budget: list[float]) -> 
     for k in (m, m - 1, m + 1):
         if k < 1 or budget[0] <= 0:
             continue
-        site, spent = model.solve(k, at_least, floor, set(range(len(current))),
-                                  min(SOLVE_SECONDS, budget[0]))
+        site, spent = model.solve(k, at_least, floor, min(SOLVE_SECONDS, budget[0]))
         budget[0] -= spent
         if site is None:
             continue
@@ -220,7 +224,7 @@ def _solve_window(plan: SearchPlan, s: int, rings: int, budget: list[float]) -> 
         got = problem_band_key(np.bincount(label, weights=win.pop), problem)
         logger.debug("exact window around %d (%d rings, %d communities, %d merged units): "
                      "%s -> %s", s, rings, m, model.n_groups, win.before[:4], got)
-        if got[1] < win.before[1] or (got[1] == win.before[1] and got[:4] < win.before[:4]):
+        if tiny_first_order(got) < tiny_first_order(win.before[:4]):
             win.apply(plan, label, sites[used])
             local_search(plan, FINAL_WEIGHT, _ROUNDS, comms=plan.around(s, rings + 1),
                          count_first=True, keep_residents=True)
@@ -238,23 +242,14 @@ def solve_windows(plan: SearchPlan, *, seconds: float) -> bool:
     """
     if plan.problem.adjacency is None:
         return False
-    problem, failed, changed, budget = plan.problem, set(), False, [seconds]
-    tiny_pop = problem.tiny_share * problem.target_pop
+    failed, changed, budget = set(), False, [seconds]
     while budget[0] > 0:
-        alive = plan.alive
-        popk = plan.popk[alive]
-        out = (popk < problem.min_pop) | (popk > problem.max_pop)
-        order = np.lexsort((alive, -popk, popk >= tiny_pop))
-        todo = [int(alive[i]) for i in order if out[i] and int(alive[i]) not in failed]
+        todo = plan.outside_band(failed)
         if not todo:
             break
         s = todo[0]
         before = tiny_first_order(plan.key())
-        improved = False
-        for rings in (1, 2):
-            if _solve_window(plan, s, rings, budget):
-                improved = True
-                break
+        improved = any(_solve_window(plan, s, rings, budget) for rings in (1, 2))
         if improved and tiny_first_order(plan.key()) < before:
             changed = True
             failed.clear()

@@ -350,19 +350,14 @@ def _touched(label: np.ndarray, center: np.ndarray, plan: SearchPlan) -> np.ndar
 def _balance(plan: SearchPlan, angles: np.ndarray, budget: int, failed: set[int]) -> set[int]:
     """The main loop of `improve`; returns the communities whose windows found nothing."""
     left = [budget]
-    problem = plan.problem
+    tiny_pop = plan.problem.tiny_share * plan.problem.target_pop
     while left[0] > 0:
-        alive = plan.alive
-        popk = plan.popk[alive]
-        out = (popk < problem.min_pop) | (popk > problem.max_pop)
-        tiny = popk < problem.tiny_share * problem.target_pop
-        order = np.lexsort((alive, -popk, ~tiny))
-        todo = [int(alive[i]) for i in order if out[i] and int(alive[i]) not in failed]
+        todo = plan.outside_band(failed)
         if not todo:
             break
         s = todo[0]
         near = set(plan.around(s, 2).tolist())
-        if (tiny[np.searchsorted(alive, s)] and _dissolve(plan, s)) or _improve_window(plan, s, angles, left):
+        if (plan.popk[s] < tiny_pop and _dissolve(plan, s)) or _improve_window(plan, s, angles, left):
             failed -= near        # their surroundings changed: worth another try
         else:
             failed.add(s)

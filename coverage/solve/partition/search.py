@@ -200,6 +200,16 @@ class SearchPlan:
         _, first = np.unique(rows.astype("int64") * (len(self.size) + 1) + other, return_index=True)
         return rows[first], own[first], other[first]
 
+    def outside_band(self, skip: set[int]) -> list[int]:
+        """Communities outside the band not in `skip`, in the order windows take them: tiny
+        ones first, then the largest, ties by index."""
+        problem, alive = self.problem, self.alive
+        popk = self.popk[alive]
+        out = (popk < problem.min_pop) | (popk > problem.max_pop)
+        tiny = popk < problem.tiny_share * problem.target_pop
+        order = np.lexsort((alive, -popk, ~tiny))
+        return [int(alive[i]) for i in order if out[i] and int(alive[i]) not in skip]
+
     def around(self, s: int, rings: int = 1) -> np.ndarray:
         """Community s and the communities within `rings` steps of it."""
         comms = np.array([s])
