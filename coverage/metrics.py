@@ -317,8 +317,8 @@ def balance_figures(units: gpd.GeoDataFrame, table: gpd.GeoDataFrame, bound: Fea
 
 
 def rules_ceiling(report: dict) -> float | None:
-    """``within_tolerance_pop_share_ceiling_rules`` where the count of centers makes it lower
-    than the walking ceiling (plans without tiny regular communities can reach no more), else
+    """``within_tolerance_pop_share_ceiling_rules`` where the count of centers or packing makes it
+    lower than the walking ceiling (plans without tiny regular communities can reach no more), else
     None."""
     rules = report.get("within_tolerance_pop_share_ceiling_rules")
     if rules is None or rules >= report["within_tolerance_pop_share_ceiling"] - 1e-12:

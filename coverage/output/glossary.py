@@ -69,13 +69,21 @@ GLOSSARY: dict[str, str] = {
     "within_tolerance_pop_share_ceiling_rules": "the highest within_tolerance_pop_share a plan "
                                                 "keeping every rule (walking, and no regular "
                                                 "community below min_pop_exception) can reach: "
-                                                "the ceiling less count_short_population (share "
-                                                "0-1)",
+                                                "the ceiling less, per district, the larger of "
+                                                "count_short_population and "
+                                                "packing_short_population (share 0-1)",
     "count_short_population": "residents no plan covering everyone can put in balanced "
                               "communities because of the count of centers alone: covering "
                               "every resident takes more centers than the residents fill at the "
                               "band's floor, with no regular community below min_pop_exception "
                               "(persons; 0 where the count leaves room)",
+    "packing_short_population": "residents no plan keeping every rule can put in balanced "
+                                "communities because no split of a district's residents into "
+                                "communities within the band, each around a site they all "
+                                "reach, exists (a linear program over its sites has no "
+                                "solution): one regular community at least stays outside the "
+                                "band with min_pop_exception x target_pop residents or more "
+                                "(persons; checked where the band allows a single count)",
     "forced_undersized_population": "residents who provably can only be in a community below the "
                                     "band (persons)",
     "island_population": "residents cut off from the main walking network (persons)",

@@ -119,19 +119,26 @@ def rule_issues(plan: Plan) -> list[str]:
 
 
 def _count_issues(plan: Plan) -> list[str]:
-    """The balance that the count of centers rules out (report ``count_short_population``), per
-    district where there are districts."""
+    """The balance that the count of centers (report ``count_short_population``) or packing
+    (``packing_short_population``) rules out, per district where there are districts."""
     config, report = plan.config, plan.report
     parts = {f" in district {name}": figures for name, figures in report.get("districts", {}).items()}
+    tiny = f"{config.min_pop_exception * config.target_pop:,.0f}"
     out = []
     for where, figures in (parts or {"": report}).items():
         short = figures.get("count_short_population") or 0
+        packed = figures.get("packing_short_population") or 0
         if short:
             out.append(f"balance rule: covering every resident{where} within "
                        f"{config.max_minutes:g} min at {config.walk_speed_kmh:g} km/h takes more "
                        f"centers than its residents fill at {config.min_pop:,.0f} with none below "
-                       f"{config.min_pop_exception * config.target_pop:,.0f}, so at least "
-                       f"{short:,} residents stay outside the band in any plan")
+                       f"{tiny}, so at least {short:,} residents stay outside the band in any plan")
+        elif packed:
+            out.append(f"balance rule: no split of the residents{where} into communities of "
+                       f"{config.min_pop:,.0f}-{config.max_pop:,.0f} lets everyone reach their "
+                       f"center within {config.max_minutes:g} min at {config.walk_speed_kmh:g} km/h "
+                       f"(a linear program over its sites has no solution), so with none below "
+                       f"{tiny} at least {packed:,} residents stay outside the band in any plan")
     return out
 
 

@@ -21,6 +21,12 @@ density — slow walking, a thin strip — that count can exceed what the reside
 band's floor; with every community that is not an exception at least the tiny-community floor,
 some residents then stay outside the band whatever the plan (`count_shortfall`).
 
+Packing can rule out a fully balanced district even where counts leave room: circles that
+cover everyone may overlap too little for every community to reach the floor. Where the band
+allows a single community count beside the count of centers, a linear program checks it
+(`covplan.solve.packing`); when it has no solution, one regular community at least stays
+outside the band (`packing_shortfall`).
+
 Contiguity itself can be out of reach: units whose only reachable site is the same c must all
 be in c's community in any plan that covers them; when no chain of units reaching c joins
 them, that community cannot be contiguous (``split_sites``).
@@ -55,6 +61,7 @@ class FeasibilityBound:
     split_sites: np.ndarray = None  # sites whose sole-site units no chain reaching them joins
     district_of: np.ndarray = None  # per unit: its district (the count shortfall is per district)
     count_short: dict = None      # district -> residents outside the band by the center count
+    packing_short: dict = None    # district -> residents outside the band by packing
 
     @property
     def population_total(self) -> int:
@@ -86,27 +93,36 @@ class FeasibilityBound:
         total = int(pop.sum())
         forced = int(pop[self.forced_undersized[m]].sum())
         unreachable = int(pop[~self.reachable[m]].sum())
-        by_count = self._count_short(m)
+        by_count = self._district_short(m, self.count_short)
+        by_packing = self._district_short(m, self.packing_short)
+        either = self._district_short(m, _larger(self.count_short, self.packing_short))
         return {
             "population_total": total,
             "coverage_ceiling": 1.0 - unreachable / total if total else 1.0,
             "within_tolerance_pop_share_ceiling": (1.0 - (forced + unreachable) / total
                                                    if total else 1.0),
             "within_tolerance_pop_share_ceiling_rules": (
-                1.0 - (forced + unreachable + by_count) / total if total else 1.0),
+                1.0 - (forced + unreachable + either) / total if total else 1.0),
             "forced_undersized_population": forced,
             "count_short_population": by_count,
+            "packing_short_population": by_packing,
             "unreachable_population": unreachable,
             "island_population": int(pop[self.island[m]].sum()),
         }
 
-    def _count_short(self, mask: np.ndarray) -> int:
-        """The count shortfall of the districts lying wholly inside `mask`."""
-        if not self.count_short:
+    def _district_short(self, mask: np.ndarray, short_of: dict | None) -> int:
+        """A per-district shortfall summed over the districts lying wholly inside `mask`."""
+        if not short_of:
             return 0
         inside = np.unique(self.district_of[mask])
-        return int(sum(short for d, short in self.count_short.items()
+        return int(sum(short for d, short in short_of.items()
                        if d in inside and mask[self.district_of == d].all()))
+
+
+def _larger(a: dict | None, b: dict | None) -> dict:
+    """Per district the larger of two shortfalls (both bound the same residents: not a sum)."""
+    a, b = a or {}, b or {}
+    return {d: max(a.get(d, 0), b.get(d, 0)) for d in set(a) | set(b)}
 
 
 def feasibility_bound(reach: ReachMatrix, *, min_pop: float,
@@ -169,17 +185,18 @@ def feasibility_bound(reach: ReachMatrix, *, min_pop: float,
              else _split_sites(sole, rows, cols, adjacency))
     districts = (np.zeros(n_units, dtype="int64") if district_of is None
                  else np.asarray(district_of, dtype="int64"))
-    short = None
+    short = packing = None
     if max_pop is not None and tiny_pop is not None:
         structure = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_units, n_cand))
-        short = count_shortfall(structure, pop, forced, districts, min_pop=min_pop,
-                                max_pop=max_pop, tiny_pop=tiny_pop)
+        band = {"min_pop": min_pop, "max_pop": max_pop, "tiny_pop": tiny_pop}
+        short = count_shortfall(structure, pop, forced, districts, **band)
+        packing = packing_shortfall(structure, pop, forced, districts, skip=set(short), **band)
     return FeasibilityBound(gather=gather, best_gather=best_gather, contiguous=adjacency is not None,
                             reachable=reachable,
                             forced_undersized=forced, island=island,
                             pop=reach.pop.astype("int64"), min_pop=float(min_pop),
                             sole_site=sole, split_sites=split, district_of=districts,
-                            count_short=short)
+                            count_short=short, packing_short=packing)
 
 
 def count_shortfall(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndarray,
@@ -204,14 +221,8 @@ def count_shortfall(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndarra
     from covplan.solve.partition.seeding import set_cover
 
     structure = sp.csr_matrix(structure)
-    reached = np.diff(structure.indptr) > 0
     out: dict[int, int] = {}
-    for d in np.unique(district_of):
-        here = district_of == d
-        able = here & reached & ~forced & (pop > 0)
-        if not able.any():
-            continue
-        total, extra = float(pop[able].sum()), float(pop[here & reached & forced].sum())
+    for d, able, total, extra in _able_by_district(structure, pop, forced, district_of):
         matrix = _cover_matrix(structure[able])
         figures = (total, extra, min_pop, max_pop, tiny_pop)
         greedy = len(set_cover(matrix, pop[able]))
@@ -222,7 +233,54 @@ def count_shortfall(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndarra
             continue      # the LP floor leaves room: the exact count is not tried (seconds)
         best = _balanced_most(_exact_cover(matrix, floor, greedy), *figures)
         if best < total:
-            out[int(d)] = int(np.ceil(total - best))
+            out[d] = int(np.ceil(total - best))
+    return out
+
+
+def _able_by_district(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndarray,
+                      district_of: np.ndarray):
+    """Per district with residents able to be balanced: (district, mask of its able units, their
+    residents, the district's reached forced residents)."""
+    reached = np.diff(structure.indptr) > 0
+    for d in np.unique(district_of):
+        here = district_of == d
+        able = here & reached & ~forced & (pop > 0)
+        if able.any():
+            yield int(d), able, float(pop[able].sum()), float(pop[here & reached & forced].sum())
+
+
+_PACKING_COUNTS = 2         # counts the residents alone allow beyond the fewest, up to which the
+                            # count of centers is asked (about 70,000 residents at the default
+                            # band; above, the program rarely binds and takes tens of seconds)
+
+
+def packing_shortfall(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndarray,
+                      district_of: np.ndarray, *, min_pop: float, max_pop: float,
+                      tiny_pop: float, skip: set[int] = frozenset()) -> dict[int, int]:
+    """
+    Per district, residents that no plan keeping the tiny-community rule can put in balanced
+    communities because its communities cannot all be in band (`all_in_band_impossible`): the
+    community left outside holds at least `tiny_pop` residents, of whom at most the district's
+    forced residents were already off the ceiling. Tried only where the band allows a single
+    community count at or above the LP floor on the count of centers (where more are allowed,
+    the program rarely binds and takes tens of seconds), and not in the districts in `skip`
+    (those the count of centers already bounds).
+    """
+    from covplan.solve.packing import all_in_band_impossible
+
+    structure = sp.csr_matrix(structure)
+    out: dict[int, int] = {}
+    for d, able, total, extra in _able_by_district(structure, pop, forced, district_of):
+        if d in skip:
+            continue
+        fewest, most = int(np.ceil(total / max_pop - 1e-9)), int(np.floor(total / min_pop + 1e-9))
+        if not 0 <= most - fewest <= _PACKING_COUNTS:
+            continue      # no count (the count shortfall's case), or many: not tried
+        fewest = max(fewest, _lp_cover_floor(_cover_matrix(structure[able])))
+        if fewest != most:
+            continue      # more than one count, or none at or above the count of centers
+        if all_in_band_impossible(structure[able], pop[able], min_pop=min_pop, max_pop=max_pop):
+            out[d] = int(max(np.ceil(tiny_pop - extra - 1e-9), 1))
     return out
 
 
