@@ -83,7 +83,8 @@ GLOSSARY: dict[str, str] = {
                                 "reach, exists (a linear program over its sites has no "
                                 "solution): one regular community at least stays outside the "
                                 "band with min_pop_exception x target_pop residents or more "
-                                "(persons; checked where the band allows a single count)",
+                                "(persons; checked where covering everyone takes as many "
+                                "centers as the residents fill at the band's floor)",
     "forced_undersized_population": "residents who provably can only be in a community below the "
                                     "band (persons)",
     "island_population": "residents cut off from the main walking network (persons)",

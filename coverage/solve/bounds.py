@@ -22,9 +22,9 @@ band's floor; with every community that is not an exception at least the tiny-co
 some residents then stay outside the band whatever the plan (`count_shortfall`).
 
 Packing can rule out a fully balanced district even where counts leave room: circles that
-cover everyone may overlap too little for every community to reach the floor. Where the band
-allows a single community count beside the count of centers, a linear program checks it
-(`covplan.solve.packing`); when it has no solution, one regular community at least stays
+cover everyone may overlap too little for every community to reach the floor. Where covering
+everyone takes as many centers as the residents fill at the band's floor, a linear program checks
+it (`covplan.solve.packing`); when it has no solution, one regular community at least stays
 outside the band (`packing_shortfall`).
 
 Contiguity itself can be out of reach: units whose only reachable site is the same c must all
@@ -251,7 +251,7 @@ def _able_by_district(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndar
 
 _PACKING_COUNTS = 2         # counts the residents alone allow beyond the fewest, up to which the
                             # count of centers is asked (about 70,000 residents at the default
-                            # band; above, the program rarely binds and takes tens of seconds)
+                            # band; a city planned whole skips the cover LP)
 
 
 def packing_shortfall(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndarray,
@@ -261,10 +261,12 @@ def packing_shortfall(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndar
     Per district, residents that no plan keeping the tiny-community rule can put in balanced
     communities because its communities cannot all be in band (`all_in_band_impossible`): the
     community left outside holds at least `tiny_pop` residents, of whom at most the district's
-    forced residents were already off the ceiling. Tried only where the band allows a single
-    community count at or above the LP floor on the count of centers (where more are allowed,
-    the program rarely binds and takes tens of seconds), and not in the districts in `skip`
-    (those the count of centers already bounds).
+    forced residents were already off the ceiling. Tried only where the count of centers (the
+    set cover's LP floor) equals the most communities the residents fill at the band's floor:
+    every community must then hold about the floor, and circles that cover everyone are tight.
+    Elsewhere the program rarely binds and would cost up to tens of seconds a district (a city
+    of many small districts would pay it in each). Not in the districts in `skip` (those the
+    count of centers already bounds).
     """
     from covplan.solve.packing import all_in_band_impossible
 
@@ -276,9 +278,8 @@ def packing_shortfall(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndar
         fewest, most = int(np.ceil(total / max_pop - 1e-9)), int(np.floor(total / min_pop + 1e-9))
         if not 0 <= most - fewest <= _PACKING_COUNTS:
             continue      # no count (the count shortfall's case), or many: not tried
-        fewest = max(fewest, _lp_cover_floor(_cover_matrix(structure[able])))
-        if fewest != most:
-            continue      # more than one count, or none at or above the count of centers
+        if _lp_cover_floor(_cover_matrix(structure[able])) != most:
+            continue      # the count of centers leaves a choice of counts, or none
         if all_in_band_impossible(structure[able], pop[able], min_pop=min_pop, max_pop=max_pop):
             out[d] = int(max(np.ceil(tiny_pop - extra - 1e-9), 1))
     return out

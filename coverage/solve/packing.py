@@ -23,8 +23,9 @@ residents (less the forced ones, who may be among them) out of the band.
 
 No library states this bound; HiGHS (through scipy) solves the program. The interior-point
 method answers a strip district of 65,826 residents (889 distinct reach sets, 261 sites) in
-about 5 s where the simplex takes a minute, and it runs only where the band allows a single
-community count beside the count of centers (the tight case; elsewhere it is skipped).
+about 5 s where the simplex takes a minute; `covplan.solve.bounds.packing_shortfall` runs it
+only where covering everyone takes as many centers as the residents fill at the band's floor
+(the tight case; elsewhere it is skipped).
 """
 
 from __future__ import annotations
