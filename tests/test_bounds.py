@@ -410,3 +410,28 @@ def test_a_street_that_cannot_be_packed_has_a_lower_ceiling_and_says_why():
     assert any("a linear program over its sites has no solution" in line
                and "at least 500 residents stay outside the band in any plan" in line
                for line in rule_issues(plan))
+
+
+def test_a_tight_strip_is_planned_from_its_minimum_cover():
+    """The packing strip above (3 communities the only count, 3 sites cover it only at units 4,
+    13 and 22): from a plan with no community in band, the minimum cover's plan is the three
+    blocks, two in band (900 each) and the middle one below it (700, above the tiny floor),
+    each block one piece around a site all its units reach; the same twice; nothing when the
+    plan already holds as many residents in band, and nothing on an instance that is not
+    tight (the band leaves two counts)."""
+    from covplan.solve.partition.tight_cover import cover_plan
+
+    strip = _strip(27, 4)
+    minutes = strip.multiply(np.abs(np.subtract.outer(np.arange(27), np.arange(27))) + 1.0).tocsr()
+    side = [60] * 5 + [150] * 4
+    pop = np.array(side + [80, 80, 80, 80, 60, 80, 80, 80, 80] + side[::-1], dtype=float)
+    line = sp.diags([np.ones(26), np.ones(26)], [-1, 1]).tocsr()
+    start = np.zeros(27, dtype="int64")
+    band = {"min_pop": 800, "max_pop": 1_200, "tiny_pop": 500}
+    got = cover_plan(minutes, pop, line, start, balanced=0, **band)
+    assert got is not None
+    assert got.tolist() == [4] * 9 + [13] * 9 + [22] * 9
+    assert (cover_plan(minutes, pop, line, start, balanced=0, **band) == got).all()
+    assert cover_plan(minutes, pop, line, start, balanced=1_800, **band) is None
+    assert cover_plan(minutes, pop, line, start, balanced=0, min_pop=600, max_pop=1_200,
+                      tiny_pop=500) is None

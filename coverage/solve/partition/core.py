@@ -50,6 +50,9 @@ edges, and last person-minutes. The count is not fixed: it floats with what the 
    around each community outside the band, a constraint model asks for one more balanced
    community (or none tiny, keeping every balanced resident) with every community connected;
    a second of the solver's deterministic time in all.
+8. where the instance is tight (covering everyone takes as many centers as the residents fill
+   at the band's floor), plan it from a few minimum covers by a small MIP each (`tight_cover`),
+   kept when connected and better in the rules' order.
 
 Deterministic for a seed: np.random.default_rng(seed) only, ties broken by index.
 """
@@ -88,6 +91,7 @@ from covplan.solve.partition.search import (
     tiny_first_order,
 )
 from covplan.solve.partition.seeding import greedy_seeds, packing_bound, seed_centers, set_cover
+from covplan.solve.partition.tight_cover import cover_plan
 
 __all__ = ["Partition", "PartitionProblem", "band_key", "choose_k", "partition_units",
            "population_band"]
@@ -301,6 +305,20 @@ def _improve_task(i: int) -> SearchPlan:
     return improve(s["plans"][i], s["turns"], s["budget"])
 
 
+def _from_cover(problem: PartitionProblem, minutes: sp.csr_matrix, center: np.ndarray) -> np.ndarray:
+    """Stage 8: `center`, or a plan from a minimum cover (`cover_plan`, tight instances only)
+    when that one is better in the rules' order."""
+    key = _score(problem, center)
+    served = float(problem.pop[center >= 0].sum())
+    other = cover_plan(minutes, problem.pop.astype("float64"), problem.adjacency, center,
+                       min_pop=problem.min_pop, max_pop=problem.max_pop,
+                       tiny_pop=problem.tiny_share * problem.target_pop, balanced=served - key[0])
+    if other is None or tiny_first_order(_score(problem, other)) >= tiny_first_order(key):
+        return center
+    logger.debug("A minimum cover's plan replaces the winner: %s -> %s", key, _score(problem, other))
+    return other
+
+
 def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generator | None = 0,
                     restarts: int = 3, jobs: int = 1) -> Partition:
     """
@@ -319,7 +337,8 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
         (fewest residents in communities outside the band, then tiny communities, communities
         outside the band, people beyond its edges, person-minutes) wins, ties to the earliest,
         and is then improved window by window (stage 6), beside the best run with fewest tiny
-        communities; last, the winner's windows go to CP-SAT (stage 7).
+        communities; then the winner's windows go to CP-SAT (stage 7), and last a tight
+        instance is planned from its minimum covers where that is better (stage 8).
     jobs
         Processes for the runs and for improving the two chosen runs; the partition is the
         same for any number.
@@ -381,6 +400,8 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
             and solve_windows(winner, seconds=_EXACT_SECONDS)):
         _trace(winner, "solved exactly")
     center = _centers_of(winner)
+    if not problem.exceptions_only and problem.locked is None:
+        center = _from_cover(problem, minutes, center)
     *_, violation, objective = _score(problem, center)
     return Partition(center, np.unique(center[center >= 0]), objective, violation,
                      len(set_cover(structure, problem.pop)), _disconnected(problem, center))
