@@ -37,6 +37,8 @@ MAX_OUTS = 2            # communities a cover's plan may leave below the band
 COVER_NODES = 200       # branch-and-bound nodes for a cover (a count: deterministic)
 ASSIGN_NODES = 2000     # ... and for an assignment
 MAX_PAIRS = 20_000      # unit-site pairs of the cover above which the assignment is not tried
+MAX_UNITS = 5_000       # units above which the step is not tried (the dominance tests are
+                        # dense, units x units; a tight instance holds at most ~70,000 residents)
 
 
 def _cover(structure: sp.csr_matrix, count: int, weight: np.ndarray) -> np.ndarray | None:
@@ -158,6 +160,8 @@ def cover_plan(minutes: sp.csr_matrix, pop: np.ndarray, adjacency: sp.csr_matrix
     if adjacency is None or not 0 <= most - fewest <= _PACKING_COUNTS:
         return None
     rows = np.flatnonzero(served)
+    if len(rows) > MAX_UNITS:
+        return None
     sub = sp.csr_matrix(minutes[rows], dtype="float64")
     structure = sub.copy()
     structure.data[:] = 1.0
