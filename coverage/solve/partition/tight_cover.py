@@ -53,8 +53,8 @@ def _cover(structure: sp.csr_matrix, count: int, weight: np.ndarray) -> np.ndarr
 
 def _reduced(structure: sp.csr_matrix) -> tuple[sp.csr_matrix, np.ndarray]:
     """The cover problem of `structure` made small, and the sites it keeps: sites whose reach
-    lies inside another's are dropped (the other can take any community they could, so covers
-    and assignments lose nothing), then units whose sites include another unit's sites (covering
+    lies inside another's are dropped (the other can hold any community they could: no split is
+    lost, only walks may differ), then units whose sites include another unit's sites (covering
     that one covers them)."""
     cols = structure.tocsc()
     shared = (cols.T @ cols).toarray()
