@@ -254,6 +254,18 @@ _PACKING_COUNTS = 2         # counts the residents alone allow beyond the fewest
                             # band; a city planned whole skips the cover LP)
 
 
+def tight_count(structure: sp.spmatrix, total: float, *, min_pop: float,
+                max_pop: float) -> int | None:
+    """The most communities `total` residents fill at the band's floor when covering everyone
+    (`structure`: units x sites) takes that many centers by the set cover's LP floor — a tight
+    instance, where packing may rule out a fully balanced plan; None otherwise, or when the
+    residents allow more than `_PACKING_COUNTS` counts beyond the fewest (not asked)."""
+    fewest, most = int(np.ceil(total / max_pop - 1e-9)), int(np.floor(total / min_pop + 1e-9))
+    if not 0 <= most - fewest <= _PACKING_COUNTS:
+        return None       # no count (the count shortfall's case), or many: not asked
+    return most if _lp_cover_floor(_cover_matrix(structure)) == most else None
+
+
 def packing_shortfall(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndarray,
                       district_of: np.ndarray, *, min_pop: float, max_pop: float,
                       tiny_pop: float, skip: set[int] = frozenset()) -> dict[int, int]:
@@ -275,11 +287,8 @@ def packing_shortfall(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndar
     for d, able, total, extra in _able_by_district(structure, pop, forced, district_of):
         if d in skip:
             continue
-        fewest, most = int(np.ceil(total / max_pop - 1e-9)), int(np.floor(total / min_pop + 1e-9))
-        if not 0 <= most - fewest <= _PACKING_COUNTS:
-            continue      # no count (the count shortfall's case), or many: not tried
-        if _lp_cover_floor(_cover_matrix(structure[able])) != most:
-            continue      # the count of centers leaves a choice of counts, or none
+        if tight_count(structure[able], total, min_pop=min_pop, max_pop=max_pop) is None:
+            continue
         if all_in_band_impossible(structure[able], pop[able], min_pop=min_pop, max_pop=max_pop):
             out[d] = int(max(np.ceil(tiny_pop - extra - 1e-9), 1))
     return out

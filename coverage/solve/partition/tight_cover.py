@@ -86,13 +86,10 @@ def _splits(minutes: sp.csr_matrix, pop: np.ndarray, sites: np.ndarray, *, min_p
 
     from scipy.optimize import linprog
 
-    reach = minutes[:, sites].tocsr()
-    reach.data[:] = 1.0
-    keys: dict[bytes, int] = {}
-    group = np.array([keys.setdefault(reach.indices[reach.indptr[u]:reach.indptr[u + 1]].tobytes(),
-                                      len(keys)) for u in range(reach.shape[0])])
-    weight = np.bincount(group, weights=pop)
-    pairs = reach[np.unique(group, return_index=True)[1]].tocoo()
+    from covplan.solve.packing import merge_identical_rows
+
+    merged, weight = merge_identical_rows(minutes[:, sites], pop)
+    pairs = merged.tocoo()
     k, n_pairs = len(sites), pairs.nnz
     one_group = sp.csr_matrix((np.ones(n_pairs), (pairs.row, np.arange(n_pairs))), shape=(len(weight), n_pairs))
     load = sp.csr_matrix((np.ones(n_pairs), (pairs.col, np.arange(n_pairs))), shape=(k, n_pairs))
@@ -152,20 +149,16 @@ def cover_plan(minutes: sp.csr_matrix, pop: np.ndarray, adjacency: sp.csr_matrix
     gives connected communities with more than `balanced` residents in band. `center` is the
     current plan (-1 for units that reach no site: they keep -1).
     """
-    from covplan.solve.bounds import _PACKING_COUNTS, _cover_matrix, _lp_cover_floor
+    from covplan.solve.bounds import tight_count
 
-    served = center >= 0
-    total = float(pop[served].sum())
-    fewest, most = int(np.ceil(total / max_pop - 1e-9)), int(np.floor(total / min_pop + 1e-9))
-    if adjacency is None or not 0 <= most - fewest <= _PACKING_COUNTS:
-        return None
-    rows = np.flatnonzero(served)
-    if len(rows) > MAX_UNITS:
+    rows = np.flatnonzero(center >= 0)
+    if adjacency is None or len(rows) > MAX_UNITS:
         return None
     sub = sp.csr_matrix(minutes[rows], dtype="float64")
     structure = sub.copy()
     structure.data[:] = 1.0
-    if _lp_cover_floor(_cover_matrix(structure)) != most:
+    most = tight_count(structure, float(pop[rows].sum()), min_pop=min_pop, max_pop=max_pop)
+    if most is None:
         return None
     rng = np.random.default_rng(seed)
     tried: set[tuple[int, ...]] = set()
