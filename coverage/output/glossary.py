@@ -78,13 +78,16 @@ GLOSSARY: dict[str, str] = {
                               "band's floor, with no regular community below min_pop_exception "
                               "(persons; 0 where the count leaves room)",
     "packing_short_population": "residents no plan keeping every rule can put in balanced "
-                                "communities because no split of a district's residents into "
-                                "communities within the band, each around a site they all "
-                                "reach, exists (a linear program over its sites has no "
-                                "solution): one regular community at least stays outside the "
-                                "band with min_pop_exception x target_pop residents or more "
-                                "(persons; checked where covering everyone takes as many "
-                                "centers as the residents fill at the band's floor)",
+                                "communities because the circles that cover everyone overlap "
+                                "too little to fill communities within the band, proven by a "
+                                "linear program over the sites: per district the larger of two, "
+                                "one over a whole district where covering everyone takes as "
+                                "many centers as the residents fill at the band's floor (when it "
+                                "has no solution, one regular community stays outside the band "
+                                "with min_pop_exception x target_pop residents or more), one "
+                                "around the plan's communities outside the band and their "
+                                "neighbours (its optimum: the fewest residents outside the band "
+                                "there in any plan) (persons)",
     "forced_undersized_population": "residents who provably can only be in a community below the "
                                     "band (persons)",
     "island_population": "residents cut off from the main walking network (persons)",

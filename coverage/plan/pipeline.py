@@ -34,7 +34,7 @@ from covplan.metrics import community_table, plan_report
 from covplan.plan import regions
 from covplan.reach.isochrones import compute_isochrones
 from covplan.reach.matrix import ReachMatrix, compute_reach
-from covplan.solve.bounds import FeasibilityBound, feasibility_bound
+from covplan.solve.bounds import FeasibilityBound, around_plan, feasibility_bound
 from covplan.solve.partition.core import PartitionProblem, partition_units
 from covplan.solve.partition.search import tiny_first_order
 from scipy.sparse.csgraph import connected_components
@@ -233,7 +233,12 @@ def assemble_plan(ready: PlanningInputs, center_of: np.ndarray, labels: np.ndarr
     centers_out["existing"] = centers_out["existing"] & ~centers_out["center_id"].str.startswith("new-")
     isochrones = isochrones_of(centers_out)
     changes = _changes_frame(units_out, prior) if prior else None
-    report = plan_report(units_out, table, config=config, reach=reach, bound=ready.bound,
+    # Where the plan missed the band, a program proves what no plan could have done there.
+    missed = (table["exception"] == "").to_numpy() & ~table["within_tolerance"].to_numpy(bool)
+    bound = around_plan(ready.bound, labels, missed, ready.adjacency, min_pop=config.min_pop,
+                        max_pop=config.max_pop,
+                        tiny_pop=config.min_pop_exception * config.target_pop)
+    report = plan_report(units_out, table, config=config, reach=reach, bound=bound,
                          district_of=ready.district_of, district_ids=ready.district_ids,
                          prior_unit=prior.unit if prior else None, changes=changes,
                          fixed=fixed, issues=ready.issues, runtime_s=time.perf_counter() - started)

@@ -128,17 +128,18 @@ def _count_issues(plan: Plan) -> list[str]:
     for where, figures in (parts or {"": report}).items():
         short = figures.get("count_short_population") or 0
         packed = figures.get("packing_short_population") or 0
-        if short:
+        if short and short >= packed:
             out.append(f"balance rule: covering every resident{where} within "
                        f"{config.max_minutes:g} min at {config.walk_speed_kmh:g} km/h takes more "
                        f"centers than its residents fill at {config.min_pop:,.0f} with none below "
                        f"{tiny}, so at least {short:,} residents stay outside the band in any plan")
         elif packed:
-            out.append(f"balance rule: no split of the residents{where} into communities of "
-                       f"{config.min_pop:,.0f}-{config.max_pop:,.0f} lets everyone reach their "
-                       f"center within {config.max_minutes:g} min at {config.walk_speed_kmh:g} km/h "
-                       f"(a linear program over its sites has no solution), so with none below "
-                       f"{tiny} at least {packed:,} residents stay outside the band in any plan")
+            out.append(f"balance rule: the circles of {config.max_minutes:g} min at "
+                       f"{config.walk_speed_kmh:g} km/h that cover every resident{where} overlap "
+                       f"too little to fill communities of {config.min_pop:,.0f}-"
+                       f"{config.max_pop:,.0f} (a linear program over the sites proves it), so "
+                       f"with none below {tiny} at least {packed:,} residents stay outside the "
+                       f"band in any plan")
     return out
 
 

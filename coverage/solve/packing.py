@@ -1,5 +1,6 @@
 """
-A proof that a district cannot have every community within the band, from a linear program.
+Proofs from linear programs that communities cannot all be within the band: over a tight district
+(`all_in_band_impossible`), and the fewest residents outside it in a region (`fewest_outside_band`).
 
 The walking ceiling counts residents one at a time; the count of centers (`count_shortfall`)
 counts sites. Neither sees packing: in a thin strip every 15-minute circle gathers enough
@@ -26,6 +27,14 @@ method answers a strip district of 65,826 residents (889 distinct reach sets, 26
 about 5 s where the simplex takes a minute; `covplan.solve.bounds.packing_shortfall` runs it
 only where covering everyone takes as many centers as the residents fill at the band's floor
 (the tight case; elsewhere it is skipped).
+
+The second program asks how many: with a share z of each site as the center of a regular
+community outside the band (at least the tiny floor) beside y, it minimises the residents sent
+to z. It is run after planning on regions around the plan's misses
+(`covplan.solve.bounds.around_plan`, which budgets them): a few hundred units and up to 20,000
+pairs, 0.1-2 s of the interior-point method where units reach 20 sites, 9 s where they reach
+40. PDLP (OR-Tools) took as long on them, and merging similar sites into one (a relaxation)
+lost the bound before it saved time.
 """
 
 from __future__ import annotations
@@ -101,3 +110,103 @@ def all_in_band_impossible(structure: sp.csr_matrix, pop: np.ndarray, *, min_pop
     logger.debug("all-in-band program: %d reach sets, %d sites, %d pairs: %s", n_units, n_sites,
                  n_pairs, res.message)
     return res.status == 2
+
+
+def fewest_outside_band(piece: sp.csr_matrix, pop: np.ndarray, forced: np.ndarray,
+                        from_outside: np.ndarray, *, min_pop: float, max_pop: float,
+                        tiny_pop: float) -> int:
+    """
+    At least how many residents of these units (not the forced ones) are outside the band in
+    any plan keeping the tiny-community rule: the optimum of a linear program, 0 when it is not
+    tried or not answered (no proof).
+
+    `piece` is units x sites, stored where the unit reaches the site, valued by the residents
+    of the unit's connected piece among the units reaching that site (a community centered
+    there holding the unit lies inside it). The units are a region of a city: `from_outside`
+    gives per site the residents outside it that the site reaches, who may fill its community
+    (its floors are lowered by as many; any plan cut to the region stays a solution). The
+    program:
+
+    - y[c], z[c] in [0, 1], y + z <= 1: site c is the center of a community in band (y) or of
+      a regular one outside it (z); every unit that is not forced reaches a center, the sum of
+      y and z over its sites at least 1;
+    - f[u, c] <= pop[u] y[c] where u's piece at c holds min_pop (residents in band), g[u, c] <=
+      pop[u] z[c] where it holds tiny_pop (outside the band);
+    - (min_pop - from_outside[c]) y[c] <= sum of f[., c] <= max_pop y[c], sum of g[., c] >=
+      (tiny_pop - from_outside[c]) z[c] (floors not below 0);
+    - a unit's residents all in some community (forced units: in one of these or an exception);
+    - minimise the residents of units that are not forced in g.
+
+    Rows with identical reach, pieces and forcedness are summed (exact: flows are shares).
+    """
+    from scipy.optimize import linprog
+
+    piece = sp.csr_matrix(piece, dtype="float64", copy=True)   # edited in place below
+    piece.data[piece.data < tiny_pop - 1e-9] = 0.0
+    piece.eliminate_zeros()
+    piece.sort_indices()
+    pop = np.asarray(pop, dtype="float64")
+    forced = np.asarray(forced, bool)
+
+    def row_key(u: int) -> tuple:
+        cut = slice(piece.indptr[u], piece.indptr[u + 1])
+        return piece.indices[cut].tobytes(), (piece.data[cut] >= min_pop).tobytes(), bool(forced[u])
+
+    keys: dict[tuple, int] = {}
+    group = np.array([keys.setdefault(row_key(u), len(keys)) for u in range(piece.shape[0])],
+                     dtype="int64")
+    first = np.unique(group, return_index=True)[1]
+    weight = np.bincount(group, weights=pop, minlength=len(first))
+    pairs = piece[first].tocoo()
+    forced, able = forced[first], ~forced[first]
+    n_units, n_sites = len(first), piece.shape[1]
+    if pairs.nnz == 0 or pairs.nnz > MAX_PAIRS or not (weight[able] > 0).any():
+        return 0
+    in_band = (pairs.data >= min_pop - 1e-9) & able[pairs.row]
+    fu, fc = pairs.row[in_band], pairs.col[in_band]
+    gu, gc = pairs.row, pairs.col
+    nf, ng = len(fu), len(gu)
+    # Variables: f (in-band pairs), g (all pairs), y (sites), z (sites).
+    f, g = np.arange(nf), nf + np.arange(ng)
+    y, z = nf + ng + np.arange(n_sites), nf + ng + n_sites + np.arange(n_sites)
+    n_vars = nf + ng + 2 * n_sites
+    sites = np.arange(n_sites)
+    from_outside = np.asarray(from_outside, dtype="float64")
+    floor = np.maximum(min_pop - from_outside, 0.0)
+    tiny_floor = np.maximum(tiny_pop - from_outside, 0.0)
+    def at_most_share(flow: np.ndarray, share: np.ndarray, weight_of: np.ndarray) -> tuple:
+        n = len(flow)      # flow[i] <= weight_of[i] * share[i]
+        return (np.r_[np.arange(n), np.arange(n)], np.r_[flow, share],
+                np.r_[np.ones(n), -weight_of], np.zeros(n))
+
+    rows = [  # (row, column, value, right-hand side) of each block of constraints
+        (np.r_[fc, sites], np.r_[f, y], np.r_[-np.ones(nf), floor], np.zeros(n_sites)),
+        (np.r_[fc, sites], np.r_[f, y], np.r_[np.ones(nf), np.full(n_sites, -max_pop)],
+         np.zeros(n_sites)),
+        (np.r_[gc, sites], np.r_[g, z], np.r_[-np.ones(ng), tiny_floor], np.zeros(n_sites)),
+        at_most_share(f, y[fc], weight[fu]),
+        at_most_share(g, z[gc], weight[gu]),
+        (np.r_[sites, sites], np.r_[y, z], np.ones(2 * n_sites), np.ones(n_sites)),
+    ]
+    # Cover: every unit that is not forced reaches a center (its pieces there hold tiny_pop).
+    cover = able[gu]
+    rows.append((np.r_[gu[cover], fu], np.r_[z[gc[cover]], y[fc]], -np.ones(int(cover.sum()) + nf),
+                 np.where(able, -1.0, 0.0)))
+    everyone = sp.csr_matrix((np.ones(nf + ng), (np.r_[fu, gu], np.r_[f, g])),
+                             shape=(n_units, n_vars))
+    blocks = [sp.csr_matrix((v, (r, c)), shape=(len(b), n_vars)) for r, c, v, b in rows]
+    blocks.append(everyone[forced])
+    cost = np.zeros(n_vars)
+    cost[g] = able[gu]
+    res = linprog(cost, A_ub=sp.vstack(blocks).tocsr(),
+                  b_ub=np.concatenate([b for *_, b in rows] + [weight[forced]]),
+                  A_eq=everyone[able], b_eq=weight[able],
+                  bounds=np.c_[np.zeros(n_vars),
+                               np.r_[np.full(nf + ng, np.inf), np.ones(2 * n_sites)]],
+                  method="highs-ipm", options={"maxiter": MAX_ITERATIONS})
+    logger.debug("outside-band program: %d reach sets, %d sites, %d pairs: %s, %s", n_units,
+                 n_sites, ng, res.message, res.fun)
+    if res.status != 0:
+        return 0
+    # The solver's optimum is within its tolerances: a resident's margin keeps the floor proven.
+    return max(int(np.floor(res.fun * (1 - 1e-6) - 1.0)), 0)
