@@ -85,6 +85,16 @@ def _note(population: float, contiguous: bool, exception: str, best_gather: floa
     return "; ".join(notes)
 
 
+def around_note(note: str, proven: int, missed: int) -> str:
+    """A community's note with the proof around it (`covplan.solve.bounds.around_plan`): what no
+    plan balances there, which is not a claim about this community alone."""
+    where = ("in it and its neighbours" if missed == 1 else
+             f"around it ({missed} communities outside the band and their neighbours)")
+    around = (f"{where}, at least {proven:,} residents stay outside the band in any plan "
+              "keeping the rules (a linear program over the sites)")
+    return f"{note}; {around}" if note else around
+
+
 def _split_forced(bound: FeasibilityBound, candidate: int, members: np.ndarray) -> bool:
     """Whether the bound proves this community cannot be contiguous: its center is a split
     site (`covplan.solve.bounds`) and it holds that site's sole-site units."""

@@ -365,6 +365,12 @@ def test_a_strip_whose_cover_takes_too_many_centers_has_a_lower_ceiling_and_says
             or r["regular_communities_below_min_pop_exception"] > 0)
     assert any(f"at least {r['packing_short_population']:,} residents stay outside the band in "
                "any plan" in line for line in rule_issues(plan))
+    # The notes of the communities the plan left outside the band carry the proof around them,
+    # which claims nothing "cannot" of one community.
+    missed = plan.communities[~plan.communities["within_tolerance"]]
+    assert len(missed) and all(
+        f"at least {r['packing_short_population']:,} residents stay outside the band in any plan "
+        "keeping the rules" in note and "cannot" not in note for note in missed["note"])
 
 
 def test_packing_shortfall_when_circles_that_cover_everyone_cannot_all_reach_the_floor():

@@ -30,7 +30,7 @@ from covplan.inputs.tessellation import (
     unit_districts,
     unit_pieces,
 )
-from covplan.metrics import community_table, plan_report
+from covplan.metrics import around_note, community_table, plan_report
 from covplan.plan import regions
 from covplan.reach.isochrones import compute_isochrones
 from covplan.reach.matrix import ReachMatrix, compute_reach
@@ -238,6 +238,10 @@ def assemble_plan(ready: PlanningInputs, center_of: np.ndarray, labels: np.ndarr
     bound = around_plan(ready.bound, labels, missed, ready.adjacency, min_pop=config.min_pop,
                         max_pop=config.max_pop,
                         tiny_pop=config.min_pop_exception * config.target_pop)
+    note = table.columns.get_loc("note")
+    for comms, proven in bound.around_regions:
+        for k in comms:
+            table.iat[k, note] = around_note(table.iat[k, note], proven, len(comms))
     report = plan_report(units_out, table, config=config, reach=reach, bound=bound,
                          district_of=ready.district_of, district_ids=ready.district_ids,
                          prior_unit=prior.unit if prior else None, changes=changes,

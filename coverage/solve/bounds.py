@@ -68,6 +68,7 @@ class FeasibilityBound:
     count_short: dict = None      # district -> residents outside the band by the center count
     packing_short: dict = None    # district -> residents outside the band by packing
     around_short: dict = None     # district -> the same, around a plan's misses (`around_plan`)
+    around_regions: tuple = ()    # (community labels outside the band, residents proven) per region
     piece: sp.csr_matrix = None   # units x candidates: residents of the unit's piece reaching it
 
     @property
@@ -321,9 +322,10 @@ def around_plan(bound: FeasibilityBound, labels: np.ndarray, outside: np.ndarray
     (`outside`, per community label of `labels`) and their neighbours (`AROUND_RINGS` rings) form
     regions, and per region and district a linear program (`fewest_outside_band`) proves how
     many of its residents no plan keeping the rules can put in a balanced community. Regions do
-    not overlap, so their proofs add up per district (``around_short``). Where the plan has no
-    such community, the bound is returned as it is. The regions come from the plan, the proof
-    does not: it holds for every plan.
+    not overlap, so their proofs add up per district (``around_short``); ``around_regions``
+    keeps each region's communities outside the band and its proof (for their notes). Where the
+    plan has no such community, the bound is returned as it is. The regions come from the plan,
+    the proof does not: it holds for every plan.
     """
     from covplan.solve.packing import fewest_outside_band
 
@@ -354,6 +356,7 @@ def around_plan(bound: FeasibilityBound, labels: np.ndarray, outside: np.ndarray
     residents = np.bincount(labels[served], weights=bound.pop[served], minlength=n_comms)
     missed = np.bincount(component, weights=(residents * outside)[region])
     short: dict[int, int] = {}
+    proven: list[tuple[np.ndarray, int]] = []
     budget = AROUND_WORK
     for part in np.argsort(-missed, kind="stable"):
         rows = np.flatnonzero(np.isin(labels, np.flatnonzero(region)[component == part]))
@@ -374,12 +377,13 @@ def around_plan(bound: FeasibilityBound, labels: np.ndarray, outside: np.ndarray
                                     reached_by[sites] - inside[sites], min_pop=min_pop,
                                     max_pop=max_pop, tiny_pop=tiny_pop)
         if found:
-            d = int(district[np.flatnonzero(region)[component == part][0]])
-            short[d] = short.get(d, 0) + found
+            comms = np.flatnonzero(region)[component == part]
+            short[int(district[comms[0]])] = short.get(int(district[comms[0]]), 0) + found
+            proven.append((comms[outside[comms]], found))
     if short:
         logger.info("Around the plan's %d communities outside the band: %s residents no plan "
                     "can balance (linear programs)", int(outside.sum()), f"{sum(short.values()):,}")
-    return replace(bound, around_short=short or None)
+    return replace(bound, around_short=short or None, around_regions=tuple(proven))
 
 
 def _balanced_most(count: int, total: float, extra: float, min_pop: float, max_pop: float,
