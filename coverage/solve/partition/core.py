@@ -46,10 +46,10 @@ edges, and last person-minutes. The count is not fixed: it floats with what the 
    hold by construction. A budget of settled window units (not a clock) bounds it, so a seed
    still gives one plan. Exception communities (forced-undersized residents, planned apart)
    take one run and no improvement: no seed or window brings them to the band.
-7. put the winner's windows to CP-SAT (`solve_windows`, instances up to `_EXACT_UNITS` units):
+7. put the winner's windows to CP-SAT (`solve_windows`; above `_EXACT_UNITS` units, redraws only):
    around each community outside the band, a constraint model asks for one more balanced
    community (or none tiny, keeping every balanced resident) with every community connected;
-   a second of the solver's deterministic time in all.
+   a second of the solver's deterministic time in all (1.2 s above `_EXACT_UNITS`).
 8. where the instance is tight (covering everyone takes as many centers as the residents fill
    at the band's floor), plan it from a few minimum covers by a small MIP each (`tight_cover`),
    kept when connected and better in the rules' order.
@@ -68,7 +68,7 @@ from covplan._parallel import run_tasks, shared
 from covplan._sparse import lookup
 from covplan.defaults import population_band
 from covplan.errors import InputError
-from covplan.solve.partition.exact_window import solve_windows
+from covplan.solve.partition.exact_window import SOLVE_SECONDS, solve_windows
 from covplan.solve.partition.flow import attach_strays, settle, split_pieces
 from covplan.solve.partition.improve import improve
 from covplan.solve.partition.refine import (
@@ -106,10 +106,14 @@ _SMALL_RUNS = 8             # ... and this many: they cost little and settle sma
                             # to the optimum (within 2 % of the MIP bound on 300-unit grids)
 _IMPROVE_WORK = 40         # improvement phase: window units settled, per unit of the instance ...
 _IMPROVE_CAP = 150_000      # ... and at most this many (about 5 s on the 2-core machine)
-_EXACT_SECONDS = 1.0        # CP-SAT's deterministic time for the winner's last windows ...
-_EXACT_UNITS = 2_500        # ... in instances up to this many units: a city of a million planned
-                            # whole (Chengdu, 2,700-3,200 units) has windows larger than CP-SAT
-                            # answers in that time (26-35 models, none answered; +1.8 s a plan)
+_EXACT_SECONDS = 1.0        # CP-SAT's deterministic time for the winner's last windows, half a
+_EXACT_UNITS = 2_500        # second a model, in instances up to this many units; above, a city
+_EXACT_LARGE = (1.2, 1.0)   # of a million planned whole (Chengdu, 2,700-3,200 units), a redraw
+                            # gets 1.2 s at 1 s a model: its windows are larger, and the model
+                            # that answers on Chengdu takes 0.85 s after 0.3 s of models proven
+                            # infeasible (91.2 -> 93.0 %, +2.5 s). A merge/split of that size,
+                            # which plans twice side by side, skips them: Chengdu's would take
+                            # 15.4-16 s against 13.6 s
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -396,8 +400,9 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
         data={"plans": chosen, "turns": turns, "budget": budget})
     winner = min(finals, key=lambda p: tiny_first_order(p.key()))
     _trace(winner, "improved")
-    if (not problem.exceptions_only and n <= _EXACT_UNITS
-            and solve_windows(winner, seconds=_EXACT_SECONDS)):
+    seconds, per_model = (_EXACT_SECONDS, SOLVE_SECONDS) if n <= _EXACT_UNITS else _EXACT_LARGE
+    if (not problem.exceptions_only and (n <= _EXACT_UNITS or problem.unit_prior is None)
+            and solve_windows(winner, seconds=seconds, per_model=per_model)):
         _trace(winner, "solved exactly")
     center = _centers_of(winner)
     if not problem.exceptions_only and problem.locked is None:

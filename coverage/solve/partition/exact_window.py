@@ -190,7 +190,8 @@ class _Model:
         return site[self.group], solver.deterministic_time
 
 
-def _solve_window(plan: SearchPlan, s: int, rings: int, budget: list[float]) -> bool:
+def _solve_window(plan: SearchPlan, s: int, rings: int, budget: list[float],
+                  per_model: float) -> bool:
     """Ask CP-SAT for a better split of the window around s (as many communities, one fewer,
     one more) with one more balanced community at least, or, with tiny communities in it, none
     tiny; apply it when the rules' order improves (fewer tiny communities, or as many and fewer
@@ -216,7 +217,7 @@ def _solve_window(plan: SearchPlan, s: int, rings: int, budget: list[float]) -> 
     for k in (m, m - 1, m + 1):
         if k < 1 or budget[0] <= 0:
             continue
-        site, spent = model.solve(k, at_least, floor, min(SOLVE_SECONDS, budget[0]))
+        site, spent = model.solve(k, at_least, floor, min(per_model, budget[0]))
         budget[0] -= spent
         if site is None:
             continue
@@ -232,7 +233,7 @@ def _solve_window(plan: SearchPlan, s: int, rings: int, budget: list[float]) -> 
     return False
 
 
-def solve_windows(plan: SearchPlan, *, seconds: float) -> bool:
+def solve_windows(plan: SearchPlan, *, seconds: float, per_model: float = SOLVE_SECONDS) -> bool:
     """
     The improvement phase's last step: for each community outside the band (tiny ones first,
     then the largest), its window of one ring and then two rings is put to CP-SAT
@@ -249,7 +250,7 @@ def solve_windows(plan: SearchPlan, *, seconds: float) -> bool:
             break
         s = todo[0]
         before = tiny_first_order(plan.key())
-        improved = any(_solve_window(plan, s, rings, budget) for rings in (1, 2))
+        improved = any(_solve_window(plan, s, rings, budget, per_model) for rings in (1, 2))
         if improved and tiny_first_order(plan.key()) < before:
             changed = True
             failed.clear()
