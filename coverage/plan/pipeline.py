@@ -239,7 +239,7 @@ def assemble_plan(ready: PlanningInputs, center_of: np.ndarray, labels: np.ndarr
                         max_pop=config.max_pop,
                         tiny_pop=config.min_pop_exception * config.target_pop)
     note = table.columns.get_loc("note")
-    for comms, proven in bound.around_regions:
+    for _, comms, proven in bound.around_regions:
         for k in comms:
             table.iat[k, note] = around_note(table.iat[k, note], proven, len(comms))
     report = plan_report(units_out, table, config=config, reach=reach, bound=bound,

@@ -67,9 +67,18 @@ class FeasibilityBound:
     district_of: np.ndarray = None  # per unit: its district (the count shortfall is per district)
     count_short: dict = None      # district -> residents outside the band by the center count
     packing_short: dict = None    # district -> residents outside the band by packing
-    around_short: dict = None     # district -> the same, around a plan's misses (`around_plan`)
-    around_regions: tuple = ()    # (community labels outside the band, residents proven) per region
+    around_regions: tuple = ()    # per region around a plan's misses (`around_plan`): (district,
+                                  # its community labels outside the band, residents proven)
     piece: sp.csr_matrix = None   # units x candidates: residents of the unit's piece reaching it
+
+    @property
+    def around_short(self) -> dict | None:
+        """District -> residents outside the band proven around a plan's misses (regions do not
+        overlap: their proofs add up)."""
+        short: dict[int, int] = {}
+        for district, _, proven in self.around_regions:
+            short[district] = short.get(district, 0) + proven
+        return short or None
 
     @property
     def population_total(self) -> int:
@@ -323,8 +332,8 @@ def around_plan(bound: FeasibilityBound, labels: np.ndarray, outside: np.ndarray
     regions, and per region and district a linear program (`fewest_outside_band`) proves how
     many of its residents no plan keeping the rules can put in a balanced community. Regions do
     not overlap, so their proofs add up per district (``around_short``); ``around_regions``
-    keeps each region's communities outside the band and its proof (for their notes). Where the
-    plan has no such community, the bound is returned as it is. The regions come from the plan,
+    keeps each region's district, communities outside the band and proof (also for their
+    notes). Where the plan has no such community, the bound is returned as it is. The regions come from the plan,
     the proof does not: it holds for every plan.
     """
     from covplan.solve.packing import fewest_outside_band
@@ -355,11 +364,11 @@ def around_plan(bound: FeasibilityBound, labels: np.ndarray, outside: np.ndarray
     # Regions where the plan leaves most residents outside the band first, within the budget.
     residents = np.bincount(labels[served], weights=bound.pop[served], minlength=n_comms)
     missed = np.bincount(component, weights=(residents * outside)[region])
-    short: dict[int, int] = {}
-    proven: list[tuple[np.ndarray, int]] = []
+    proven: list[tuple[int, np.ndarray, int]] = []
     budget = AROUND_WORK
     for part in np.argsort(-missed, kind="stable"):
-        rows = np.flatnonzero(np.isin(labels, np.flatnonzero(region)[component == part]))
+        comms = np.flatnonzero(region)[component == part]
+        rows = np.flatnonzero(np.isin(labels, comms))
         rows = rows[pairs_of[rows] > 0]
         if not len(rows):
             continue
@@ -377,13 +386,12 @@ def around_plan(bound: FeasibilityBound, labels: np.ndarray, outside: np.ndarray
                                     reached_by[sites] - inside[sites], min_pop=min_pop,
                                     max_pop=max_pop, tiny_pop=tiny_pop)
         if found:
-            comms = np.flatnonzero(region)[component == part]
-            short[int(district[comms[0]])] = short.get(int(district[comms[0]]), 0) + found
-            proven.append((comms[outside[comms]], found))
-    if short:
+            proven.append((int(district[comms[0]]), comms[outside[comms]], found))
+    if proven:
         logger.info("Around the plan's %d communities outside the band: %s residents no plan "
-                    "can balance (linear programs)", int(outside.sum()), f"{sum(short.values()):,}")
-    return replace(bound, around_short=short or None, around_regions=tuple(proven))
+                    "can balance (linear programs)", int(outside.sum()),
+                    f"{sum(residents for *_, residents in proven):,}")
+    return replace(bound, around_regions=tuple(proven))
 
 
 def _balanced_most(count: int, total: float, extra: float, min_pop: float, max_pop: float,

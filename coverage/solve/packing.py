@@ -50,17 +50,42 @@ MAX_PAIRS = 150_000      # (unit, site) pairs above which the program is not tri
 MAX_ITERATIONS = 200     # interior-point iterations (a count, so the answer is the same anywhere)
 
 
+def _groups(keys) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with equal keys as one group: each row's group (numbered in order of first
+    appearance) and each group's first row."""
+    seen: dict = {}
+    group = np.array([seen.setdefault(key, len(seen)) for key in keys], dtype="int64")
+    return group, np.unique(group, return_index=True)[1]
+
+
+def _row_sites(structure: sp.csr_matrix, u: int) -> slice:
+    return slice(structure.indptr[u], structure.indptr[u + 1])
+
+
 def merge_identical_rows(structure: sp.csr_matrix, pop: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
     """Units that reach the same sites, summed: the program is the same (flows are shares)."""
     structure = sp.csr_matrix(structure, dtype="float64")
     structure.sort_indices()
-    keys: dict[bytes, int] = {}
-    group = np.array([keys.setdefault(structure.indices[structure.indptr[u]:structure.indptr[u + 1]].tobytes(),
-                                      len(keys)) for u in range(structure.shape[0])], dtype="int64")
-    first = np.unique(group, return_index=True)[1]
+    group, first = _groups(structure.indices[_row_sites(structure, u)].tobytes()
+                           for u in range(structure.shape[0]))
     merged = structure[first]
     merged.data[:] = 1.0
     return merged.tocsr(), np.bincount(group, weights=pop, minlength=len(first))
+
+
+def _at_most_share(flow: np.ndarray, share: np.ndarray, weight_of: np.ndarray) -> tuple:
+    """Constraint rows flow[i] <= weight_of[i] * share[i] (variable indices), as a block of
+    (row, column, value, right-hand side)."""
+    n = len(flow)
+    return (np.r_[np.arange(n), np.arange(n)], np.r_[flow, share], np.r_[np.ones(n), -weight_of],
+            np.zeros(n))
+
+
+def _stacked(blocks: list[tuple], n_vars: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Blocks of (row, column, value, right-hand side), one under the other: A_ub and b_ub."""
+    matrix = sp.vstack([sp.csr_matrix((v, (r, c)), shape=(len(b), n_vars))
+                        for r, c, v, b in blocks])
+    return matrix.tocsr(), np.concatenate([b for *_, b in blocks])
 
 
 def all_in_band_impossible(structure: sp.csr_matrix, pop: np.ndarray, *, min_pop: float,
@@ -91,19 +116,14 @@ def all_in_band_impossible(structure: sp.csr_matrix, pop: np.ndarray, *, min_pop
     # Variables: f (one per pair), then y (one per site).
     f, y = np.arange(n_pairs), n_pairs + np.arange(n_sites)
     site_rows = np.r_[pairs.col, np.arange(n_sites)]
-    rows = [
+    a_ub, b_ub = _stacked([
         (site_rows, np.r_[f, y], np.r_[-np.ones(n_pairs), np.full(n_sites, min_pop)], np.zeros(n_sites)),
         (site_rows, np.r_[f, y], np.r_[np.ones(n_pairs), np.full(n_sites, -max_pop)], np.zeros(n_sites)),
-        (np.r_[f, f], np.r_[f, y[pairs.col]], np.r_[np.ones(n_pairs), -weight[pairs.row]],
-         np.zeros(n_pairs)),
+        _at_most_share(f, y[pairs.col], weight[pairs.row]),
         (pairs.row, y[pairs.col], -np.ones(n_pairs), -np.ones(n_units)),
-    ]
-    blocks, bounds = [], []
-    for r, c, v, b in rows:
-        blocks.append(sp.csr_matrix((v, (r, c)), shape=(len(b), n_pairs + n_sites)))
-        bounds.append(b)
+    ], n_pairs + n_sites)
     a_eq = sp.csr_matrix((np.ones(n_pairs), (pairs.row, f)), shape=(n_units, n_pairs + n_sites))
-    res = linprog(np.zeros(n_pairs + n_sites), A_ub=sp.vstack(blocks).tocsr(), b_ub=np.concatenate(bounds),
+    res = linprog(np.zeros(n_pairs + n_sites), A_ub=a_ub, b_ub=b_ub,
                   A_eq=a_eq, b_eq=weight,
                   bounds=np.c_[np.zeros(n_pairs + n_sites), np.r_[np.full(n_pairs, np.inf), np.ones(n_sites)]],
                   method="highs-ipm", options={"maxiter": MAX_ITERATIONS})
@@ -147,15 +167,9 @@ def fewest_outside_band(piece: sp.csr_matrix, pop: np.ndarray, forced: np.ndarra
     piece.sort_indices()
     pop = np.asarray(pop, dtype="float64")
     forced = np.asarray(forced, bool)
-
-    def row_key(u: int) -> tuple:
-        cut = slice(piece.indptr[u], piece.indptr[u + 1])
-        return piece.indices[cut].tobytes(), (piece.data[cut] >= min_pop).tobytes(), bool(forced[u])
-
-    keys: dict[tuple, int] = {}
-    group = np.array([keys.setdefault(row_key(u), len(keys)) for u in range(piece.shape[0])],
-                     dtype="int64")
-    first = np.unique(group, return_index=True)[1]
+    group, first = _groups((piece.indices[_row_sites(piece, u)].tobytes(),
+                            (piece.data[_row_sites(piece, u)] >= min_pop).tobytes(), bool(forced[u]))
+                           for u in range(piece.shape[0]))
     weight = np.bincount(group, weights=pop, minlength=len(first))
     pairs = piece[first].tocoo()
     forced, able = forced[first], ~forced[first]
@@ -174,18 +188,13 @@ def fewest_outside_band(piece: sp.csr_matrix, pop: np.ndarray, forced: np.ndarra
     from_outside = np.asarray(from_outside, dtype="float64")
     floor = np.maximum(min_pop - from_outside, 0.0)
     tiny_floor = np.maximum(tiny_pop - from_outside, 0.0)
-    def at_most_share(flow: np.ndarray, share: np.ndarray, weight_of: np.ndarray) -> tuple:
-        n = len(flow)      # flow[i] <= weight_of[i] * share[i]
-        return (np.r_[np.arange(n), np.arange(n)], np.r_[flow, share],
-                np.r_[np.ones(n), -weight_of], np.zeros(n))
-
     rows = [  # (row, column, value, right-hand side) of each block of constraints
         (np.r_[fc, sites], np.r_[f, y], np.r_[-np.ones(nf), floor], np.zeros(n_sites)),
         (np.r_[fc, sites], np.r_[f, y], np.r_[np.ones(nf), np.full(n_sites, -max_pop)],
          np.zeros(n_sites)),
         (np.r_[gc, sites], np.r_[g, z], np.r_[-np.ones(ng), tiny_floor], np.zeros(n_sites)),
-        at_most_share(f, y[fc], weight[fu]),
-        at_most_share(g, z[gc], weight[gu]),
+        _at_most_share(f, y[fc], weight[fu]),
+        _at_most_share(g, z[gc], weight[gu]),
         (np.r_[sites, sites], np.r_[y, z], np.ones(2 * n_sites), np.ones(n_sites)),
     ]
     # Cover: every unit that is not forced reaches a center (its pieces there hold tiny_pop).
@@ -194,13 +203,11 @@ def fewest_outside_band(piece: sp.csr_matrix, pop: np.ndarray, forced: np.ndarra
                  np.where(able, -1.0, 0.0)))
     everyone = sp.csr_matrix((np.ones(nf + ng), (np.r_[fu, gu], np.r_[f, g])),
                              shape=(n_units, n_vars))
-    blocks = [sp.csr_matrix((v, (r, c)), shape=(len(b), n_vars)) for r, c, v, b in rows]
-    blocks.append(everyone[forced])
+    a_ub, b_ub = _stacked(rows, n_vars)
     cost = np.zeros(n_vars)
     cost[g] = able[gu]
-    res = linprog(cost, A_ub=sp.vstack(blocks).tocsr(),
-                  b_ub=np.concatenate([b for *_, b in rows] + [weight[forced]]),
-                  A_eq=everyone[able], b_eq=weight[able],
+    res = linprog(cost, A_ub=sp.vstack([a_ub, everyone[forced]]).tocsr(),
+                  b_ub=np.r_[b_ub, weight[forced]], A_eq=everyone[able], b_eq=weight[able],
                   bounds=np.c_[np.zeros(n_vars),
                                np.r_[np.full(nf + ng, np.inf), np.ones(2 * n_sites)]],
                   method="highs-ipm", options={"maxiter": MAX_ITERATIONS})
