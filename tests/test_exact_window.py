@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from covplan.solve.partition.core import PartitionProblem
 from covplan.solve.partition.exact_window import solve_windows
+from covplan.solve.partition.search import tiny_first_order
 from test_partition import grid, plan_from_labels, plan_rules, poor_start
 
 
@@ -44,7 +45,7 @@ def test_the_same_plan_every_time():
 def test_no_budget_no_change():
     _, plan = strip_plan()
     label = plan.label.copy()
-    assert not solve_windows(plan, seconds=0.0)
+    assert not solve_windows(plan, seconds=0.0, tiny_seconds=0.0)
     assert np.array_equal(plan.label, label)
 
 
@@ -60,8 +61,44 @@ def test_solved_windows_never_break_a_rule_that_held(seed):
     assert np.array_equal(center >= 0, center0 >= 0)
     assert ok or not ok0
     assert int((sizes < problem.tiny_share * problem.target_pop).sum()) <= tiny0
-    assert plan.key()[:4] <= key0[:4] and (plan.key()[:4] < key0[:4]) == changed
+    # The rules' order, tiny communities first: clearing one may cost balanced residents.
+    order, order0 = tiny_first_order(plan.key()[:4]), tiny_first_order(key0[:4])
+    assert order <= order0 and (order < order0) == changed
     assert sizes.sum() == sizes0.sum()
+
+
+def tiny_end_plan(width: int):
+    # A 4-row strip of 100 residents a cell, target 1,600 (band 1,280-1,920, tiny below 800):
+    # balanced communities of 1,600 (4 columns each) and a tiny one of the last column.
+    reach, _, adjacency, xy = grid(width, 4, limit=8.0, step=1)
+    pop = np.full(4 * width, 100, dtype=np.int64)
+    problem = PartitionProblem(reach, pop, adjacency, target_pop=1_600, tolerance=0.2, xy=xy)
+    return problem, plan_from_labels(problem, np.arange(4 * width) % width // 4)
+
+
+def test_a_tiny_community_is_cleared_where_every_split_without_it_loses_balance():
+    # 5 columns, 2,000 residents: no plan without a tiny community keeps one in the band
+    # (one of 2,000, or two of 800-1,200), so the window gives up the 1,600 balanced ones.
+    problem, plan = tiny_end_plan(5)
+    assert solve_windows(plan, seconds=2.0)
+    center, sizes, ok = plan_rules(plan)
+    assert ok and (center >= 0).all() and sizes.sum() == 2_000
+    assert (sizes >= problem.tiny_share * problem.target_pop).all()
+    assert plan.key()[:2] == (2_000.0, 0)
+
+
+def test_clearing_a_tiny_community_gives_up_one_community_s_worth_at_most():
+    # 9 columns, 3,600 residents: 3,200 balanced beside a tiny community of 400.
+    problem, plan = tiny_end_plan(9)
+    _, again = tiny_end_plan(9)
+    assert solve_windows(plan, seconds=2.0)
+    _, sizes, ok = plan_rules(plan)
+    assert ok and sizes.sum() == 3_600
+    assert (sizes >= problem.tiny_share * problem.target_pop).all()
+    balanced = sizes[(sizes >= problem.min_pop) & (sizes <= problem.max_pop)].sum()
+    assert 3_200 - problem.target_pop <= balanced
+    solve_windows(again, seconds=2.0)
+    assert np.array_equal(plan.label, again.label)
 
 
 def test_a_plan_without_adjacency_is_left_alone():

@@ -49,7 +49,9 @@ edges, and last person-minutes. The count is not fixed: it floats with what the 
 7. put the winner's windows to CP-SAT (`solve_windows`; above `_EXACT_UNITS` units, redraws only):
    around each community outside the band, a constraint model asks for one more balanced
    community (or none tiny, keeping every balanced resident) with every community connected;
-   a second of the solver's deterministic time in all (1.2 s above `_EXACT_UNITS`).
+   then, around each tiny community left, one without it at a loss of at most a
+   target's balanced residents; a second of the solver's deterministic time (1.2 s above
+   `_EXACT_UNITS`), and half a second more for the tiny communities.
 8. where the instance is tight (covering everyone takes as many centers as the residents fill
    at the band's floor), plan it from a few minimum covers by a small MIP each (`tight_cover`),
    kept when connected and better in the rules' order.

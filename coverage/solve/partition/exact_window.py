@@ -45,12 +45,16 @@ SIMILAR_SITES = 0.7     # a site whose reach over the window overlaps a kept one
                         # no answer in 30 s to 39 sites and an answer in 0.3 s
 MAX_MODEL_UNITS = 500   # a window with more merged units is left to the heuristic
 SOLVE_SECONDS = 0.5     # CP-SAT's deterministic time per model
+TINY_SECONDS = 0.25     # ... and per model giving up balance for the tiny rule (on Chengdu those
+TINY_BUDGET = 0.5       # answered within 0.03 s or not in 6 s), this much in all, after the rest:
+                        # sharing the first pass's time took windows that gained balance (the
+                        # demo at 3 km/h, linear at 3.6 km/h)
 _ROUNDS = 4             # local-search rounds that tidy walks around a solved window
 
 
-def _free_sites(win: Window, current: np.ndarray) -> np.ndarray:
+def _free_sites(win: Window, current: np.ndarray, similar: float = SIMILAR_SITES) -> np.ndarray:
     """Sites the window may use: its current centers, then free sites that reach some of its
-    units by residents gathered, each unlike every site kept before it."""
+    units by residents gathered, each unlike (Jaccard below `similar`) every site kept before."""
     reach = win.structure
     gathers = np.asarray(reach.T @ win.pop).ravel()
     others = np.flatnonzero(~win.blocked & (gathers > 0) & ~np.isin(np.arange(len(gathers)), current))
@@ -65,7 +69,7 @@ def _free_sites(win: Window, current: np.ndarray) -> np.ndarray:
             kept.append(i)
             continue
         union = size[i] + size[kept] - shared[i, kept]
-        if (shared[i, kept] / np.maximum(union, 1)).max() < SIMILAR_SITES:
+        if (shared[i, kept] / np.maximum(union, 1)).max() < similar:
             kept.append(i)
     return order[kept]
 
@@ -126,12 +130,13 @@ class _Model:
         self.keep_open = (np.zeros(len(sites), dtype=bool) if problem.locked is None
                           else np.asarray(problem.locked, bool)[sites] & current)
 
-    def solve(self, k: int, n_balanced: int, more_than: int,
-              seconds: float) -> tuple[np.ndarray | None, float]:
-        """Site (index into `sites`) per window unit for k communities, at least `n_balanced`
-        in the band, none tiny, more than `more_than` residents balanced; None if CP-SAT finds
-        none within `seconds` of deterministic time (no proof: the model admits only some
-        connected shapes); and the deterministic time it took."""
+    def solve(self, k: int | None, n_balanced: int, more_than: int, seconds: float, *,
+              most: bool = False) -> tuple[np.ndarray | None, float]:
+        """Site (index into `sites`) per window unit for k communities (any count if None), at
+        least `n_balanced` in the band, none tiny, more than `more_than` residents balanced
+        (with `most`, as many as CP-SAT finds within the time); None if CP-SAT finds none
+        within `seconds` of deterministic time (no proof: the model admits only some connected
+        shapes); and the deterministic time it took."""
         from ortools.sat.python import cp_model
 
         if not self.covered:
@@ -167,9 +172,12 @@ class _Model:
                 model.AddImplication(x[g, j], is_open)
                 if g != root:
                     model.AddBoolOr([x[v, j] for v in self.nearer[g, j]]).OnlyEnforceIf(x[g, j])
-        model.Add(sum(opened) == k)
+        if k is not None:
+            model.Add(sum(opened) == k)
         model.Add(sum(balanced) >= n_balanced)
         model.Add(sum(held) >= more_than + 1)
+        if most:
+            model.Maximize(sum(held))
         solver = cp_model.CpSolver()
         params = solver.parameters
         params.num_workers = 1
@@ -178,7 +186,7 @@ class _Model:
         params.cp_model_probing_level = 0   # probing alone took the whole second on the demo
         params.symmetry_level = 0
         status = solver.Solve(model)
-        logger.debug("model of %d merged units, %d sites: %d communities, %d balanced, more than %d: "
+        logger.debug("model of %d merged units, %d sites: %s communities, %d balanced, more than %d: "
                      "%s in %.2f", self.n_groups, len(self.members), k, n_balanced, more_than,
                      solver.StatusName(status), solver.deterministic_time)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -190,34 +198,46 @@ class _Model:
         return site[self.group], solver.deterministic_time
 
 
-def _solve_window(plan: SearchPlan, s: int, rings: int, budget: list[float],
+def _solve_window(plan: SearchPlan, s: int, rings: int, loss: int, budget: list[float],
                   per_model: float) -> bool:
     """Ask CP-SAT for a better split of the window around s (as many communities, one fewer,
     one more) with one more balanced community at least, or, with tiny communities in it, none
-    tiny; apply it when the rules' order improves (fewer tiny communities, or as many and fewer
-    residents outside the band). Each model's deterministic time is taken from `budget`."""
+    tiny and at most `loss` fewer residents in balanced communities (no model without tiny
+    ones when `loss` > 0); apply it when the rules' order improves (fewer tiny communities, or
+    as many and fewer residents outside the band). Each model's deterministic time is taken
+    from `budget`."""
     problem = plan.problem
     win = Window(plan, plan.around(s, rings))
+    tiny = win.before[1] > 0
+    if loss > 0 and not tiny:
+        return False
+    # Giving up balance to clear a tiny community, the model takes every site (one left out
+    # as similar may be the only one the tiny community's residents can join), any count, and
+    # the most balanced residents CP-SAT finds in a short time.
+    lossy = loss > 0
     current = plan.center[win.comms]
-    sites = _free_sites(win, current)
+    sites = _free_sites(win, current, 1.0 if lossy else SIMILAR_SITES)
     model = _Model(win, problem.minutes[win.units], sites, len(current))
     if model.n_groups > MAX_MODEL_UNITS:
         return False
     sizes = plan.popk[win.comms]
     in_band = (sizes >= problem.min_pop) & (sizes <= problem.max_pop)
-    now = int(np.rint(sizes[in_band].sum()))
+    now, m = int(np.rint(sizes[in_band].sum())), len(win.comms)
     # With tiny communities in the window, a split without one that keeps every balanced
-    # resident (the heuristic's tiny clearing already trades balance for the rule); else one
-    # more balanced community at least: gains of a few residents are not worth a model.
-    tiny = win.before[1] > 0
-    floor, at_least = (now - 1, int(in_band.sum())) if tiny else (now, int(in_band.sum()) + 1)
-    m = len(win.comms)
-    # One count at a time (as many, one fewer, one more): a model with the count free took
-    # longer to answer than the three together on the demo and on Chengdu.
-    for k in (m, m - 1, m + 1):
-        if k < 1 or budget[0] <= 0:
+    # resident; else one more balanced community at least: gains of a few residents are not
+    # worth a model. One count at a time (as many, one fewer, one more): a model with the
+    # count free took longer to answer than the three together on the demo and on Chengdu.
+    if lossy:
+        asks = [(None, 0, now - loss - 1)]
+    elif tiny:
+        asks = [(k, int(in_band.sum()), now - 1) for k in (m, m - 1, m + 1)]
+    else:
+        asks = [(k, int(in_band.sum()) + 1, now) for k in (m, m - 1, m + 1)]
+    for k, at_least, floor in asks:
+        if (k is not None and k < 1) or budget[0] <= 0:
             continue
-        site, spent = model.solve(k, at_least, floor, min(per_model, budget[0]))
+        seconds = min(per_model, TINY_SECONDS if lossy else per_model, budget[0])
+        site, spent = model.solve(k, at_least, floor, seconds, most=lossy)
         budget[0] -= spent
         if site is None:
             continue
@@ -233,27 +253,35 @@ def _solve_window(plan: SearchPlan, s: int, rings: int, budget: list[float],
     return False
 
 
-def solve_windows(plan: SearchPlan, *, seconds: float, per_model: float = SOLVE_SECONDS) -> bool:
+def solve_windows(plan: SearchPlan, *, seconds: float, per_model: float = SOLVE_SECONDS,
+                  tiny_seconds: float = TINY_BUDGET) -> bool:
     """
     The improvement phase's last step: for each community outside the band (tiny ones first,
     then the largest), its window of one ring and then two rings is put to CP-SAT
-    (`_solve_window`); stops when none improves or when the models have used `seconds` of
-    CP-SAT's deterministic time in all (no clock: the same plan on any machine). True when the
-    plan changed. A plan without adjacency (no contiguity rule) is left as it is.
+    (`_solve_window`) until none improves or the models have used `seconds` of CP-SAT's
+    deterministic time; then the window of each tiny community left is asked again allowing
+    the loss of one community's worth of balanced residents (a target's; a larger loss to clear
+    a few residents is not a trade a planner would take), within `tiny_seconds` more. No clock:
+    the same plan on any machine. True when the plan changed. A plan without adjacency (no
+    contiguity rule) is left as it is.
     """
     if plan.problem.adjacency is None:
         return False
-    failed, changed, budget = set(), False, [seconds]
-    while budget[0] > 0:
-        todo = plan.outside_band(failed)
-        if not todo:
-            break
-        s = todo[0]
-        before = tiny_first_order(plan.key())
-        improved = any(_solve_window(plan, s, rings, budget, per_model) for rings in (1, 2))
-        if improved and tiny_first_order(plan.key()) < before:
-            changed = True
-            failed.clear()
-        else:
-            failed.add(s)
+    problem, changed = plan.problem, False
+    tiny_pop = problem.tiny_share * problem.target_pop
+    for loss, budget in ((0, [seconds]), (int(problem.target_pop), [tiny_seconds])):
+        failed: set[int] = set()
+        while budget[0] > 0:
+            todo = [s for s in plan.outside_band(failed) if not loss or plan.popk[s] < tiny_pop]
+            if not todo:
+                break
+            s = todo[0]
+            before = tiny_first_order(plan.key())
+            improved = any(_solve_window(plan, s, rings, loss, budget, per_model)
+                           for rings in (1, 2))
+            if improved and tiny_first_order(plan.key()) < before:
+                changed = True
+                failed.clear()
+            else:
+                failed.add(s)
     return changed
