@@ -129,18 +129,12 @@ class _Model:
         current = np.arange(len(sites)) < n_current
         self.keep_open = (np.zeros(len(sites), dtype=bool) if problem.locked is None
                           else np.asarray(problem.locked, bool)[sites] & current)
+        self._base = None                  # the model's fixed part, built at the first ask
 
-    def solve(self, k: int | None, n_balanced: int, more_than: int, seconds: float, *,
-              most: bool = False) -> tuple[np.ndarray | None, float]:
-        """Site (index into `sites`) per window unit for k communities (any count if None), at
-        least `n_balanced` in the band, none tiny, more than `more_than` residents balanced
-        (with `most`, as many as CP-SAT finds within the time); None if CP-SAT finds none
-        within `seconds` of deterministic time (no proof: the model admits only some connected
-        shapes); and the deterministic time it took."""
+    def _build(self):
+        """The model without an ask's rows: (model, x by (group, site), opened, balanced, held)."""
         from ortools.sat.python import cp_model
 
-        if not self.covered:
-            return None, 0.0               # some merged unit reaches no usable site
         model = cp_model.CpModel()
         x: dict[tuple[int, int], object] = {}
         for j, (groups, _, _) in self.members.items():
@@ -172,6 +166,28 @@ class _Model:
                 model.AddImplication(x[g, j], is_open)
                 if g != root:
                     model.AddBoolOr([x[v, j] for v in self.nearer[g, j]]).OnlyEnforceIf(x[g, j])
+        return model, x, opened, balanced, held
+
+    def solve(self, k: int | None, n_balanced: int, more_than: int, seconds: float, *,
+              most: bool = False) -> tuple[np.ndarray | None, float]:
+        """Site (index into `sites`) per window unit for k communities (any count if None), at
+        least `n_balanced` in the band, none tiny, more than `more_than` residents balanced
+        (with `most`, as many as CP-SAT finds within the time); None if CP-SAT finds none
+        within `seconds` of deterministic time (no proof: the model admits only some connected
+        shapes); and the deterministic time it took."""
+        from ortools.sat.python import cp_model
+
+        if not self.covered:
+            return None, 0.0               # some merged unit reaches no usable site
+        if self._base is None:
+            self._base = self._build()
+        base, x, opened, balanced, held = self._base
+        # Each ask adds its own last rows to a copy of the same model (the same proto as
+        # building it whole, so the same search; building took most of the windows' time).
+        model = base.clone()
+        opened = [model.get_bool_var_from_proto_index(v.Index()) for v in opened]
+        balanced = [model.get_bool_var_from_proto_index(v.Index()) for v in balanced]
+        held = [model.get_int_var_from_proto_index(v.Index()) for v in held]
         if k is not None:
             model.Add(sum(opened) == k)
         model.Add(sum(balanced) >= n_balanced)
