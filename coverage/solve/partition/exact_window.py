@@ -8,6 +8,8 @@ the balanced split can be a center set none of those seeds propose. Here the win
 community outside the band is a feasibility question put to CP-SAT: as many communities, one
 fewer or one more, with one more of them within the band than now, none tiny, more residents
 in balanced communities; every unit served by a site it reaches, every community connected.
+A second pass takes the tiny communities left: a split without them that gives up at most a
+target's balanced residents, the most balanced residents found (the tiny rule before balance).
 
 Connectivity is modelled by distance labels (shortest-path contiguity, as in districting
 models): a community's root is the unit nearest its site, and a unit may join the community
