@@ -56,3 +56,16 @@ def entries_of(indptr: np.ndarray, majors: np.ndarray) -> np.ndarray:
     lengths = indptr[majors + 1].astype("int64") - starts
     offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
     return offsets + np.arange(int(lengths.sum()), dtype="int64")
+
+
+def row_slice(matrix: sp.csr_matrix, row: int) -> slice:
+    """The stored entries of one row of a CSR matrix (`matrix.indices[...]`, `matrix.data[...]`)."""
+    return slice(matrix.indptr[row], matrix.indptr[row + 1])
+
+
+def key_groups(keys) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with equal keys as one group: each row's group (numbered in order of first
+    appearance) and each group's first row."""
+    seen: dict = {}
+    group = np.array([seen.setdefault(key, len(seen)) for key in keys], dtype="int64")
+    return group, np.unique(group, return_index=True)[1]

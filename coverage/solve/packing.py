@@ -43,6 +43,7 @@ import logging
 
 import numpy as np
 import scipy.sparse as sp
+from covplan._sparse import key_groups, row_slice
 
 logger = logging.getLogger(__name__)
 
@@ -50,23 +51,11 @@ MAX_PAIRS = 150_000      # (unit, site) pairs above which the program is not tri
 MAX_ITERATIONS = 200     # interior-point iterations (a count, so the answer is the same anywhere)
 
 
-def _groups(keys) -> tuple[np.ndarray, np.ndarray]:
-    """Rows with equal keys as one group: each row's group (numbered in order of first
-    appearance) and each group's first row."""
-    seen: dict = {}
-    group = np.array([seen.setdefault(key, len(seen)) for key in keys], dtype="int64")
-    return group, np.unique(group, return_index=True)[1]
-
-
-def _row_sites(structure: sp.csr_matrix, u: int) -> slice:
-    return slice(structure.indptr[u], structure.indptr[u + 1])
-
-
 def merge_identical_rows(structure: sp.csr_matrix, pop: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
     """Units that reach the same sites, summed: the program is the same (flows are shares)."""
     structure = sp.csr_matrix(structure, dtype="float64")
     structure.sort_indices()
-    group, first = _groups(structure.indices[_row_sites(structure, u)].tobytes()
+    group, first = key_groups(structure.indices[row_slice(structure, u)].tobytes()
                            for u in range(structure.shape[0]))
     merged = structure[first]
     merged.data[:] = 1.0
@@ -167,8 +156,8 @@ def fewest_outside_band(piece: sp.csr_matrix, pop: np.ndarray, forced: np.ndarra
     piece.sort_indices()
     pop = np.asarray(pop, dtype="float64")
     forced = np.asarray(forced, bool)
-    group, first = _groups((piece.indices[_row_sites(piece, u)].tobytes(),
-                            (piece.data[_row_sites(piece, u)] >= min_pop).tobytes(), bool(forced[u]))
+    group, first = key_groups((piece.indices[row_slice(piece, u)].tobytes(),
+                            (piece.data[row_slice(piece, u)] >= min_pop).tobytes(), bool(forced[u]))
                            for u in range(piece.shape[0]))
     weight = np.bincount(group, weights=pop, minlength=len(first))
     pairs = piece[first].tocoo()

@@ -31,6 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components, shortest_path
 
+from covplan._sparse import key_groups, row_slice
 from covplan.solve.partition.refine import Window
 from covplan.solve.partition.search import (
     FINAL_WEIGHT,
@@ -78,9 +79,7 @@ def _free_sites(win: Window, current: np.ndarray, similar: float = SIMILAR_SITES
 
 def _merge_units(reach: sp.csr_matrix, adjacency: sp.csr_matrix) -> tuple[int, np.ndarray]:
     """Neighbouring units that reach the same sites, merged: (count, group of each unit)."""
-    signature: dict[bytes, int] = {}
-    sig = np.array([signature.setdefault(reach.indices[reach.indptr[u]:reach.indptr[u + 1]].tobytes(),
-                                         len(signature)) for u in range(reach.shape[0])])
+    sig, _ = key_groups(reach.indices[row_slice(reach, u)].tobytes() for u in range(reach.shape[0]))
     a = adjacency.tocoo()
     same = sig[a.row] == sig[a.col]
     n = reach.shape[0]
