@@ -333,8 +333,8 @@ def around_plan(bound: FeasibilityBound, labels: np.ndarray, outside: np.ndarray
     many of its residents no plan keeping the rules can put in a balanced community. Regions do
     not overlap, so their proofs add up per district (``around_short``); ``around_regions``
     keeps each region's district, communities outside the band and proof (also for their
-    notes). Where the plan has no such community, the bound is returned as it is. The regions come from the plan,
-    the proof does not: it holds for every plan.
+    notes). Where the plan has no such community, the bound is returned as it is. The regions
+    come from the plan, the proof does not: it holds for every plan.
     """
     from covplan.solve.packing import fewest_outside_band
 
@@ -390,7 +390,7 @@ def around_plan(bound: FeasibilityBound, labels: np.ndarray, outside: np.ndarray
     if proven:
         logger.info("Around the plan's %d communities outside the band: %s residents no plan "
                     "can balance (linear programs)", int(outside.sum()),
-                    f"{sum(residents for *_, residents in proven):,}")
+                    f"{sum(found for *_, found in proven):,}")
     return replace(bound, around_regions=tuple(proven))
 
 

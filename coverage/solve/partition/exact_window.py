@@ -184,7 +184,8 @@ class _Model:
             self._base = self._build()
         base, x, opened, balanced, held = self._base
         # Each ask adds its own last rows to a copy of the same model (the same proto as
-        # building it whole, so the same search; building took most of the windows' time).
+        # building it whole, so the same search; building it for each ask took more of the
+        # windows' time than CP-SAT did).
         model = base.clone()
         opened = [model.get_bool_var_from_proto_index(v.Index()) for v in opened]
         balanced = [model.get_bool_var_from_proto_index(v.Index()) for v in balanced]
@@ -219,15 +220,12 @@ def _solve_window(plan: SearchPlan, s: int, rings: int, loss: int, budget: list[
                   per_model: float) -> bool:
     """Ask CP-SAT for a better split of the window around s (as many communities, one fewer,
     one more) with one more balanced community at least, or, with tiny communities in it, none
-    tiny and at most `loss` fewer residents in balanced communities (no model without tiny
-    ones when `loss` > 0); apply it when the rules' order improves (fewer tiny communities, or
-    as many and fewer residents outside the band). Each model's deterministic time is taken
-    from `budget`."""
+    tiny and at most `loss` fewer residents in balanced communities; apply it when the rules'
+    order improves (fewer tiny communities, or as many and fewer residents outside the band).
+    Each model's deterministic time is taken from `budget`."""
     problem = plan.problem
     win = Window(plan, plan.around(s, rings))
     tiny = win.before[1] > 0
-    if loss > 0 and not tiny:
-        return False
     # Giving up balance to clear a tiny community, the model takes every site (one left out
     # as similar may be the only one the tiny community's residents can join), any count, and
     # the most balanced residents CP-SAT finds in a short time.
