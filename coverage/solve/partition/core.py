@@ -44,8 +44,10 @@ edges, and last person-minutes. The count is not fixed: it floats with what the 
    balanced ones; each center set is finished like a small run. A result is kept only when
    the rules' order strictly improves, without a new tiny community; coverage and contiguity
    hold by construction. A budget of settled window units (not a clock) bounds it, so a seed
-   still gives one plan. Exception communities (forced-undersized residents, planned apart)
-   take one run and no improvement: no seed or window brings them to the band.
+   still gives one plan. Then each tiny community's window is re-solved for fewer tiny
+   communities at a cost of at most a target's residents outside the band per tiny one
+   cleared. Exception communities (forced-undersized residents, planned apart) take one run
+   and no improvement: no seed or window brings them to the band.
 7. put the winner's windows to CP-SAT (`solve_windows`; above `_EXACT_UNITS` units, redraws only):
    around each community outside the band, a constraint model asks for one more balanced
    community (or none tiny, keeping every balanced resident) with every community connected;

@@ -16,10 +16,12 @@ empty), so a kept result never breaks coverage or contiguity; one with more tiny
 than before (below half the target) is refused. Outside the window nothing changes.
 A tiny community left at the end breaks a rule (`min_pop_exception`: only proven exceptions,
 planned apart, may be tiny), so last its window is re-solved for fewer tiny communities even at
-a cost in balance (`_clear_tiny`); there, one center fewer is also tried as an exact set cover
-(HiGHS): sites that each reach at least the tiny threshold of the window's residents and
-together reach all of it, keeping the most current centers. Then the balancing runs once more,
-on half the budget: only windows near what clearing changed are worth a second try.
+a cost in balance, at most a target's residents per tiny community cleared (`_clear_tiny`, the
+price the CP-SAT windows' tiny pass pays too); there, one center fewer is also tried as an
+exact set cover (HiGHS): sites that each reach at least the tiny threshold of the window's
+residents and together reach all of it, keeping the most current centers. Then the balancing
+runs once more, on half the budget: only windows near what clearing changed are worth a second
+try.
 Deterministic: a budget of settled window units, no clock.
 """
 
@@ -364,10 +366,19 @@ def _balance(plan: SearchPlan, angles: np.ndarray, budget: int, failed: set[int]
     return failed
 
 
+def _worth_it(before: tuple, after: tuple, target_pop: float) -> bool:
+    """Whether a plan with fewer tiny communities is worth its cost in balance: at most a
+    target's residents more outside the band per tiny community cleared (as the CP-SAT windows'
+    tiny pass, `solve_windows`): the rule comes before balance, but a planner would not give up
+    a whole balanced community's residents to merge a few hundred into another."""
+    return after[0] - before[0] <= target_pop * (before[1] - after[1])
+
+
 def _clear_tiny(plan: SearchPlan, angles: np.ndarray, budget: int) -> bool:
     """The last step: a tiny community that balancing left (it is not a proven exception, those
     are planned apart) breaks the `min_pop_exception` rule, so its window is re-solved for fewer
-    tiny communities even at a cost in residents outside the band, smallest first."""
+    tiny communities even at a cost in residents outside the band (`_worth_it`), smallest
+    first."""
     left = [budget]
     tried: set[int] = set()
     cleared = False
@@ -384,9 +395,11 @@ def _clear_tiny(plan: SearchPlan, angles: np.ndarray, budget: int) -> bool:
         done = [_dissolve(trials[0], s, tiny_first=True),
                 _improve_window(trials[1], s, angles, left, tiny_first=True, rings_tried=(1,)),
                 _improve_window(trials[2], s, angles, left, tiny_first=True, rings_tried=(2,))]
-        keys = [tiny_first_order(t.key()) for t, ok in zip(trials, done) if ok]
+        before, target = plan.key(), plan.problem.target_pop
+        kept = [t for t, ok in zip(trials, done) if ok and _worth_it(before, t.key(), target)]
+        keys = [tiny_first_order(t.key()) for t in kept]
         if keys:
-            best = [t for t, ok in zip(trials, done) if ok][keys.index(min(keys))]
+            best = kept[keys.index(min(keys))]
             logger.debug("tiny community %d cleared: %s -> %s", s, plan.key()[:4], best.key()[:4])
             plan.__dict__.update(best.__dict__)
             cleared = True
