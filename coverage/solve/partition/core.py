@@ -36,8 +36,9 @@ edges, and last person-minutes. The count is not fixed: it floats with what the 
 
 6. improve the winner (`improve`), and also the run with fewest tiny communities when that
    is another (tiny communities must be cleared at the end, at a cost in balance the band
-   order alone doesn't foresee; the improved plan with fewest tiny, then the rules' order,
-   wins): re-solve the window (one ring of neighbours, then two) around each community
+   order alone doesn't foresee; the improved plan best in the rules' order wins, or the one
+   with fewer tiny communities if it costs at most a target's residents more outside the band
+   per tiny one): re-solve the window (one ring of neighbours, then two) around each community
    outside the band, with the window's count free among its current count and one more or
    less within [ceil(P / max_pop), floor(P / min_pop)] for its P residents: split a community
    in two, drop one, reseed, or seed one small community at an end of the window beside
@@ -74,7 +75,7 @@ from covplan.defaults import population_band
 from covplan.errors import InputError
 from covplan.solve.partition.exact_window import SOLVE_SECONDS, solve_windows
 from covplan.solve.partition.flow import attach_strays, settle, split_pieces
-from covplan.solve.partition.improve import improve
+from covplan.solve.partition.improve import _worth_it, improve
 from covplan.solve.partition.refine import (
     POLISH_BUDGET,
     POLISH_UNITS,
@@ -380,8 +381,9 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
     angles = np.r_[0.0, rng.uniform(0, np.pi, runs - 1)]
     # The best run in the rules' order, and the best with fewest tiny communities: the tiny
     # ones must be cleared, at a cost in balance that the band order alone doesn't foresee.
-    # Both are improved (sharing the budget); the fewest tiny communities, then the rules'
-    # order, wins.
+    # Both are improved (sharing the budget); the better in the rules' order wins, or the one
+    # with fewer tiny communities where that costs at most a target's residents per tiny one
+    # (the price tiny clearing pays, `improve._worth_it`).
     best: dict[str, tuple] = {}
     # Runs, then the chosen runs' improvements, side by side on up to `jobs` processes (here,
     # one by one, when jobs is 1): the same plans either way.
@@ -402,7 +404,10 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
     finals = chosen if problem.exceptions_only else run_tasks(   # exceptions can't reach the band
         _improve_task, list(range(len(chosen))), jobs=jobs,
         data={"plans": chosen, "turns": turns, "budget": budget})
-    winner = min(finals, key=lambda p: tiny_first_order(p.key()))
+    winner = min(finals, key=lambda p: p.key())
+    tidy = min(finals, key=lambda p: tiny_first_order(p.key()))
+    if tidy.key()[1] < winner.key()[1] and _worth_it(winner.key(), tidy.key(), problem.target_pop):
+        winner = tidy
     _trace(winner, "improved")
     seconds, per_model = (_EXACT_SECONDS, SOLVE_SECONDS) if n <= _EXACT_UNITS else _EXACT_LARGE
     if (not problem.exceptions_only and (n <= _EXACT_UNITS or problem.unit_prior is None)
