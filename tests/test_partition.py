@@ -321,14 +321,14 @@ def test_clearing_a_tiny_community_costs_at_most_a_target_of_balance():
     """The tiny rule comes before balance, but not at any price: a plan with one tiny
     community fewer is worth at most a target's residents more outside the band (the islands
     city's merge/split merged a 379-resident pocket into a 3,832 one at 11,200)."""
-    from covplan.solve.partition.improve import _worth_it
+    from covplan.solve.partition.search import worth_clearing
 
     before = (9_240.0, 2, 3, 0.0, 0.0)          # residents outside the band, tiny, ...
-    assert _worth_it(before, (19_240.0, 1, 4, 0.0, 0.0), 10_000)      # a target's worth
-    assert not _worth_it(before, (20_440.0, 1, 4, 0.0, 0.0), 10_000)  # more than that
-    assert _worth_it(before, (29_240.0, 0, 5, 0.0, 0.0), 10_000)      # two cleared
-    assert not _worth_it(before, (9_300.0, 2, 3, 0.0, 0.0), 10_000)   # none cleared, worse
-    assert _worth_it(before, (5_000.0, 1, 2, 0.0, 0.0), 10_000)       # better on both counts
+    assert worth_clearing(before, (19_240.0, 1, 4, 0.0, 0.0), 10_000)      # a target's worth
+    assert not worth_clearing(before, (20_440.0, 1, 4, 0.0, 0.0), 10_000)  # more than that
+    assert worth_clearing(before, (29_240.0, 0, 5, 0.0, 0.0), 10_000)      # two cleared
+    assert not worth_clearing(before, (9_300.0, 2, 3, 0.0, 0.0), 10_000)   # none cleared, worse
+    assert worth_clearing(before, (5_000.0, 1, 2, 0.0, 0.0), 10_000)       # better on both counts
 
 
 def poor_start(seed: int):

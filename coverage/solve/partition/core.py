@@ -75,7 +75,7 @@ from covplan.defaults import population_band
 from covplan.errors import InputError
 from covplan.solve.partition.exact_window import SOLVE_SECONDS, solve_windows
 from covplan.solve.partition.flow import attach_strays, settle, split_pieces
-from covplan.solve.partition.improve import _worth_it, improve
+from covplan.solve.partition.improve import improve
 from covplan.solve.partition.refine import (
     POLISH_BUDGET,
     POLISH_UNITS,
@@ -94,6 +94,7 @@ from covplan.solve.partition.search import (
     local_search,
     problem_band_key,
     tiny_first_order,
+    worth_clearing,
 )
 from covplan.solve.partition.seeding import greedy_seeds, packing_bound, seed_centers, set_cover
 from covplan.solve.partition.tight_cover import cover_plan
@@ -383,7 +384,7 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
     # ones must be cleared, at a cost in balance that the band order alone doesn't foresee.
     # Both are improved (sharing the budget); the better in the rules' order wins, or the one
     # with fewer tiny communities where that costs at most a target's residents per tiny one
-    # (the price tiny clearing pays, `improve._worth_it`).
+    # (`worth_clearing`, the price tiny clearing pays).
     best: dict[str, tuple] = {}
     # Runs, then the chosen runs' improvements, side by side on up to `jobs` processes (here,
     # one by one, when jobs is 1): the same plans either way.
@@ -406,7 +407,8 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
         data={"plans": chosen, "turns": turns, "budget": budget})
     winner = min(finals, key=lambda p: p.key())
     tidy = min(finals, key=lambda p: tiny_first_order(p.key()))
-    if tidy.key()[1] < winner.key()[1] and _worth_it(winner.key(), tidy.key(), problem.target_pop):
+    if (tidy.key()[1] < winner.key()[1]
+            and worth_clearing(winner.key(), tidy.key(), problem.target_pop)):
         winner = tidy
     _trace(winner, "improved")
     seconds, per_model = (_EXACT_SECONDS, SOLVE_SECONDS) if n <= _EXACT_UNITS else _EXACT_LARGE

@@ -43,6 +43,7 @@ from covplan.solve.partition.search import (
     local_search,
     problem_band_key,
     tiny_first_order,
+    worth_clearing,
 )
 from covplan.solve.partition.seeding import seed_centers, set_cover
 
@@ -366,18 +367,10 @@ def _balance(plan: SearchPlan, angles: np.ndarray, budget: int, failed: set[int]
     return failed
 
 
-def _worth_it(before: tuple, after: tuple, target_pop: float) -> bool:
-    """Whether a plan with fewer tiny communities is worth its cost in balance: at most a
-    target's residents more outside the band per tiny community cleared (as the CP-SAT windows'
-    tiny pass, `solve_windows`): the rule comes before balance, but a planner would not give up
-    a whole balanced community's residents to merge a few hundred into another."""
-    return after[0] - before[0] <= target_pop * (before[1] - after[1])
-
-
 def _clear_tiny(plan: SearchPlan, angles: np.ndarray, budget: int) -> bool:
     """The last step: a tiny community that balancing left (it is not a proven exception, those
     are planned apart) breaks the `min_pop_exception` rule, so its window is re-solved for fewer
-    tiny communities even at a cost in residents outside the band (`_worth_it`), smallest
+    tiny communities even at a cost in residents outside the band (`worth_clearing`), smallest
     first."""
     left = [budget]
     tried: set[int] = set()
@@ -396,7 +389,8 @@ def _clear_tiny(plan: SearchPlan, angles: np.ndarray, budget: int) -> bool:
                 _improve_window(trials[1], s, angles, left, tiny_first=True, rings_tried=(1,)),
                 _improve_window(trials[2], s, angles, left, tiny_first=True, rings_tried=(2,))]
         before, target = plan.key(), plan.problem.target_pop
-        kept = [t for t, ok in zip(trials, done) if ok and _worth_it(before, t.key(), target)]
+        kept = [t for t, ok in zip(trials, done)
+                if ok and worth_clearing(before, t.key(), target)]
         keys = [tiny_first_order(t.key()) for t in kept]
         if keys:
             best = kept[keys.index(min(keys))]

@@ -245,6 +245,15 @@ def tiny_first_order(key: tuple) -> tuple:
     return (key[1], *key)
 
 
+def worth_clearing(before: tuple, after: tuple, target_pop: float) -> bool:
+    """Whether a plan (`band_key` `after`) with fewer tiny communities than `before` is worth
+    its cost in balance: at most a target's residents more outside the band per tiny community
+    cleared, the price the heuristic's tiny clearing, the choice between improved restarts and
+    the CP-SAT windows' tiny pass all pay. The rule comes before balance, but a planner would
+    not give up a whole balanced community's residents to merge a few hundred into another."""
+    return after[0] - before[0] <= target_pop * (before[1] - after[1])
+
+
 def problem_band_key(pop_k: np.ndarray, problem: PartitionProblem) -> tuple[float, int, int, float]:
     """`band_key` of a problem's community populations."""
     return band_key(pop_k, min_pop=problem.min_pop, max_pop=problem.max_pop,
