@@ -61,8 +61,9 @@ def _interior_point(cost: np.ndarray, **program):
     from scipy.optimize import OptimizeWarning, linprog
 
     with warnings.catch_warnings():
-        # scipy passes HiGHS options it does not know verbatim, and says so.
-        warnings.filterwarnings("ignore", message="Unrecognized options", category=OptimizeWarning)
+        # scipy passes HiGHS options it does not know verbatim and says so (older versions
+        # warn of unknown options and run the crossover anyway: the same answer, slower).
+        warnings.filterwarnings("ignore", message="Un(recognized|known)", category=OptimizeWarning)
         return linprog(cost, method="highs-ipm", options={"maxiter": MAX_ITERATIONS,
                                                           "run_crossover": "off"}, **program)
 
