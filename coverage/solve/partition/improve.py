@@ -394,7 +394,7 @@ def _clear_tiny(plan: SearchPlan, angles: np.ndarray, budget: int) -> bool:
         keys = [tiny_first_order(t.key()) for t in kept]
         if keys:
             best = kept[keys.index(min(keys))]
-            logger.debug("tiny community %d cleared: %s -> %s", s, plan.key()[:4], best.key()[:4])
+            logger.debug("tiny community %d cleared: %s -> %s", s, before[:4], best.key()[:4])
             plan.__dict__.update(best.__dict__)
             cleared = True
     return cleared
