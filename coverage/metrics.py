@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from covplan.config import PlanConfig
     from covplan.reach.matrix import ReachMatrix
     from covplan.solve.bounds import FeasibilityBound
+    from covplan.solve.neighbourhood import TinyCheck
 
 
 def _previous_ids(members_prior: np.ndarray, pop: np.ndarray, ids: list[str]) -> str:
@@ -93,6 +94,27 @@ def around_note(note: str, proven: int, missed: int) -> str:
     around = (f"{where}, at least {proven:,} residents stay outside the band in any plan "
               "keeping the rules (a linear program over the sites)")
     return f"{note}; {around}" if note else around
+
+
+def tiny_note(note: str, checks: Iterable[TinyCheck], *, tiny_pop: float) -> str:
+    """A tiny community's note with its neighbourhood proofs (`covplan.solve.neighbourhood`,
+    one ring and two): no split there without a community below the floor, or at least what
+    such a split costs in residents outside the band; always with the rest of the plan as it
+    is, which is not a claim about every plan."""
+    said = []
+    for check in sorted(checks, key=lambda c: c.rings):
+        where = ("it and its neighbours" if check.rings == 1 else
+                 f"the communities within {check.rings} rings of it")
+        where += f" ({check.communities} communities, {check.residents:,} residents)"
+        if np.isinf(check.cost):
+            said.append(f"{where} have no split without a community below {tiny_pop:,.0f}")
+        elif check.cost > 0:
+            said.append(f"any split of {where} without a community below {tiny_pop:,.0f} puts "
+                        f"at least {check.cost:,.0f} more residents outside the band")
+    if not said:
+        return note
+    proof = "; ".join(said) + " (linear programs over the sites, the rest of the plan unchanged)"
+    return f"{note}; {proof}" if note else proof
 
 
 def _split_forced(bound: FeasibilityBound, candidate: int, members: np.ndarray) -> bool:

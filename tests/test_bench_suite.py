@@ -61,6 +61,7 @@ def test_city_rows_sit_below_their_ceilings(town):
             <= frame["within_tolerance_pop_share_ceiling"] + 1e-9).all()
     assert np.isnan(frame.loc[0, "stability"]) and 0 < frame.loc[1, "stability"] <= 1
     assert (frame["time_s"] > 0).all() and (frame["within_band"] <= frame["communities"]).all()
+    assert (frame["tiny_locked"] <= frame["tiny"]).all()
     result = bench_suite.SuiteResult(rows=frame, skipped={"atlantis": "data not found: x"})
     table = result.to_markdown()
     assert "| town | redraw |" in table and "| town | merge-split |" in table

@@ -371,6 +371,14 @@ def test_a_strip_whose_cover_takes_too_many_centers_has_a_lower_ceiling_and_says
     assert len(missed) and all(
         f"at least {r['packing_short_population']:,} residents stay outside the band in any plan "
         "keeping the rules" in note and "cannot" not in note for note in missed["note"])
+    # The tiny one's neighbourhood is the whole street: the same program without a tiny
+    # community, set against the 450 outside the band now, is what clearing it costs at least.
+    tiny = plan.communities[plan.communities["population"] < 500]
+    assert len(tiny) == r["regular_communities_below_min_pop_exception"] == 1
+    assert r["tiny_communities_locked"] == 0
+    assert (f"any split of it and its neighbours (3 communities, 2,050 residents) without a "
+            f"community below 500 puts at least {r['packing_short_population'] - 450:,} more "
+            "residents outside the band") in tiny["note"].iloc[0]
 
 
 def test_packing_shortfall_when_circles_that_cover_everyone_cannot_all_reach_the_floor():

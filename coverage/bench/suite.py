@@ -109,7 +109,7 @@ class SuiteResult:
                 f"{_pct(r.within_tolerance_pop_share)} / "
                 f"{_pct(r.within_tolerance_pop_share_ceiling)}{_rules(r)} | "
                 f"{_num(r.within_band)} of {r.communities} | {_pct(r.contiguous_share, 0)} | "
-                f"{_num(r.smallest_regular)} | "
+                f"{_num(r.smallest_regular)}{_tiny(r)} | "
                 f"{_minutes(r.mean_minutes)} / {_minutes(r.max_minutes)} | "
                 f"{_pct(r.stability, 0)} | {_num(r.time_s, 1)} |")
         lines += [f"\nSkipped {city}: {why}" for city, why in self.skipped.items()]
@@ -122,7 +122,10 @@ class SuiteResult:
                      "tiny-community rule (the count of centers or packing rules out more; "
                      "the lower of the city's two plans' proofs, each valid for every plan). "
                      "Smallest regular: the smallest community that is not an exception (all "
-                     "members forced undersized). Time: the plan call, or the peer's own call.")
+                     "members forced undersized); in brackets, the plan's regular communities "
+                     "below the tiny floor and how many of them are locked: their neighbourhood "
+                     "has no split without one while the rest of the plan stays "
+                     "(covplan.solve.neighbourhood). Time: the plan call, or the peer's own call.")
         if len(self.grids):
             lines += ["", ("| city | grids | in band / ceiling | share of ceiling | share of "
                            "grids in band / bound | residents within walk / ceiling | worst walk "
@@ -346,6 +349,14 @@ def _grid_row(name: str, city: _City, plan: Plan, config: PlanConfig) -> dict[st
             **{key: report[key] for key in _GRID_FIGURES}, "time_s": round(elapsed, 2)}
 
 
+def _tiny(row: Any) -> str:
+    """' (2 tiny, 2 locked)' where the plan kept regular communities below the tiny floor."""
+    tiny = getattr(row, "tiny", np.nan)
+    if tiny is None or not np.isfinite(tiny) or tiny == 0:
+        return ""
+    return f" ({int(tiny)} tiny, {int(row.tiny_locked)} locked)"
+
+
 def _rules(row: Any) -> str:
     """' (rules 97.9 %)' where the ceiling of plans keeping the tiny-community rule is lower."""
     rules = getattr(row, "within_tolerance_pop_share_ceiling_rules", np.nan)
@@ -368,6 +379,8 @@ def _row(city: str, mode: str, instance: PlanInstance, labels: np.ndarray, time_
             "within_band": round(s.within_tolerance_share * s.communities),
             "contiguous_share": s.contiguous_share,
             "smallest_regular": _smallest_regular(labels, instance.reach.pop, plan, own=own),
+            "tiny": report["regular_communities_below_min_pop_exception"] if own else np.nan,
+            "tiny_locked": report["tiny_communities_locked"] if own else np.nan,
             "mean_minutes": s.mean_minutes, "max_minutes": s.max_minutes,
             "stability": report["stability_share"] if own and report["stability_share"] is not None
             else np.nan,

@@ -103,6 +103,12 @@ GLOSSARY: dict[str, str] = {
     "regular_communities_below_min_pop_exception": "non-exception communities below "
                                                    "parameters.min_pop_exception × target_pop "
                                                    "residents (count)",
+    "tiny_communities_locked": "of those, communities whose neighbourhood (the community and "
+                               "its neighbours, or the communities within two rings of it) "
+                               "provably has no split without one below that floor while the "
+                               "rest of the plan, other tiny communities included, stays as it "
+                               "is, a linear program over the sites; not a claim about every "
+                               "plan (count; the proofs in their notes)",
     "districts": "the balance figures above per district id ('(outside)' for residents outside "
                  "every district) (object of objects); only with districts",
     # Merge/split against the existing division.

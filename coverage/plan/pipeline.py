@@ -30,11 +30,12 @@ from covplan.inputs.tessellation import (
     unit_districts,
     unit_pieces,
 )
-from covplan.metrics import around_note, community_table, plan_report
+from covplan.metrics import around_note, community_table, plan_report, tiny_note
 from covplan.plan import regions
 from covplan.reach.isochrones import compute_isochrones
 from covplan.reach.matrix import ReachMatrix, compute_reach
 from covplan.solve.bounds import FeasibilityBound, around_plan, feasibility_bound
+from covplan.solve.neighbourhood import TinyCheck, check_tiny
 from covplan.solve.partition.core import PartitionProblem, partition_units
 from covplan.solve.partition.search import tiny_first_order
 from scipy.sparse.csgraph import connected_components
@@ -242,10 +243,15 @@ def assemble_plan(ready: PlanningInputs, center_of: np.ndarray, labels: np.ndarr
     for _, comms, proven in bound.around_regions:
         for k in comms:
             table.iat[k, note] = around_note(table.iat[k, note], proven, len(comms))
+    checks = _tiny_checks(ready, labels, table, config)
+    for k in sorted({c.label for c in checks}):
+        table.iat[k, note] = tiny_note(table.iat[k, note], [c for c in checks if c.label == k],
+                                       tiny_pop=config.min_pop_exception * config.target_pop)
     report = plan_report(units_out, table, config=config, reach=reach, bound=bound,
                          district_of=ready.district_of, district_ids=ready.district_ids,
                          prior_unit=prior.unit if prior else None, changes=changes,
                          fixed=fixed, issues=ready.issues, runtime_s=time.perf_counter() - started)
+    report["tiny_communities_locked"] = len({c.label for c in checks if np.isinf(c.cost)})
     report["warnings"] = input_warnings(ready, config)
     report["grids"] = None                      # the grids' figures, when planned (`with_grids`)
     crs = ready.population.crs
@@ -260,6 +266,21 @@ def assemble_plan(ready: PlanningInputs, center_of: np.ndarray, labels: np.ndarr
                 previous=None if communities is None else communities.to_crs(crs),
                 report=report, config=config, work_crs=ready.work_crs, version=__version__,
                 center_decisions=decisions)
+
+
+def _tiny_checks(ready: PlanningInputs, labels: np.ndarray, table: gpd.GeoDataFrame,
+                 config: PlanConfig) -> list[TinyCheck]:
+    """The neighbourhood proofs of the regular communities below the tiny floor
+    (`covplan.solve.neighbourhood`): the rule they break, and what clearing them would take."""
+    tiny_pop = config.min_pop_exception * config.target_pop
+    regular = (table["exception"] == "").to_numpy()
+    tiny = np.flatnonzero(regular & (table["population"].to_numpy() < tiny_pop))
+    if not len(tiny) or ready.adjacency is None:
+        return []
+    return check_tiny(labels, table["candidate_id"].to_numpy(), tiny, regular,
+                      ready.reach.minutes, ready.reach.units["pop"].to_numpy(), ready.adjacency,
+                      ready.bound.forced_undersized, min_pop=config.min_pop,
+                      max_pop=config.max_pop, tiny_pop=tiny_pop)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

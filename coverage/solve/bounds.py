@@ -184,7 +184,7 @@ def feasibility_bound(reach: ReachMatrix, *, min_pop: float,
         same = np.asarray(district_of)[rows] == np.asarray(candidate_district)[cols]
     rows, cols = rows[same], cols[same]
     gather = np.bincount(cols, weights=pop[rows], minlength=n_cand)
-    pair_gather = gather[cols] if adjacency is None else _piece_gather(rows, cols, pop, adjacency, n_cand)
+    pair_gather = gather[cols] if adjacency is None else piece_gather(rows, cols, pop, adjacency, n_cand)
     # Per unit the largest gather of a site it reaches: a max over each row's entries.
     best = sp.csr_matrix((pair_gather + 1.0, (rows, cols)), shape=(n_units, n_cand))
     best_gather = np.asarray(best.max(axis=1).todense()).ravel() - 1.0
@@ -430,8 +430,8 @@ def _split_sites(sole: np.ndarray, rows: np.ndarray, cols: np.ndarray,
 _EDGE_CHUNK = 2_000_000     # pair look-ups per block, to bound the memory of the edge build
 
 
-def _piece_gather(rows: np.ndarray, cols: np.ndarray, pop: np.ndarray, adjacency: sp.spmatrix,
-                  n_cand: int) -> np.ndarray:
+def piece_gather(rows: np.ndarray, cols: np.ndarray, pop: np.ndarray, adjacency: sp.spmatrix,
+                 n_cand: int) -> np.ndarray:
     """Per stored pair (u, c): residents of u's connected piece among the units reaching c."""
     n_pairs = len(rows)
     keys = rows.astype("int64") * n_cand + cols          # sorted: CSR order, rows then columns

@@ -1,6 +1,7 @@
 """
 Proofs from linear programs that communities cannot all be within the band: over a tight district
-(`all_in_band_impossible`), and the fewest residents outside it in a region (`fewest_outside_band`).
+(`all_in_band_impossible`), and the fewest residents outside it in a region (`least_outside_band`,
+`fewest_outside_band`).
 
 The walking ceiling counts residents one at a time; the count of centers (`count_shortfall`)
 counts sites. Neither sees packing: in a thin strip every 15-minute circle gathers enough
@@ -34,7 +35,9 @@ to z. It is run after planning on regions around the plan's misses
 (`covplan.solve.bounds.around_plan`, which budgets them): a few hundred units and up to 20,000
 pairs, 0.1-2 s of the interior-point method where units reach 20 sites, 9 s where they reach
 40. PDLP (OR-Tools) took as long on them, and merging similar sites into one (a relaxation)
-lost the bound before it saved time.
+lost the bound before it saved time. The same program, on a tiny community's neighbourhood with
+the rest of the plan fixed, shows whether that neighbourhood can lose it
+(`covplan.solve.neighbourhood`); there it can also have no solution, which says so.
 """
 
 from __future__ import annotations
@@ -141,8 +144,23 @@ def fewest_outside_band(piece: sp.csr_matrix, pop: np.ndarray, forced: np.ndarra
                         tiny_pop: float) -> int:
     """
     At least how many residents of these units (not the forced ones) are outside the band in
-    any plan keeping the tiny-community rule: the optimum of a linear program, 0 when it is not
-    tried or not answered (no proof).
+    any plan keeping the tiny-community rule (`least_outside_band`), 0 when the program is not
+    tried, not answered or has no solution (no proof of a count).
+    """
+    least, _ = least_outside_band(piece, pop, forced, from_outside, min_pop=min_pop,
+                                  max_pop=max_pop, tiny_pop=tiny_pop)
+    return 0 if least is None or np.isinf(least) else int(least)
+
+
+def least_outside_band(piece: sp.csr_matrix, pop: np.ndarray, forced: np.ndarray,
+                       from_outside: np.ndarray, *, min_pop: float, max_pop: float,
+                       tiny_pop: float, max_work: float = np.inf) -> tuple[float | None, float]:
+    """
+    At least how many residents of these units (not the forced ones) are outside the band in
+    any plan keeping the tiny-community rule, and the program's work (merged pairs squared per
+    merged unit, about 100,000-250,000 a second): the optimum of a linear program, ``inf`` when
+    it has no solution (no plan keeping the rule exists there), None when it is not tried (more
+    than `max_work` or `MAX_PAIRS`) or not answered.
 
     `piece` is units x sites, stored where the unit reaches the site, valued by the residents
     of the unit's connected piece among the units reaching that site (a community centered
@@ -176,8 +194,13 @@ def fewest_outside_band(piece: sp.csr_matrix, pop: np.ndarray, forced: np.ndarra
     pairs = piece[first].tocoo()
     forced, able = forced[first], ~forced[first]
     n_units, n_sites = len(first), piece.shape[1]
-    if pairs.nnz == 0 or pairs.nnz > MAX_PAIRS or not (weight[able] > 0).any():
-        return 0
+    work = pairs.nnz ** 2 / max(n_units, 1)
+    if not (weight[able] > 0).any():
+        return 0.0, work
+    if pairs.nnz == 0:
+        return np.inf, work     # residents who reach no site that could hold them
+    if pairs.nnz > MAX_PAIRS or work > max_work:
+        return None, work
     in_band = (pairs.data >= min_pop - 1e-9) & able[pairs.row]
     fu, fc = pairs.row[in_band], pairs.col[in_band]
     gu, gc = pairs.row, pairs.col
@@ -214,7 +237,9 @@ def fewest_outside_band(piece: sp.csr_matrix, pop: np.ndarray, forced: np.ndarra
                                        np.r_[np.full(nf + ng, np.inf), np.ones(2 * n_sites)]])
     logger.debug("outside-band program: %d reach sets, %d sites, %d pairs: %s, %s", n_units,
                  n_sites, ng, res.message, res.fun)
+    if res.status == 2:
+        return np.inf, work
     if res.status != 0:
-        return 0
+        return None, work
     # The solver's optimum is within its tolerances: a resident's margin keeps the floor proven.
-    return max(int(np.floor(res.fun * (1 - 1e-6) - 1.0)), 0)
+    return float(max(int(np.floor(res.fun * (1 - 1e-6) - 1.0)), 0)), work
