@@ -5,10 +5,11 @@ exception.
 
 Such a community breaks a rule, and no bound shows that every plan must have it: its residents
 reach sites that gather enough people. What can be proven is local. Take the community and its
-neighbours (one ring, then two), keep the rest of the plan as it is, and ask the linear program
-of `covplan.solve.packing.least_outside_band` for the fewest residents outside the band in any
-split of those communities in which none is below the floor: on their units only, with the sites
-that no community outside them uses, nobody from outside joining. No solution proves that the
+neighbours (one ring; two where a budget is given), keep the rest of the plan as it is (the
+other tiny communities too), and ask the linear program of
+`covplan.solve.packing.least_outside_band` for the fewest residents outside the band in any
+split of those communities in which none is below the floor: on their units only, with the
+sites that no community outside them uses, nobody from outside joining. No solution proves that the
 community cannot be cleared without changing communities further out; a solution's optimum, set
 against the residents outside the band there now, is at least what clearing it costs in balance.
 Neither is a claim about every plan: one that also changes communities further out may do better.
@@ -30,7 +31,7 @@ CHECK_WORK = {1: 1_000_000, 2: 0}
                             # the programs of one plan, per ring, in their work
                             # (`least_outside_band`, HiGHS's interior point). One ring proves
                             # most, and in the plan only one ring is checked: islands'
-                            # merge/split, 324,000 and 460,000, 2.6 s (the dual simplex took
+                            # merge/split, 324,000 and 460,000, 2.6-2.8 s (the dual simplex took
                             # 272 s on the second and stopped); Chengdu's, 0.1 s. Two rings mostly
                             # give a cost, at more time than a plan near its 15 s can spare
                             # (Chengdu's merge/split, 31,000 and 72,000: 0.3 s more; the demo's
