@@ -236,17 +236,17 @@ def assemble_plan(ready: PlanningInputs, center_of: np.ndarray, labels: np.ndarr
     changes = _changes_frame(units_out, prior) if prior else None
     # Where the plan missed the band, a program proves what no plan could have done there.
     missed = (table["exception"] == "").to_numpy() & ~table["within_tolerance"].to_numpy(bool)
+    tiny_pop = config.min_pop_exception * config.target_pop
     bound = around_plan(ready.bound, labels, missed, ready.adjacency, min_pop=config.min_pop,
-                        max_pop=config.max_pop,
-                        tiny_pop=config.min_pop_exception * config.target_pop)
+                        max_pop=config.max_pop, tiny_pop=tiny_pop)
     note = table.columns.get_loc("note")
     for _, comms, proven in bound.around_regions:
         for k in comms:
             table.iat[k, note] = around_note(table.iat[k, note], proven, len(comms))
-    checks = _tiny_checks(ready, labels, table, config)
+    checks = _tiny_checks(ready, labels, table, config, tiny_pop=tiny_pop)
     for k in sorted({c.label for c in checks}):
         table.iat[k, note] = tiny_note(table.iat[k, note], [c for c in checks if c.label == k],
-                                       tiny_pop=config.min_pop_exception * config.target_pop)
+                                       tiny_pop=tiny_pop)
     report = plan_report(units_out, table, config=config, reach=reach, bound=bound,
                          district_of=ready.district_of, district_ids=ready.district_ids,
                          prior_unit=prior.unit if prior else None, changes=changes,
@@ -269,10 +269,9 @@ def assemble_plan(ready: PlanningInputs, center_of: np.ndarray, labels: np.ndarr
 
 
 def _tiny_checks(ready: PlanningInputs, labels: np.ndarray, table: gpd.GeoDataFrame,
-                 config: PlanConfig) -> list[TinyCheck]:
+                 config: PlanConfig, *, tiny_pop: float) -> list[TinyCheck]:
     """The neighbourhood proofs of the regular communities below the tiny floor
     (`covplan.solve.neighbourhood`): the rule they break, and what clearing them would take."""
-    tiny_pop = config.min_pop_exception * config.target_pop
     regular = (table["exception"] == "").to_numpy()
     tiny = np.flatnonzero(regular & (table["population"].to_numpy() < tiny_pop))
     if not len(tiny) or ready.adjacency is None:

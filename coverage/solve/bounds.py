@@ -314,6 +314,17 @@ def packing_shortfall(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndar
     return out
 
 
+def communities_touching(labels: np.ndarray, adjacency: sp.spmatrix,
+                         n_comms: int) -> sp.csr_matrix:
+    """Communities x communities, stored (the count of unit edges) where two communities' units
+    border each other, and on the diagonal; `labels` per unit (-1: in none)."""
+    labels = np.asarray(labels)
+    served = np.flatnonzero(labels >= 0)
+    member = sp.csr_matrix((np.ones(len(served)), (served, labels[served])),
+                           shape=(len(labels), n_comms))
+    return (member.T @ sp.csr_matrix(adjacency, dtype="float64") @ member).tocsr()
+
+
 AROUND_RINGS = 1            # rings of neighbouring communities around a plan's misses
 AROUND_WORK = 300_000       # the programs of one plan, in (unit, site) pairs times pairs per unit
                             # (their interior-point time follows it, about 120,000 a second):
@@ -344,11 +355,9 @@ def around_plan(bound: FeasibilityBound, labels: np.ndarray, outside: np.ndarray
         return bound
     served = np.flatnonzero(labels >= 0)
     n_comms = len(outside)
-    member = sp.csr_matrix((np.ones(len(served)), (served, labels[served])),
-                           shape=(len(labels), n_comms))
     district = np.zeros(n_comms, dtype="int64")
     district[labels[served]] = bound.district_of[served]
-    touch = (member.T @ sp.csr_matrix(adjacency, dtype="float64") @ member).tocoo()
+    touch = communities_touching(labels, adjacency, n_comms).tocoo()
     keep = district[touch.row] == district[touch.col]
     touch = sp.csr_matrix((np.ones(int(keep.sum())), (touch.row[keep], touch.col[keep])),
                           shape=(n_comms, n_comms))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from covplan.solve.bounds import piece_gather
+from covplan.solve.bounds import communities_touching, piece_gather
 from covplan.solve.packing import least_outside_band
 
 logger = logging.getLogger(__name__)
@@ -80,9 +80,7 @@ def check_tiny(labels: np.ndarray, center_of: np.ndarray, tiny: np.ndarray, regu
     adjacency = sp.csr_matrix(adjacency)
     n_comms = len(center_of)
     served = np.flatnonzero(labels >= 0)
-    member = sp.csr_matrix((np.ones(len(served)), (served, labels[served])),
-                           shape=(len(labels), n_comms))
-    touch = ((member.T @ adjacency @ member) > 0).tocsr()
+    touch = communities_touching(labels, adjacency, n_comms)
     residents = np.bincount(labels[served], weights=pop[served], minlength=n_comms)
     outside = (residents < min_pop) | (residents > max_pop)
     budget = {rings: float(work) for rings, work in CHECK_WORK.items()}
