@@ -83,3 +83,56 @@ def run_tasks(function: Callable[[Any], Any], tasks: Sequence[Any], *, jobs: int
             return [futures[i].result() for i in range(len(tasks))]
     finally:
         _SHARED = outer
+
+
+def _send_result(connection, function: Callable[..., Any], args: tuple) -> None:
+    """The body of `Beside`'s process: the function's result, or its exception, down the pipe."""
+    try:
+        outcome = (True, function(*args))
+    except BaseException as error:  # noqa: BLE001 - handed to the caller, who raises it
+        outcome = (False, error)
+    connection.send(outcome)
+    connection.close()
+
+
+class Beside:
+    """
+    ``function(*args)`` in one forked process while the caller goes on (`result` waits for it):
+    work whose answer only comes in at the end, such as a proof that only the report reads.
+    Where processes cannot fork cheaply (not Linux), inside a daemonic process, or when
+    `fork` is False, it runs at `result` instead. A process rather than a thread: the
+    caller forks planning workers meanwhile, and a fork beside a running thread may copy a
+    lock that thread holds.
+    """
+
+    def __init__(self, function: Callable[..., Any], *args: Any, fork: bool = True) -> None:
+        self._call = (function, args)
+        self._process = None
+        if fork and sys.platform.startswith("linux") and not multiprocessing.current_process().daemon:
+            context = multiprocessing.get_context("fork")
+            self._receive, sending = context.Pipe(duplex=False)
+            self._process = context.Process(target=_send_result, args=(sending, function, args),
+                                            daemon=True)
+            self._process.start()
+            sending.close()
+
+    def result(self) -> Any:
+        """The function's result (its exception raised here)."""
+        if self._process is None:
+            function, args = self._call
+            return function(*args)
+        ok, value = self._receive.recv()
+        self._process.join()
+        self.close()
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        """Stop the process if it still runs (the caller gave up on the result)."""
+        if self._process is not None:
+            if self._process.is_alive():
+                self._process.terminate()
+            self._process.join()
+            self._receive.close()
+            self._process = None

@@ -324,7 +324,7 @@ def test_count_shortfall_when_covering_everyone_takes_too_many_centers():
                            np.zeros(28, "int64"), **band) == {}
 
 
-def _street_plan(pops: list[int]):
+def _street_plan(pops: list[int], jobs: int = 1):
     """The strip as a street: 27 cells of 100 m, a node in each, 5.4 minutes' walk (four cells
     either way), band 800-1,200, tiny floor 500."""
     G = nx.MultiDiGraph(crs=CRS)
@@ -337,7 +337,7 @@ def _street_plan(pops: list[int]):
                              geometry=[box(X0 + 100 * k, Y0, X0 + 100 * (k + 1), Y0 + 100)
                                        for k in range(27)], crs=CRS)
     config = PlanConfig(target_pop=1_000, tolerance=0.2, max_minutes=5.4,
-                        candidate_spacing_m=100.0, max_unit_pop=None, restarts=1)
+                        candidate_spacing_m=100.0, max_unit_pop=None, restarts=1, jobs=jobs)
     return plan_communities(WalkNetwork.from_graph(G),
                             Population.from_frame(frame, population_column="pop",
                                                   id_column="cell_id"), config=config)
@@ -473,6 +473,19 @@ def test_around_plan_proves_what_no_plan_balances_around_a_miss():
     assert figures["packing_short_population"] == proven
     assert figures["within_tolerance_pop_share_ceiling_rules"] == pytest.approx(1 - proven / 2_500)
     assert around_plan(bound, blocks, np.zeros(3, bool), line, **band) is bound
+
+def test_shortfalls_proven_beside_the_planning_are_the_same():
+    """With two jobs the count and packing programs run in a process beside the planning
+    (`covplan._parallel.Beside`): the report and the notes are those of one job."""
+    for pops in ([400 if k in (8, 18) else 50 for k in range(27)],            # count, around
+                 [60] * 5 + [150] * 4 + [80] * 4 + [60] + [80] * 4 + [150] * 4 + [60] * 5):  # packing
+        one, two = _street_plan(pops), _street_plan(pops, jobs=2)
+        assert two.report["count_short_population"] == one.report["count_short_population"]
+        assert two.report["packing_short_population"] == one.report["packing_short_population"] > 0
+        assert ({k: v for k, v in two.report.items() if k != "runtime_s"}
+                == {k: v for k, v in one.report.items() if k != "runtime_s"})
+        assert two.communities["note"].tolist() == one.communities["note"].tolist()
+
 
 def test_a_street_that_cannot_be_packed_has_a_lower_ceiling_and_says_why():
     """The packing case above as a street: no one forced, the count of centers leaves room, but

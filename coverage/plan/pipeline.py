@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 import geopandas as gpd
@@ -19,7 +21,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from covplan import __version__
-from covplan._parallel import run_tasks, shared
+from covplan._parallel import Beside, run_tasks, shared
 from covplan._sparse import lookup
 from covplan.config import PlanConfig
 from covplan.errors import InfeasibleError, InputError
@@ -34,9 +36,9 @@ from covplan.metrics import around_note, community_table, plan_report, tiny_note
 from covplan.plan import regions
 from covplan.reach.isochrones import compute_isochrones
 from covplan.reach.matrix import ReachMatrix, compute_reach
-from covplan.solve.bounds import FeasibilityBound, around_plan, feasibility_bound
+from covplan.solve.bounds import FeasibilityBound, around_plan, feasibility_bound, rule_shortfalls
 from covplan.solve.neighbourhood import TinyCheck, check_tiny
-from covplan.solve.partition.core import PartitionProblem, partition_units
+from covplan.solve.partition.core import PartitionProblem, partition_all
 from covplan.solve.partition.search import tiny_first_order
 from scipy.sparse.csgraph import connected_components
 
@@ -142,16 +144,30 @@ def plan_communities(network: WalkNetwork, population: Population | gpd.GeoDataF
     config = config or PlanConfig()
     started = time.perf_counter()
     ready = prepare_planning(network, population, centers=centers, communities=communities,
-                             districts=districts, config=config, progress=progress)
+                             districts=districts, config=config, progress=progress,
+                             shortfalls=False)
     network, reach, prior = ready.network, ready.reach, ready.prior
-    locked = locked_candidates(reach.candidates, lock_centers)
-    center_of, exception_centers, fixed = _solve(ready, config, locked=locked)
-    allowed = _new_site_budget(reach, center_of, config.max_new_centers)
-    if allowed is not None:
-        center_of, exception_centers, fixed = _solve(ready, config, locked=locked, allowed=allowed)
-    if config.new_center_cost > 0:
-        center_of, exception_centers, fixed = _weigh_new_sites(
-            ready, config, locked, (center_of, exception_centers, fixed))
+    # The count and packing proofs go only into the report: with a second process they are
+    # proven beside the planning (the linear city's packing program, 3.6 s, took as long
+    # before its plan could start).
+    shortfalls = Beside(partial(rule_shortfalls, reach, ready.bound, district_of=ready.district_of,
+                                candidate_district=ready.candidate_district,
+                                max_pop=config.max_pop,
+                                tiny_pop=config.min_pop_exception * config.target_pop),
+                        fork=config.workers > 1)
+    try:
+        locked = locked_candidates(reach.candidates, lock_centers)
+        center_of, exception_centers, fixed = _solve(ready, config, locked=locked)
+        allowed = _new_site_budget(reach, center_of, config.max_new_centers)
+        if allowed is not None:
+            center_of, exception_centers, fixed = _solve(ready, config, locked=locked,
+                                                         allowed=allowed)
+        if config.new_center_cost > 0:
+            center_of, exception_centers, fixed = _weigh_new_sites(
+                ready, config, locked, (center_of, exception_centers, fixed))
+        ready = replace(ready, bound=replace(ready.bound, **shortfalls.result()))
+    finally:
+        shortfalls.close()
     center_of = _attach_exceptions(ready, center_of, exception_centers, config)
 
     labels, table = community_tables(ready, center_of, districts=districts, config=config)
@@ -182,8 +198,6 @@ def with_grids(plan: Plan, network: WalkNetwork,
     config = plan.config
     if not config.grids:
         return plan
-    import dataclasses
-
     from covplan.plan.grids import plan_grids
 
     grids = plan_grids(plan, network, target_pop=config.grid_target,
@@ -191,7 +205,7 @@ def with_grids(plan: Plan, network: WalkNetwork,
                        household_size=config.household_size, previous_grids=previous,
                        seed=config.seed)
     plan.report["grids"] = grids.report
-    return dataclasses.replace(plan, grids=grids)
+    return replace(plan, grids=grids)
 
 
 def assemble_plan(ready: PlanningInputs, center_of: np.ndarray, labels: np.ndarray,
@@ -228,22 +242,28 @@ def assemble_plan(ready: PlanningInputs, center_of: np.ndarray, labels: np.ndarr
     Plan
     """
     reach, prior = ready.reach, ready.prior
-    units_out = _units_frame(reach.units, labels, center_of, reach, table, ready.bound)
-    centers_out = _centers_frame(reach, table)
-    # A site an earlier plan opened ('new-…', fed back as a center site) is no existing center.
-    centers_out["existing"] = centers_out["existing"] & ~centers_out["center_id"].str.startswith("new-")
-    isochrones = isochrones_of(centers_out)
-    changes = _changes_frame(units_out, prior) if prior else None
-    # Where the plan missed the band, a program proves what no plan could have done there.
-    missed = (table["exception"] == "").to_numpy() & ~table["within_tolerance"].to_numpy(bool)
-    tiny_pop = config.min_pop_exception * config.target_pop
-    bound = around_plan(ready.bound, labels, missed, ready.adjacency, min_pop=config.min_pop,
-                        max_pop=config.max_pop, tiny_pop=tiny_pop)
+    # The proofs' linear programs run in a thread beside the frames and isochrones when the
+    # plan may use two processes (HiGHS lets go of the GIL; no process forks meanwhile): on
+    # Chengdu's merge/split this step took 2.8 s, 2.0 s of them the programs after 0.7 s of
+    # isochrones, and now 2.5 s. The thread reads arrays taken from the table here.
+    regular = (table["exception"] == "").to_numpy()
+    proof_args = (ready, labels, regular & ~table["within_tolerance"].to_numpy(bool), regular,
+                  table["population"].to_numpy(), table["candidate_id"].to_numpy(),
+                  reach.units["pop"].to_numpy(), config)
+    with ThreadPoolExecutor(1) as beside:
+        proving = beside.submit(_proofs, *proof_args) if config.workers > 1 else None
+        units_out = _units_frame(reach.units, labels, center_of, reach, table, ready.bound)
+        centers_out = _centers_frame(reach, table)
+        # A site an earlier plan opened ('new-…', fed back as a center site) is no existing center.
+        centers_out["existing"] = centers_out["existing"] & ~centers_out["center_id"].str.startswith("new-")
+        isochrones = isochrones_of(centers_out)
+        changes = _changes_frame(units_out, prior) if prior else None
+        bound, checks = proving.result() if proving else _proofs(*proof_args)
     note = table.columns.get_loc("note")
     for _, comms, proven in bound.around_regions:
         for k in comms:
             table.iat[k, note] = around_note(table.iat[k, note], proven, len(comms))
-    checks = _tiny_checks(ready, labels, table, config, tiny_pop=tiny_pop)
+    tiny_pop = config.min_pop_exception * config.target_pop
     for k in sorted({c.label for c in checks}):
         table.iat[k, note] = tiny_note(table.iat[k, note], [c for c in checks if c.label == k],
                                        tiny_pop=tiny_pop)
@@ -268,18 +288,22 @@ def assemble_plan(ready: PlanningInputs, center_of: np.ndarray, labels: np.ndarr
                 center_decisions=decisions)
 
 
-def _tiny_checks(ready: PlanningInputs, labels: np.ndarray, table: gpd.GeoDataFrame,
-                 config: PlanConfig, *, tiny_pop: float) -> list[TinyCheck]:
-    """The neighbourhood proofs of the regular communities below the tiny floor
+def _proofs(ready: PlanningInputs, labels: np.ndarray, missed: np.ndarray, regular: np.ndarray,
+            population: np.ndarray, candidate_id: np.ndarray, unit_pop: np.ndarray,
+            config: PlanConfig) -> tuple[FeasibilityBound, list[TinyCheck]]:
+    """What no plan could have done where this one missed the band (`around_plan`), and the
+    neighbourhood proofs of its regular communities below the tiny floor
     (`covplan.solve.neighbourhood`): the rule they break, and what clearing them would take."""
-    regular = (table["exception"] == "").to_numpy()
-    tiny = np.flatnonzero(regular & (table["population"].to_numpy() < tiny_pop))
+    tiny_pop = config.min_pop_exception * config.target_pop
+    bound = around_plan(ready.bound, labels, missed, ready.adjacency, min_pop=config.min_pop,
+                        max_pop=config.max_pop, tiny_pop=tiny_pop)
+    tiny = np.flatnonzero(regular & (population < tiny_pop))
     if not len(tiny) or ready.adjacency is None:
-        return []
-    return check_tiny(labels, table["candidate_id"].to_numpy(), tiny, regular,
-                      ready.reach.minutes, ready.reach.units["pop"].to_numpy(), ready.adjacency,
-                      ready.bound.forced_undersized, min_pop=config.min_pop,
-                      max_pop=config.max_pop, tiny_pop=tiny_pop)
+        return bound, []
+    return bound, check_tiny(labels, candidate_id, tiny, regular, ready.reach.minutes, unit_pop,
+                             ready.adjacency,
+                             ready.bound.forced_undersized, min_pop=config.min_pop,
+                             max_pop=config.max_pop, tiny_pop=tiny_pop)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -309,9 +333,11 @@ def prepare_planning(network: WalkNetwork, population: Population, *,
                      centers: gpd.GeoDataFrame | None = None,
                      communities: gpd.GeoDataFrame | None = None,
                      districts: gpd.GeoDataFrame | None = None, config: PlanConfig,
-                     progress: bool = False) -> PlanningInputs:
+                     progress: bool = False, shortfalls: bool = True) -> PlanningInputs:
     """Finer units, the reach matrix, unit pieces and adjacency, districts and the prior: the
-    shared first step of a full plan, an incremental re-plan and the planner benchmark."""
+    shared first step of a full plan, an incremental re-plan and the planner benchmark. The
+    bound's count and packing shortfalls are left out unless `shortfalls`
+    (`covplan.solve.bounds.rule_shortfalls` adds them)."""
     network = network.with_walk_speed(config.walk_speed_kmh)
     if config.max_unit_pop is not None and int(population.cells["pop"].max()) > config.max_unit_pop:
         population = population.disaggregate(onto="nodes", network=network,
@@ -326,7 +352,8 @@ def prepare_planning(network: WalkNetwork, population: Population, *,
     candidate_district = _candidate_districts(reach.candidates, districts, work)
     bound = feasibility_bound(reach, min_pop=config.min_pop, district_of=district_of,
                               candidate_district=candidate_district, component=network.component,
-                              adjacency=adjacency, max_pop=config.max_pop,
+                              adjacency=adjacency,
+                              max_pop=config.max_pop if shortfalls else None,
                               tiny_pop=config.min_pop_exception * config.target_pop)
     _check_band_reachable(bound, config)
     return PlanningInputs(
@@ -405,14 +432,6 @@ def _district_task(task: tuple[np.ndarray, np.ndarray, dict[int, int]]) -> tuple
                                 candidate_in, kept, before, s["config"], locked=s["locked"],
                                 jobs=s["jobs"])
     return out[part], freed
-
-
-def _partition_task(task: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """`partition_group` of (rows, cols), run by `run_tasks` (`_plan_district`)."""
-    rows, cols = task
-    s = shared()
-    return partition_group(s["reach"], s["adjacency"], s["prior"], rows, cols, s["config"],
-                           locked=s["locked"])
 
 
 _COST_PASSES = 3     # budgets tried against new_center_cost: half the sites, a quarter, none
@@ -738,8 +757,9 @@ def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | 
     no way to balance (the rest may have no split into communities within the band); then the
     district is planned again with them free, still preferring residents' old communities
     through the stability cost, and the plan with fewer communities outside the band wins.
-    With `jobs` > 1 both plans are made at once on two processes (the free one is wasted when
-    the kept plan is balanced, but the wall time is one plan's instead of two).
+    With `jobs` > 1 both plans are made at once on one pool (`partition_groups`; the free one
+    is wasted when the kept plan is balanced, but the wall time is about one plan's instead of
+    two).
     """
     pop = reach.units["pop"].to_numpy()
     with_kept = center_of.copy()
@@ -754,9 +774,7 @@ def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | 
     if len(plans) == 2 and len(rows) and jobs > 1:
         logger.debug("Planning the district with and without its %d kept communities at once",
                      len(kept))
-        made = run_tasks(_partition_task, plans, jobs=2, data={
-            "reach": reach, "adjacency": adjacency, "prior": prior, "config": config,
-            "locked": locked})
+        made = partition_groups(reach, adjacency, prior, plans, config, locked=locked, jobs=jobs)
 
     def partition(i: int) -> np.ndarray:      # the i-th plan: made above, or made now
         rows, cols = plans[i]
@@ -785,11 +803,32 @@ def partition_group(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior |
                      rows: np.ndarray, cols: np.ndarray, config: PlanConfig, *,
                      exceptions_only: bool = False, locked: np.ndarray | None = None,
                      jobs: int = 1) -> np.ndarray:
+    """The units `rows` partitioned on the candidates `cols` (`partition_units`): each row's
+    candidate, -1 where it reaches none."""
+    return partition_groups(reach, adjacency, prior, [(rows, cols)], config,
+                            exceptions_only=exceptions_only, locked=locked, jobs=jobs)[0]
+
+
+def partition_groups(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | None,
+                     groups: list[tuple[np.ndarray, np.ndarray]], config: PlanConfig, *,
+                     exceptions_only: bool = False, locked: np.ndarray | None = None,
+                     jobs: int = 1) -> list[np.ndarray]:
+    """`partition_group` of each (rows, cols), side by side on one pool (`partition_all`)."""
+    problems = [_problem_of(reach, adjacency, prior, rows, cols, config,
+                            exceptions_only=exceptions_only, locked=locked) for rows, cols in groups]
+    results = partition_all(problems, seed=config.seed, restarts=config.restarts, jobs=jobs)
+    return [np.where(result.center >= 0, cols[np.maximum(result.center, 0)], -1)
+            for (_, cols), result in zip(groups, results)]
+
+
+def _problem_of(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | None,
+                rows: np.ndarray, cols: np.ndarray, config: PlanConfig, *, exceptions_only: bool,
+                locked: np.ndarray | None) -> PartitionProblem:
     minutes = reach.minutes[rows][:, cols].tocsr()
     minutes.sort_indices()
     pop = reach.units["pop"].to_numpy()[rows]
     xy = np.column_stack([reach.units.geometry.x.to_numpy()[rows], reach.units.geometry.y.to_numpy()[rows]])
-    problem = PartitionProblem(
+    return PartitionProblem(
         minutes=minutes, pop=pop, adjacency=adjacency[rows][:, rows].tocsr(),
         target_pop=config.target_pop, tolerance=config.tolerance,
         existing=reach.candidates["existing"].to_numpy()[cols],
@@ -798,8 +837,6 @@ def partition_group(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior |
         stability_minutes=config.stability_minutes, xy=xy, tiny_share=config.min_pop_exception,
         exceptions_only=exceptions_only,
         locked=None if locked is None or not locked[cols].any() else locked[cols])
-    result = partition_units(problem, seed=config.seed, restarts=config.restarts, jobs=jobs)
-    return np.where(result.center >= 0, cols[np.maximum(result.center, 0)], -1)
 
 
 def _labels(center_of: np.ndarray, candidates) -> tuple[np.ndarray, list[str]]:

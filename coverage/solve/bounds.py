@@ -174,15 +174,9 @@ def feasibility_bound(reach: ReachMatrix, *, min_pop: float,
         (``within_tolerance_pop_share_ceiling_rules``; a plan with a tiny regular community
         can pass it, as a plan breaking the walking rule can pass the other ceiling).
     """
-    minutes = reach.minutes.tocsr()
     pop = reach.pop.astype("float64")
-    n_units, n_cand = minutes.shape
-    rows = np.repeat(np.arange(n_units), np.diff(minutes.indptr))
-    cols = minutes.indices
-    same = np.ones(len(cols), dtype=bool)
-    if district_of is not None and candidate_district is not None:
-        same = np.asarray(district_of)[rows] == np.asarray(candidate_district)[cols]
-    rows, cols = rows[same], cols[same]
+    n_units, n_cand = reach.minutes.shape
+    rows, cols = _district_pairs(reach, district_of, candidate_district)
     gather = np.bincount(cols, weights=pop[rows], minlength=n_cand)
     pair_gather = gather[cols] if adjacency is None else piece_gather(rows, cols, pop, adjacency, n_cand)
     # Per unit the largest gather of a site it reaches: a max over each row's entries.
@@ -203,20 +197,49 @@ def feasibility_bound(reach: ReachMatrix, *, min_pop: float,
              else _split_sites(sole, rows, cols, adjacency))
     districts = (np.zeros(n_units, dtype="int64") if district_of is None
                  else np.asarray(district_of, dtype="int64"))
-    short = packing = None
-    if max_pop is not None and tiny_pop is not None:
-        structure = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_units, n_cand))
-        band = {"min_pop": min_pop, "max_pop": max_pop, "tiny_pop": tiny_pop}
-        short = count_shortfall(structure, pop, forced, districts, **band)
-        packing = packing_shortfall(structure, pop, forced, districts, skip=set(short), **band)
-    return FeasibilityBound(gather=gather, best_gather=best_gather, contiguous=adjacency is not None,
-                            reachable=reachable,
-                            forced_undersized=forced, island=island,
-                            pop=reach.pop.astype("int64"), min_pop=float(min_pop),
-                            sole_site=sole, split_sites=split, district_of=districts,
-                            count_short=short, packing_short=packing,
-                            piece=sp.csr_matrix((pair_gather, (rows, cols)),
-                                                shape=(n_units, n_cand)))
+    bound = FeasibilityBound(gather=gather, best_gather=best_gather, contiguous=adjacency is not None,
+                             reachable=reachable, forced_undersized=forced, island=island,
+                             pop=reach.pop.astype("int64"), min_pop=float(min_pop),
+                             sole_site=sole, split_sites=split, district_of=districts,
+                             piece=sp.csr_matrix((pair_gather, (rows, cols)),
+                                                 shape=(n_units, n_cand)))
+    if max_pop is None or tiny_pop is None:
+        return bound
+    return replace(bound, **rule_shortfalls(reach, bound, district_of=district_of,
+                                            candidate_district=candidate_district,
+                                            max_pop=max_pop, tiny_pop=tiny_pop))
+
+
+def _district_pairs(reach: ReachMatrix, district_of: np.ndarray | None,
+                    candidate_district: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(unit, site) pairs within the limit, both in one district (all pairs without districts)."""
+    minutes = reach.minutes.tocsr()
+    rows = np.repeat(np.arange(minutes.shape[0]), np.diff(minutes.indptr))
+    cols = minutes.indices
+    if district_of is None or candidate_district is None:
+        return rows, cols
+    same = np.asarray(district_of)[rows] == np.asarray(candidate_district)[cols]
+    return rows[same], cols[same]
+
+
+def rule_shortfalls(reach: ReachMatrix, bound: FeasibilityBound, *,
+                    district_of: np.ndarray | None, candidate_district: np.ndarray | None,
+                    max_pop: float, tiny_pop: float) -> dict[str, dict[int, int]]:
+    """
+    The bound's ``count_short`` (`count_shortfall`) and ``packing_short`` (`packing_shortfall`)
+    on the pairs of `reach` inside one district (as `feasibility_bound`): what the count of
+    centers and packing rule out for plans keeping the tiny-community rule. Only reports read
+    them, so a plan may prove them beside its planning
+    (`covplan.plan.pipeline.plan_communities`).
+    """
+    rows, cols = _district_pairs(reach, district_of, candidate_district)
+    structure = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=reach.minutes.shape)
+    pop = bound.pop.astype("float64")
+    band = {"min_pop": bound.min_pop, "max_pop": max_pop, "tiny_pop": tiny_pop}
+    short = count_shortfall(structure, pop, bound.forced_undersized, bound.district_of, **band)
+    packing = packing_shortfall(structure, pop, bound.forced_undersized, bound.district_of,
+                                skip=set(short), **band)
+    return {"count_short": short, "packing_short": packing}
 
 
 def count_shortfall(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndarray,

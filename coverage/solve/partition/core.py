@@ -99,8 +99,8 @@ from covplan.solve.partition.search import (
 from covplan.solve.partition.seeding import greedy_seeds, packing_bound, seed_centers, set_cover
 from covplan.solve.partition.tight_cover import cover_plan
 
-__all__ = ["Partition", "PartitionProblem", "band_key", "choose_k", "partition_units",
-           "population_band"]
+__all__ = ["Partition", "PartitionProblem", "band_key", "choose_k", "partition_all",
+           "partition_units", "population_band"]
 
 logger = logging.getLogger(__name__)
 
@@ -303,16 +303,101 @@ def _disconnected(problem: PartitionProblem, center: np.ndarray) -> int:
     return len(np.unique(split_pieces(center, problem.adjacency)[center >= 0])) - len(np.unique(center[center >= 0]))
 
 
-def _run_task(angle: float) -> SearchPlan:
-    """One run (`_one_run`) from bisections rotated by `angle`, run by `run_tasks`."""
-    s = shared()
-    return _one_run(s["problem"], *s["matrices"], s["k"], angle)
+@dataclass(frozen=True, slots=True, eq=False)
+class _Prepared:
+    """A problem ready for its runs: sorted minutes, the search matrices, K and the runs' angles."""
+
+    problem: PartitionProblem
+    minutes: sp.csr_matrix
+    matrices: tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]   # per person, weighted, structure
+    k: int
+    angles: np.ndarray
 
 
-def _improve_task(i: int) -> SearchPlan:
-    """`improve` of the i-th chosen run, run by `run_tasks` (`partition_units`)."""
+def _prepare(problem: PartitionProblem, seed: int | np.random.Generator | None,
+             restarts: int) -> _Prepared | Partition:
+    """The problem's matrices, K and run angles; its partition at once when no unit reaches a candidate."""
+    _validate(problem)
+    rng = np.random.default_rng(seed)
+    minutes = sp.csr_matrix(problem.minutes, dtype="float64")
+    minutes.sort_indices()
+    n = minutes.shape[0]
+    reachable = np.diff(minutes.indptr) > 0
+    if not reachable.any():
+        return Partition(np.full(n, -1, dtype="int64"), np.zeros(0, "int64"), 0.0, 0.0, 0)
+    matrices = _matrices(problem, minutes)
+    total = float(problem.pop[reachable].sum())
+    k = problem.n_communities or max(choose_k(total, problem.target_pop, problem.tolerance),
+                                     packing_bound(matrices[2]))
+    # Exceptions take one run: no seed brings forced-undersized residents to the band.
+    wanted = 1 if problem.exceptions_only else max(restarts, min(_SMALL_RUNS, _SMALL_UNITS // max(n, 1)))
+    runs = 1 if problem.xy is None else max(1, min(wanted, _RESTART_UNITS // max(n, 1)))
+    return _Prepared(problem, minutes, matrices, k, np.r_[0.0, rng.uniform(0, np.pi, runs - 1)])
+
+
+def _picks(ready: _Prepared, made: list[SearchPlan], jobs: int) -> list[SearchPlan]:
+    """
+    The runs to improve: the best in the rules' order, and the best with fewest tiny
+    communities (the tiny ones must be cleared, at a cost in balance that the band order alone
+    doesn't foresee), in run order.
+    """
+    best: dict[str, tuple] = {}
+    for run, plan in enumerate(made):
+        key = _score(ready.problem, _centers_of(plan))   # the rules' order: band, then walking
+        logger.debug("Run %d: %.0f residents outside the band, %d tiny communities, %d outside "
+                     "the band, %.0f people beyond its edges, %.0f person-minutes", run, *key)
+        for name, rank in (("band", key), ("tidy", tiny_first_order(key))):
+            if name not in best or rank < best[name][0]:
+                best[name] = (rank, run, plan)
+    picks = {run: plan for _, run, plan in best.values()}
+    logger.debug("Improving run(s) %s on up to %d process(es)", sorted(picks), jobs)
+    return [plan for _, plan in sorted(picks.items())]
+
+
+def _finish(ready: _Prepared, finals: list[SearchPlan]) -> Partition:
+    """Stages 7 and 8 on the better improved run: the better in the rules' order, or the one
+    with fewer tiny communities where that costs at most a target's residents per tiny one
+    (`worth_clearing`, the price tiny clearing pays)."""
+    problem, n = ready.problem, ready.minutes.shape[0]
+    winner = min(finals, key=lambda p: p.key())
+    tidy = min(finals, key=lambda p: tiny_first_order(p.key()))
+    if (tidy.key()[1] < winner.key()[1]
+            and worth_clearing(winner.key(), tidy.key(), problem.target_pop)):
+        winner = tidy
+    _trace(winner, "improved")
+    seconds, per_model = (_EXACT_SECONDS, SOLVE_SECONDS) if n <= _EXACT_UNITS else _EXACT_LARGE
+    if (not problem.exceptions_only and (n <= _EXACT_UNITS or problem.unit_prior is None)
+            and solve_windows(winner, seconds=seconds, per_model=per_model)):
+        _trace(winner, "solved exactly")
+    center = _centers_of(winner)
+    if not problem.exceptions_only and problem.locked is None:
+        center = _from_cover(problem, ready.minutes, center)
+    *_, violation, objective = _score(problem, center)
+    return Partition(center, np.unique(center[center >= 0]), objective, violation,
+                     len(set_cover(ready.matrices[2], problem.pop)), _disconnected(problem, center))
+
+
+def _run_task(task: tuple[int, float]) -> SearchPlan:
+    """One run (`_one_run`) of the i-th problem from bisections rotated by `angle`, run by `run_tasks`."""
+    i, angle = task
+    ready = shared()["ready"][i]
+    return _one_run(ready.problem, *ready.matrices, ready.k, angle)
+
+
+def _improve_task(task: tuple[int, int]) -> SearchPlan:
+    """`improve` of the i-th problem's j-th chosen run, run by `run_tasks`."""
+    i, j = task
     s = shared()
-    return improve(s["plans"][i], s["turns"], s["budget"])
+    chosen = s["chosen"][i]
+    ready = s["ready"][i]
+    budget = min(_IMPROVE_WORK * ready.minutes.shape[0], _IMPROVE_CAP) // len(chosen)  # one in all
+    return improve(chosen[j], np.linspace(0, np.pi, 4, endpoint=False) + ready.angles[-1], budget)
+
+
+def _finish_task(i: int) -> Partition:
+    """`_finish` of the i-th problem, run by `run_tasks`."""
+    s = shared()
+    return _finish(s["ready"][i], s["finals"][i])
 
 
 def _from_cover(problem: PartitionProblem, minutes: sp.csr_matrix, center: np.ndarray) -> np.ndarray:
@@ -364,60 +449,35 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
     InputError
         If shapes disagree, a population is negative, or target / tolerance / count are unusable.
     """
-    _validate(problem)
-    rng = np.random.default_rng(seed)
-    minutes = sp.csr_matrix(problem.minutes, dtype="float64")
-    minutes.sort_indices()
-    n = minutes.shape[0]
-    reachable = np.diff(minutes.indptr) > 0
-    if not reachable.any():
-        return Partition(np.full(n, -1, dtype="int64"), np.zeros(0, "int64"), 0.0, 0.0, 0)
-    per_person, weighted, structure = _matrices(problem, minutes)
-    total = float(problem.pop[reachable].sum())
-    k = problem.n_communities or max(choose_k(total, problem.target_pop, problem.tolerance),
-                                     packing_bound(structure))
-    # Exceptions take one run: no seed brings forced-undersized residents to the band.
-    wanted = 1 if problem.exceptions_only else max(restarts, min(_SMALL_RUNS, _SMALL_UNITS // max(n, 1)))
-    runs = 1 if problem.xy is None else max(1, min(wanted, _RESTART_UNITS // max(n, 1)))
-    angles = np.r_[0.0, rng.uniform(0, np.pi, runs - 1)]
-    # The best run in the rules' order, and the best with fewest tiny communities: the tiny
-    # ones must be cleared, at a cost in balance that the band order alone doesn't foresee.
-    # Both are improved (sharing the budget); the better in the rules' order wins, or the one
-    # with fewer tiny communities where that costs at most a target's residents per tiny one
-    # (`worth_clearing`, the price tiny clearing pays).
-    best: dict[str, tuple] = {}
-    # Runs, then the chosen runs' improvements, side by side on up to `jobs` processes (here,
-    # one by one, when jobs is 1): the same plans either way.
-    made = run_tasks(_run_task, angles.tolist(), jobs=jobs,
-                     data={"problem": problem, "matrices": (per_person, weighted, structure), "k": k})
-    for run, plan in enumerate(made):
-        key = _score(problem, _centers_of(plan))   # the rules' order: band, then walking
-        logger.debug("Run %d: %.0f residents outside the band, %d tiny communities, %d outside "
-                     "the band, %.0f people beyond its edges, %.0f person-minutes", run, *key)
-        for name, rank in (("band", key), ("tidy", tiny_first_order(key))):
-            if name not in best or rank < best[name][0]:
-                best[name] = (rank, run, plan)
-    picks = {run: plan for _, run, plan in best.values()}
-    budget = min(_IMPROVE_WORK * n, _IMPROVE_CAP) // len(picks)    # one budget in all
-    turns = np.linspace(0, np.pi, 4, endpoint=False) + angles[-1]
-    chosen = [plan for _, plan in sorted(picks.items())]
-    logger.debug("Improving run(s) %s on up to %d process(es)", sorted(picks), jobs)
-    finals = chosen if problem.exceptions_only else run_tasks(   # exceptions can't reach the band
-        _improve_task, list(range(len(chosen))), jobs=jobs,
-        data={"plans": chosen, "turns": turns, "budget": budget})
-    winner = min(finals, key=lambda p: p.key())
-    tidy = min(finals, key=lambda p: tiny_first_order(p.key()))
-    if (tidy.key()[1] < winner.key()[1]
-            and worth_clearing(winner.key(), tidy.key(), problem.target_pop)):
-        winner = tidy
-    _trace(winner, "improved")
-    seconds, per_model = (_EXACT_SECONDS, SOLVE_SECONDS) if n <= _EXACT_UNITS else _EXACT_LARGE
-    if (not problem.exceptions_only and (n <= _EXACT_UNITS or problem.unit_prior is None)
-            and solve_windows(winner, seconds=seconds, per_model=per_model)):
-        _trace(winner, "solved exactly")
-    center = _centers_of(winner)
-    if not problem.exceptions_only and problem.locked is None:
-        center = _from_cover(problem, minutes, center)
-    *_, violation, objective = _score(problem, center)
-    return Partition(center, np.unique(center[center >= 0]), objective, violation,
-                     len(set_cover(structure, problem.pop)), _disconnected(problem, center))
+    return partition_all([problem], seed=seed, restarts=restarts, jobs=jobs)[0]
+
+
+def partition_all(problems: list[PartitionProblem], *, seed: int | np.random.Generator | None = 0,
+                  restarts: int = 3, jobs: int = 1) -> list[Partition]:
+    """
+    `partition_units` of each problem, with every problem's runs side by side on one pool of
+    up to `jobs` processes, then every chosen run's improvement, then each winner's last
+    stages: a process that one problem leaves idle (one run to improve where another has two)
+    takes up another's work. The partitions are those of `partition_units` one by one, for any
+    number of jobs. Chengdu's merge/split plans its district with and without its kept
+    communities: one process each, the second sat idle for 4 of the 11.4 s while the first
+    improved two runs; on one pool the district takes 10.4-11.0 s. The main process then holds
+    every run at once (its peak 280 -> 350 MB there).
+    """
+    ready = [_prepare(problem, seed, restarts) for problem in problems]
+    todo = [i for i, r in enumerate(ready) if isinstance(r, _Prepared)]
+    tasks = [(i, float(angle)) for i in todo for angle in ready[i].angles]
+    made = run_tasks(_run_task, tasks, jobs=jobs, data={"ready": ready})
+    chosen = {i: _picks(ready[i], [plan for (p, _), plan in zip(tasks, made) if p == i], jobs)
+              for i in todo}
+    del made        # the runs not chosen
+    improving = [(i, j) for i in todo if not ready[i].problem.exceptions_only   # (can't reach
+                 for j in range(len(chosen[i]))]                                 # the band)
+    improved = run_tasks(_improve_task, improving, jobs=jobs, data={"ready": ready, "chosen": chosen})
+    finals = {i: list(chosen[i]) for i in todo}
+    for (i, j), plan in zip(improving, improved):
+        finals[i][j] = plan
+    done = run_tasks(_finish_task, todo, jobs=jobs, data={"ready": ready, "finals": finals})
+    for i, partition in zip(todo, done):
+        ready[i] = partition
+    return ready
