@@ -121,7 +121,16 @@ class Beside:
         if self._process is None:
             function, args = self._call
             return function(*args)
-        ok, value = self._receive.recv()
+        try:
+            ok, value = self._receive.recv()
+        except EOFError:        # it died before answering (killed, out of memory)
+            self._process.join()
+            function = self._call[0]
+            name = getattr(getattr(function, "func", function), "__name__", "its function")
+            msg = (f"the process running {name} beside the plan ended with exit code "
+                   f"{self._process.exitcode} before it answered")
+            self.close()
+            raise RuntimeError(msg) from None
         self._process.join()
         self.close()
         if not ok:

@@ -39,3 +39,12 @@ def test_beside_closed_unasked_leaves_no_process():
     waiting.close()
     assert process is None or not process.is_alive()
     waiting.close()         # twice is harmless
+
+
+def _dies() -> None:
+    os._exit(3)
+
+
+def test_beside_says_so_when_its_process_dies_without_answering():
+    with pytest.raises(RuntimeError, match="running _dies beside the plan ended with exit code 3"):
+        Beside(_dies).result()

@@ -234,7 +234,7 @@ def rule_shortfalls(reach: ReachMatrix, bound: FeasibilityBound, *,
     """
     rows, cols = _district_pairs(reach, district_of, candidate_district)
     structure = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=reach.minutes.shape)
-    pop = bound.pop.astype("float64")
+    pop = reach.pop.astype("float64")
     band = {"min_pop": bound.min_pop, "max_pop": max_pop, "tiny_pop": tiny_pop}
     short = count_shortfall(structure, pop, bound.forced_undersized, bound.district_of, **band)
     packing = packing_shortfall(structure, pop, bound.forced_undersized, bound.district_of,
