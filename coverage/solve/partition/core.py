@@ -93,6 +93,7 @@ from covplan.solve.partition.search import (
     band_key,
     local_search,
     problem_band_key,
+    shared_fields,
     tiny_first_order,
     worth_clearing,
 )
@@ -381,7 +382,7 @@ def _run_task(task: tuple[int, float]) -> SearchPlan:
     """One run (`_one_run`) of the i-th problem from bisections rotated by `angle`, run by `run_tasks`."""
     i, angle = task
     ready = shared()["ready"][i]
-    return _one_run(ready.problem, *ready.matrices, ready.k, angle)
+    return _one_run(ready.problem, *ready.matrices, ready.k, angle).detached()
 
 
 def _improve_task(task: tuple[int, int]) -> SearchPlan:
@@ -391,7 +392,8 @@ def _improve_task(task: tuple[int, int]) -> SearchPlan:
     chosen = s["chosen"][i]
     ready = s["ready"][i]
     budget = min(_IMPROVE_WORK * ready.minutes.shape[0], _IMPROVE_CAP) // len(chosen)  # one in all
-    return improve(chosen[j], np.linspace(0, np.pi, 4, endpoint=False) + ready.angles[-1], budget)
+    return improve(chosen[j], np.linspace(0, np.pi, 4, endpoint=False) + ready.angles[-1],
+                   budget).detached()
 
 
 def _finish_task(i: int) -> Partition:
@@ -462,13 +464,16 @@ def partition_all(problems: list[PartitionProblem], *, seed: int | np.random.Gen
     number of jobs. Chengdu's merge/split plans its district with and without its kept
     communities: one process each, the second sat idle for 4 of the 11.4 s while the first
     improved two runs; on one pool the district takes 10.4-11.0 s. The main process then holds
-    every run at once (its peak 280 -> 350 MB there).
+    every run at once, each without the problem's matrices (`SearchPlan.detached`).
     """
     ready = [_prepare(problem, seed, restarts) for problem in problems]
     todo = [i for i, r in enumerate(ready) if isinstance(r, _Prepared)]
     tasks = [(i, float(angle)) for i in todo for angle in ready[i].angles]
+    # Plans come back from the processes without what all plans of a problem share.
+    alike = {i: shared_fields(ready[i].problem, *ready[i].matrices) for i in todo}
     made = run_tasks(_run_task, tasks, jobs=jobs, data={"ready": ready})
-    chosen = {i: _picks(ready[i], [plan for (p, _), plan in zip(tasks, made) if p == i], jobs)
+    chosen = {i: _picks(ready[i], [plan.attach(alike[i]) for (p, _), plan in zip(tasks, made)
+                                   if p == i], jobs)
               for i in todo}
     del made        # the runs not chosen
     improving = [(i, j) for i in todo if not ready[i].problem.exceptions_only   # (can't reach
@@ -476,7 +481,7 @@ def partition_all(problems: list[PartitionProblem], *, seed: int | np.random.Gen
     improved = run_tasks(_improve_task, improving, jobs=jobs, data={"ready": ready, "chosen": chosen})
     finals = {i: list(chosen[i]) for i in todo}
     for (i, j), plan in zip(improving, improved):
-        finals[i][j] = plan
+        finals[i][j] = plan.attach(alike[i])
     done = run_tasks(_finish_task, todo, jobs=jobs, data={"ready": ready, "finals": finals})
     for i, partition in zip(todo, done):
         ready[i] = partition
