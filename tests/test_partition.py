@@ -523,3 +523,47 @@ def test_resiting_matches_a_scan_of_every_candidate():
         blocked = None if trial % 2 else rng.random(n_cand) < 0.3
         assert np.array_equal(relocate(cnt, cost, size, centers, blocked),
                               scan(cnt, cost, size, centers, blocked))
+
+
+def test_partition_all_gives_each_problem_its_own_partition_on_any_number_of_jobs():
+    """Several problems on one pool (`partition_all`): each partition is the one
+    `partition_units` gives alone, with one job and with two."""
+    from covplan.solve.partition.core import partition_all
+
+    problems = []
+    for seed in (0, 1):
+        reach, pop, adjacency, xy = grid(seed=seed)
+        problems.append(PartitionProblem(reach, pop, adjacency, target_pop=pop.sum() / 5,
+                                         tolerance=0.2, xy=xy))
+    alone = [partition_units(p, seed=3, restarts=2) for p in problems]
+    for jobs in (1, 2):
+        together = partition_all(problems, seed=3, restarts=2, jobs=jobs)
+        for one, other in zip(alone, together):
+            assert np.array_equal(one.center, other.center)
+            assert one.objective == other.objective
+
+
+def test_a_detached_plan_is_light_and_whole_again_once_attached():
+    """A plan sent between processes leaves out what every plan of its problem shares; put
+    back, it is the plan it was."""
+    import pickle
+
+    from covplan.solve.partition.core import _matrices
+    from covplan.solve.partition.search import SHARED_FIELDS, SearchPlan, shared_fields
+
+    reach, pop, adjacency, xy = grid()
+    problem = PartitionProblem(reach, pop, adjacency, target_pop=pop.sum() / 5, tolerance=0.2, xy=xy)
+    minutes = sp.csr_matrix(problem.minutes, dtype="float64")
+    minutes.sort_indices()
+    matrices = _matrices(problem, minutes)
+    label = np.arange(len(pop)) % 5
+    plan = SearchPlan(problem, *matrices, label)
+    light = pickle.loads(pickle.dumps(plan.detached()))
+    assert not set(SHARED_FIELDS) & set(light.__dict__)
+    assert len(pickle.dumps(plan.detached())) < len(pickle.dumps(plan)) / 2
+    whole = light.attach(shared_fields(problem, *matrices))
+    assert whole.key() == plan.key()
+    assert set(whole.__dict__) == set(plan.__dict__)
+    for name in ("label", "cnt", "cost", "size", "popk", "center", "used", "keys", "pop"):
+        assert np.array_equal(getattr(whole, name), getattr(plan, name))
+    assert whole.nbrs == plan.nbrs and whole.lab == plan.lab
