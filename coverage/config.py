@@ -168,6 +168,12 @@ class PlanConfig:
         return population_band(self.target_pop, self.tolerance)[1]
 
     @property
+    def tiny_pop(self) -> float:
+        """The tiny-community floor: a regular community below it breaks the
+        `min_pop_exception` rule."""
+        return self.min_pop_exception * self.target_pop
+
+    @property
     def workers(self) -> int:
         """`jobs` as a number of processes."""
         return usable_cpus() if self.jobs == "auto" else int(self.jobs)

@@ -344,7 +344,7 @@ def balance_figures(units: gpd.GeoDataFrame, table: gpd.GeoDataFrame, bound: Fea
         "island_covered_population": int(pop[island & covered].sum()),
         "smallest_regular_community": int(regular["population"].min()) if len(regular) else None,
         "regular_communities_below_min_pop_exception": int(
-            (regular["population"] < config.min_pop_exception * config.target_pop).sum()) if len(regular) else 0,
+            (regular["population"] < config.tiny_pop).sum()) if len(regular) else 0,
     }
 
 

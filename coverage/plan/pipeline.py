@@ -153,7 +153,7 @@ def plan_communities(network: WalkNetwork, population: Population | gpd.GeoDataF
     shortfalls = Beside(partial(rule_shortfalls, reach, ready.bound, district_of=ready.district_of,
                                 candidate_district=ready.candidate_district,
                                 max_pop=config.max_pop,
-                                tiny_pop=config.min_pop_exception * config.target_pop),
+                                tiny_pop=config.tiny_pop),
                         fork=config.workers > 1)
     try:
         locked = locked_candidates(reach.candidates, lock_centers)
@@ -263,10 +263,9 @@ def assemble_plan(ready: PlanningInputs, center_of: np.ndarray, labels: np.ndarr
     for _, comms, proven in bound.around_regions:
         for k in comms:
             table.iat[k, note] = around_note(table.iat[k, note], proven, len(comms))
-    tiny_pop = config.min_pop_exception * config.target_pop
     for k in sorted({c.label for c in checks}):
         table.iat[k, note] = tiny_note(table.iat[k, note], [c for c in checks if c.label == k],
-                                       tiny_pop=tiny_pop)
+                                       tiny_pop=config.tiny_pop)
     report = plan_report(units_out, table, config=config, reach=reach, bound=bound,
                          district_of=ready.district_of, district_ids=ready.district_ids,
                          prior_unit=prior.unit if prior else None, changes=changes,
@@ -294,16 +293,13 @@ def _proofs(ready: PlanningInputs, labels: np.ndarray, missed: np.ndarray, regul
     """What no plan could have done where this one missed the band (`around_plan`), and the
     neighbourhood proofs of its regular communities below the tiny floor
     (`covplan.solve.neighbourhood`): the rule they break, and what clearing them would take."""
-    tiny_pop = config.min_pop_exception * config.target_pop
-    bound = around_plan(ready.bound, labels, missed, ready.adjacency, min_pop=config.min_pop,
-                        max_pop=config.max_pop, tiny_pop=tiny_pop)
-    tiny = np.flatnonzero(regular & (population < tiny_pop))
+    band = {"min_pop": config.min_pop, "max_pop": config.max_pop, "tiny_pop": config.tiny_pop}
+    bound = around_plan(ready.bound, labels, missed, ready.adjacency, **band)
+    tiny = np.flatnonzero(regular & (population < config.tiny_pop))
     if not len(tiny) or ready.adjacency is None:
         return bound, []
     return bound, check_tiny(labels, candidate_id, tiny, regular, ready.reach.minutes, unit_pop,
-                             ready.adjacency,
-                             ready.bound.forced_undersized, min_pop=config.min_pop,
-                             max_pop=config.max_pop, tiny_pop=tiny_pop)
+                             ready.adjacency, ready.bound.forced_undersized, **band)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -354,7 +350,7 @@ def prepare_planning(network: WalkNetwork, population: Population, *,
                               candidate_district=candidate_district, component=network.component,
                               adjacency=adjacency,
                               max_pop=config.max_pop if shortfalls else None,
-                              tiny_pop=config.min_pop_exception * config.target_pop)
+                              tiny_pop=config.tiny_pop)
     _check_band_reachable(bound, config)
     return PlanningInputs(
         network=network, population=population, reach=reach, pieces=pieces,

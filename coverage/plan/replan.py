@@ -123,7 +123,7 @@ def _count_issues(plan: Plan) -> list[str]:
     (``packing_short_population``) rules out, per district where there are districts."""
     config, report = plan.config, plan.report
     parts = {f" in district {name}": figures for name, figures in report.get("districts", {}).items()}
-    tiny = f"{config.min_pop_exception * config.target_pop:,.0f}"
+    tiny = f"{config.tiny_pop:,.0f}"
     out = []
     for where, figures in (parts or {"": report}).items():
         short = figures.get("count_short_population") or 0

@@ -152,6 +152,11 @@ class PartitionProblem:
     def max_pop(self) -> float:
         return population_band(self.target_pop, self.tolerance)[1]
 
+    @property
+    def tiny_pop(self) -> float:
+        """The tiny-community floor (`tiny_share` of the target)."""
+        return self.tiny_share * self.target_pop
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Partition:
@@ -409,7 +414,7 @@ def _from_cover(problem: PartitionProblem, minutes: sp.csr_matrix, center: np.nd
     served = float(problem.pop[center >= 0].sum())
     other = cover_plan(minutes, problem.pop.astype("float64"), problem.adjacency, center,
                        min_pop=problem.min_pop, max_pop=problem.max_pop,
-                       tiny_pop=problem.tiny_share * problem.target_pop, balanced=served - key[0])
+                       tiny_pop=problem.tiny_pop, balanced=served - key[0])
     if other is None or tiny_first_order(_score(problem, other)) >= tiny_first_order(key):
         return center
     logger.debug("A minimum cover's plan replaces the winner: %s -> %s", key, _score(problem, other))

@@ -104,7 +104,7 @@ class _Model:
         links.setdiag(0)
         links.eliminate_zeros()
         minutes = minutes[:, sites].tocsc()
-        self.tiny = int(np.ceil(problem.tiny_share * problem.target_pop - 1e-9))
+        self.tiny = int(np.ceil(problem.tiny_pop - 1e-9))
         self.lo = int(np.ceil(problem.min_pop - 1e-9))
         self.hi = int(np.floor(problem.max_pop + 1e-9))
         self.members: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
@@ -283,7 +283,7 @@ def solve_windows(plan: SearchPlan, *, seconds: float, per_model: float = SOLVE_
     if plan.problem.adjacency is None:
         return False
     problem, changed = plan.problem, False
-    tiny_pop = problem.tiny_share * problem.target_pop
+    tiny_pop = problem.tiny_pop
     for loss, budget in ((0, [seconds]), (int(problem.target_pop), [tiny_seconds])):
         failed: set[int] = set()
         while budget[0] > 0:

@@ -103,7 +103,7 @@ class _SubPlan:
         lo, hi = win.lo, win.hi
         if small is not None:
             lo, hi = np.full(len(start), win.lo), np.full(len(start), win.hi)
-            lo[small] = self.problem.tiny_share * self.problem.target_pop
+            lo[small] = self.problem.tiny_pop
             hi[small] = win.lo - 1
         cand, label = settle(win.pop, lo, hi, self.per_person, self.structure,
                               self.weighted, np.asarray(start, dtype="int64"))
@@ -253,7 +253,7 @@ def _end_seeds(win: Window, k: int, angles: np.ndarray):
     if win.xy is None or k < 2:
         return
     total, problem = float(win.pop.sum()), win.problem
-    floor = problem.tiny_share * problem.target_pop * _END_MARGIN
+    floor = problem.tiny_pop * _END_MARGIN
     small = min(max(total - (k - 1) * problem.target_pop, floor), win.lo - 1)
     if small < floor or not win.lo <= (total - small) / (k - 1) <= win.hi:
         return
@@ -299,7 +299,7 @@ def _improve_window(plan: SearchPlan, s: int, angles: np.ndarray, budget: list[i
             options = _options(plan, win, s, k, angles)
             if tiny_first and k < m and (cover := _cover_option(
                     win, k, plan.center[win.comms],
-                    plan.problem.tiny_share * plan.problem.target_pop)) is not None:
+                    plan.problem.tiny_pop)) is not None:
                 options.insert(0, cover)
             best = _best_of(sub, win, ((c, None) for c in options), k, best, budget, tiny_first)
             if best is not None and not tiny_first:   # counts nearest first; one that works wins
@@ -353,7 +353,7 @@ def _touched(label: np.ndarray, center: np.ndarray, plan: SearchPlan) -> np.ndar
 def _balance(plan: SearchPlan, angles: np.ndarray, budget: int, failed: set[int]) -> set[int]:
     """The main loop of `improve`; returns the communities whose windows found nothing."""
     left = [budget]
-    tiny_pop = plan.problem.tiny_share * plan.problem.target_pop
+    tiny_pop = plan.problem.tiny_pop
     while left[0] > 0:
         todo = plan.outside_band(failed)
         if not todo:
@@ -375,7 +375,7 @@ def _clear_tiny(plan: SearchPlan, angles: np.ndarray, budget: int) -> bool:
     left = [budget]
     tried: set[int] = set()
     cleared = False
-    tiny_pop = plan.problem.tiny_share * plan.problem.target_pop
+    tiny_pop = plan.problem.tiny_pop
     while left[0] > 0:
         alive = plan.alive
         small = [int(alive[i]) for i in np.lexsort((alive, plan.popk[alive]))

@@ -232,7 +232,7 @@ class SearchPlan:
         problem, alive = self.problem, self.alive
         popk = self.popk[alive]
         out = (popk < problem.min_pop) | (popk > problem.max_pop)
-        tiny = popk < problem.tiny_share * problem.target_pop
+        tiny = popk < problem.tiny_pop
         order = np.lexsort((alive, -popk, ~tiny))
         return [int(alive[i]) for i in order if out[i] and int(alive[i]) not in skip]
 
