@@ -523,6 +523,12 @@ def min_cover_count(structure: sp.spmatrix) -> int:
                         len(set_cover(matrix, np.ones(matrix.shape[0]))))
 
 
+def cover_floor(structure: sp.spmatrix) -> int:
+    """The fewest centers that cover every unit of `structure` (units x sites), by the set
+    cover's LP floor: a lower bound."""
+    return _lp_cover_floor(_cover_matrix(structure))
+
+
 def _cover_matrix(structure: sp.spmatrix) -> sp.csr_matrix:
     """`structure` as 0/1 floats without rows or columns that reach nothing."""
     matrix = sp.csr_matrix(structure, dtype="float64")

@@ -33,10 +33,15 @@ wins in the rules' order (`_search._band_key`): fewest residents in communities 
 band (the product's promise is the share of residents in balanced communities), then fewest
 tiny communities (under half the target), communities outside the band, people beyond its
 edges, and last person-minutes. The count is not fixed: it floats with what the band allows.
+Where covering everyone takes nearly K centers (the cover's LP floor at least 95 % of K: small
+circles, slow walking) and the instance is not tight (stage 8's case), one more run starts from
+a minimum cover (HiGHS) instead: bisection seeds plus the greedy cover open far more centers
+than covering needs there, and reducing them leaves many communities short.
 
 6. improve the winner (`improve`), and also the run with fewest tiny communities when that
-   is another (tiny communities must be cleared at the end, at a cost in balance the band
-   order alone doesn't foresee; the improved plan best in the rules' order wins, or the one
+   is another, and the minimum cover's run with half a budget of its own (tiny communities
+   must be cleared at the end, at a cost in balance the band order alone doesn't foresee; the
+   improved plan best in the rules' order wins, or the one
    with fewer tiny communities if it costs at most a target's residents more outside the band
    per tiny one): re-solve the window (one ring of neighbours, then two) around each community
    outside the band, with the window's count free among its current count and one more or
@@ -97,7 +102,7 @@ from covplan.solve.partition.search import (
     tiny_first_order,
     worth_clearing,
 )
-from covplan.solve.partition.seeding import greedy_seeds, packing_bound, seed_centers, set_cover
+from covplan.solve.partition.seeding import greedy_seeds, min_cover, packing_bound, seed_centers, set_cover
 from covplan.solve.partition.tight_cover import cover_plan
 
 __all__ = ["Partition", "PartitionProblem", "band_key", "choose_k", "partition_all",
@@ -121,6 +126,9 @@ _EXACT_LARGE = (1.2, 1.0)   # of a million planned whole (Chengdu, 2,700-3,200 u
                             # infeasible (91.2 -> 93.0 %, +2.5 s). A merge/split of that size,
                             # which plans twice side by side, skips them: Chengdu's would take
                             # 15.4-16 s against 13.6 s
+_COVER_BINDS = 0.95         # one more run, seeded by a minimum cover, where covering everyone
+                            # takes at least this share of K centers (and the instance is not
+                            # tight: stage 8 plans those from covers): slow walking, small circles
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -250,9 +258,15 @@ def _trace(plan: SearchPlan, stage: str) -> None:
 
 
 def _one_run(problem: PartitionProblem, per_person: sp.csr_matrix, weighted: sp.csr_matrix,
-             structure: sp.csr_matrix, k: int, angle: float) -> SearchPlan:
+             structure: sp.csr_matrix, k: int, angle: float, *, from_cover: bool = False) -> SearchPlan:
     pop = problem.pop.astype("float64")
-    if problem.xy is not None:
+    seeds = min_cover(structure) if from_cover else []
+    if seeds:
+        # Where covering binds the count, bisection seeds plus a greedy cover open far more
+        # centers than covering needs (river at 3.6 km/h: 41-43 where 25 cover everyone), and
+        # reducing them back leaves many communities short; a minimum cover starts lean.
+        k = max(k, len(seeds))
+    elif problem.xy is not None:
         seeds = seed_centers(problem.xy, pop, structure, k, angle)
     else:
         seeds = greedy_seeds(per_person, pop, k)
@@ -318,6 +332,11 @@ class _Prepared:
     matrices: tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]   # per person, weighted, structure
     k: int
     angles: np.ndarray
+    cover_run: bool = False   # one more run, last, seeded by a minimum cover (`_covering_binds`)
+
+    def tasks(self, i: int) -> list[tuple[int, float, bool]]:
+        """The runs of the i-th problem: (i, angle, from a minimum cover)."""
+        return [(i, float(a), False) for a in self.angles] + [(i, 0.0, True)] * self.cover_run
 
 
 def _prepare(problem: PartitionProblem, seed: int | np.random.Generator | None,
@@ -338,14 +357,31 @@ def _prepare(problem: PartitionProblem, seed: int | np.random.Generator | None,
     # Exceptions take one run: no seed brings forced-undersized residents to the band.
     wanted = 1 if problem.exceptions_only else max(restarts, min(_SMALL_RUNS, _SMALL_UNITS // max(n, 1)))
     runs = 1 if problem.xy is None else max(1, min(wanted, _RESTART_UNITS // max(n, 1)))
-    return _Prepared(problem, minutes, matrices, k, np.r_[0.0, rng.uniform(0, np.pi, runs - 1)])
+    cover_run = runs > 1 and not problem.exceptions_only and _covering_binds(problem, matrices[2], total, k)
+    return _Prepared(problem, minutes, matrices, k, np.r_[0.0, rng.uniform(0, np.pi, runs - 1)], cover_run)
 
 
-def _picks(ready: _Prepared, made: list[SearchPlan], jobs: int) -> list[SearchPlan]:
+def _covering_binds(problem: PartitionProblem, structure: sp.csr_matrix, total: float, k: int) -> bool:
+    """Whether covering everyone takes at least `_COVER_BINDS` of the K centers (the cover's LP
+    floor) in an instance that is not tight (stage 8's case)."""
+    from covplan.solve.bounds import cover_floor, tight_count
+
+    if len(set_cover(structure, problem.pop)) < _COVER_BINDS * k:    # an upper bound: 0.02 s
+        return False                              # where the LP takes 0.25 s (Chengdu's units)
+    if cover_floor(structure) < _COVER_BINDS * k:
+        return False
+    return tight_count(structure, total, min_pop=problem.min_pop, max_pop=problem.max_pop) is None
+
+
+def _picks(ready: _Prepared, made: list[SearchPlan], jobs: int) -> tuple[list[SearchPlan], int]:
     """
     The runs to improve: the best in the rules' order, and the best with fewest tiny
     communities (the tiny ones must be cleared, at a cost in balance that the band order alone
-    doesn't foresee), in run order.
+    doesn't foresee), in run order; then the run from a minimum cover, where there is one and
+    it is neither. Also how many of them share the improvement budget (the cover's run has a
+    half of its own: improved, it is often the best where it exists, river at 3.6 km/h 85.6 %
+    of residents in band against 75.2 %, though its settled plan rarely is, and sharing would
+    take budget from the others).
     """
     best: dict[str, tuple] = {}
     for run, plan in enumerate(made):
@@ -356,47 +392,71 @@ def _picks(ready: _Prepared, made: list[SearchPlan], jobs: int) -> list[SearchPl
             if name not in best or rank < best[name][0]:
                 best[name] = (rank, run, plan)
     picks = {run: plan for _, run, plan in best.values()}
+    sharing = len(picks)
+    if ready.cover_run:
+        picks.setdefault(len(made) - 1, made[-1])
     logger.debug("Improving run(s) %s on up to %d process(es)", sorted(picks), jobs)
-    return [plan for _, plan in sorted(picks.items())]
+    return [plan for _, plan in sorted(picks.items())], sharing
 
 
-def _finish(ready: _Prepared, finals: list[SearchPlan]) -> Partition:
-    """Stages 7 and 8 on the better improved run: the better in the rules' order, or the one
-    with fewer tiny communities where that costs at most a target's residents per tiny one
-    (`worth_clearing`, the price tiny clearing pays)."""
-    problem, n = ready.problem, ready.minutes.shape[0]
-    winner = min(finals, key=lambda p: p.key())
-    tidy = min(finals, key=lambda p: tiny_first_order(p.key()))
-    if (tidy.key()[1] < winner.key()[1]
-            and worth_clearing(winner.key(), tidy.key(), problem.target_pop)):
-        winner = tidy
-    _trace(winner, "improved")
-    seconds, per_model = (_EXACT_SECONDS, SOLVE_SECONDS) if n <= _EXACT_UNITS else _EXACT_LARGE
-    if (not problem.exceptions_only and (n <= _EXACT_UNITS or problem.unit_prior is None)
-            and solve_windows(winner, seconds=seconds, per_model=per_model)):
-        _trace(winner, "solved exactly")
-    center = _centers_of(winner)
-    if not problem.exceptions_only and problem.locked is None:
-        center = _from_cover(problem, ready.minutes, center)
+def _better(options: list, key, target_pop: float):
+    """The better of `options` in the rules' order, or the one with fewer tiny communities where
+    that costs at most a target's residents per tiny one (`worth_clearing`, the price tiny
+    clearing pays); `key` gives an option's `band_key`-first key."""
+    winner = min(options, key=key)
+    tidy = min(options, key=lambda o: tiny_first_order(key(o)))
+    if key(tidy)[1] < key(winner)[1] and worth_clearing(key(winner), key(tidy), target_pop):
+        return tidy
+    return winner
+
+
+def _finish(ready: _Prepared, finals: list[SearchPlan], sharing: int) -> Partition:
+    """Stages 7 and 8 on the better improved run (`_better`). Where the minimum cover's run was
+    improved beside the best runs (the last of `finals`, after the `sharing` others) and is the
+    better one, they finish the better of the others too, and the better finished plan wins: the
+    extra run never leaves a plan worse than the runs without it would have."""
+    problem = ready.problem
+    winner = _better(finals, lambda p: p.key(), problem.target_pop)
+    options = [winner]
+    if sharing < len(finals) and winner is finals[-1]:
+        options.append(_better(finals[:sharing], lambda p: p.key(), problem.target_pop))
+    centers = [_finished(ready, plan) for plan in options]
+    center = _better(centers, lambda c: _score(problem, c), problem.target_pop)
     *_, violation, objective = _score(problem, center)
     return Partition(center, np.unique(center[center >= 0]), objective, violation,
                      len(set_cover(ready.matrices[2], problem.pop)), _disconnected(problem, center))
 
 
-def _run_task(task: tuple[int, float]) -> SearchPlan:
-    """One run (`_one_run`) of the i-th problem from bisections rotated by `angle`, run by `run_tasks`."""
-    i, angle = task
+def _finished(ready: _Prepared, plan: SearchPlan) -> np.ndarray:
+    """Each unit's center after stages 7 (CP-SAT windows, changing `plan`) and 8 (tight covers)."""
+    problem, n = ready.problem, ready.minutes.shape[0]
+    _trace(plan, "improved")
+    seconds, per_model = (_EXACT_SECONDS, SOLVE_SECONDS) if n <= _EXACT_UNITS else _EXACT_LARGE
+    if (not problem.exceptions_only and (n <= _EXACT_UNITS or problem.unit_prior is None)
+            and solve_windows(plan, seconds=seconds, per_model=per_model)):
+        _trace(plan, "solved exactly")
+    center = _centers_of(plan)
+    if not problem.exceptions_only and problem.locked is None:
+        center = _from_cover(problem, ready.minutes, center)
+    return center
+
+
+def _run_task(task: tuple[int, float, bool]) -> SearchPlan:
+    """One run (`_one_run`) of the i-th problem from bisections rotated by `angle`, or from a
+    minimum cover, run by `run_tasks`."""
+    i, angle, from_cover = task
     ready = shared()["ready"][i]
-    return _one_run(ready.problem, *ready.matrices, ready.k, angle).detached()
+    return _one_run(ready.problem, *ready.matrices, ready.k, angle, from_cover=from_cover).detached()
 
 
 def _improve_task(task: tuple[int, int]) -> SearchPlan:
     """`improve` of the i-th problem's j-th chosen run, run by `run_tasks`."""
     i, j = task
     s = shared()
-    chosen = s["chosen"][i]
+    chosen, sharing = s["chosen"][i]
     ready = s["ready"][i]
-    budget = min(_IMPROVE_WORK * ready.minutes.shape[0], _IMPROVE_CAP) // len(chosen)  # one in all
+    # The best runs share one budget; the minimum cover's run, when another, has half of one.
+    budget = min(_IMPROVE_WORK * ready.minutes.shape[0], _IMPROVE_CAP) // (sharing if j < sharing else 2)
     return improve(chosen[j], np.linspace(0, np.pi, 4, endpoint=False) + ready.angles[-1],
                    budget).detached()
 
@@ -404,7 +464,7 @@ def _improve_task(task: tuple[int, int]) -> SearchPlan:
 def _finish_task(i: int) -> Partition:
     """`_finish` of the i-th problem, run by `run_tasks`."""
     s = shared()
-    return _finish(s["ready"][i], s["finals"][i])
+    return _finish(s["ready"][i], s["finals"][i], s["sharing"][i])
 
 
 def _from_cover(problem: PartitionProblem, minutes: sp.csr_matrix, center: np.ndarray) -> np.ndarray:
@@ -473,21 +533,25 @@ def partition_all(problems: list[PartitionProblem], *, seed: int | np.random.Gen
     """
     ready = [_prepare(problem, seed, restarts) for problem in problems]
     todo = [i for i, r in enumerate(ready) if isinstance(r, _Prepared)]
-    tasks = [(i, float(angle)) for i in todo for angle in ready[i].angles]
+    tasks = [task for i in todo for task in ready[i].tasks(i)]
     # Plans come back from the processes without what all plans of a problem share.
     alike = {i: shared_fields(ready[i].problem, *ready[i].matrices) for i in todo}
-    made = run_tasks(_run_task, tasks, jobs=jobs, data={"ready": ready})
-    chosen = {i: _picks(ready[i], [plan.attach(alike[i]) for (p, _), plan in zip(tasks, made)
+    # The minimum covers' runs start first: HiGHS takes 0.4-3 s before such a run can start.
+    made = run_tasks(_run_task, tasks, jobs=jobs, data={"ready": ready},
+                     sizes=[float(from_cover) for _, _, from_cover in tasks])
+    chosen = {i: _picks(ready[i], [plan.attach(alike[i]) for (p, *_), plan in zip(tasks, made)
                                    if p == i], jobs)
               for i in todo}
     del made        # the runs not chosen
     improving = [(i, j) for i in todo if not ready[i].problem.exceptions_only   # (can't reach
-                 for j in range(len(chosen[i]))]                                 # the band)
+                 for j in range(len(chosen[i][0]))]                              # the band)
     improved = run_tasks(_improve_task, improving, jobs=jobs, data={"ready": ready, "chosen": chosen})
-    finals = {i: list(chosen[i]) for i in todo}
+    finals = {i: list(chosen[i][0]) for i in todo}
     for (i, j), plan in zip(improving, improved):
         finals[i][j] = plan.attach(alike[i])
-    done = run_tasks(_finish_task, todo, jobs=jobs, data={"ready": ready, "finals": finals})
+    sharing = {i: chosen[i][1] for i in todo}
+    done = run_tasks(_finish_task, todo, jobs=jobs,
+                     data={"ready": ready, "finals": finals, "sharing": sharing})
     for i, partition in zip(todo, done):
         ready[i] = partition
     return ready

@@ -28,6 +28,7 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
+from covplan.solve.partition.seeding import reduced_cover
 from scipy.sparse.csgraph import connected_components
 
 logger = logging.getLogger(__name__)
@@ -49,31 +50,6 @@ def _cover(structure: sp.csr_matrix, count: int, weight: np.ndarray) -> np.ndarr
                             LinearConstraint(np.ones((1, n_sites)), count, count)],
                options={"node_limit": COVER_NODES})
     return None if res.x is None else np.flatnonzero(res.x > 0.5)
-
-
-def _reduced(structure: sp.csr_matrix) -> tuple[sp.csr_matrix, np.ndarray]:
-    """The cover problem of `structure` made small, and the sites it keeps: sites whose reach
-    lies inside another's are dropped (the other can hold any community they could: no split is
-    lost, only walks may differ), then units whose sites include another unit's sites (covering
-    that one covers them)."""
-    cols = structure.tocsc()
-    shared = (cols.T @ cols).toarray()
-    size = np.diag(shared).copy()
-    inside = shared >= size[:, None] - 0.5             # [a, b]: a's reach lies inside b's
-    np.fill_diagonal(inside, False)
-    order = np.lexsort((np.arange(len(size)), -size))  # larger reaches first, ties by index
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    dropped = (inside & (rank[None, :] < rank[:, None])).any(axis=1)
-    sites = np.flatnonzero(~dropped)
-    rows = structure[:, sites].tocsr()
-    shared = (rows @ rows.T).toarray()
-    size = np.diag(shared).copy()
-    contains = shared >= size[None, :] - 0.5           # [u, v]: u's sites include v's
-    np.fill_diagonal(contains, False)
-    same = contains & contains.T
-    implied = (contains & ~same).any(axis=1) | (same & np.tri(len(size), k=-1, dtype=bool)).any(axis=1)
-    return rows[~implied].tocsr(), sites
 
 
 def _splits(minutes: sp.csr_matrix, pop: np.ndarray, sites: np.ndarray, *, min_pop: float,
@@ -166,7 +142,7 @@ def cover_plan(minutes: sp.csr_matrix, pop: np.ndarray, adjacency: sp.csr_matrix
     # Covers of sites that gather the floor (the sites of communities in band) come first.
     gathers = np.asarray(structure.T @ pop[rows]).ravel()
     weak = 1.0 + (gathers < min_pop)
-    small, kept = _reduced(structure)
+    small, kept = reduced_cover(structure)
     for attempt in range(COVERS):
         picked = _cover(small, most, weak[kept] + 0.5 * rng.random(len(kept)))
         sites = None if picked is None else kept[picked]
