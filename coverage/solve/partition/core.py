@@ -358,6 +358,9 @@ def _prepare(problem: PartitionProblem, seed: int | np.random.Generator | None,
     wanted = 1 if problem.exceptions_only else max(restarts, min(_SMALL_RUNS, _SMALL_UNITS // max(n, 1)))
     runs = 1 if problem.xy is None else max(1, min(wanted, _RESTART_UNITS // max(n, 1)))
     cover_run = runs > 1 and not problem.exceptions_only and _covering_binds(problem, matrices[2], total, k)
+    if cover_run:
+        logger.debug("Covering everyone binds the count (%d units, K = %d): one more run, from a "
+                     "minimum cover", n, k)
     return _Prepared(problem, minutes, matrices, k, np.r_[0.0, rng.uniform(0, np.pi, runs - 1)], cover_run)
 
 
