@@ -27,8 +27,8 @@ import logging
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import Bounds, LinearConstraint, milp
 from covplan.solve.partition.seeding import reduced_cover
+from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse.csgraph import connected_components
 
 logger = logging.getLogger(__name__)
