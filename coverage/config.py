@@ -99,7 +99,9 @@ class PlanConfig:
         Cells holding more residents are split onto the network nodes inside them, so
         communities can be balanced finer than the grid (None: never split).
     restarts, seed
-        Seeded restarts of the planner; the same seed gives the same plan.
+        Seeded restarts of the planner (plus one from a minimum cover where covering everyone
+        takes nearly as many centers as the target allows communities: slow walking); the same
+        seed gives the same plan.
     stability_minutes
         Per-person cost, in walking minutes, of moving a resident out of their old community.
     exceptions
