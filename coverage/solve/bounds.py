@@ -298,15 +298,16 @@ _PACKING_COUNTS = 2         # counts the residents alone allow beyond the fewest
 
 
 def tight_count(structure: sp.spmatrix, total: float, *, min_pop: float,
-                max_pop: float) -> int | None:
+                max_pop: float, floor: int | None = None) -> int | None:
     """The most communities `total` residents fill at the band's floor when covering everyone
     (`structure`: units x sites) takes that many centers by the set cover's LP floor — a tight
     instance, where packing may rule out a fully balanced plan; None otherwise, or when the
-    residents allow more than `_PACKING_COUNTS` counts beyond the fewest (not asked)."""
+    residents allow more than `_PACKING_COUNTS` counts beyond the fewest (not asked). `floor`:
+    `cover_floor(structure)` where the caller has it already."""
     fewest, most = int(np.ceil(total / max_pop - 1e-9)), int(np.floor(total / min_pop + 1e-9))
     if not 0 <= most - fewest <= _PACKING_COUNTS:
         return None       # no count (the count shortfall's case), or many: not asked
-    return most if _lp_cover_floor(_cover_matrix(structure)) == most else None
+    return most if (cover_floor(structure) if floor is None else floor) == most else None
 
 
 def packing_shortfall(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndarray,

@@ -332,6 +332,7 @@ class _Prepared:
     matrices: tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]   # per person, weighted, structure
     k: int
     angles: np.ndarray
+    greedy_cover: int         # centers the greedy set cover opens (the partition reports it)
     cover_run: bool = False   # one more run, last, seeded by a minimum cover (`_covering_binds`)
 
     def tasks(self, i: int) -> list[tuple[int, float, bool]]:
@@ -357,23 +358,29 @@ def _prepare(problem: PartitionProblem, seed: int | np.random.Generator | None,
     # Exceptions take one run: no seed brings forced-undersized residents to the band.
     wanted = 1 if problem.exceptions_only else max(restarts, min(_SMALL_RUNS, _SMALL_UNITS // max(n, 1)))
     runs = 1 if problem.xy is None else max(1, min(wanted, _RESTART_UNITS // max(n, 1)))
-    cover_run = runs > 1 and not problem.exceptions_only and _covering_binds(problem, matrices[2], total, k)
+    greedy_cover = len(set_cover(matrices[2], problem.pop))
+    cover_run = (runs > 1 and not problem.exceptions_only
+                 and _covering_binds(problem, matrices[2], total, k, greedy_cover))
     if cover_run:
         logger.debug("Covering everyone binds the count (%d units, K = %d): one more run, from a "
                      "minimum cover", n, k)
-    return _Prepared(problem, minutes, matrices, k, np.r_[0.0, rng.uniform(0, np.pi, runs - 1)], cover_run)
+    return _Prepared(problem, minutes, matrices, k, np.r_[0.0, rng.uniform(0, np.pi, runs - 1)],
+                     greedy_cover, cover_run)
 
 
-def _covering_binds(problem: PartitionProblem, structure: sp.csr_matrix, total: float, k: int) -> bool:
+def _covering_binds(problem: PartitionProblem, structure: sp.csr_matrix, total: float, k: int,
+                    greedy_cover: int) -> bool:
     """Whether covering everyone takes at least `_COVER_BINDS` of the K centers (the cover's LP
     floor) in an instance that is not tight (stage 8's case)."""
     from covplan.solve.bounds import cover_floor, tight_count
 
-    if len(set_cover(structure, problem.pop)) < _COVER_BINDS * k:    # an upper bound: 0.02 s
-        return False                              # where the LP takes 0.25 s (Chengdu's units)
-    if cover_floor(structure) < _COVER_BINDS * k:
+    if greedy_cover < _COVER_BINDS * k:     # an upper bound on the floor: no LP (0.25 s on
+        return False                        # Chengdu's units) where it already falls short
+    floor = cover_floor(structure)
+    if floor < _COVER_BINDS * k:
         return False
-    return tight_count(structure, total, min_pop=problem.min_pop, max_pop=problem.max_pop) is None
+    return tight_count(structure, total, min_pop=problem.min_pop, max_pop=problem.max_pop,
+                       floor=floor) is None
 
 
 def _picks(ready: _Prepared, made: list[SearchPlan], jobs: int) -> tuple[list[SearchPlan], int]:
@@ -427,7 +434,7 @@ def _finish(ready: _Prepared, finals: list[SearchPlan], sharing: int) -> Partiti
     center = _better(centers, lambda c: _score(problem, c), problem.target_pop)
     *_, violation, objective = _score(problem, center)
     return Partition(center, np.unique(center[center >= 0]), objective, violation,
-                     len(set_cover(ready.matrices[2], problem.pop)), _disconnected(problem, center))
+                     ready.greedy_cover, _disconnected(problem, center))
 
 
 def _finished(ready: _Prepared, plan: SearchPlan) -> np.ndarray:
