@@ -530,3 +530,154 @@ def test_a_tight_strip_is_planned_from_its_minimum_cover():
     assert cover_plan(minutes, pop, line, start, balanced=1_800, **band) is None
     assert cover_plan(minutes, pop, line, start, balanced=0, min_pop=600, max_pop=1_200,
                       tiny_pop=500) is None
+
+
+def _spokes() -> tuple[sp.csr_matrix, np.ndarray]:
+    """Four spoke units of 100 residents (units 0-3), each reaching its own site only (sites
+    0-3); four core units of 500 (units 4-7) reaching the four spoke sites and a core site (4);
+    a dense quarter of five units of 1,000 (units 8-12) reaching two sites of its own (5, 6).
+    Band 800-1,200, tiny floor 500: every unit reaches a site gathering 800 or more."""
+    rows = [[0], [1], [2], [3]] + [[0, 1, 2, 3, 4]] * 4 + [[5, 6]] * 5
+    structure = sp.csr_matrix((np.ones(sum(map(len, rows))),
+                               (np.repeat(np.arange(13), [len(r) for r in rows]),
+                                np.concatenate(rows))), shape=(13, 7))
+    return structure, np.r_[np.full(4, 100.0), np.full(4, 500.0), np.full(5, 1_000.0)]
+
+
+def test_units_that_share_no_site_prove_a_shortfall_the_count_does_not():
+    """The four spokes share no site, so they lie in four communities, each filled from the
+    2,000 core residents: in band a spoke's community takes 700 of them, outside it at least
+    400 (the tiny floor), and 700 b + 400 (4 - b) <= 2,000 allows b = 1 at most, so three
+    communities of 500 or more stay outside the band in any plan keeping the rules: 1,500
+    residents (less a resident's margin for the solver's tolerance). The count of centers sees
+    room (5 sites cover everyone; 7,400 residents fill 9 communities at the floor). Contiguity
+    (the units' adjacency) can only hold communities to less. Residents
+    forced undersized may fill the floors of communities outside the band: with one core unit
+    forced, 1,000 of those who are not."""
+    from covplan.solve.bounds import separated_shortfall
+    from covplan.solve.packing import separated_outside_band
+
+    structure, pop = _spokes()
+    band = {"min_pop": 800, "tiny_pop": 500}
+    none_forced = np.zeros(13, bool)
+    gathers = np.asarray(structure.T @ pop).ravel()
+    assert ((structure.multiply(gathers >= 800)).sum(axis=1) > 0).all()    # no one forced
+    assert count_shortfall(structure, pop, none_forced, np.zeros(13, "int64"), max_pop=1_200,
+                           **band) == {}
+    assert 1_498 <= separated_outside_band(structure, pop, none_forced, **band) <= 1_500
+    forced = none_forced.copy()
+    forced[4] = True
+    assert 998 <= separated_outside_band(structure, pop, forced, **band) <= 1_000
+    # A richer core (2,800: 700 b + 400 (4 - b) <= 2,800 allows all four) proves nothing.
+    richer = pop.copy()
+    richer[4:8] = 700.0
+    assert separated_outside_band(structure, richer, none_forced, **band) == 0
+    # Communities are contiguous: where each spoke touches one core unit only and the core
+    # units do not touch, a spoke's community holds at most 600 (its piece), none reaches the
+    # floor and all four keep 500 or more outside the band.
+    touching = sp.coo_matrix((np.ones(8), (np.r_[0:4, 4:8], np.r_[4:8, 0:4])), shape=(13, 13))
+    assert 1_998 <= separated_outside_band(structure, pop, none_forced, adjacency=touching,
+                                           **band) <= 2_000
+    # Per district: the dense quarter as a district of its own proves nothing there.
+    district = np.r_[np.zeros(8, "int64"), np.ones(5, "int64")]
+    got = separated_shortfall(structure, pop, none_forced, district, **band)
+    assert list(got) == [0] and 1_498 <= got[0] <= 1_500
+
+
+def test_the_separated_proof_lowers_the_ceiling_of_plans_keeping_the_rules_and_says_why():
+    """The spokes' proof comes off the ceiling of plans keeping the rules as the largest of the
+    proofs, and the rule issues name it."""
+    from types import SimpleNamespace
+
+    from covplan.plan.replan import _count_issues
+    from covplan.solve.bounds import separated_shortfall
+
+    structure, pop = _spokes()
+    short = separated_shortfall(structure, pop, np.zeros(13, bool), np.zeros(13, "int64"),
+                                min_pop=800, tiny_pop=500)
+    bound = FeasibilityBound(gather=np.asarray(structure.T @ pop).ravel(),
+                             best_gather=np.full(13, 2_100.0), contiguous=False,
+                             reachable=np.ones(13, bool), forced_undersized=np.zeros(13, bool),
+                             island=np.zeros(13, bool), pop=pop.astype("int64"), min_pop=800.0,
+                             district_of=np.zeros(13, "int64"), count_short={},
+                             packing_short={0: 500}, separated_short=short)
+    figures = bound.figures()
+    assert figures["separated_short_population"] == short[0]
+    assert figures["within_tolerance_pop_share_ceiling_rules"] == pytest.approx(1 - short[0] / 7_400)
+    plan = SimpleNamespace(config=PlanConfig(target_pop=1_000, tolerance=0.2, max_minutes=5.0),
+                           report=figures)
+    issues = _count_issues(plan)
+    assert len(issues) == 1 and "share no reachable center" in issues[0]
+    assert f"at least {short[0]:,} residents stay outside the band in any plan" in issues[0]
+
+
+def _fewest_outside_exactly(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndarray, *,
+                            min_pop: float, max_pop: float, tiny_pop: float) -> float:
+    """The fewest residents who are not forced outside the band over every assignment of the
+    units to sites they reach (contiguity left out, so below any plan's), with the tiny rule:
+    a community below `tiny_pop` holds forced residents only. HiGHS on the integer model."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    pairs = structure.tocoo()
+    n_units, n_sites, n_pairs = structure.shape[0], structure.shape[1], pairs.nnz
+    big = float(pop.sum())
+    # Variables: x (pairs), y (open), b (in band), e (an exception), o (able residents outside).
+    x, y, b, e, o = (np.arange(n_pairs), n_pairs + np.arange(n_sites),
+                     n_pairs + n_sites + np.arange(n_sites), n_pairs + 2 * n_sites + np.arange(n_sites),
+                     n_pairs + 3 * n_sites + np.arange(n_sites))
+    n_vars = n_pairs + 4 * n_sites
+    rows, lo, hi = [], [], []
+
+    def row(entries, low, high):
+        r = np.zeros(n_vars)
+        for index, value in entries:
+            r[index] += value
+        rows.append(r)
+        lo.append(low)
+        hi.append(high)
+
+    able = ~forced
+    for u in range(n_units):
+        row([(x[k], 1.0) for k in np.flatnonzero(pairs.row == u)], 1, 1)
+    for k in range(n_pairs):
+        row([(x[k], 1.0), (y[pairs.col[k]], -1.0)], -np.inf, 0)
+        if able[pairs.row[k]]:
+            row([(x[k], 1.0), (e[pairs.col[k]], 1.0)], -np.inf, 1)
+    for c in range(n_sites):
+        members = [(x[k], pop[pairs.row[k]]) for k in np.flatnonzero(pairs.col == c)]
+        row(members + [(y[c], -tiny_pop), (e[c], tiny_pop)], 0, np.inf)
+        row(members + [(b[c], -min_pop)], 0, np.inf)
+        row(members + [(b[c], big - max_pop)], -np.inf, big)
+        row([(x[k], -pop[pairs.row[k]]) for k in np.flatnonzero(pairs.col == c) if able[pairs.row[k]]]
+            + [(o[c], 1.0), (b[c], big)], 0, np.inf)
+        row([(b[c], 1.0), (y[c], -1.0)], -np.inf, 0)
+    cost = np.zeros(n_vars)
+    cost[o] = 1.0
+    integral = np.r_[np.ones(n_pairs + 3 * n_sites), np.zeros(n_sites)]
+    res = milp(cost, integrality=integral, bounds=Bounds(0, np.r_[np.ones(n_pairs + 3 * n_sites),
+                                                                  np.full(n_sites, np.inf)]),
+               constraints=[LinearConstraint(np.array(rows), lo, hi)])
+    return np.inf if res.x is None else float(res.fun)
+
+
+def test_the_separated_proof_never_claims_more_than_the_exact_optimum():
+    """On 40 seeded strips with dense and thin stretches, the proof never exceeds the exact
+    fewest residents outside the band (HiGHS on the integer model, without contiguity, so
+    below every plan's), and it proves something on some of them."""
+    from covplan.solve.packing import separated_outside_band
+
+    band = {"min_pop": 800.0, "tiny_pop": 500.0}
+    proofs = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        n = 16
+        strip = _strip(n, 2)
+        pop = np.where(rng.random(n) < 0.4, rng.integers(250, 450, n), rng.integers(20, 120, n))
+        pop = pop.astype(float)
+        gathers = np.asarray(strip.T @ pop).ravel()
+        forced = ~np.asarray((strip.multiply(gathers >= 800)).sum(axis=1) > 0).ravel()
+        proof = separated_outside_band(strip, pop, forced, **band)
+        exact = _fewest_outside_exactly(strip.tocsr(), pop, forced, max_pop=1_200.0, **band)
+        assert proof <= exact + 1e-6, (seed, proof, exact)
+        proofs += proof > 0
+    assert proofs >= 3

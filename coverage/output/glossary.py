@@ -70,8 +70,9 @@ GLOSSARY: dict[str, str] = {
                                                 "keeping every rule (walking, and no regular "
                                                 "community below min_pop_exception) can reach: "
                                                 "the ceiling less, per district, the larger of "
-                                                "count_short_population and "
-                                                "packing_short_population (share 0-1)",
+                                                "count_short_population, "
+                                                "packing_short_population and "
+                                                "separated_short_population (share 0-1)",
     "count_short_population": "residents no plan covering everyone can put in balanced "
                               "communities because of the count of centers alone: covering "
                               "every resident takes more centers than the residents fill at the "
@@ -88,6 +89,12 @@ GLOSSARY: dict[str, str] = {
                                 "around the plan's communities outside the band and their "
                                 "neighbours (its optimum: the fewest residents outside the band "
                                 "there in any plan) (persons)",
+    "separated_short_population": "residents no plan keeping every rule can put in balanced "
+                                  "communities because residents who share no reachable site "
+                                  "need a community each, and the residents around their sites "
+                                  "cannot fill all of them to the band's floor, proven per "
+                                  "district by a linear program over those communities "
+                                  "(persons; 0 where it proves nothing)",
     "forced_undersized_population": "residents who provably can only be in a community below the "
                                     "band (persons)",
     "island_population": "residents cut off from the main walking network (persons)",

@@ -152,6 +152,7 @@ def plan_communities(network: WalkNetwork, population: Population | gpd.GeoDataF
     # before its plan could start).
     shortfalls = Beside(partial(rule_shortfalls, reach, ready.bound, district_of=ready.district_of,
                                 candidate_district=ready.candidate_district,
+                                adjacency=ready.adjacency,
                                 max_pop=config.max_pop,
                                 tiny_pop=config.tiny_pop),
                         fork=config.workers > 1)

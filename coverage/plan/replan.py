@@ -118,9 +118,13 @@ def rule_issues(plan: Plan) -> list[str]:
     return issues
 
 
+_SEPARATED_ISSUE = "the surroundings of residents who share no reachable center"
+
+
 def _count_issues(plan: Plan) -> list[str]:
-    """The balance that the count of centers (report ``count_short_population``) or packing
-    (``packing_short_population``) rules out, per district where there are districts."""
+    """The balance that the count of centers (report ``count_short_population``), packing
+    (``packing_short_population``) or units that share no site (``separated_short_population``)
+    rules out, the largest proof per district where there are districts."""
     config, report = plan.config, plan.report
     parts = {f" in district {name}": figures for name, figures in report.get("districts", {}).items()}
     tiny = f"{config.tiny_pop:,.0f}"
@@ -128,7 +132,14 @@ def _count_issues(plan: Plan) -> list[str]:
     for where, figures in (parts or {"": report}).items():
         short = figures.get("count_short_population") or 0
         packed = figures.get("packing_short_population") or 0
-        if short and short >= packed:
+        separated = figures.get("separated_short_population") or 0
+        if separated > max(short, packed):
+            out.append(f"balance rule: {_SEPARATED_ISSUE}{where} ({config.max_minutes:g} min at "
+                       f"{config.walk_speed_kmh:g} km/h) gather too few residents for all their "
+                       f"communities to reach {config.min_pop:,.0f} (a linear program proves it), "
+                       f"so with none below {tiny} at least {separated:,} residents stay outside "
+                       "the band in any plan")
+        elif short and short >= packed:
             out.append(f"balance rule: covering every resident{where} within "
                        f"{config.max_minutes:g} min at {config.walk_speed_kmh:g} km/h takes more "
                        f"centers than its residents fill at {config.min_pop:,.0f} with none below "

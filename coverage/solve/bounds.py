@@ -29,6 +29,12 @@ outside the band (`packing_shortfall`). After planning, a second program counts 
 plan's communities outside the band, how many residents no plan can put in a balanced community
 (`around_plan`).
 
+Units that share no site lie in as many communities, each drawn from the residents around its
+unit's sites. Where those surroundings are thin — a sparse fringe, a target large against the
+circles — they cannot all reach the band's floor, even where the city as a whole has room: a
+small program over those units alone counts how many must stay outside the band, on whole
+districts (`separated_shortfall`).
+
 Contiguity itself can be out of reach: units whose only reachable site is the same c must all
 be in c's community in any plan that covers them; when no chain of units reaching c joins
 them, that community cannot be contiguous (``split_sites``).
@@ -67,6 +73,7 @@ class FeasibilityBound:
     district_of: np.ndarray = None  # per unit: its district (the count shortfall is per district)
     count_short: dict = None      # district -> residents outside the band by the center count
     packing_short: dict = None    # district -> residents outside the band by packing
+    separated_short: dict = None  # district -> ... by units that share no site (`separated_shortfall`)
     around_regions: tuple = ()    # per region around a plan's misses (`around_plan`): (district,
                                   # its community labels outside the band, residents proven)
     piece: sp.csr_matrix = None   # units x candidates: residents of the unit's piece reaching it
@@ -112,8 +119,9 @@ class FeasibilityBound:
         unreachable = int(pop[~self.reachable[m]].sum())
         by_count = self._district_short(m, self.count_short)
         by_packing = self._district_short(m, _larger(self.packing_short, self.around_short))
+        separated = self._district_short(m, self.separated_short)
         either = self._district_short(m, _larger(self.count_short, self.packing_short,
-                                                 self.around_short))
+                                                 self.around_short, self.separated_short))
         return {
             "population_total": total,
             "coverage_ceiling": 1.0 - unreachable / total if total else 1.0,
@@ -124,6 +132,7 @@ class FeasibilityBound:
             "forced_undersized_population": forced,
             "count_short_population": by_count,
             "packing_short_population": by_packing,
+            "separated_short_population": separated,
             "unreachable_population": unreachable,
             "island_population": int(pop[self.island[m]].sum()),
         }
@@ -207,7 +216,8 @@ def feasibility_bound(reach: ReachMatrix, *, min_pop: float,
         return bound
     return replace(bound, **rule_shortfalls(reach, bound, district_of=district_of,
                                             candidate_district=candidate_district,
-                                            max_pop=max_pop, tiny_pop=tiny_pop))
+                                            max_pop=max_pop, tiny_pop=tiny_pop,
+                                            adjacency=adjacency))
 
 
 def _district_pairs(reach: ReachMatrix, district_of: np.ndarray | None,
@@ -224,11 +234,13 @@ def _district_pairs(reach: ReachMatrix, district_of: np.ndarray | None,
 
 def rule_shortfalls(reach: ReachMatrix, bound: FeasibilityBound, *,
                     district_of: np.ndarray | None, candidate_district: np.ndarray | None,
-                    max_pop: float, tiny_pop: float) -> dict[str, dict[int, int]]:
+                    max_pop: float, tiny_pop: float,
+                    adjacency: sp.spmatrix | None = None) -> dict[str, dict[int, int]]:
     """
-    The bound's ``count_short`` (`count_shortfall`) and ``packing_short`` (`packing_shortfall`)
-    on the pairs of `reach` inside one district (as `feasibility_bound`): what the count of
-    centers and packing rule out for plans keeping the tiny-community rule. Only reports read
+    The bound's ``count_short`` (`count_shortfall`), ``packing_short`` (`packing_shortfall`)
+    and ``separated_short`` (`separated_shortfall`) on the pairs of `reach` inside one district
+    (as `feasibility_bound`): what the count of centers, packing and units that share no site
+    rule out for plans keeping the tiny-community rule. Only reports read
     them, so a plan may prove them beside its planning
     (`covplan.plan.pipeline.plan_communities`).
     """
@@ -239,7 +251,9 @@ def rule_shortfalls(reach: ReachMatrix, bound: FeasibilityBound, *,
     short = count_shortfall(structure, pop, bound.forced_undersized, bound.district_of, **band)
     packing = packing_shortfall(structure, pop, bound.forced_undersized, bound.district_of,
                                 skip=set(short), **band)
-    return {"count_short": short, "packing_short": packing}
+    separated = separated_shortfall(structure, pop, bound.forced_undersized, bound.district_of,
+                                    min_pop=bound.min_pop, tiny_pop=tiny_pop, adjacency=adjacency)
+    return {"count_short": short, "packing_short": packing, "separated_short": separated}
 
 
 def count_shortfall(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndarray,
@@ -335,6 +349,31 @@ def packing_shortfall(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndar
             continue
         if all_in_band_impossible(structure[able], pop[able], min_pop=min_pop, max_pop=max_pop):
             out[d] = int(max(np.ceil(tiny_pop - extra - 1e-9), 1))
+    return out
+
+
+def separated_shortfall(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndarray,
+                        district_of: np.ndarray, *, min_pop: float, tiny_pop: float,
+                        adjacency: sp.spmatrix | None = None) -> dict[int, int]:
+    """
+    Per district, residents that no plan keeping the tiny-community rule can put in balanced
+    communities, from units that share no site (`covplan.solve.packing.separated_outside_band`):
+    where those units' surroundings hold too few residents for all their communities to reach
+    the band's floor. With `adjacency` (units x units), a community is held to its unit's
+    connected piece of the units reaching its site. Districts without a proof left out.
+    """
+    from covplan.solve.packing import separated_outside_band
+
+    structure = sp.csr_matrix(structure)
+    adjacency = None if adjacency is None else sp.csr_matrix(adjacency)
+    out: dict[int, int] = {}
+    for d, *_ in _able_by_district(structure, pop, forced, district_of):
+        here = np.flatnonzero(district_of == d)
+        short = separated_outside_band(
+            structure[here], pop[here], forced[here], min_pop=min_pop, tiny_pop=tiny_pop,
+            adjacency=None if adjacency is None else adjacency[here][:, here])
+        if short:
+            out[d] = short
     return out
 
 
