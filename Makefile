@@ -34,7 +34,7 @@ demo: setup
 	$(BIN)/covplan demo --out $(OUT)
 
 test: setup-test
-	$(BIN)/python -m pytest -q --cov=covplan --cov-report=term:skip-covered
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile --cov=covplan --cov-report=term:skip-covered
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .coverage
