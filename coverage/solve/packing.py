@@ -342,7 +342,7 @@ def _separated_program(structure: sp.csr_matrix, by_site: sp.csc_matrix, units: 
     # A unit able to be balanced has a piece holding the floor; this keeps the programs
     # solvable on inputs that do not say which units are forced.
     fills = np.asarray(g @ pop).ravel() >= tiny_pop - 1e-9
-    g, floor = g[fills].tocoo(), floor[fills].multiply(able[None, :]).tocoo()
+    g, floor = g[fills].tocoo(), _stored(floor[fills].multiply(able[None, :])).tocoo()
     if _all_filled(int(fills.sum()), floor.row, floor.col, pop, min_pop):
         return None
     return _SeparatedProgram(int(fills.sum()), floor.row, floor.col, g.row, g.col, pop, able,
@@ -359,8 +359,7 @@ def _joiners(structure: sp.csr_matrix, by_site: sp.csc_matrix, units: np.ndarray
     if adjacency is None:
         sites = structure[units]
         gather = np.asarray(structure.T @ pop).ravel()
-        return ((sites @ by_site.T).tocsr(),
-                (sites.multiply(gather >= min_pop - 1e-9) @ by_site.T).tocsr())
+        return (sites @ by_site.T).tocsr(), _stored(sites.multiply(gather >= min_pop - 1e-9) @ by_site.T)
     from scipy.sparse.csgraph import connected_components
 
     rows, cols, full = [], [], []
@@ -379,6 +378,14 @@ def _joiners(structure: sp.csr_matrix, by_site: sp.csc_matrix, units: np.ndarray
     g.data[:] = 1.0
     floor.data[:] = 1.0
     return g, floor
+
+
+def _stored(matrix: sp.spmatrix) -> sp.csr_matrix:
+    """`matrix` without the zeros that masking by multiplication leaves stored (they would count as
+    pairs: a forced unit in a balanced community, a circle below the floor)."""
+    matrix = sp.csr_matrix(matrix)
+    matrix.eliminate_zeros()
+    return matrix
 
 
 def _all_filled(m: int, fu: np.ndarray, fw: np.ndarray, pop: np.ndarray, min_pop: float) -> bool:
