@@ -118,9 +118,6 @@ def rule_issues(plan: Plan) -> list[str]:
     return issues
 
 
-_SEPARATED_ISSUE = "the surroundings of residents who share no reachable center"
-
-
 def _count_issues(plan: Plan) -> list[str]:
     """The balance that the count of centers (report ``count_short_population``), packing
     (``packing_short_population``) or units that share no site (``separated_short_population``)
@@ -134,7 +131,8 @@ def _count_issues(plan: Plan) -> list[str]:
         packed = figures.get("packing_short_population") or 0
         separated = figures.get("separated_short_population") or 0
         if separated > max(short, packed):
-            out.append(f"balance rule: {_SEPARATED_ISSUE}{where} ({config.max_minutes:g} min at "
+            out.append(f"balance rule: the surroundings of residents who share no reachable "
+                       f"center{where} ({config.max_minutes:g} min at "
                        f"{config.walk_speed_kmh:g} km/h) gather too few residents for all their "
                        f"communities to reach {config.min_pop:,.0f} (a linear program proves it), "
                        f"so with none below {tiny} at least {separated:,} residents stay outside "

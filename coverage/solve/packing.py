@@ -248,19 +248,6 @@ def least_outside_band(piece: sp.csr_matrix, pop: np.ndarray, forced: np.ndarray
 SEPARATED_ORDERS = ("sites", "gather", "supply")   # the ways units that share no site are picked
 
 
-def separated_units(structure: sp.csr_matrix, candidates: np.ndarray, key: np.ndarray) -> np.ndarray:
-    """Units of `candidates`, smallest `key` first (ties by index), no two of which reach a
-    common site: every plan covering them puts each in a community of its own."""
-    taken = np.zeros(structure.shape[1], dtype=bool)
-    picked = []
-    for u in candidates[np.lexsort((candidates, key[candidates]))]:
-        cols = structure.indices[structure.indptr[u]:structure.indptr[u + 1]]
-        if len(cols) and not taken[cols].any():
-            taken[cols] = True
-            picked.append(int(u))
-    return np.asarray(picked, dtype="int64")
-
-
 def separated_outside_band(structure: sp.csr_matrix, pop: np.ndarray, forced: np.ndarray, *,
                            min_pop: float, tiny_pop: float,
                            adjacency: sp.spmatrix | None = None) -> int:
@@ -268,7 +255,7 @@ def separated_outside_band(structure: sp.csr_matrix, pop: np.ndarray, forced: np
     At least how many residents who are not forced undersized are outside the band in any plan
     that covers everyone and keeps the tiny-community rule, from units that share no site.
 
-    Units no two of which reach a common site (`separated_units`) lie in as many different
+    Units no two of which reach a common site (`seeding.separated_units`) lie in as many different
     communities, each inside the units reaching one of its unit's sites — with `adjacency`,
     inside the unit's connected piece of them (communities are contiguous). Where those are few
     residents — a thin fringe, a target large against the circles — the communities cannot
@@ -291,6 +278,8 @@ def separated_outside_band(structure: sp.csr_matrix, pop: np.ndarray, forced: np
     the count of centers, it binds where a sparse part needs many more circles than a dense
     part, which then has room to spare.
     """
+    from covplan.solve.partition.seeding import separated_units
+
     structure = sp.csr_matrix(structure, dtype="float64")
     structure.sort_indices()
     structure.data[:] = 1.0

@@ -14,14 +14,21 @@ from covplan._sparse import entries_of
 def packing_bound(structure: sp.csr_matrix) -> int:
     """A lower bound on the centers the 15-minute rule needs: units (most constrained first)
     no two of which share a candidate each need their own."""
+    units = np.arange(structure.shape[0])
+    return len(separated_units(structure, units, np.diff(structure.indptr)))
+
+
+def separated_units(structure: sp.csr_matrix, candidates: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Units of `candidates`, smallest `key` first (ties by index), no two of which reach a
+    common site: every plan covering them puts each in a community of its own."""
     taken = np.zeros(structure.shape[1], dtype=bool)
-    count = 0
-    for u in np.argsort(np.diff(structure.indptr), kind="stable"):
+    picked = []
+    for u in candidates[np.lexsort((candidates, key[candidates]))]:
         cols = structure.indices[structure.indptr[u]:structure.indptr[u + 1]]
         if len(cols) and not taken[cols].any():
             taken[cols] = True
-            count += 1
-    return count
+            picked.append(int(u))
+    return np.asarray(picked, dtype="int64")
 
 
 def bisect_parts(xy: np.ndarray, pop: np.ndarray, units: np.ndarray, k: int) -> tuple[np.ndarray, int]:
