@@ -60,6 +60,12 @@ than covering needs there, and reducing them leaves many communities short.
    then, around each tiny community left, one without it at a loss of at most a
    target's balanced residents; a second of the solver's deterministic time (1.2 s above
    `_EXACT_UNITS`), and half a second more for the tiny communities.
+7b. recombine (`recombine`): every community the runs, the improvement and the windows made
+   (center and members, each once) is a column of a set-partitioning model, and CP-SAT picks
+   the best exact cover of the units with distinct centers (half a second of deterministic
+   time, hinted with the plan): the plan changes only where that lowers the residents outside the
+   band plus a target's residents per tiny community. It joins a good stretch of one run with
+   a good stretch of another where their borders meet.
 8. where the instance is tight (covering everyone takes as many centers as the residents fill
    at the band's floor), plan it from a few minimum covers by a small MIP each (`tight_cover`),
    kept when connected and better in the rules' order.
@@ -81,6 +87,7 @@ from covplan.errors import InputError
 from covplan.solve.partition.exact_window import SOLVE_SECONDS, solve_windows
 from covplan.solve.partition.flow import attach_strays, settle, split_pieces
 from covplan.solve.partition.improve import improve
+from covplan.solve.partition.recombine import SeenCommunities, recombine
 from covplan.solve.partition.refine import (
     POLISH_BUDGET,
     POLISH_UNITS,
@@ -277,6 +284,7 @@ def _one_run(problem: PartitionProblem, per_person: sp.csr_matrix, weighted: sp.
     centers, label = settle(pop, problem.min_pop, problem.max_pop, per_person, structure, weighted, centers)
     label = attach_strays(label, pop, weighted, problem.adjacency, centers, strict=False)
     plan = SearchPlan(problem, per_person, weighted, structure, split_pieces(label, problem.adjacency))
+    plan.seen = SeenCommunities()       # for the recombination (stage 7b)
     _trace(plan, "settled")
     local_search(plan, BALANCE_WEIGHT, _GROW_ROUNDS)
     reduce_to(plan, k)
@@ -420,8 +428,9 @@ def _better(options: list, key, target_pop: float):
     return winner
 
 
-def _finish(ready: _Prepared, finals: list[SearchPlan], sharing: int) -> Partition:
-    """Stages 7 and 8 on the better improved run (`_better`). Where the minimum cover's run was
+def _finish(ready: _Prepared, finals: list[SearchPlan], sharing: int,
+            seen: SeenCommunities) -> Partition:
+    """Stages 7, 7b and 8 on the better improved run (`_better`). Where the minimum cover's run was
     improved beside the best runs (the last of `finals`, after the `sharing` others) and is the
     better one, they finish the better of the others too, and the better finished plan wins: the
     extra run never leaves a plan worse than the runs without it would have."""
@@ -430,21 +439,28 @@ def _finish(ready: _Prepared, finals: list[SearchPlan], sharing: int) -> Partiti
     options = [winner]
     if sharing < len(finals) and winner is finals[-1]:
         options.append(_better(finals[:sharing], lambda p: p.key(), problem.target_pop))
-    centers = [_finished(ready, plan) for plan in options]
+    centers = [_finished(ready, plan, seen) for plan in options]
     center = _better(centers, lambda c: _score(problem, c), problem.target_pop)
     *_, violation, objective = _score(problem, center)
     return Partition(center, np.unique(center[center >= 0]), objective, violation,
                      ready.greedy_cover, _disconnected(problem, center))
 
 
-def _finished(ready: _Prepared, plan: SearchPlan) -> np.ndarray:
-    """Each unit's center after stages 7 (CP-SAT windows, changing `plan`) and 8 (tight covers)."""
+def _finished(ready: _Prepared, plan: SearchPlan, seen: SeenCommunities) -> np.ndarray:
+    """Each unit's center after stages 7 (CP-SAT windows, changing `plan`), 7b (recombination
+    with every community `seen`) and 8 (tight covers)."""
     problem, n = ready.problem, ready.minutes.shape[0]
     _trace(plan, "improved")
     seconds, per_model = (_EXACT_SECONDS, SOLVE_SECONDS) if n <= _EXACT_UNITS else _EXACT_LARGE
     if (not problem.exceptions_only and (n <= _EXACT_UNITS or problem.unit_prior is None)
             and solve_windows(plan, seconds=seconds, per_model=per_model)):
         _trace(plan, "solved exactly")
+    if not problem.exceptions_only:
+        seen.merge(plan.seen)
+        recombined = recombine(plan, seen)
+        if recombined is not None:
+            plan = recombined
+            _trace(plan, "recombined")
     center = _centers_of(plan)
     if not problem.exceptions_only and problem.locked is None:
         center = _from_cover(problem, ready.minutes, center)
@@ -474,7 +490,7 @@ def _improve_task(task: tuple[int, int]) -> SearchPlan:
 def _finish_task(i: int) -> Partition:
     """`_finish` of the i-th problem, run by `run_tasks`."""
     s = shared()
-    return _finish(s["ready"][i], s["finals"][i], s["sharing"][i])
+    return _finish(s["ready"][i], s["finals"][i], s["sharing"][i], s["seen"][i])
 
 
 def _from_cover(problem: PartitionProblem, minutes: sp.csr_matrix, center: np.ndarray) -> np.ndarray:
@@ -509,8 +525,9 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
         (fewest residents in communities outside the band, then tiny communities, communities
         outside the band, people beyond its edges, person-minutes) wins, ties to the earliest,
         and is then improved window by window (stage 6), beside the best run with fewest tiny
-        communities; then the winner's windows go to CP-SAT (stage 7), and last a tight
-        instance is planned from its minimum covers where that is better (stage 8).
+        communities; then the winner's windows go to CP-SAT (stage 7), the best exact cover
+        by every community the search made replaces it where better (stage 7b), and last a
+        tight instance is planned from its minimum covers where that is better (stage 8).
     jobs
         Processes for the runs and for improving the two chosen runs; the partition is the
         same for any number.
@@ -552,6 +569,13 @@ def partition_all(problems: list[PartitionProblem], *, seed: int | np.random.Gen
     chosen = {i: _picks(ready[i], [plan.attach(alike[i]) for (p, *_), plan in zip(tasks, made)
                                    if p == i], jobs)
               for i in todo}
+    # Every community the runs made, for the recombination; each chosen run collects anew.
+    seen = {i: SeenCommunities() for i in todo}
+    for (i, *_), plan in zip(tasks, made):
+        seen[i].merge(plan.seen)
+    for i in todo:
+        for plan in chosen[i][0]:
+            plan.seen = SeenCommunities()
     del made        # the runs not chosen
     improving = [(i, j) for i in todo if not ready[i].problem.exceptions_only   # (can't reach
                  for j in range(len(chosen[i][0]))]                              # the band)
@@ -559,9 +583,10 @@ def partition_all(problems: list[PartitionProblem], *, seed: int | np.random.Gen
     finals = {i: list(chosen[i][0]) for i in todo}
     for (i, j), plan in zip(improving, improved):
         finals[i][j] = plan.attach(alike[i])
+        seen[i].merge(plan.seen)
     sharing = {i: chosen[i][1] for i in todo}
     done = run_tasks(_finish_task, todo, jobs=jobs,
-                     data={"ready": ready, "finals": finals, "sharing": sharing})
+                     data={"ready": ready, "finals": finals, "sharing": sharing, "seen": seen})
     for i, partition in zip(todo, done):
         ready[i] = partition
     return ready

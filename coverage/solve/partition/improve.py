@@ -130,6 +130,8 @@ class _SubPlan:
                 or (sub.cnt[alive, centers] < sub.size[alive]).any()):
             return None           # a shared or out-of-reach center: not a plan the rules allow
         compact = np.searchsorted(alive, sub.label)
+        if win.seen is not None:
+            win.seen.add_labels(win.units, compact, self.cols[centers])
         return sub.key(), compact, self.cols[centers]
 
 

@@ -112,6 +112,7 @@ class Window:
         self.blocked = plan.used.copy()
         self.blocked[plan.center[comms]] = False
         self.problem, self.lo, self.hi = problem, problem.min_pop, problem.max_pop
+        self.seen = plan.seen
         self.before = (*problem_band_key(plan.popk[comms], problem), float(plan.cost[comms, plan.center[comms]].sum()))
 
     def evaluate(self, centers: np.ndarray):
@@ -125,6 +126,8 @@ class Window:
         label = attach_strays(label, self.pop, self.weighted, self.adjacency, centers)
         if label is None or (np.bincount(label, minlength=len(centers)) == 0).any():
             return None
+        if self.seen is not None:
+            self.seen.add_labels(self.units, label, centers)
         sizes = np.bincount(label, weights=self.pop, minlength=len(centers))
         cost = float(lookup(self.weighted, np.arange(len(self.units)), centers[label])[0].sum())
         return (*problem_band_key(sizes, self.problem), cost), label, centers
@@ -309,6 +312,7 @@ def reassign(plan: SearchPlan) -> SearchPlan:
     label = attach_strays(label, plan.pop, plan.weighted, problem.adjacency, centers, strict=False)
     twin = SearchPlan(problem, plan.per_person, plan.weighted, plan.structure,
                  split_pieces(label, problem.adjacency))
+    twin.seen = plan.seen
     local_search(twin, BALANCE_WEIGHT, _REASSIGN_ROUNDS)
     reduce_to(twin, len(plan.alive))
     local_search(twin, FINAL_WEIGHT, count_first=True)

@@ -58,6 +58,7 @@ class SearchPlan:
         self.used = np.zeros(self.n_cand, dtype=bool)
         self.used[self.center[self.center >= 0]] = True
         self.lab = self.label.tolist()
+        self.seen = None                # `recombine.SeenCommunities` collecting its communities
 
     def detached(self) -> SearchPlan:
         """The plan without what every plan of its problem shares (`shared_fields`), light to
@@ -363,6 +364,8 @@ def local_search(plan: SearchPlan, lam: float, max_rounds: int = 100, comms: np.
         plan.resite()
         if moved == 0:
             break
+    if plan.seen is not None:
+        plan.seen.record(plan)
 
 
 def empty_community(plan: SearchPlan, s: int, lam: float) -> bool:
