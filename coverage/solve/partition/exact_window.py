@@ -203,6 +203,7 @@ class _Model:
         params.max_deterministic_time = seconds
         params.cp_model_probing_level = 0   # probing alone took the whole second on the demo
         params.symmetry_level = 0
+        params.catch_sigint_signal = False   # Ctrl-C is the CLI's: one line and exit 130
         status = solver.Solve(model)
         logger.debug("model of %d merged units, %d sites: %s communities, %d balanced, more than %d: "
                      "%s in %.2f", self.n_groups, len(self.members), k, n_balanced, more_than,

@@ -160,6 +160,7 @@ def recombine(plan: SearchPlan, seen: SeenCommunities, *,
     params.max_deterministic_time = seconds
     params.cp_model_probing_level = 0   # as in the CP-SAT windows: with them, the hinted plan
     params.symmetry_level = 0           # came back within the time on every pool tried
+    params.catch_sigint_signal = False  # CP-SAT's own handler left Ctrl-C killing the process
     status = solver.Solve(model)
     now = sum(cost(np.flatnonzero(plan.label == k)) for k in plan.alive)
     logger.debug("recombination of %d seen communities (%d valid): %s, %.0f -> %.0f in %.2f",
