@@ -136,7 +136,8 @@ def recombine(plan: SearchPlan, seen: SeenCommunities, *,
     pick = [model.NewBoolVar("") for _ in columns]
     by_unit: list[list] = [[] for _ in range(len(pop))]
     by_site: dict[int, list] = {}
-    mine = {(int(plan.center[k]), np.flatnonzero(plan.label == k).tobytes()) for k in plan.alive}
+    own = [(int(plan.center[plan.label[m[0]]]), m) for m in _members(plan.label)]
+    mine = {(center, units.tobytes()) for center, units in own}
     for var, (center, units) in zip(pick, columns):
         for u in units.tolist():
             by_unit[u].append(var)
@@ -162,7 +163,7 @@ def recombine(plan: SearchPlan, seen: SeenCommunities, *,
     params.symmetry_level = 0           # came back within the time on every pool tried
     params.catch_sigint_signal = False  # CP-SAT's own handler left Ctrl-C killing the process
     status = solver.Solve(model)
-    now = sum(cost(np.flatnonzero(plan.label == k)) for k in plan.alive)
+    now = sum(cost(units) for _, units in own)
     logger.debug("recombination of %d seen communities (%d valid): %s, %.0f -> %.0f in %.2f",
                  len(seen), len(columns), solver.StatusName(status), now,
                  solver.ObjectiveValue() if status in (cp_model.OPTIMAL, cp_model.FEASIBLE) else now,
