@@ -324,6 +324,27 @@ def test_count_shortfall_when_covering_everyone_takes_too_many_centers():
                            np.zeros(28, "int64"), **band) == {}
 
 
+def test_count_shortfall_asks_the_exact_count_where_the_lp_floor_leaves_room():
+    """Five squares joined pairwise by ten lanes of 240 residents; a lane's residents reach the
+    squares at its two ends. Covering everyone is a vertex cover of the five squares' complete
+    graph: the LP floor is 3 (half of each square, rounded up), which 2,400 residents could fill
+    at the floor of 800, but every cover takes 4 squares. 4 communities of at least 500 leave
+    room for one balanced community of at most 2,400 - 3 x 500 = 900: 1,500 residents short."""
+    from itertools import combinations
+
+    from covplan.solve.bounds import _lp_cover_floor
+
+    lanes = list(combinations(range(5), 2))
+    rows = np.repeat(np.arange(len(lanes)), 2)
+    lanes_to_squares = sp.csr_matrix((np.ones(2 * len(lanes)), (rows, np.ravel(lanes))),
+                                     shape=(len(lanes), 5))
+    pop = np.full(len(lanes), 240.0)
+    assert _lp_cover_floor(lanes_to_squares) == 3 and min_cover_count(lanes_to_squares) == 4
+    assert count_shortfall(lanes_to_squares, pop, np.zeros(len(lanes), bool),
+                           np.zeros(len(lanes), "int64"), min_pop=800, max_pop=1_200,
+                           tiny_pop=500) == {0: 1_500}
+
+
 def _street_plan(pops: list[int], jobs: int = 1):
     """The strip as a street: 27 cells of 100 m, a node in each, 5.4 minutes' walk (four cells
     either way), band 800-1,200, tiny floor 500."""

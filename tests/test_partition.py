@@ -549,7 +549,7 @@ def test_a_detached_plan_is_light_and_whole_again_once_attached():
     import pickle
 
     from covplan.solve.partition.core import _matrices
-    from covplan.solve.partition.search import SHARED_FIELDS, SearchPlan, shared_fields
+    from covplan.solve.partition.search import SearchPlan, shared_fields
 
     reach, pop, adjacency, xy = grid()
     problem = PartitionProblem(reach, pop, adjacency, target_pop=pop.sum() / 5, tolerance=0.2, xy=xy)
@@ -559,7 +559,7 @@ def test_a_detached_plan_is_light_and_whole_again_once_attached():
     label = np.arange(len(pop)) % 5
     plan = SearchPlan(problem, *matrices, label)
     light = pickle.loads(pickle.dumps(plan.detached()))
-    assert not set(SHARED_FIELDS) & set(light.__dict__)
+    assert not set(shared_fields(problem, *matrices)) & set(light.__dict__)
     assert len(pickle.dumps(plan.detached())) < len(pickle.dumps(plan)) / 2
     whole = light.attach(shared_fields(problem, *matrices))
     assert whole.key() == plan.key()

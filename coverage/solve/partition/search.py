@@ -16,10 +16,6 @@ BALANCE_WEIGHT = 5.0       # local search: weight of the squared excess while ba
 FINAL_WEIGHT = 0.05        # ... and while cutting minutes at the end
 
 
-SHARED_FIELDS = ("problem", "per_person", "weighted", "structure", "indptr", "indices", "w",
-                 "n_cand", "keys", "pop", "nbrs")
-
-
 def shared_fields(problem: PartitionProblem, per_person: sp.csr_matrix, weighted: sp.csr_matrix,
                   structure: sp.csr_matrix) -> dict:
     """What every `SearchPlan` of one problem holds alike: the problem, its matrices and what
@@ -47,7 +43,9 @@ class SearchPlan:
 
     def __init__(self, problem: PartitionProblem, per_person: sp.csr_matrix,
                  weighted: sp.csr_matrix, structure: sp.csr_matrix, label: np.ndarray):
-        self.__dict__.update(shared_fields(problem, per_person, weighted, structure))
+        shared = shared_fields(problem, per_person, weighted, structure)
+        self.__dict__.update(shared)
+        self.shared_names = tuple(shared)  # what `detached` leaves out
         self.label = label.copy()
         n_comm = int(label.max()) + 1 if (label >= 0).any() else 0
         self.cnt, self.cost = tallies(label, n_comm, structure, weighted)
@@ -64,7 +62,7 @@ class SearchPlan:
         """The plan without what every plan of its problem shares (`shared_fields`), light to
         send between processes: a million residents' plan 9.5 -> 1.9 MB. `attach` puts it back."""
         light = object.__new__(SearchPlan)
-        light.__dict__.update({k: v for k, v in self.__dict__.items() if k not in SHARED_FIELDS})
+        light.__dict__.update({k: v for k, v in self.__dict__.items() if k not in self.shared_names})
         return light
 
     def attach(self, shared: dict) -> SearchPlan:
