@@ -327,9 +327,10 @@ def test_count_shortfall_when_covering_everyone_takes_too_many_centers():
 def test_count_shortfall_asks_the_exact_count_where_the_lp_floor_leaves_room():
     """Five squares joined pairwise by ten lanes of 240 residents; a lane's residents reach the
     squares at its two ends. Covering everyone is a vertex cover of the five squares' complete
-    graph: the LP floor is 3 (half of each square, rounded up), which 2,400 residents could fill
-    at the floor of 800, but every cover takes 4 squares. 4 communities of at least 500 leave
-    room for one balanced community of at most 2,400 - 3 x 500 = 900: 1,500 residents short."""
+    graph: the LP floor is 3 (every square at one half: 2.5, rounded up), which 2,400 residents
+    could fill at the floor of 800, but every cover takes 4 squares. 4 communities of at least
+    500 leave room for one balanced community of at most 2,400 - 3 x 500 = 900: 1,500 residents
+    short."""
     from itertools import combinations
 
     from covplan.solve.bounds import _lp_cover_floor
