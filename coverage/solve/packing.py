@@ -297,18 +297,18 @@ def separated_outside_band(structure: sp.csr_matrix, pop: np.ndarray, forced: np
             "supply": np.asarray(structure @ gather).ravel()}
     by_site = structure.tocsc()
     adjacency = None if adjacency is None else sp.csr_matrix(adjacency)
-    full = gather >= min_pop - 1e-9     # sites whose circle holds the floor
+    site_holds = gather >= min_pop - 1e-9     # sites whose circle holds the floor
     best_case = None
     for order in SEPARATED_ORDERS:
         units = separated_units(structure, np.flatnonzero(able), keys[order])
-        circles = _separated_program(structure, by_site, units, pop, able, None, full,
+        circles = _separated_program(structure, by_site, units, pop, able, None, site_holds,
                                      min_pop=min_pop, tiny_pop=tiny_pop)
         if circles is None:
             continue     # a greedy share fills every circle: pieces (slower) are not tried
         # Pieces first; where their program has no solution (no plan keeps the tiny rule with
         # these pieces, which proves nothing here), the circles'.
-        for program in (_separated_program(structure, by_site, units, pop, able, adjacency, full,
-                                           min_pop=min_pop, tiny_pop=tiny_pop)
+        for program in (_separated_program(structure, by_site, units, pop, able, adjacency,
+                                           site_holds, min_pop=min_pop, tiny_pop=tiny_pop)
                         if adjacency is not None else None, circles):
             short = None if program is None else program.short_of_band()
             if short is not None:
@@ -323,13 +323,13 @@ def separated_outside_band(structure: sp.csr_matrix, pop: np.ndarray, forced: np
 
 def _separated_program(structure: sp.csr_matrix, by_site: sp.csc_matrix, units: np.ndarray,
                        pop: np.ndarray, able: np.ndarray, adjacency: sp.csr_matrix | None,
-                       full: np.ndarray, *, min_pop: float,
+                       site_holds: np.ndarray, *, min_pop: float,
                        tiny_pop: float) -> _SeparatedProgram | None:
     """The programs over `units`, or None where a greedy share already fills every community
     to the floor (no proof)."""
     # Who may join each unit's community (g), and when in band (f: not forced, and in a piece
     # or circle gathering the floor).
-    g, floor = _joiners(structure, by_site, units, pop, adjacency, full, min_pop)
+    g, floor = _joiners(structure, by_site, units, pop, adjacency, site_holds, min_pop)
     # A unit able to be balanced has a piece holding the floor; this keeps the programs
     # solvable on inputs that do not say which units are forced.
     fills = np.asarray(g @ pop).ravel() >= tiny_pop - 1e-9
@@ -341,15 +341,16 @@ def _separated_program(structure: sp.csr_matrix, by_site: sp.csc_matrix, units: 
 
 
 def _joiners(structure: sp.csr_matrix, by_site: sp.csc_matrix, units: np.ndarray,
-             pop: np.ndarray, adjacency: sp.csr_matrix | None, full: np.ndarray,
+             pop: np.ndarray, adjacency: sp.csr_matrix | None, site_holds: np.ndarray,
              min_pop: float) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """Separated units x units: who may be in each one's community (reaching one of its sites,
     and with `adjacency` in its connected piece of the units reaching that site), and who may
-    when that community is in band (the circle holds `min_pop`: `full` per site; or the piece)."""
+    when that community is in band (the circle holds `min_pop`: `site_holds` per site; or the
+    piece)."""
     n = structure.shape[0]
     if adjacency is None:
         sites = structure[units]
-        return (sites @ by_site.T).tocsr(), _stored(sites.multiply(full) @ by_site.T)
+        return (sites @ by_site.T).tocsr(), _stored(sites.multiply(site_holds) @ by_site.T)
     from scipy.sparse.csgraph import connected_components
 
     rows, cols, full = [], [], []
