@@ -451,12 +451,12 @@ def _finished(ready: _Prepared, plan: SearchPlan, seen: SeenCommunities) -> np.n
     with every community `seen`) and 8 (tight covers)."""
     problem, n = ready.problem, ready.minutes.shape[0]
     _trace(plan, "improved")
+    plan.seen = seen        # the windows' splits go straight into the problem's pool
     seconds, per_model = (_EXACT_SECONDS, SOLVE_SECONDS) if n <= _EXACT_UNITS else _EXACT_LARGE
     if (not problem.exceptions_only and (n <= _EXACT_UNITS or problem.unit_prior is None)
             and solve_windows(plan, seconds=seconds, per_model=per_model)):
         _trace(plan, "solved exactly")
     if not problem.exceptions_only:
-        seen.merge(plan.seen)
         recombined = recombine(plan, seen)
         if recombined is not None:
             plan = recombined
