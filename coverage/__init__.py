@@ -33,6 +33,7 @@ _PUBLIC = {
     "feasibility_bound": "covplan.solve.bounds", "FeasibilityBound": "covplan.solve.bounds",
     "build_demo_city": "covplan.cities.demo",
     "build_synthetic_city": "covplan.cities.synthetic", "SYNTHETIC_KINDS": "covplan.cities.synthetic",
+    "STRESS_KINDS": "covplan.cities.synthetic",
     "CoverageError": "covplan.errors", "InputError": "covplan.errors",
     "CRSError": "covplan.errors", "DataSourceError": "covplan.errors",
     "InfeasibleError": "covplan.errors", "CoverageWarning": "covplan.errors",

@@ -724,7 +724,8 @@ def _build_parser() -> argparse.ArgumentParser:
                             help="run the planner-quality suite over several cities instead")
     bench_plan.add_argument("--cities", default=None,
                             help="suite cities, comma-separated (default: sao_paulo, helsinki, "
-                                 "chengdu, demo, core_fringe, river, linear, islands)")
+                                 "chengdu, demo, core_fringe, river, linear, islands; beyond the "
+                                 "suite also valleys, towns, motorway, sprawl, harbour)")
     bench_plan.add_argument("--no-peers", action="store_true", help="skip Max-p and k-means")
     bench_plan.add_argument("--suite-grids", choices=("demo", "all", "none"), default="demo",
                             help="with --suite: the grid-quality table for the demo (default), "

@@ -9,7 +9,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import shapely
-from covplan.cities.synthetic import SYNTHETIC_KINDS, SyntheticCity, build_synthetic_city
+from covplan.cities.synthetic import STRESS_KINDS, SYNTHETIC_KINDS, SyntheticCity, build_synthetic_city
 from covplan.errors import InputError
 from covplan.inputs.network import load_network
 from covplan.inputs.population import load_population
@@ -175,3 +175,31 @@ def test_bad_kind_and_seed() -> None:
         build_synthetic_city("river", seed=-1)
     with pytest.raises(TypeError):
         build_synthetic_city("river", seed=True)
+
+
+STRESS_TOTALS = {"valleys": 200_000, "towns": 231_500, "motorway": 260_000, "sprawl": 240_000,
+                 "harbour": 230_000}
+
+
+@pytest.mark.parametrize("kind", STRESS_KINDS)
+def test_the_shapes_beyond_the_suite_are_exact_and_reproducible(kind: str) -> None:
+    """Each kind beyond the suite flows through the loaders with its exact total, the same for
+    the same seed, and its trap: the motorway and the harbour's inlet are crossed only where
+    their bridges are, the sprawl's density never rises to a core."""
+    city = _built(kind)
+    assert set(STRESS_KINDS) == set(STRESS_TOTALS) and not set(STRESS_KINDS) & set(SYNTHETIC_KINDS)
+    assert city.residents == STRESS_TOTALS[kind]
+    again = build_synthetic_city(kind, seed=0)
+    assert_geodataframe_equal(again.population, city.population)
+    assert int(_built(kind, 1).population["population"].sum()) == STRESS_TOTALS[kind]
+    network = load_network(city.graph)
+    population = load_population(city.population, population_column="population", id_column="cell_id")
+    assert int(population.cells["pop"].sum()) == city.residents and network.n_nodes > 1_000
+    bridges = {d.get("name") for _, _, d in city.graph.edges(data=True) if d.get("bridge") == "yes"}
+    expected = {"motorway": {f"Crossing {c}" for c in (-40, -8, 24, 56)},
+                "harbour": {"Harbour Bridge"}}.get(kind, set())
+    assert bridges == expected
+    if kind == "sprawl":
+        density = city.population.to_crs(city.work_crs).pipe(
+            lambda cells: cells["population"] / (cells.area / 1e6))
+        assert density.max() < 12_000 and density.median() > 2_000

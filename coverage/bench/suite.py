@@ -40,7 +40,7 @@ from covplan.bench.planner import (
     with_centers,
 )
 from covplan.cities.chengdu import CHENGDU_OSM, chengdu_population
-from covplan.cities.synthetic import SYNTHETIC_KINDS
+from covplan.cities.synthetic import STRESS_KINDS, SYNTHETIC_KINDS
 from covplan.config import PlanConfig
 from covplan.errors import InputError
 
@@ -160,7 +160,8 @@ def run_suite(cities: list[str] | None = None, *, peers: bool = True,
     Parameters
     ----------
     cities
-        Any of `SUITE_CITIES` (None: all). A real city whose data is missing is skipped.
+        Any of `SUITE_CITIES` (None: all) or of the synthetic `STRESS_KINDS` beyond the suite.
+        A real city whose data is missing is skipped.
     peers
         Also score spopt Max-p and weighted k-means (``pip install "coverage-planner[peers]"``).
     config
@@ -182,9 +183,9 @@ def run_suite(cities: list[str] | None = None, *, peers: bool = True,
     """
     config = config or PlanConfig()
     names = list(SUITE_CITIES if cities is None else cities)
-    unknown = [c for c in names if c not in SUITE_CITIES]
+    unknown = [c for c in names if c not in SUITE_CITIES + STRESS_KINDS]
     if unknown:
-        msg = f"unknown suite cities {unknown}; choose from {', '.join(SUITE_CITIES)}."
+        msg = f"unknown suite cities {unknown}; choose from {', '.join(SUITE_CITIES + STRESS_KINDS)}."
         raise InputError(msg)
     if peers:
         bench_peers.require(*bench_peers.PEERS)   # before any city is planned

@@ -15,6 +15,17 @@ makes planning hard:
 - ``islands``: a lake with two inhabited islands whose paths join nothing else, a gated estate
   with its own footpaths behind a wall, and a high-rise block next to an almost empty airfield.
 
+`STRESS_KINDS` are five more shapes the planner is tried on beyond the suite (README, "Beyond
+the suite"), thinner than the suite's: where a 15-minute circle gathers barely the band's
+floor, a community in the band must be nearly a whole circle.
+
+- ``valleys``: three valleys 1.3 km wide meeting at a centre, a town along each.
+- ``towns``: eight towns of 6,500-60,000 residents, 4-8 km apart, joined by country roads.
+- ``motorway``: a city thinning to ~3,000 residents per km2 at its edge, cut by a motorway and a
+  railway that the streets cross at four places only.
+- ``sprawl``: a suburb of ~3,200 residents per km2 throughout: no circle gathers 10,000.
+- ``harbour``: a port on a bay whose inlet only a harbour bridge crosses, two districts.
+
 Cities are laid out in metres around their middle (city coordinates) and moved to lon/lat last.
 """
 
@@ -45,7 +56,7 @@ from scipy.spatial import cKDTree
 from shapely.geometry import LineString, Point, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
-__all__ = ["SYNTHETIC_KINDS", "SyntheticCity", "build_synthetic_city"]
+__all__ = ["STRESS_KINDS", "SYNTHETIC_KINDS", "SyntheticCity", "build_synthetic_city"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +83,8 @@ def build_synthetic_city(kind: str, *, seed: int = 0) -> City:
     Parameters
     ----------
     kind
-        'core_fringe', 'river', 'linear' or 'islands' (see the module docstring).
+        One of `SYNTHETIC_KINDS` (the suite's: 'core_fringe', 'river', 'linear', 'islands') or
+        `STRESS_KINDS` (see the module docstring).
     seed
         Seed of the one random generator (numpy ``default_rng``); the same seed gives an
         identical city. The frame (extent, river, lake, islands, roads) and the total are the
@@ -91,7 +103,8 @@ def build_synthetic_city(kind: str, *, seed: int = 0) -> City:
     250000
     """
     if kind not in _KINDS:
-        msg = f"unknown synthetic city {kind!r}; choose one of {', '.join(SYNTHETIC_KINDS)}."
+        msg = (f"unknown synthetic city {kind!r}; choose one of "
+               f"{', '.join(SYNTHETIC_KINDS + STRESS_KINDS)}.")
         raise InputError(msg)
     check_seed(seed)
     spec = _KINDS[kind]
@@ -297,6 +310,73 @@ def _islands(rng: np.random.Generator, xy: np.ndarray) -> Layout:
                              ("airfield", "Airfield", airfield)))
 
 
+def _valleys(rng: np.random.Generator, xy: np.ndarray) -> Layout:
+    """Three valleys 1.3 km wide, 7 km long, meeting at the centre; a town 3-6 km up each."""
+    arms = [LineString([(0, 0), (7_000 * np.cos(a), 7_000 * np.sin(a))])
+            for a in np.radians([90, 210, 330])]
+    off = np.min([shapely.distance(a, shapely.points(xy)) for a in arms], axis=0)
+    r = np.hypot(*xy.T)
+    weight = np.where(off < 600, (140 + 500 * np.exp(-(r / 1_500) ** 2)) * np.exp(-(off / 450) ** 2), 0.0)
+    for arm in arms:
+        town = arm.interpolate(rng.uniform(3_000, 6_000))
+        weight += np.where(off < 600, 300 * _gauss(xy, (town.x, town.y), 800), 0.0)
+    return Layout(built=shapely.union_all([a.buffer(650) for a in arms]), weight=weight)
+
+
+def _towns(rng: np.random.Generator, xy: np.ndarray) -> Layout:
+    """Eight towns (6,500-60,000 residents) 4-8 km apart, joined to the largest by country roads."""
+    towns = [(0, 0, 60_000), (-5_500, 3_000, 45_000), (5_000, 4_000, 35_000),
+             (4_500, -4_500, 25_000), (-4_000, -5_000, 30_000), (-7_000, -1_000, 12_000),
+             (1_000, 7_000, 6_500), (7_200, 0, 18_000)]
+    weight, disks = np.zeros(len(xy)), []
+    for x, y, residents in towns:
+        x, y = x + rng.uniform(-300, 300), y + rng.uniform(-300, 300)
+        radius = 300 + 5.5 * np.sqrt(residents)
+        near = _gauss(xy, (x, y), radius) * (np.hypot(xy[:, 0] - x, xy[:, 1] - y) < radius)
+        weight += residents * near / near.sum()
+        disks.append(Point(x, y).buffer(radius + 150))
+    roads = [LineString([disks[0].centroid, d.centroid]) for d in disks[1:]] + [
+        LineString([disks[1].centroid, disks[5].centroid]),
+        LineString([disks[2].centroid, disks[6].centroid])]
+    return Layout(built=shapely.union_all(disks + [road.buffer(15) for road in roads]),
+                  weight=weight, rural=_outside(shapely.union_all(disks)))
+
+
+def _motorway(rng: np.random.Generator, xy: np.ndarray) -> Layout:
+    """A motorway and a railway across the city, crossed by its streets at four places."""
+    motorway, railway = box(-6_000, -1_560, 6_000, -1_440), box(-6_000, 1_190, 6_000, 1_260)
+    cut = shapely.union_all([motorway, railway])
+    weight = 250 * _gauss(xy, (800.0, 300.0), 2_200) + 60
+    weight[~_inside(_ellipse(0.0, 0.0, 4_800.0, 3_300.0), xy) | _inside(cut.buffer(30.0), xy)] = 0.0
+    return Layout(built=_outside(cut), weight=weight, barrier=cut,
+                  bridges={c: ("primary", f"Crossing {c}") for c in (-40, -8, 24, 56)},
+                  features=(("motorway", "Motorway", motorway), ("railway", "Railway", railway)))
+
+
+def _sprawl(rng: np.random.Generator, xy: np.ndarray) -> Layout:
+    """A suburb of gently waving density (~3,200 residents per km2) over a 10 x 9 km ellipse."""
+    weight = 58 + 14 * np.sin(xy[:, 0] / 1_700) * np.cos(xy[:, 1] / 2_100)
+    footprint = _ellipse(0.0, 0.0, 5_200.0, 4_600.0)
+    weight[~_inside(footprint, xy)] = 0.0
+    return Layout(built=footprint.buffer(150.0), weight=weight)
+
+
+def _harbour(rng: np.random.Generator, xy: np.ndarray) -> Layout:
+    """A port on a bay (north) whose inlet cuts the town in two; one harbour bridge; the port's
+    dense quarter east of the inlet, a thin old town in the south-west; two districts."""
+    water = shapely.union_all([box(-9_000, 2_600, 9_000, 9_000),
+                               _ellipse(600.0, 2_600.0, 900.0, 2_100.0), box(200, -1_200, 1_000, 2_600)])
+    weight = 320 * _gauss(xy, (600.0, 1_500.0), 1_500) + 50 * _gauss(xy, (-3_000.0, -2_000.0), 900) + 45
+    weight[~_inside(_ellipse(0.0, -500.0, 5_000.0, 3_600.0), xy) | _inside(water.buffer(40.0), xy)] = 0.0
+    cuts = (-6_000.0, 600.0, 6_000.0)
+    districts = tuple((f"D{k + 1}", name,
+                       shapely.segmentize(box(cuts[k], -4_500, cuts[k + 1], 2_600), 100.0))
+                      for k, name in enumerate(("West", "East")))
+    return Layout(built=_outside(water), weight=weight, barrier=water,
+                  bridges={-4: ("primary", "Harbour Bridge")}, districts=districts,
+                  features=(("bay", "Bay", water),))
+
+
 _KINDS: dict[str, _Kind] = {
     # Dhaka-like density; UTM 46N.
     "core_fringe": _Kind(90.40, 23.78, "EPSG:32646", 300_000, (8_000.0, 8_000.0), _core_fringe),
@@ -306,5 +386,14 @@ _KINDS: dict[str, _Kind] = {
     "linear": _Kind(103.83, 36.06, "EPSG:32648", 240_000, (12_000.0, 600.0), _linear),
     # A lake city like Srinagar; UTM 43N.
     "islands": _Kind(74.80, 34.08, "EPSG:32643", 220_000, (3_500.0, 3_000.0), _islands),
+    # Beyond the suite (`STRESS_KINDS`). A mountain city like Lanzhou's side valleys; UTM 48N.
+    "valleys": _Kind(103.83, 36.06, "EPSG:32648", 200_000, (7_200.0, 7_200.0), _valleys),
+    # A Croatian county of towns; UTM 33N (the next three too).
+    "towns": _Kind(15.0, 45.0, "EPSG:32633", 231_500, (8_500.0, 8_500.0), _towns),
+    "motorway": _Kind(15.0, 45.0, "EPSG:32633", 260_000, (5_500.0, 3_800.0), _motorway),
+    "harbour": _Kind(15.0, 45.0, "EPSG:32633", 230_000, (5_500.0, 4_500.0), _harbour),
+    # A Mexico City suburb; UTM 14N.
+    "sprawl": _Kind(-99.1, 19.4, "EPSG:32614", 240_000, (5_500.0, 5_000.0), _sprawl),
 }
-SYNTHETIC_KINDS: tuple[str, ...] = tuple(_KINDS)
+SYNTHETIC_KINDS: tuple[str, ...] = ("core_fringe", "river", "linear", "islands")
+STRESS_KINDS: tuple[str, ...] = ("valleys", "towns", "motorway", "sprawl", "harbour")

@@ -36,7 +36,10 @@ edges, and last person-minutes. The count is not fixed: it floats with what the 
 Where covering everyone takes nearly K centers (the cover's LP floor at least 95 % of K: small
 circles, slow walking) and the instance is not tight (stage 8's case), one more run starts from
 a minimum cover (HiGHS) instead: bisection seeds plus the greedy cover open far more centers
-than covering needs there, and reducing them leaves many communities short.
+than covering needs there, and reducing them leaves many communities short. Where a quarter of
+the residents reach no site gathering 1.5 targets (thin instances), one more run starts from
+nearly whole circles (`_circles_run`); it is improved with half a budget of its own and
+finished apart, and wins only where its finished plan is better (`_finish`).
 
 6. improve the winner (`improve`), and also the run with fewest tiny communities when that
    is another, and the minimum cover's run with half a budget of its own (tiny communities
@@ -85,7 +88,7 @@ from covplan._sparse import lookup
 from covplan.defaults import population_band
 from covplan.errors import InputError
 from covplan.solve.partition.exact_window import SOLVE_SECONDS, solve_windows
-from covplan.solve.partition.flow import attach_strays, settle, split_pieces
+from covplan.solve.partition.flow import assign_by_flow, attach_strays, settle, split_pieces
 from covplan.solve.partition.improve import improve
 from covplan.solve.partition.recombine import SeenCommunities, recombine
 from covplan.solve.partition.refine import (
@@ -109,7 +112,14 @@ from covplan.solve.partition.search import (
     tiny_first_order,
     worth_clearing,
 )
-from covplan.solve.partition.seeding import greedy_seeds, min_cover, packing_bound, seed_centers, set_cover
+from covplan.solve.partition.seeding import (
+    circle_packing,
+    greedy_seeds,
+    min_cover,
+    packing_bound,
+    seed_centers,
+    set_cover,
+)
 from covplan.solve.partition.tight_cover import cover_plan
 
 __all__ = ["Partition", "PartitionProblem", "band_key", "choose_k", "partition_all",
@@ -133,6 +143,8 @@ _EXACT_LARGE = (1.2, 1.0)   # of a million planned whole (Chengdu, 2,700-3,200 u
                             # infeasible (91.2 -> 93.0 %, +2.5 s). A merge/split of that size,
                             # which plans twice side by side, skips them: Chengdu's would take
                             # 15.4-16 s against 13.6 s
+_THIN_GATHER = 1.5          # one more run, from nearly whole circles, where this share of the
+_THIN_SHARE = 0.25          # residents reach no site gathering this many targets (`_thin`)
 _COVER_BINDS = 0.95         # one more run, seeded by a minimum cover, where covering everyone
                             # takes at least this share of K centers (and the instance is not
                             # tight: stage 8 plans those from covers): slow walking, small circles
@@ -265,7 +277,10 @@ def _trace(plan: SearchPlan, stage: str) -> None:
 
 
 def _one_run(problem: PartitionProblem, per_person: sp.csr_matrix, weighted: sp.csr_matrix,
-             structure: sp.csr_matrix, k: int, angle: float, *, from_cover: bool = False) -> SearchPlan:
+             structure: sp.csr_matrix, k: int, angle: float, *, start: str = "bisect") -> SearchPlan:
+    if start == "circles":
+        return _circles_run(problem, per_person, weighted, structure, k, angle)
+    from_cover = start == "cover"
     pop = problem.pop.astype("float64")
     seeds = min_cover(structure) if from_cover else []
     if seeds:
@@ -307,6 +322,62 @@ def _one_run(problem: PartitionProblem, per_person: sp.csr_matrix, weighted: sp.
     return plan
 
 
+def _circles_run(problem: PartitionProblem, per_person: sp.csr_matrix, weighted: sp.csr_matrix,
+                 structure: sp.csr_matrix, k: int, angle: float) -> SearchPlan:
+    """
+    A run from nearly whole circles (`circle_packing`, up to a quarter of the way from the
+    band's floor to the target, slivers under the tiny floor given to the circles around), the
+    residents left settled by flow among centers covering them. Where circles barely gather the
+    band's floor, a community in the band must be nearly a whole circle, and the other runs'
+    stages spread residents evenly (the flow's floor reward and the search's squared excess are
+    convex) until many communities are short: on the synthetic `motorway` city (28 % of its
+    planned residents reach no site gathering 15,000) the runs put 56.4 % of them in the band,
+    this one, improved and finished, 59.8 % with as many tiny communities. So each later stage
+    is kept only where the rules' order improves (`_kept_if_better`).
+    """
+    pop = problem.pop.astype("float64")
+    cap = problem.min_pop + 0.25 * (problem.target_pop - problem.min_pop)
+    label, centers = circle_packing(per_person, pop, problem.adjacency, floor=problem.min_pop,
+                                    cap=cap, sliver=problem.tiny_pop, hi=problem.max_pop)
+    rest = label < 0
+    if rest.any():
+        only = sp.diags(rest.astype("float64"))
+        more = np.setdiff1d(set_cover(only @ structure, pop * rest), centers)
+        if len(more):
+            own = assign_by_flow(pop * rest, problem.min_pop, problem.max_pop, only @ per_person, more)
+            filled = rest & (own >= 0)
+            label[filled] = own[filled] + len(centers)
+        centers = np.concatenate([centers, more])
+    label = attach_strays(label, pop, weighted, problem.adjacency, centers, strict=False)
+    plan = SearchPlan(problem, per_person, weighted, structure, split_pieces(label, problem.adjacency))
+    plan.seen = SeenCommunities()
+    _trace(plan, "packed")
+    angles = np.linspace(0, np.pi, 4, endpoint=False) + angle
+    plan = _kept_if_better(plan, lambda p: local_search(p, BALANCE_WEIGHT, _GROW_ROUNDS))
+    plan = _kept_if_better(plan, lambda p: reduce_to(p, k))
+    plan = _kept_if_better(plan, lambda p: local_search(p, BALANCE_WEIGHT))
+    plan = _kept_if_better(plan, lambda p: repair(p, angles))
+    plan = _kept_if_better(plan, lambda p: transfer(p, angles, TRANSFERS))
+    plan = _kept_if_better(plan, lambda p: local_search(p, FINAL_WEIGHT, count_first=True))
+    _trace(plan, "final")
+    return plan
+
+
+def _kept_if_better(plan: SearchPlan, stage) -> SearchPlan:
+    """`stage` run on a copy of `plan` (it changes the copy or returns a new plan), kept where
+    the rules' order improves without more tiny communities, or where it clears tiny ones at
+    the price `worth_clearing` allows."""
+    trial = plan.copy()
+    out = stage(trial)
+    trial = out if isinstance(out, SearchPlan) else trial
+    before, after = plan.key(), trial.key()
+    if after[1] <= before[1] and after < before:
+        return trial
+    if after[1] < before[1] and worth_clearing(before, after, plan.problem.target_pop):
+        return trial
+    return plan
+
+
 def _centers_of(plan: SearchPlan) -> np.ndarray:
     center = np.full(len(plan.label), -1, dtype="int64")
     served = plan.label >= 0
@@ -341,11 +412,13 @@ class _Prepared:
     k: int
     angles: np.ndarray
     greedy_cover: int         # centers the greedy set cover opens (the partition reports it)
-    cover_run: bool = False   # one more run, last, seeded by a minimum cover (`_covering_binds`)
+    cover_run: bool = False   # one more run, seeded by a minimum cover (`_covering_binds`)
+    circles_run: bool = False  # one more run, last, from nearly whole circles (`_thin`)
 
-    def tasks(self, i: int) -> list[tuple[int, float, bool]]:
-        """The runs of the i-th problem: (i, angle, from a minimum cover)."""
-        return [(i, float(a), False) for a in self.angles] + [(i, 0.0, True)] * self.cover_run
+    def tasks(self, i: int) -> list[tuple[int, float, str]]:
+        """The runs of the i-th problem: (i, angle, start: 'bisect', 'cover' or 'circles')."""
+        return ([(i, float(a), "bisect") for a in self.angles] + [(i, 0.0, "cover")] * self.cover_run
+                + [(i, 0.0, "circles")] * self.circles_run)
 
 
 def _prepare(problem: PartitionProblem, seed: int | np.random.Generator | None,
@@ -372,8 +445,20 @@ def _prepare(problem: PartitionProblem, seed: int | np.random.Generator | None,
     if cover_run:
         logger.debug("Covering everyone binds the count (%d units, K = %d): one more run, from a "
                      "minimum cover", n, k)
+    circles_run = runs > 1 and not problem.exceptions_only and _thin(problem, matrices[2])
+    if circles_run:
+        logger.debug("A thin instance (%d units): one more run, from nearly whole circles", n)
     return _Prepared(problem, minutes, matrices, k, np.r_[0.0, rng.uniform(0, np.pi, runs - 1)],
-                     greedy_cover, cover_run)
+                     greedy_cover, cover_run, circles_run)
+
+
+def _thin(problem: PartitionProblem, structure: sp.csr_matrix) -> bool:
+    """Whether at least `_THIN_SHARE` of the residents reach no site gathering `_THIN_GATHER`
+    targets: there a community in the band takes most of its center's circle."""
+    pop = problem.pop.astype("float64")
+    gather = structure.T @ pop
+    best = structure.multiply(gather[None, :]).tocsr().max(axis=1).toarray().ravel()
+    return bool(pop[best < _THIN_GATHER * problem.target_pop].sum() >= _THIN_SHARE * pop.sum())
 
 
 def _covering_binds(problem: PartitionProblem, structure: sp.csr_matrix, total: float, k: int,
@@ -391,7 +476,7 @@ def _covering_binds(problem: PartitionProblem, structure: sp.csr_matrix, total: 
                        floor=floor) is None
 
 
-def _picks(ready: _Prepared, made: list[SearchPlan], jobs: int) -> tuple[list[SearchPlan], int]:
+def _picks(ready: _Prepared, made: list[SearchPlan], jobs: int) -> tuple[list[SearchPlan], int, bool]:
     """
     The runs to improve: the best in the rules' order, and the best with fewest tiny
     communities (the tiny ones must be cleared, at a cost in balance that the band order alone
@@ -400,21 +485,36 @@ def _picks(ready: _Prepared, made: list[SearchPlan], jobs: int) -> tuple[list[Se
     a budget of its own, since its settled plan need not be the best run's (river at 3.6 km/h:
     107,345 residents outside the band against 53,224) while improved it often wins (the plan
     84.7 % of residents in band against 74.4 %), and sharing would take budget from the others.
+    Last the circles' run, with half a budget of its own too, but only where it is better
+    (`_better`) than the others picked: improving it costs a thin city of 260,000 residents
+    5-10 s, and on the thin cities tried, where it started worse it never finished better. The
+    third value says whether it is picked.
     """
     best: dict[str, tuple] = {}
+    keys = []
+    circles = len(made) - 1 if ready.circles_run else None
+    cover = len(made) - 1 - ready.circles_run if ready.cover_run else None
     for run, plan in enumerate(made):
         key = _score(ready.problem, _centers_of(plan))   # the rules' order: band, then walking
         logger.debug("Run %d: %.0f residents outside the band, %d tiny communities, %d outside "
                      "the band, %.0f people beyond its edges, %.0f person-minutes", run, *key)
+        keys.append(key)
+        if run == circles:
+            continue
         for name, rank in (("band", key), ("tidy", tiny_first_order(key))):
             if name not in best or rank < best[name][0]:
                 best[name] = (rank, run, plan)
     picks = {run: plan for _, run, plan in best.values()}
     sharing = len(picks)
-    if ready.cover_run:
-        picks.setdefault(len(made) - 1, made[-1])
+    if cover is not None:
+        picks.setdefault(cover, made[cover])
+    target = ready.problem.target_pop
+    with_circles = circles is not None and _better(
+        [keys[run] for run in sorted(picks)] + [keys[circles]], lambda k: k, target) is keys[circles]
+    if with_circles:
+        picks[circles] = made[circles]
     logger.debug("Improving run(s) %s on up to %d process(es)", sorted(picks), jobs)
-    return [plan for _, plan in sorted(picks.items())], sharing
+    return [plan for _, plan in sorted(picks.items())], sharing, with_circles
 
 
 def _better(options: list, key, target_pop: float):
@@ -429,18 +529,33 @@ def _better(options: list, key, target_pop: float):
 
 
 def _finish(ready: _Prepared, finals: list[SearchPlan], sharing: int,
-            seen: SeenCommunities) -> Partition:
-    """Stages 7, 7b and 8 on the better improved run (`_better`). Where the minimum cover's run was
-    improved beside the best runs (the last of `finals`, after the `sharing` others) and is the
-    better one, they finish the better of the others too, and the better finished plan wins: the
-    extra run never leaves a plan worse than the runs without it would have."""
+            seen: SeenCommunities, apart: SeenCommunities, with_circles: bool) -> Partition:
+    """
+    Stages 7, 7b and 8 on the better improved run (`_better`). Where the minimum cover's run was
+    improved beside the best runs (after the `sharing` others) and is the better one, they
+    finish the better of the others too, and the better finished plan wins: the extra run never
+    leaves a plan worse than the runs without it would have.
+
+    The circles' run (the last of `finals` `with_circles`) is finished only where it is
+    better than that, with every community `seen` and those it made itself (`apart`), and wins
+    where its finished plan is better. Its communities are kept out of the others' pool: a
+    larger pool can lead the recombination's time-limited search elsewhere, and a grid of
+    small circles finished 9,366 residents outside the band without them, 9,457 with them.
+    """
     problem = ready.problem
-    winner = _better(finals, lambda p: p.key(), problem.target_pop)
+    ordinary = finals[:len(finals) - with_circles]
+    winner = _better(ordinary, lambda p: p.key(), problem.target_pop)
     options = [winner]
-    if sharing < len(finals) and winner is finals[-1]:
-        options.append(_better(finals[:sharing], lambda p: p.key(), problem.target_pop))
+    if any(winner is extra for extra in ordinary[sharing:]):
+        options.append(_better(ordinary[:sharing], lambda p: p.key(), problem.target_pop))
     centers = [_finished(ready, plan, seen) for plan in options]
     center = _better(centers, lambda c: _score(problem, c), problem.target_pop)
+    if with_circles and _better([winner, finals[-1]], lambda p: p.key(), problem.target_pop) is finals[-1]:
+        pool = SeenCommunities()
+        pool.merge(seen)
+        pool.merge(apart)
+        other = _finished(ready, finals[-1], pool)
+        center = _better([center, other], lambda c: _score(problem, c), problem.target_pop)
     *_, violation, objective = _score(problem, center)
     return Partition(center, np.unique(center[center >= 0]), objective, violation,
                      ready.greedy_cover, _disconnected(problem, center))
@@ -467,21 +582,22 @@ def _finished(ready: _Prepared, plan: SearchPlan, seen: SeenCommunities) -> np.n
     return center
 
 
-def _run_task(task: tuple[int, float, bool]) -> SearchPlan:
-    """One run (`_one_run`) of the i-th problem from bisections rotated by `angle`, or from a
-    minimum cover, run by `run_tasks`."""
-    i, angle, from_cover = task
+def _run_task(task: tuple[int, float, str]) -> SearchPlan:
+    """One run (`_one_run`) of the i-th problem from bisections rotated by `angle`, from a
+    minimum cover or from nearly whole circles, run by `run_tasks`."""
+    i, angle, start = task
     ready = shared()["ready"][i]
-    return _one_run(ready.problem, *ready.matrices, ready.k, angle, from_cover=from_cover).detached()
+    return _one_run(ready.problem, *ready.matrices, ready.k, angle, start=start).detached()
 
 
 def _improve_task(task: tuple[int, int]) -> SearchPlan:
     """`improve` of the i-th problem's j-th chosen run, run by `run_tasks`."""
     i, j = task
     s = shared()
-    chosen, sharing = s["chosen"][i]
+    chosen, sharing, _ = s["chosen"][i]
     ready = s["ready"][i]
-    # The best runs share one budget; the minimum cover's run, when another, has half of one.
+    # The best runs share one budget; the minimum cover's run, when another, and the circles'
+    # run have half of one each.
     budget = min(_IMPROVE_WORK * ready.minutes.shape[0], _IMPROVE_CAP) // (sharing if j < sharing else 2)
     return improve(chosen[j], np.linspace(0, np.pi, 4, endpoint=False) + ready.angles[-1],
                    budget).detached()
@@ -490,7 +606,8 @@ def _improve_task(task: tuple[int, int]) -> SearchPlan:
 def _finish_task(i: int) -> Partition:
     """`_finish` of the i-th problem, run by `run_tasks`."""
     s = shared()
-    return _finish(s["ready"][i], s["finals"][i], s["sharing"][i], s["seen"][i])
+    return _finish(s["ready"][i], s["finals"][i], s["sharing"][i], s["seen"][i], s["apart"][i],
+                   s["circles"][i])
 
 
 def _from_cover(problem: PartitionProblem, minutes: sp.csr_matrix, center: np.ndarray) -> np.ndarray:
@@ -565,14 +682,15 @@ def partition_all(problems: list[PartitionProblem], *, seed: int | np.random.Gen
     alike = {i: shared_fields(ready[i].problem, *ready[i].matrices) for i in todo}
     # The minimum covers' runs start first: HiGHS takes 0.4-3 s before such a run can start.
     made = run_tasks(_run_task, tasks, jobs=jobs, data={"ready": ready},
-                     sizes=[float(from_cover) for _, _, from_cover in tasks])
+                     sizes=[float(start == "cover") for _, _, start in tasks])
     chosen = {i: _picks(ready[i], [plan.attach(alike[i]) for (p, *_), plan in zip(tasks, made)
                                    if p == i], jobs)
               for i in todo}
     # Every community the runs made, for the recombination; each chosen run collects anew.
     seen = {i: SeenCommunities() for i in todo}
-    for (i, *_), plan in zip(tasks, made):
-        seen[i].merge(plan.seen)
+    apart = {i: SeenCommunities() for i in todo}        # the circles' run's (`_finish`)
+    for (i, _, start), plan in zip(tasks, made):
+        (apart if start == "circles" else seen)[i].merge(plan.seen)
     for i in todo:
         for plan in chosen[i][0]:
             plan.seen = SeenCommunities()
@@ -583,10 +701,13 @@ def partition_all(problems: list[PartitionProblem], *, seed: int | np.random.Gen
     finals = {i: list(chosen[i][0]) for i in todo}
     for (i, j), plan in zip(improving, improved):
         finals[i][j] = plan.attach(alike[i])
-        seen[i].merge(plan.seen)
+        circles = chosen[i][2] and j == len(chosen[i][0]) - 1
+        (apart if circles else seen)[i].merge(plan.seen)
     sharing = {i: chosen[i][1] for i in todo}
-    done = run_tasks(_finish_task, todo, jobs=jobs,
-                     data={"ready": ready, "finals": finals, "sharing": sharing, "seen": seen})
+    done = run_tasks(_finish_task, todo, jobs=jobs, data={"ready": ready, "finals": finals,
+                                                          "sharing": sharing, "seen": seen,
+                                                          "apart": apart,
+                                                          "circles": {i: chosen[i][2] for i in todo}})
     for i, partition in zip(todo, done):
         ready[i] = partition
     return ready

@@ -1,6 +1,7 @@
 """Initial centers: a packing bound on their number, equal-population bisection seeds, a
-greedy set cover that makes sure every unit that reaches a candidate has a center, and a
-minimum cover (HiGHS) for instances where covering everyone binds the count."""
+greedy set cover that makes sure every unit that reaches a candidate has a center, a
+minimum cover (HiGHS) for instances where covering everyone binds the count, and a packing of
+nearly whole circles for thin ones (`circle_packing`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import heapq
 
 import numpy as np
 import scipy.sparse as sp
-from covplan._sparse import entries_of
+from covplan._sparse import entries_of, lookup
+from scipy.sparse.csgraph import connected_components
+
+_SLIVER_ROUNDS = 20         # rounds of `circle_packing` giving slivers to the circles around
 
 
 def packing_bound(structure: sp.csr_matrix) -> int:
@@ -208,3 +212,74 @@ def min_cover(structure: sp.csr_matrix) -> list[int]:
     res = milp(np.ones(n), integrality=np.ones(n), bounds=Bounds(0, 1),
                constraints=[LinearConstraint(small, 1, np.inf)], options={"node_limit": 1})
     return [] if res.x is None else kept[np.flatnonzero(res.x > 0.5)].tolist()
+
+
+def circle_packing(minutes: sp.csr_matrix, pop: np.ndarray, adjacency: sp.csr_matrix | None, *,
+                   floor: float, cap: float, sliver: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Communities that are nearly whole circles, no two sharing a unit. Greedily the candidate
+    whose free residents within the limit gather most (counted up to `cap`; ties to the lower
+    index) takes them nearest first up to `cap`, while that holds at least `floor`. Then each
+    piece of free units (connected in `adjacency`) holding fewer than `sliver` residents gives
+    its units, nearest first, to a bordering circle whose center reaches them while it stays
+    within `hi`, for a few rounds: the gaps between circles are too thin to be communities.
+
+    Written here because it is a heuristic of this planner's own (no library packs reach sets
+    under population bounds); an exact packing is a set-packing program far larger than the
+    windows CP-SAT answers in time.
+
+    Returns the circle of each unit (-1: free) and the circles' centers (candidate indices).
+    """
+    pop = np.asarray(pop, dtype="float64")
+    n_units, n_cand = minutes.shape
+    csc = minutes.tocsc()
+    csc.sort_indices()
+    column = np.repeat(np.arange(n_cand), np.diff(csc.indptr))
+    gather = np.bincount(column, weights=pop[csc.indices], minlength=n_cand)
+    label = np.full(n_units, -1, dtype="int64")
+    centers: list[int] = []
+    while True:
+        j = int(np.argmax(np.minimum(gather, cap)))
+        if min(gather[j], cap) < floor:
+            break
+        span = slice(csc.indptr[j], csc.indptr[j + 1])
+        rows, mins = csc.indices[span], csc.data[span]
+        rows, mins = rows[label[rows] < 0], mins[label[rows] < 0]
+        rows = rows[np.lexsort((rows, mins))]
+        take = rows[np.cumsum(pop[rows]) <= cap]
+        gather[j] = -np.inf                     # a center once, or never where a big unit overshoots
+        if pop[take].sum() < floor:
+            continue
+        label[take] = len(centers)
+        centers.append(j)
+        at = entries_of(minutes.indptr, take)
+        lost = np.repeat(pop[take], np.diff(minutes.indptr)[take])
+        gather -= np.bincount(minutes.indices[at], weights=lost, minlength=n_cand)
+    center = np.asarray(centers, dtype="int64")
+    if adjacency is not None and len(center):
+        _give_slivers(minutes, pop, adjacency, label, center, sliver=sliver, hi=hi)
+    return label, center
+
+
+def _give_slivers(minutes: sp.csr_matrix, pop: np.ndarray, adjacency: sp.csr_matrix,
+                  label: np.ndarray, center: np.ndarray, *, sliver: float, hi: float) -> None:
+    """`circle_packing`'s second step, in place on `label`."""
+    popk = np.bincount(label[label >= 0], weights=pop[label >= 0], minlength=len(center))
+    adjacency = sp.csr_matrix(adjacency)
+    for _ in range(_SLIVER_ROUNDS):
+        free = np.flatnonzero(label < 0)
+        if not len(free):
+            return
+        _, piece = connected_components(adjacency[free][:, free], directed=False)
+        small = free[np.bincount(piece, weights=pop[free])[piece] < sliver]
+        edges = adjacency[small].tocoo()
+        unit, circle = small[edges.row], label[edges.col]
+        unit, circle = unit[circle >= 0], circle[circle >= 0]
+        cost, found = lookup(minutes, unit, center[circle])
+        moved = False
+        for i in np.lexsort((circle, cost, unit)):
+            u, k = int(unit[i]), int(circle[i])
+            if found[i] and label[u] < 0 and popk[k] + pop[u] <= hi:
+                label[u], popk[k], moved = k, popk[k] + pop[u], True
+        if not moved:
+            return
