@@ -347,6 +347,16 @@ def _circles_run(problem: PartitionProblem, per_person: sp.csr_matrix, weighted:
             own = assign_by_flow(pop * rest, problem.min_pop, problem.max_pop, only @ per_person, more)
             filled = rest & (own >= 0)
             label[filled] = own[filled] + len(centers)
+        # A unit whose only sites are circles' centers (the cover leaves those out) joins the
+        # cheapest of those circles, in the band or not: coverage is a hard rule.
+        circle_of = np.full(structure.shape[1], -1, dtype="int64")
+        circle_of[centers] = np.arange(len(centers))
+        for u in np.flatnonzero((label < 0) & (np.diff(structure.indptr) > 0)):
+            span = slice(per_person.indptr[u], per_person.indptr[u + 1])
+            sites, values = per_person.indices[span], per_person.data[span]
+            mine = circle_of[sites] >= 0
+            if mine.any():
+                label[u] = circle_of[sites[mine][np.lexsort((sites[mine], values[mine]))[0]]]
         centers = np.concatenate([centers, more])
     label = attach_strays(label, pop, weighted, problem.adjacency, centers, strict=False)
     plan = SearchPlan(problem, per_person, weighted, structure, split_pieces(label, problem.adjacency))
