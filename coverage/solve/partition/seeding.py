@@ -220,8 +220,8 @@ def circle_packing(minutes: sp.csr_matrix, pop: np.ndarray, adjacency: sp.csr_ma
     Communities that are nearly whole circles, no two sharing a unit. Greedily the candidate
     whose free residents within the limit gather most (counted up to `cap`; ties to the lower
     index) takes them nearest first up to `cap`, while that holds at least `floor`. Then each
-    piece of free units (connected in `adjacency`) holding fewer than `sliver` residents gives
-    its units, nearest first, to a bordering circle whose center reaches them while it stays
+    unit of a piece of free units (connected in `adjacency`) holding fewer than `sliver`
+    residents joins the cheapest bordering circle whose center reaches it while the circle stays
     within `hi`, for a few rounds: the gaps between circles are too thin to be communities.
 
     Written here because it is a heuristic of this planner's own (no library packs reach sets
