@@ -59,7 +59,8 @@ def entries_of(indptr: np.ndarray, majors: np.ndarray) -> np.ndarray:
 
 
 def row_slice(matrix: sp.csr_matrix, row: int) -> slice:
-    """The stored entries of one row of a CSR matrix (`matrix.indices[...]`, `matrix.data[...]`)."""
+    """The stored entries of one row of a CSR matrix (one column of a CSC one): `matrix.indices[...]`,
+    `matrix.data[...]`."""
     return slice(matrix.indptr[row], matrix.indptr[row + 1])
 
 

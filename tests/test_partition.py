@@ -696,3 +696,29 @@ def test_a_thin_instance_gets_a_run_from_circles_that_never_leaves_it_worse(monk
     assert not core._prepare(problem, 0, 3).circles_run
     without = partition_units(problem, seed=0)
     assert core._score(problem, with_circles.center)[:2] <= core._score(problem, without.center)[:2]
+
+
+def test_the_circles_run_serves_a_unit_whose_only_site_is_its_own_at_zero_minutes():
+    """A street of 12 units (circles of 5 reach the floor) and a unit apart whose only site is
+    its own, 0 minutes away: the circles take the street, the cover opens that site, and the
+    flow must see the 0-minute pair (a product with a 0/1 diagonal dropped it, leaving the
+    unit unserved)."""
+    import covplan.solve.partition.core as core
+
+    rows, cols, minutes = [], [], []
+    for u in range(12):
+        for c in range(max(0, u - 2), min(12, u + 3)):
+            rows.append(u), cols.append(c), minutes.append(float(abs(u - c)))
+    rows.append(12), cols.append(12), minutes.append(0.0)
+    reach = sp.csr_matrix((minutes, (rows, cols)), shape=(13, 13))
+    assert reach.nnz == len(minutes)                       # the 0-minute pairs are stored
+    pop = np.array([100] * 12 + [40], dtype=np.int64)
+    chain = [(u, u + 1) for u in range(11)]
+    a, b = np.array(chain).T
+    adjacency = sp.csr_matrix((np.ones(2 * len(a)), (np.r_[a, b], np.r_[b, a])), shape=(13, 13))
+    problem = PartitionProblem(reach, pop, adjacency, target_pop=500, tolerance=0.2)
+    prepared = core._prepare(problem, 0, 3)
+    plan = core._circles_run(problem, *prepared.matrices, prepared.k, 0.0)
+    assert (plan.label >= 0).all()
+    center = core._centers_of(plan)
+    assert lookup(prepared.matrices[2], np.arange(13), center)[1].all()

@@ -183,9 +183,10 @@ def run_suite(cities: list[str] | None = None, *, peers: bool = True,
     """
     config = config or PlanConfig()
     names = list(SUITE_CITIES if cities is None else cities)
-    unknown = [c for c in names if c not in SUITE_CITIES + STRESS_KINDS]
+    known = SUITE_CITIES + STRESS_KINDS
+    unknown = [c for c in names if c not in known]
     if unknown:
-        msg = f"unknown suite cities {unknown}; choose from {', '.join(SUITE_CITIES + STRESS_KINDS)}."
+        msg = f"unknown suite cities {unknown}; choose from {', '.join(known)}."
         raise InputError(msg)
     if peers:
         bench_peers.require(*bench_peers.PEERS)   # before any city is planned

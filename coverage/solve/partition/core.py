@@ -84,7 +84,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 from covplan._parallel import run_tasks, shared
-from covplan._sparse import lookup
+from covplan._sparse import lookup, row_slice
 from covplan.defaults import population_band
 from covplan.errors import InputError
 from covplan.solve.partition.exact_window import SOLVE_SECONDS, solve_windows
@@ -339,21 +339,21 @@ def _circles_run(problem: PartitionProblem, per_person: sp.csr_matrix, weighted:
     cap = problem.min_pop + 0.25 * (problem.target_pop - problem.min_pop)
     label, centers = circle_packing(per_person, pop, problem.adjacency, floor=problem.min_pop,
                                     cap=cap, sliver=problem.tiny_pop, hi=problem.max_pop)
-    rest = label < 0
-    if rest.any():
-        only = sp.diags(rest.astype("float64"))
-        more = np.setdiff1d(set_cover(only @ structure, pop * rest), centers)
+    rest = np.flatnonzero(label < 0)
+    if len(rest):
+        # Row subsets keep the explicit zeros (a unit on its site walks 0 minutes), which a
+        # product with a 0/1 diagonal would drop.
+        more = np.setdiff1d(set_cover(structure[rest], pop[rest]), centers)
         if len(more):
-            own = assign_by_flow(pop * rest, problem.min_pop, problem.max_pop, only @ per_person, more)
-            filled = rest & (own >= 0)
-            label[filled] = own[filled] + len(centers)
+            own = assign_by_flow(pop[rest], problem.min_pop, problem.max_pop, per_person[rest], more)
+            label[rest[own >= 0]] = own[own >= 0] + len(centers)
         # A unit whose only sites are circles' centers (the cover leaves those out) joins the
         # cheapest of those circles, in the band or not: coverage is a hard rule.
         circle_of = np.full(structure.shape[1], -1, dtype="int64")
         circle_of[centers] = np.arange(len(centers))
         for u in np.flatnonzero((label < 0) & (np.diff(structure.indptr) > 0)):
-            span = slice(per_person.indptr[u], per_person.indptr[u + 1])
-            sites, values = per_person.indices[span], per_person.data[span]
+            entries = row_slice(per_person, u)
+            sites, values = per_person.indices[entries], per_person.data[entries]
             mine = circle_of[sites] >= 0
             if mine.any():
                 label[u] = circle_of[sites[mine][np.lexsort((sites[mine], values[mine]))[0]]]

@@ -9,7 +9,7 @@ import heapq
 
 import numpy as np
 import scipy.sparse as sp
-from covplan._sparse import entries_of, lookup
+from covplan._sparse import entries_of, lookup, row_slice
 from scipy.sparse.csgraph import connected_components
 
 _SLIVER_ROUNDS = 20         # rounds of `circle_packing` giving slivers to the circles around
@@ -242,8 +242,7 @@ def circle_packing(minutes: sp.csr_matrix, pop: np.ndarray, adjacency: sp.csr_ma
         j = int(np.argmax(np.minimum(gather, cap)))
         if min(gather[j], cap) < floor:
             break
-        span = slice(csc.indptr[j], csc.indptr[j + 1])
-        rows, mins = csc.indices[span], csc.data[span]
+        rows, mins = csc.indices[row_slice(csc, j)], csc.data[row_slice(csc, j)]
         rows, mins = rows[label[rows] < 0], mins[label[rows] < 0]
         rows = rows[np.lexsort((rows, mins))]
         take = rows[np.cumsum(pop[rows]) <= cap]
