@@ -33,6 +33,24 @@ def test_a_window_gains_a_balanced_community_and_keeps_every_rule():
     assert plan.key()[:4] < before[:4]
 
 
+def test_one_community_fewer_with_all_of_them_balanced_is_asked_for():
+    # A street of 11 units of 400 residents, a site on every other one reaching 3 units each way;
+    # target 2,000 (band 1,600-2,400, tiny below 1,000): 1,600, 1,600 and 1,200. No three
+    # communities fit the band (4,800 > 4,400); two do, both balanced. The ask for one fewer
+    # must want as many balanced communities as it has, not one more than now.
+    reach, _, adjacency, xy = grid(11, 1, limit=4.0, step=2)
+    pop = np.full(11, 400, dtype=np.int64)
+    problem = PartitionProblem(reach, pop, adjacency, target_pop=2_000, tolerance=0.2, xy=xy)
+    col = np.arange(11)
+    plan = plan_from_labels(problem, np.where(col < 4, 0, np.where(col < 8, 1, 2)))
+
+    assert solve_windows(plan, seconds=2.0)
+    center, sizes, ok = plan_rules(plan)
+    assert ok and (center >= 0).all()
+    assert sorted(sizes) == sorted(sizes[(sizes >= 1_600) & (sizes <= 2_400)]) and sizes.sum() == 4_400
+    assert len(sizes) == 2
+
+
 def test_the_same_plan_every_time():
     _, one = strip_plan()
     _, two = strip_plan()

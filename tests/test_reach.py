@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import geopandas as gpd
 import networkx as nx
 import numpy as np
@@ -170,3 +172,14 @@ def test_population_that_misses_the_network_is_refused(grid5):
     pop = _population([(X0 + 50_000, Y0), (X0 + 51_000, Y0)], [5, 5])
     with pytest.raises(InputError, match="does not overlap the network"):
         compute_reach(net, pop, centers=_centers([(X0, Y0)]))
+
+
+def test_a_population_mostly_beyond_the_network_is_warned_with_its_share_and_the_fix(grid5):
+    net = WalkNetwork.from_graph(grid5)
+    near, far = (X0 + 100, Y0 + 100), (X0 + 50_000, Y0)
+    with pytest.warns(CoverageWarning, match=r"30 of 100 residents \(30%\).*Load a network"):
+        reach = compute_reach(net, _population([near, far], [70, 30]))
+    assert reach.unreachable_population == 30          # kept and counted, not dropped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CoverageWarning)   # 4 % off the network: no warning
+        compute_reach(net, _population([near, far], [96, 4]))

@@ -275,11 +275,34 @@ def compute_reach(network: WalkNetwork | nx.Graph, population: Population | gpd.
                         max_minutes=float(max_minutes), walk_speed_kmh=network.walk_speed_kmh,
                         direction=direction, input_crs=population.crs, work_crs=network.crs)
     off_pop = int(units.loc[units.off_network, "pop"].sum())
+    _warn_partial_overlap(network, population, units, off_pop, max_access_m)
     logger.info("Reach: %d units x %d candidates, %d pairs within %g min (%.1f MB); "
                 "%d people cannot reach any candidate (%d of them off-network)",
                 len(units), len(candidates), minutes.nnz, max_minutes, reach.nbytes / 1e6,
                 reach.unreachable_population, off_pop)
     return reach
+
+
+OFF_NETWORK_WARNING_SHARE = 0.05  # residents off the network above this share: the extract
+                                  # is likely smaller than the grid (a plan still follows)
+
+
+def _warn_partial_overlap(network: WalkNetwork, population: Population, units: gpd.GeoDataFrame,
+                          off_pop: int, max_access_m: float) -> None:
+    """Warn when many residents lie off the network: they reach nothing and count as uncovered,
+    which is rarely what a planner wants when the network extract is simply too small."""
+    total = float(units["pop"].sum())
+    if total <= 0 or off_pop / total <= OFF_NETWORK_WARNING_SHARE:
+        return
+    box = gpd.GeoSeries(gpd.points_from_xy(network.x, network.y), crs=network.crs).to_crs(4326)
+    west, south, east, north = box.total_bounds
+    message = (f"{off_pop:,} of {total:,.0f} residents ({off_pop / total:.0%}) in "
+               f"{population.source} lie farther than {max_access_m:g} m from any walkable way of "
+               f"{network.source} and reach no center; the network covers lon {west:.4f}..{east:.4f}, "
+               f"lat {south:.4f}..{north:.4f}. Load a network covering the whole population, or "
+               "clip the population to the network's area.")
+    logger.warning("%s", message)
+    warnings.warn(message, CoverageWarning, stacklevel=3)
 
 
 def _raise_no_overlap(network: WalkNetwork, population: Population, max_access_m: float) -> None:

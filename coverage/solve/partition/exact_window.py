@@ -248,7 +248,9 @@ def _solve_window(plan: SearchPlan, s: int, rings: int, loss: int, budget: list[
     elif tiny:
         asks = [(k, int(in_band.sum()), now - 1) for k in (m, m - 1, m + 1)]
     else:
-        asks = [(k, int(in_band.sum()) + 1, now) for k in (m, m - 1, m + 1)]
+        # One fewer holds as many balanced communities at most as it has (all of them, where
+        # every other one is balanced now): more residents in band is the gain then.
+        asks = [(k, min(int(in_band.sum()) + 1, k), now) for k in (m, m - 1, m + 1)]
     for k, at_least, floor in asks:
         if (k is not None and k < 1) or budget[0] <= 0:
             continue
