@@ -56,9 +56,11 @@ def _note(population: float, contiguous: bool, exception: str, best_gather: floa
     """
     notes = []
     limit = f"{config.max_minutes:g} min"
+    # A community in pieces (a split site's) can hold more than any one piece gathers.
+    piece = " in one piece" if population > best_gather else ""
     gathered = (f"gathers {config.min_pop:,.0f} contiguous residents"
                 f"{' of its district' if in_district else ''} within {limit} (at most "
-                f"{best_gather:,.0f}), so it cannot be balanced")
+                f"{best_gather:,.0f}{piece}), so it cannot be balanced")
     if exception == "island":
         notes.append(f"exception (island): its {population:,.0f} residents are cut off from the "
                      f"main walking network; no site they reach {gathered}")

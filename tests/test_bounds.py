@@ -273,6 +273,10 @@ def test_a_community_that_cannot_be_contiguous_is_proven_so():
     assert proven_not_contiguous(units, table, chained) == 0
     assert proven_not_contiguous(units, table.assign(contiguous=True), apart) == 0
     assert "cannot be" in _note(20, False, "", 20, 0, CONFIG, split_forced=True)
+    # A remote pocket in two pieces holds more than either piece gathers: the note says so.
+    pieces = _note(203, False, "remote pocket", 191, 0, CONFIG, split_forced=True)
+    assert "(at most 191 in one piece)" in pieces
+    assert "(at most 203)" in _note(203, True, "remote pocket", 203, 0, CONFIG)
     unproven = _note(2_500, False, "", 4_000, 0, CONFIG)
     assert "the planner found no bordering community" in unproven and "cannot" not in unproven
 
