@@ -296,11 +296,11 @@ def _warn_partial_overlap(network: WalkNetwork, population: Population, units: g
         return
     box = gpd.GeoSeries(gpd.points_from_xy(network.x, network.y), crs=network.crs).to_crs(4326)
     west, south, east, north = box.total_bounds
-    message = (f"{off_pop:,} of {total:,.0f} residents ({off_pop / total:.0%}) in "
-               f"{population.source} lie farther than {max_access_m:g} m from any walkable way of "
-               f"{network.source} and reach no center; the network covers lon {west:.4f}..{east:.4f}, "
-               f"lat {south:.4f}..{north:.4f}. Load a network covering the whole population, or "
-               "clip the population to the network's area.")
+    message = (f"{off_pop:,} of {total:,.0f} residents ({off_pop / total:.0%}) of the population "
+               f"({population.source}) lie farther than {max_access_m:g} m from any walkable way "
+               f"of the network ({network.source}) and reach no center; the network covers lon "
+               f"{west:.4f}..{east:.4f}, lat {south:.4f}..{north:.4f}. Load a network covering the "
+               "whole population, or clip the population to the network's area.")
     logger.warning("%s", message)
     warnings.warn(message, CoverageWarning, stacklevel=3)
 
