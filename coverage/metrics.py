@@ -105,11 +105,17 @@ def tiny_note(note: str, checks: Iterable[TinyCheck], *, tiny_pop: float) -> str
     is, which is not a claim about every plan."""
     said = []
     for check in sorted(checks, key=lambda c: c.rings):
-        where = ("it and its neighbours" if check.rings == 1 else
-                 f"the communities within {check.rings} rings of it")
-        where += f" ({check.communities} communities, {check.residents:,} residents)"
+        alone = check.communities == 1    # every neighbour is tiny or an exception: kept
+        if alone:
+            where = (f"it ({check.residents:,} residents; its neighbours, tiny communities or "
+                     "exceptions, as they are)")
+        else:
+            where = ("it and its neighbours" if check.rings == 1 else
+                     f"the communities within {check.rings} rings of it")
+            where += f" ({check.communities} communities, {check.residents:,} residents)"
         if np.isinf(check.cost):
-            said.append(f"{where} have no split without a community below {tiny_pop:,.0f}")
+            said.append(f"{where} {'has' if alone else 'have'} no split without a community "
+                        f"below {tiny_pop:,.0f}")
         elif check.cost > 0:
             said.append(f"any split of {where} without a community below {tiny_pop:,.0f} puts "
                         f"at least {check.cost:,.0f} more residents outside the band")

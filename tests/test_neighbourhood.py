@@ -90,6 +90,12 @@ def test_the_tiny_note_says_what_each_neighbourhood_proves_and_nothing_else():
     assert "cannot" not in note
     assert tiny_note("smaller than target", [free], tiny_pop=5_000) == "smaller than target"
     assert tiny_note("", [locked], tiny_pop=5_000).startswith("it and its neighbours")
+    # Where every neighbour is tiny or an exception (kept as they are), the window is itself.
+    alone = TinyCheck(7, 1, 1, 6_860, 6_860, np.inf)
+    assert tiny_note("", [alone], tiny_pop=12_500) == (
+        "it (6,860 residents; its neighbours, tiny communities or exceptions, as they are) has no "
+        "split without a community below 12,500 (linear programs over the sites, the rest of the "
+        "plan unchanged)")
 
 
 def test_the_program_reports_no_solution_and_untried_apart():
