@@ -294,25 +294,31 @@ def _warn_partial_overlap(network: WalkNetwork, population: Population, units: g
     total = float(units["pop"].sum())
     if total <= 0 or off_pop / total <= OFF_NETWORK_WARNING_SHARE:
         return
-    box = gpd.GeoSeries(gpd.points_from_xy(network.x, network.y), crs=network.crs).to_crs(4326)
-    west, south, east, north = box.total_bounds
     message = (f"{off_pop:,} of {total:,.0f} residents ({off_pop / total:.0%}) of the population "
                f"({population.source}) lie farther than {max_access_m:g} m from any walkable way "
-               f"of the network ({network.source}) and reach no center; the network covers lon "
-               f"{west:.4f}..{east:.4f}, lat {south:.4f}..{north:.4f}. Load a network covering the "
-               "whole population, or clip the population to the network's area.")
+               f"of the network ({network.source}) and reach no center; the network covers "
+               f"{_lonlat_extent(network)}. Load a network covering the whole population, or clip "
+               "the population to the network's area.")
     logger.warning("%s", message)
     warnings.warn(message, CoverageWarning, stacklevel=3)
 
 
+_LONLAT_BOX = "lon {0:.4f}..{2:.4f}, lat {1:.4f}..{3:.4f}"
+
+
+def _lonlat_extent(network: WalkNetwork) -> str:
+    """The network's nodes' extent in lon/lat, for messages."""
+    box = gpd.GeoSeries(gpd.points_from_xy(network.x, network.y), crs=network.crs).to_crs(4326)
+    return _LONLAT_BOX.format(*box.total_bounds)
+
+
 def _raise_no_overlap(network: WalkNetwork, population: Population, max_access_m: float) -> None:
-    net_box = gpd.GeoSeries(gpd.points_from_xy(network.x, network.y), crs=network.crs).to_crs(4326)
     pop_box = population.units.to_crs(4326)
-    fmt = "lon {0:.4f}..{2:.4f}, lat {1:.4f}..{3:.4f}"
     msg = (f"the population ({population.source}) does not overlap the network ({network.source}): "
            f"no populated unit lies within {max_access_m:g} m of a walkable way. Population "
-           f"covers {fmt.format(*pop_box.total_bounds)}, the network {fmt.format(*net_box.total_bounds)}; "
-           "load a network of the same area (or check the population's CRS).")
+           f"covers {_LONLAT_BOX.format(*pop_box.total_bounds)}, the network "
+           f"{_lonlat_extent(network)}; load a network of the same area (or check the "
+           "population's CRS).")
     raise InputError(msg)
 
 
