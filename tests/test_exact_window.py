@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from covplan.solve.partition.core import PartitionProblem
-from covplan.solve.partition.exact_window import solve_windows
+from covplan.solve.partition.exact_window import _one_more_first, solve_windows
+from covplan.solve.partition.refine import Window
 from covplan.solve.partition.search import tiny_first_order
 from test_partition import grid, plan_from_labels, plan_rules, poor_start
 
@@ -48,6 +49,34 @@ def test_one_community_fewer_with_all_of_them_balanced_is_asked_for():
     center, sizes, ok = plan_rules(plan)
     assert ok and (center >= 0).all()
     assert len(sizes) == 2 and ((sizes >= 1_600) & (sizes <= 2_400)).all() and sizes.sum() == 4_400
+
+
+def test_one_more_all_balanced_is_asked_first_where_every_community_is_full():
+    # Where every community is near the band's top, the usual first ask (as many) can spend the
+    # budget finding nothing; one more, all balanced, goes first. The 16 x 4 strip (band
+    # 1,280-1,920) in columns of 2,000 | 2,000 | 2,400: above the band, mean 2,133.
+    reach, _, adjacency, xy = grid(16, 4, limit=8.0, step=1)
+    problem = PartitionProblem(reach, np.full(64, 100, dtype=np.int64), adjacency,
+                               target_pop=1_600, tolerance=0.2, xy=xy)
+    col = np.arange(64) % 16
+    plan = plan_from_labels(problem, np.where(col < 5, 0, np.where(col < 10, 1, 2)))
+    s = int(np.argmax(plan.popk))
+    win = Window(plan, plan.around(s, 1))
+    assert _one_more_first(plan, s, win, len(win.comms), 0) == [(len(win.comms) + 1,) * 2 + (0,)]
+    assert solve_windows(plan, seconds=2.0)
+    center, sizes, ok = plan_rules(plan)
+    assert ok and len(sizes) == 4 and ((sizes >= 1_280) & (sizes <= 1_920)).all()
+
+    # Not where the window's mean is at most the target (room beside it), nor around a
+    # community within the band: there as many goes first, as before.
+    roomy = plan_from_labels(problem, np.select([col < 6, col < 8, col < 12], [0, 1, 2], 3))
+    assert sorted(roomy.popk[roomy.alive]) == [800, 1_600, 1_600, 2_400]
+    s = int(np.argmax(roomy.popk))
+    window = Window(roomy, roomy.around(s, 1))                     # 2,400 + 800: mean 1,600
+    assert _one_more_first(roomy, s, window, len(window.comms), 0) == []
+    s = int(roomy.label[col == 10][0])                             # one of 1,600
+    window = Window(roomy, roomy.around(s, 1))
+    assert _one_more_first(roomy, s, window, len(window.comms), 0) == []
 
 
 def test_the_same_plan_every_time():

@@ -217,13 +217,29 @@ class _Model:
         return site[self.group], solver.deterministic_time
 
 
+def _one_more_first(plan: SearchPlan, s: int, win: Window, m: int,
+                    now: int) -> list[tuple[int, int, int]]:
+    """Around a community above the band in a window whose mean community is above the target
+    (a dense core, every community near the band's top), first ask for one more community with
+    all of them balanced. The usual first ask, as many, can spend the whole budget finding
+    nothing there: a Chengdu core of 8 communities of 11,836-12,002 found no split as 8 in 0.8 s
+    of CP-SAT's time, and one as 9 in 0.1 s. Only a split with every community balanced goes
+    before the usual asks: one more with a community left short (3 -> 4, one of 5,679) was
+    taken where as many gave 3 balanced."""
+    problem = plan.problem
+    if plan.popk[s] <= problem.max_pop or float(win.pop.sum()) / m <= problem.target_pop:
+        return []
+    return [(m + 1, m + 1, now)]
+
+
 def _solve_window(plan: SearchPlan, s: int, rings: int, loss: int, budget: list[float],
                   per_model: float) -> bool:
     """Ask CP-SAT for a better split of the window around s (as many communities, one fewer,
-    one more) with one more balanced community at least, or, with tiny communities in it, none
-    tiny and at most `loss` fewer residents in balanced communities; apply it when the rules'
-    order improves (fewer tiny communities, or as many and fewer residents outside the band).
-    Each model's deterministic time is taken from `budget`."""
+    one more; in a full window one more first, `_one_more_first`) with one more balanced
+    community at least, or, with tiny communities in it, none tiny and at most `loss` fewer
+    residents in balanced communities; apply it when the rules' order improves (fewer tiny
+    communities, or as many and fewer residents outside the band). Each model's deterministic
+    time is taken from `budget`."""
     problem = plan.problem
     win = Window(plan, plan.around(s, rings))
     tiny = win.before[1] > 0
@@ -251,6 +267,7 @@ def _solve_window(plan: SearchPlan, s: int, rings: int, loss: int, budget: list[
         # One fewer holds as many balanced communities at most as it has (all of them, where
         # every other one is balanced now): more residents in band is the gain then.
         asks = [(k, min(int(in_band.sum()) + 1, k), now) for k in (m, m - 1, m + 1)]
+        asks = _one_more_first(plan, s, win, m, now) + asks
     for k, at_least, floor in asks:
         if (k is not None and k < 1) or budget[0] <= 0:
             continue
