@@ -62,7 +62,8 @@ def test_one_more_all_balanced_is_asked_first_where_every_community_is_full():
     plan = plan_from_labels(problem, np.where(col < 5, 0, np.where(col < 10, 1, 2)))
     s = int(np.argmax(plan.popk))
     win = Window(plan, plan.around(s, 1))
-    assert _one_more_first(plan, s, win, len(win.comms), 0) == [(len(win.comms) + 1,) * 2 + (0,)]
+    m = len(win.comms)
+    assert _one_more_first(plan, s, win, 0) == [(m + 1, m + 1, 0)]   # all m + 1 balanced
     assert solve_windows(plan, seconds=2.0)
     center, sizes, ok = plan_rules(plan)
     assert ok and len(sizes) == 4 and ((sizes >= 1_280) & (sizes <= 1_920)).all()
@@ -73,10 +74,10 @@ def test_one_more_all_balanced_is_asked_first_where_every_community_is_full():
     assert sorted(roomy.popk[roomy.alive]) == [800, 1_600, 1_600, 2_400]
     s = int(np.argmax(roomy.popk))
     window = Window(roomy, roomy.around(s, 1))                     # 2,400 + 800: mean 1,600
-    assert _one_more_first(roomy, s, window, len(window.comms), 0) == []
+    assert _one_more_first(roomy, s, window, 0) == []
     s = int(roomy.label[col == 10][0])                             # one of 1,600
     window = Window(roomy, roomy.around(s, 1))
-    assert _one_more_first(roomy, s, window, len(window.comms), 0) == []
+    assert _one_more_first(roomy, s, window, 0) == []
 
 
 def test_the_same_plan_every_time():

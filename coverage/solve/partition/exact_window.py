@@ -217,8 +217,7 @@ class _Model:
         return site[self.group], solver.deterministic_time
 
 
-def _one_more_first(plan: SearchPlan, s: int, win: Window, m: int,
-                    now: int) -> list[tuple[int, int, int]]:
+def _one_more_first(plan: SearchPlan, s: int, win: Window, now: int) -> list[tuple[int, int, int]]:
     """Around a community above the band in a window whose mean community is above the target
     (a dense core, every community near the band's top), first ask for one more community with
     all of them balanced. The usual first ask, as many, can spend the whole budget finding
@@ -226,10 +225,10 @@ def _one_more_first(plan: SearchPlan, s: int, win: Window, m: int,
     of CP-SAT's time, and one as 9 in 0.1 s. Only a split with every community balanced goes
     before the usual asks: one more with a community left short (3 -> 4, one of 5,679) was
     taken where as many gave 3 balanced."""
-    problem = plan.problem
+    problem, m = plan.problem, len(win.comms)
     if plan.popk[s] <= problem.max_pop or float(win.pop.sum()) / m <= problem.target_pop:
         return []
-    return [(m + 1, m + 1, now)]
+    return [(m + 1, m + 1, now)]         # (count, balanced at least, more balanced than)
 
 
 def _solve_window(plan: SearchPlan, s: int, rings: int, loss: int, budget: list[float],
@@ -267,7 +266,7 @@ def _solve_window(plan: SearchPlan, s: int, rings: int, loss: int, budget: list[
         # One fewer holds as many balanced communities at most as it has (all of them, where
         # every other one is balanced now): more residents in band is the gain then.
         asks = [(k, min(int(in_band.sum()) + 1, k), now) for k in (m, m - 1, m + 1)]
-        asks = _one_more_first(plan, s, win, m, now) + asks
+        asks = _one_more_first(plan, s, win, now) + asks
     for k, at_least, floor in asks:
         if (k is not None and k < 1) or budget[0] <= 0:
             continue
