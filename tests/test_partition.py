@@ -297,6 +297,29 @@ def test_improvement_leaves_one_community_small_where_a_stretch_is_too_thin_for_
     assert plan.key()[0] == sizes.min() < before[0]                    # residents outside: 600 -> it
 
 
+def test_improvement_aims_one_community_at_the_band_where_circles_barely_gather_its_floor():
+    """Sprawl: where circles gather barely the band's floor, the flow fills all communities
+    evenly short of it. A 60 x 6 grid of 10 residents a cell in nine communities of 360-480
+    (band 480-720, tiny below 300); the balancing leaves 2,130 residents outside the band.
+    Aimed at the band, a community at one of the fullest circles is filled first and its
+    neighbours kept above the tiny threshold (`_peaks`): one community more in band, none tiny."""
+    from covplan.solve.partition.improve import improve
+
+    reach, _, adjacency, xy = grid(60, 6, limit=8.2, step=1)
+    pop = np.full(360, 10, dtype=np.int64)
+    problem = PartitionProblem(reach, pop, adjacency, target_pop=600, tolerance=0.2, xy=xy)
+    plan = plan_from_labels(problem, np.minimum(np.arange(360) % 60 * 9 // 60, 8))
+    assert (plan.popk[plan.alive] < problem.min_pop).all()
+    assert (plan.popk[plan.alive] >= problem.tiny_pop).all()
+
+    plan = improve(plan, np.linspace(0, np.pi, 4, endpoint=False), budget=40 * 360)
+    center, sizes, ok = plan_rules(plan)
+    assert ok and (center >= 0).all() and sizes.sum() == 3_600
+    assert sizes.min() >= problem.tiny_pop                             # none tiny
+    assert ((sizes >= problem.min_pop) & (sizes <= problem.max_pop)).sum() == 4
+    assert plan.key()[0] == 1_650          # 2,130 without the aimed trials
+
+
 def test_improvement_clears_a_tiny_community_even_at_a_cost_in_balance():
     from covplan.solve.partition.improve import improve
 
@@ -444,7 +467,7 @@ def test_end_seeds_try_the_small_community_at_both_ends():
     plan = plan_from_labels(problem, np.arange(40) // 20)
     win = Window(plan, plan.alive)
     trials = list(_end_seeds(win, 2, np.array([0.0])))
-    assert len(trials) == 2 and all(small == 0 for _, small in trials)
+    assert len(trials) == 2 and all(aim == (0, False) for _, aim in trials)
     small_x = sorted(float(xy[centers[0], 0]) for centers, _ in trials)
     assert small_x[0] < 1_600 and small_x[1] >= 2_400                # one in each end part
     assert list(_end_seeds(win, 3, np.array([0.0]))) == []            # 400 can't fill 2 of 240+

@@ -14,11 +14,13 @@ _SETTLE_ROUNDS = 3          # flow / re-site rounds
 
 
 def assign_by_flow(pop: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarray,
-                   per_person: sp.csr_matrix, centers: np.ndarray) -> np.ndarray:
+                   per_person: sp.csr_matrix, centers: np.ndarray,
+                   first: int | None = None) -> np.ndarray:
     """
     Units -> index into `centers` by min-cost flow with soft population bounds [lo, hi] (one
     pair for all centers, or one per center); each unit goes wholly to the center that got most
-    of it (people-less units: the cheapest). -1 for units no center reaches.
+    of it (people-less units: the cheapest). -1 for units no center reaches. With `first`, the
+    center at that position is filled to its lower bound before the others (twice the reward).
     """
     n, k = per_person.shape[0], len(centers)
     col_of = np.full(per_person.shape[1], -1, dtype="int64")
@@ -40,7 +42,10 @@ def assign_by_flow(pop: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarr
     tails = [u[active], mid, mid, mid]
     heads = [c[active] + n, np.full(k, sink), np.full(k, sink), np.full(k, sink)]
     caps = [pop[u[active]], lo, np.maximum(hi - lo, 0), np.full(k, total)]
-    costs = [unit_cost[active], np.full(k, -big), np.zeros(k, "int64"), np.full(k, big)]
+    reward = np.full(k, -big)
+    if first is not None:
+        reward[first] *= 2
+    costs = [unit_cost[active], reward, np.zeros(k, "int64"), np.full(k, big)]
     flow = min_cost_flow.SimpleMinCostFlow()
     arcs = flow.add_arcs_with_capacity_and_unit_cost(*(np.concatenate(x).astype("int64")
                                                        for x in (tails, heads, caps, costs)))
@@ -104,9 +109,9 @@ def _community_sums(label: np.ndarray, n_comm: int, matrix: sp.csr_matrix) -> np
 
 def settle(pop: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarray, per_person: sp.csr_matrix,
             structure: sp.csr_matrix, weighted: sp.csr_matrix, centers: np.ndarray,
-            blocked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+            blocked: np.ndarray | None = None, first: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Alternate flow assignment and re-siting; (centers, index into centers per unit)."""
-    label = assign_by_flow(pop, lo, hi, per_person, centers)
+    label = assign_by_flow(pop, lo, hi, per_person, centers, first)
     for _ in range(_SETTLE_ROUNDS):
         cnt, cost = tallies(label, len(centers), structure, weighted)
         new = relocate(cnt, cost, np.bincount(label[label >= 0], minlength=len(centers)),
@@ -114,7 +119,7 @@ def settle(pop: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarray, per_
         if np.array_equal(new, centers):
             break
         centers = new
-        label = assign_by_flow(pop, lo, hi, per_person, centers)
+        label = assign_by_flow(pop, lo, hi, per_person, centers, first)
     return centers, label
 
 

@@ -83,7 +83,7 @@ class _SubPlan:
             adjacency=win.adjacency, xy=win.xy, n_communities=None, existing=None,
             unit_prior=None, candidate_prior=None)
 
-    def evaluate(self, centers: np.ndarray, k: int, small: int | None = None,
+    def evaluate(self, centers: np.ndarray, k: int, aim: tuple[int, bool] | None = None,
                  tiny_first: bool = False):
         """(key like `SearchPlan.key`, label, global centers) of the window finished from `centers`
         with at most k communities, or None when the flow's assignment doesn't beat the window
@@ -95,18 +95,24 @@ class _SubPlan:
         With `tiny_first`, a set also passes when its flow has fewer tiny communities."""
         win = self.win
         start = self.col_of[centers]
-        if small is not None:
-            if start[small] < 0:
+        if aim is not None:
+            at, big = aim
+            if start[at] < 0:
                 return None
-            small = int((start[:small] >= 0).sum())
+            at = int((start[:at] >= 0).sum())
         start = set_cover(self.structure, win.pop, [int(c) for c in start[start >= 0]])
         lo, hi = win.lo, win.hi
-        if small is not None:
+        if aim is not None:
             lo, hi = np.full(len(start), win.lo), np.full(len(start), win.hi)
-            lo[small] = self.problem.tiny_pop
-            hi[small] = win.lo - 1
+            if big:
+                lo[:] = self.problem.tiny_pop
+                lo[at] = win.lo
+            else:
+                lo[at] = self.problem.tiny_pop
+                hi[at] = win.lo - 1
         cand, label = settle(win.pop, lo, hi, self.per_person, self.structure,
-                              self.weighted, np.asarray(start, dtype="int64"))
+                              self.weighted, np.asarray(start, dtype="int64"),
+                              first=at if aim is not None and big else None)
         # The flow ignores contiguity, so its balance is a fair guess of the best to hope for;
         # finishing (below) costs several times the flow, so hopeless sets stop here.
         guess = problem_band_key(np.bincount(label, weights=win.pop), self.problem)
@@ -118,7 +124,7 @@ class _SubPlan:
         if np.unique(label[label >= 0]).size > k + _MAX_EXTRA:
             return None
         sub = SearchPlan(self.problem, self.per_person, self.weighted, self.structure, label)
-        keep = small is not None      # even out no more: that would undo the uneven split
+        keep = aim is not None        # even out no more: that would undo the uneven split
         if len(sub.alive) > k:
             local_search(sub, BALANCE_WEIGHT, _SUB_ROUNDS, count_first=keep, keep_residents=keep)
             reduce_to(sub, k)
@@ -211,11 +217,11 @@ def _best_of(sub: _SubPlan, win: Window, trials, k: int, best, budget: list[int]
     def rank(key):
         return tiny_first_order(key) if tiny_first else key
 
-    for centers, small in trials:
+    for centers, aim in trials:
         if budget[0] <= 0:
             break
         budget[0] -= len(win.units)
-        got = sub.evaluate(centers, k, small, tiny_first)
+        got = sub.evaluate(centers, k, aim, tiny_first)
         if got is None:
             continue
         better = (got[0][1] < win.before[1] if tiny_first
@@ -236,12 +242,12 @@ def _uneven(plan: SearchPlan, win: Window, s: int, k: int, angles: np.ndarray):
         popk = plan.popk[win.comms]
         short = np.flatnonzero(popk < win.lo)
         for i in short[np.argsort(popk[short], kind="stable")][:_SMALL_TRIES]:
-            yield plan.center[win.comms].copy(), int(i)
+            yield plan.center[win.comms].copy(), (int(i), False)
     elif k == m + 1 and (options := _options(plan, win, s, k, angles)):
         rest = np.delete(plan.center[win.comms], int(np.searchsorted(win.comms, s)))
         if np.array_equal(options[0][:-2], rest):   # the first split of s: two new centers last
             for i in (k - 2, k - 1):
-                yield options[0], i
+                yield options[0], (i, False)
 
 
 _END_MARGIN = 1.05          # the small end holds this much above the tiny threshold
@@ -263,7 +269,44 @@ def _end_seeds(win: Window, k: int, angles: np.ndarray):
         centers = seed_centers(win.xy, win.pop, win.structure, k, float(angle + turn),
                                win.blocked, first=small)
         if len(centers) == k:
-            yield centers, 0
+            yield centers, (0, False)
+
+
+_PEAK_TRIES = 3             # sites gathering most of a window tried as a balanced community's center
+
+
+def _peaks(plan: SearchPlan, win: Window, k: int):
+    """(centers, (position, True)) trials of k centers with one community aimed at the band,
+    centered at one of the free sites that gather most of the window's residents: that site
+    replaces the center of the community it reaches most (k = the window's count), joins the
+    centers (one more), or replaces it while the smallest other community is dropped (one
+    fewer). Where every 15-minute circle of a stretch gathers barely the band's floor, a
+    balanced community must be nearly its center's whole circle; the flow, rewarding every
+    resident below a floor alike, fills all communities evenly short of the band instead. Aimed,
+    that one is filled first and the others only kept above the tiny threshold."""
+    m = len(win.comms)
+    reach = sp.csr_matrix(win.structure, dtype="float64")
+    reach.data[:] = 1.0
+    gather = np.asarray(reach.T @ win.pop).ravel()
+    current = plan.center[win.comms]
+    sites = np.flatnonzero(~win.blocked & (gather >= win.lo))
+    own = np.searchsorted(win.comms, plan.label[win.units])
+    for c in sites[np.lexsort((sites, -gather[sites]))][:_PEAK_TRIES]:
+        if k == m + 1:
+            if c not in current:
+                yield np.r_[current, c], (m, True)
+            continue
+        held = np.flatnonzero(current == c)
+        j = int(held[0]) if len(held) else int(np.argmax(np.bincount(
+            own, weights=win.pop * reach[:, c].toarray().ravel(), minlength=m)))
+        centers = current.copy()
+        centers[j] = c
+        if k == m:
+            yield centers, (j, True)
+        elif k == m - 1 and m > 1:
+            others = np.delete(np.arange(m), j)
+            drop = int(others[np.argmin(plan.popk[win.comms[others]])])
+            yield np.delete(centers, drop), (j - int(drop < j), True)
 
 
 def _dissolve(plan: SearchPlan, s: int, tiny_first: bool = False) -> bool:
@@ -284,34 +327,26 @@ def _dissolve(plan: SearchPlan, s: int, tiny_first: bool = False) -> bool:
 
 
 def _improve_window(plan: SearchPlan, s: int, angles: np.ndarray, budget: list[int],
-                    tiny_first: bool = False, rings_tried: tuple[int, ...] = (1, 2)) -> bool:
+                    tiny_first: bool = False, rings_tried: tuple[int, ...] = (1, 2),
+                    peaks: bool = False) -> bool:
     """Re-solve the windows around s (one ring, then two); True once one improved. With
     `tiny_first` (s is tiny), a window counts as improved when it has fewer tiny communities,
     even if more residents end up outside the band (the rule comes before the balance), and
-    every count is tried for the one that loses least."""
+    every count is tried for the one that loses least. With `peaks`, only windows whose
+    communities are all below the band are tried, and only with one of them aimed at it
+    (`_peaks`)."""
     over = plan.popk[s] > plan.problem.max_pop
     for rings in rings_tried:
         win = Window(plan, plan.around(s, rings))
         if len(win.units) > _MAX_WINDOW_UNITS:
             return False
-        best, sub = None, _SubPlan(plan, win)
         m = len(win.comms)
-        counts = [m - 1, m] if tiny_first else _counts(win, m, over)
-        for k in counts:
-            options = _options(plan, win, s, k, angles)
-            if tiny_first and k < m and (cover := _cover_option(
-                    win, k, plan.center[win.comms],
-                    plan.problem.tiny_pop)) is not None:
-                options.insert(0, cover)
-            best = _best_of(sub, win, ((c, None) for c in options), k, best, budget, tiny_first)
-            if best is not None and not tiny_first:   # counts nearest first; one that works wins
-                break
-        if best is None or best[0][0] > 0:   # residents left outside the band: try uneven
-            for k in (m, m + 1):
-                best = _best_of(sub, win, _uneven(plan, win, s, k, angles), k, best, budget,
-                                tiny_first)
+        if peaks:
+            best = _peak_best(plan, win, budget)
+        else:
+            best = _window_best(plan, win, s, angles, budget, tiny_first, over)
         logger.debug("window around %d (%.0f residents), %d rings, %d communities, %d units: %s",
-                     s, plan.popk[s], rings, len(win.comms), len(win.units),
+                     s, plan.popk[s], rings, m, len(win.units),
                      "no gain" if best is None else f"{win.before[:4]} -> {best[0][:4]}")
         if best is not None:
             win.apply(plan, best[1], best[2])
@@ -322,6 +357,42 @@ def _improve_window(plan: SearchPlan, s: int, angles: np.ndarray, budget: list[i
     return False
 
 
+def _peak_best(plan: SearchPlan, win: Window, budget: list[int]):
+    """The best `_peaks` trial of a window whose communities are all below the band (None when
+    some community is in or above it, or no trial beats the window)."""
+    if not (plan.popk[win.comms] < win.lo).all():
+        return None
+    m, total, tiny_pop = len(win.comms), float(win.pop.sum()), plan.problem.tiny_pop
+    best, sub = None, _SubPlan(plan, win)
+    for k in (m, m - 1, m + 1):     # counts whose communities can hold the tiny threshold
+        if k >= 1 and (k - 1) * tiny_pop + win.lo <= total:
+            best = _best_of(sub, win, _peaks(plan, win, k), k, best, budget)
+    return best
+
+
+def _window_best(plan: SearchPlan, win: Window, s: int, angles: np.ndarray, budget: list[int],
+                 tiny_first: bool, over: bool):
+    """The best trial of the window around s: every count's center sets, then (residents left
+    outside the band) the uneven ones; None when none beats the window."""
+    best, sub = None, _SubPlan(plan, win)
+    m = len(win.comms)
+    counts = [m - 1, m] if tiny_first else _counts(win, m, over)
+    for k in counts:
+        options = _options(plan, win, s, k, angles)
+        if tiny_first and k < m and (cover := _cover_option(
+                win, k, plan.center[win.comms],
+                plan.problem.tiny_pop)) is not None:
+            options.insert(0, cover)
+        best = _best_of(sub, win, ((c, None) for c in options), k, best, budget, tiny_first)
+        if best is not None and not tiny_first:   # counts nearest first; one that works wins
+            break
+    if best is None or best[0][0] > 0:   # residents left outside the band: try uneven
+        for k in (m, m + 1):
+            best = _best_of(sub, win, _uneven(plan, win, s, k, angles), k, best, budget,
+                            tiny_first)
+    return best
+
+
 def improve(plan: SearchPlan, angles: np.ndarray, budget: int) -> SearchPlan:
     """
     Repeatedly take the community outside the band with the most residents (tiny ones first,
@@ -329,7 +400,9 @@ def improve(plan: SearchPlan, angles: np.ndarray, budget: int) -> SearchPlan:
     can't be improved is skipped until something near it changes. Stops when none improves or
     once the settled windows have held `budget` units in all (a deterministic stand-in for a
     time limit). Then tiny communities are cleared (`_clear_tiny`) and, if that changed the
-    plan, balancing runs again on half the budget.
+    plan, balancing runs again on half the budget. Last, windows whose communities all fall
+    short of the band are tried with one community aimed at it (`_peaks`), on a budget of
+    their own.
     """
     failed = _balance(plan, angles, budget, set())
     label, center = plan.label.copy(), plan.center.copy()
@@ -339,6 +412,7 @@ def improve(plan: SearchPlan, angles: np.ndarray, budget: int) -> SearchPlan:
         touched = _touched(label, center, plan)
         near = {int(c) for t in touched if plan.size[t] > 0 for c in plan.around(int(t), 2)}
         _balance(plan, angles, budget // 2, failed - near - set(touched.tolist()))
+    _balance(plan, angles, budget // 2, set(), peaks=True)
     return plan
 
 
@@ -352,7 +426,8 @@ def _touched(label: np.ndarray, center: np.ndarray, plan: SearchPlan) -> np.ndar
     return touched[touched >= 0]
 
 
-def _balance(plan: SearchPlan, angles: np.ndarray, budget: int, failed: set[int]) -> set[int]:
+def _balance(plan: SearchPlan, angles: np.ndarray, budget: int, failed: set[int],
+             peaks: bool = False) -> set[int]:
     """The main loop of `improve`; returns the communities whose windows found nothing."""
     left = [budget]
     tiny_pop = plan.problem.tiny_pop
@@ -362,7 +437,8 @@ def _balance(plan: SearchPlan, angles: np.ndarray, budget: int, failed: set[int]
             break
         s = todo[0]
         near = set(plan.around(s, 2).tolist())
-        if (plan.popk[s] < tiny_pop and _dissolve(plan, s)) or _improve_window(plan, s, angles, left):
+        dissolved = not peaks and plan.popk[s] < tiny_pop and _dissolve(plan, s)
+        if dissolved or _improve_window(plan, s, angles, left, peaks=peaks):
             failed -= near        # their surroundings changed: worth another try
         else:
             failed.add(s)
