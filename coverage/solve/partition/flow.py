@@ -109,8 +109,10 @@ def _community_sums(label: np.ndarray, n_comm: int, matrix: sp.csr_matrix) -> np
 
 def settle(pop: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarray, per_person: sp.csr_matrix,
             structure: sp.csr_matrix, weighted: sp.csr_matrix, centers: np.ndarray,
-            blocked: np.ndarray | None = None, first: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Alternate flow assignment and re-siting; (centers, index into centers per unit)."""
+            blocked: np.ndarray | None = None,
+            first: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Alternate flow assignment and re-siting; (centers, index into centers per unit). `first`
+    as in `assign_by_flow`."""
     label = assign_by_flow(pop, lo, hi, per_person, centers, first)
     for _ in range(_SETTLE_ROUNDS):
         cnt, cost = tallies(label, len(centers), structure, weighted)

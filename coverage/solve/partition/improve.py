@@ -10,18 +10,18 @@ of its own units (one center more) or with one of the smallest dropped (one less
 equal-population bisection seeds of the whole window; where residents stay outside the band,
 also sets with one community meant to stay small (`_uneven`), among them seeds with the small
 one at either end of the window beside balanced ones (`_end_seeds`). Every set is settled by
-the flow core
-(`Window.evaluate`: every unit served by a center it reaches, every community connected, none
-empty), so a kept result never breaks coverage or contiguity; one with more tiny communities
-than before (below half the target) is refused. Outside the window nothing changes.
+the flow core (`Window.evaluate`: every unit served by a center it reaches, every community
+connected, none empty), so a kept result never breaks coverage or contiguity; one with more
+tiny communities than before (below half the target) is refused. Outside the window nothing changes.
 A tiny community left at the end breaks a rule (`min_pop_exception`: only proven exceptions,
-planned apart, may be tiny), so last its window is re-solved for fewer tiny communities even at
+planned apart, may be tiny), so then its window is re-solved for fewer tiny communities even at
 a cost in balance, at most a target's residents per tiny community cleared (`_clear_tiny`, the
 price the CP-SAT windows' tiny pass pays too); there, one center fewer is also tried as an
 exact set cover (HiGHS): sites that each reach at least the tiny threshold of the window's
 residents and together reach all of it, keeping the most current centers. Then the balancing
 runs once more, on half the budget: only windows near what clearing changed are worth a second
-try.
+try. Last, windows whose communities all fall short of the band are re-solved with one of them
+aimed at it (`_peaks`), on half the budget.
 Deterministic: a budget of settled window units, no clock.
 """
 
@@ -88,10 +88,12 @@ class _SubPlan:
         """(key like `SearchPlan.key`, label, global centers) of the window finished from `centers`
         with at most k communities, or None when the flow's assignment doesn't beat the window
         in residents or in people outside the band, falls into more than `_MAX_EXTRA` pieces
-        beyond k, or the finish breaks a rule. With `small`, the center at that position is
-        meant to hold an undersized community (from the tiny threshold up to the band's floor)
-        so that the others can reach the band: the flow's soft bounds say so, and the finish
-        makes no move that adds residents outside the band.
+        beyond k, or the finish breaks a rule. With `aim` = (position, False), the center at
+        that position is meant to hold an undersized community (from the tiny threshold up to
+        the band's floor) so that the others can reach the band; with (position, True), that
+        one is aimed at the band and filled first, the others only kept above the tiny
+        threshold (`_peaks`). The flow's soft bounds say so, and the finish makes no move that
+        adds residents outside the band.
         With `tiny_first`, a set also passes when its flow has fewer tiny communities."""
         win = self.win
         start = self.col_of[centers]
@@ -211,7 +213,7 @@ def _cover_option(win: Window, k: int, current: np.ndarray, floor: float) -> np.
 
 def _best_of(sub: _SubPlan, win: Window, trials, k: int, best, budget: list[int],
              tiny_first: bool = False):
-    """The best of `best` and the (centers, small) trials that beat the window's key without
+    """The best of `best` and the (centers, aim) trials that beat the window's key without
     more tiny communities, while the budget lasts. With `tiny_first`, a trial must leave fewer
     tiny communities, and the fewest tiny, then the rules' order, wins."""
     def rank(key):
@@ -232,10 +234,11 @@ def _best_of(sub: _SubPlan, win: Window, trials, k: int, best, budget: list[int]
 
 
 def _uneven(plan: SearchPlan, win: Window, s: int, k: int, angles: np.ndarray):
-    """(centers, small) trials with one community meant to stay undersized: the current centers
-    (k = the window's count) or the split of s (one more). Where a stretch is too thin for all
-    its communities to reach the band, fewer residents end up outside it when one is small and
-    its neighbours balanced than when all fall short evenly, as the flow alone would have it."""
+    """(centers, (position, False)) trials with one community meant to stay undersized: the
+    current centers (k = the window's count) or the split of s (one more). Where a stretch is
+    too thin for all its communities to reach the band, fewer residents end up outside it when
+    one is small and its neighbours balanced than when all fall short evenly, as the flow alone
+    would have it."""
     m = len(win.comms)
     yield from _end_seeds(win, k, angles)
     if k == m:
@@ -254,10 +257,11 @@ _END_MARGIN = 1.05          # the small end holds this much above the tiny thres
 
 
 def _end_seeds(win: Window, k: int, angles: np.ndarray):
-    """(centers, 0) trials with the small community at one end of the window (both ends of its
-    first two bisection directions) and the other k - 1 sharing the rest at the target or within
-    the band. In a strip too thin to fill every community, the balanced ones must sit side by
-    side; seeds of equal parts spread the shortfall over all of them instead."""
+    """(centers, (0, False)) trials with the small community at one end of the window (both
+    ends of its first two bisection directions) and the other k - 1 sharing the rest at the
+    target or within the band. In a strip too thin to fill every community, the balanced ones
+    must sit side by side; seeds of equal parts spread the shortfall over all of them
+    instead."""
     if win.xy is None or k < 2:
         return
     total, problem = float(win.pop.sum()), win.problem
@@ -272,7 +276,7 @@ def _end_seeds(win: Window, k: int, angles: np.ndarray):
             yield centers, (0, False)
 
 
-_PEAK_TRIES = 3             # sites gathering most of a window tried as a balanced community's center
+_PEAK_TRIES = 3             # sites gathering most of a window tried as an aimed community's center
 
 
 def _peaks(plan: SearchPlan, win: Window, k: int):
