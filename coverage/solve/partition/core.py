@@ -63,6 +63,9 @@ finished apart, and wins only where its finished plan is better (`_finish`).
    then, around each tiny community left, one without it at a loss of at most a
    target's balanced residents; a second of the solver's deterministic time (1.2 s above
    `_EXACT_UNITS`), and half a second more for the tiny communities.
+7a. aim at the band (`aim_at_band`): each window whose communities all fall short of the band
+   is re-solved with one of them centered at a site gathering most of the window and filled
+   first, kept only with fewer residents outside the band and no tiny community more.
 7b. recombine (`recombine`): every community the runs, the improvement and the windows made
    (center and members, each once) is a column of a set-partitioning model, and CP-SAT picks
    the best exact cover of the units with distinct centers (half a second of deterministic
@@ -89,7 +92,7 @@ from covplan.defaults import population_band
 from covplan.errors import InputError
 from covplan.solve.partition.exact_window import SOLVE_SECONDS, solve_windows
 from covplan.solve.partition.flow import assign_by_flow, attach_strays, settle, split_pieces
-from covplan.solve.partition.improve import improve
+from covplan.solve.partition.improve import aim_at_band, improve
 from covplan.solve.partition.recombine import SeenCommunities, recombine
 from covplan.solve.partition.refine import (
     POLISH_BUDGET,
@@ -558,9 +561,12 @@ def _finish(ready: _Prepared, finals: list[SearchPlan], sharing: int,
     options = [winner]
     if any(winner is extra for extra in ordinary[sharing:]):
         options.append(_better(ordinary[:sharing], lambda p: p.key(), problem.target_pop))
+    # Decided before finishing, which changes the runs it finishes.
+    circles_better = with_circles and _better([winner, finals[-1]], lambda p: p.key(),
+                                              problem.target_pop) is finals[-1]
     centers = [_finished(ready, plan, seen) for plan in options]
     center = _better(centers, lambda c: _score(problem, c), problem.target_pop)
-    if with_circles and _better([winner, finals[-1]], lambda p: p.key(), problem.target_pop) is finals[-1]:
+    if circles_better:
         pool = SeenCommunities()
         pool.merge(seen)
         pool.merge(apart)
@@ -572,8 +578,9 @@ def _finish(ready: _Prepared, finals: list[SearchPlan], sharing: int,
 
 
 def _finished(ready: _Prepared, plan: SearchPlan, seen: SeenCommunities) -> np.ndarray:
-    """Each unit's center after stages 7 (CP-SAT windows, changing `plan`), 7b (recombination
-    with every community `seen`) and 8 (tight covers)."""
+    """Each unit's center after stages 7 (CP-SAT windows), windows that all fall short aimed at
+    the band (`aim_at_band`; both change `plan`), 7b (recombination with every community `seen`)
+    and 8 (tight covers)."""
     problem, n = ready.problem, ready.minutes.shape[0]
     _trace(plan, "improved")
     plan.seen = seen        # the windows' splits go straight into the problem's pool
@@ -582,6 +589,11 @@ def _finished(ready: _Prepared, plan: SearchPlan, seen: SeenCommunities) -> np.n
             and solve_windows(plan, seconds=seconds, per_model=per_model)):
         _trace(plan, "solved exactly")
     if not problem.exceptions_only:
+        # After the CP-SAT windows: aimed first, a window they would have cleared of a tiny
+        # community can be left without a split (Chengdu's steeper population, seed 4).
+        aim_at_band(plan, np.linspace(0, np.pi, 4, endpoint=False) + ready.angles[-1],
+                    min(_IMPROVE_WORK * n, _IMPROVE_CAP) // 2)
+        _trace(plan, "aimed at the band")
         recombined = recombine(plan, seen)
         if recombined is not None:
             plan = recombined
