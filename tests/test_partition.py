@@ -314,7 +314,7 @@ def test_improvement_aims_one_community_at_the_band_where_circles_barely_gather_
 
     plan = improve(plan, np.linspace(0, np.pi, 4, endpoint=False), budget=40 * 360)
     assert plan.key()[0] == 2_130
-    plan = aim_at_band(plan, np.linspace(0, np.pi, 4, endpoint=False), budget=40 * 360)
+    plan = aim_at_band(plan, budget=40 * 360)
     center, sizes, ok = plan_rules(plan)
     assert ok and (center >= 0).all() and sizes.sum() == 3_600
     assert sizes.min() >= problem.tiny_pop                             # none tiny

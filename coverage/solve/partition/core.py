@@ -591,8 +591,7 @@ def _finished(ready: _Prepared, plan: SearchPlan, seen: SeenCommunities) -> np.n
     if not problem.exceptions_only:
         # After the CP-SAT windows: aimed first, a window they would have cleared of a tiny
         # community can be left without a split (Chengdu's steeper population, seed 4).
-        aim_at_band(plan, np.linspace(0, np.pi, 4, endpoint=False) + ready.angles[-1],
-                    min(_IMPROVE_WORK * n, _IMPROVE_CAP) // 2)
+        aim_at_band(plan, min(_IMPROVE_WORK * n, _IMPROVE_CAP) // 2)
         _trace(plan, "aimed at the band")
         recombined = recombine(plan, seen)
         if recombined is not None:

@@ -185,6 +185,13 @@ def _options(plan: SearchPlan, win: Window, s: int, k: int, angles: np.ndarray) 
 _COVER_NODES = 200          # branch-and-bound nodes for a window's set cover (deterministic)
 
 
+def _gathers(win: Window) -> tuple[sp.csr_matrix, np.ndarray]:
+    """The window's units x sites reach as ones, and per site the window's residents it reaches."""
+    reach = sp.csr_matrix(win.structure, dtype="float64")
+    reach.data[:] = 1.0
+    return reach, np.asarray(reach.T @ win.pop).ravel()
+
+
 def _cover_option(win: Window, k: int, current: np.ndarray, floor: float) -> np.ndarray | None:
     """k free sites that together reach every unit of the window, each reaching at least
     `floor` of its residents, keeping as many current centers as possible (None when no such k
@@ -193,9 +200,7 @@ def _cover_option(win: Window, k: int, current: np.ndarray, floor: float) -> np.
     greedily just brings back a center that gathers too few."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
-    reach = sp.csr_matrix(win.structure, dtype="float64")
-    reach.data[:] = 1.0
-    gathers = np.asarray(reach.T @ win.pop).ravel()
+    reach, gathers = _gathers(win)
     cols = np.flatnonzero(~win.blocked & (gathers >= floor))
     a = reach[:, cols].tocsr()
     if (np.diff(a.indptr) == 0).any():
@@ -289,9 +294,7 @@ def _peaks(plan: SearchPlan, win: Window, k: int):
     resident below a floor alike, fills all communities evenly short of the band instead. Aimed,
     that one is filled first and the others only kept above the tiny threshold."""
     m = len(win.comms)
-    reach = sp.csr_matrix(win.structure, dtype="float64")
-    reach.data[:] = 1.0
-    gather = np.asarray(reach.T @ win.pop).ravel()
+    reach, gather = _gathers(win)
     current = plan.center[win.comms]
     sites = np.flatnonzero(~win.blocked & (gather >= win.lo))
     own = np.searchsorted(win.comms, plan.label[win.units])
@@ -417,13 +420,14 @@ def improve(plan: SearchPlan, angles: np.ndarray, budget: int) -> SearchPlan:
     return plan
 
 
-def aim_at_band(plan: SearchPlan, angles: np.ndarray, budget: int) -> SearchPlan:
+def aim_at_band(plan: SearchPlan, budget: int) -> SearchPlan:
     """Re-solve each window whose communities all fall short of the band with one of them aimed
     at it (`_peaks`), while the budget lasts; kept, as every window's result, only when fewer
-    residents end up outside the band without a tiny community more. Run on the improved run
-    that was chosen, not inside `improve`: a run it raises could otherwise win the choice
-    between runs over one with fewer tiny communities."""
-    _balance(plan, angles, budget, set(), peaks=True)
+    residents end up outside the band without a tiny community more. Run after the CP-SAT
+    windows (`core._finished`), not inside `improve`: aimed first, a window they would have
+    cleared of a tiny community can be left without a split (Chengdu's steeper population,
+    seed 4). The aimed trials need no bisection angles."""
+    _balance(plan, np.empty(0), budget, set(), peaks=True)
     return plan
 
 
