@@ -82,6 +82,41 @@ def test_corner_contact_is_not_adjacent():
     assert not corner["contiguous"].item() and corner["n_parts"].item() == 2
 
 
+# Three pieces of one community of a plan on Chengdu's network (H3 cells split onto network
+# nodes; UTM 48N). Pieces 0 and 1 share about 6 m of edge within 1 mm, then their edges part by
+# a wedge up to 5 mm wide: shapely's union touches itself at a point and comes out as two
+# polygons, even snap-rounded to 1 mm.
+_SEAM = [
+    "POLYGON ((414104.1908061007 3398554.4189706575, 414033.96804151556 3398578.059578942, "
+    "413988.2066455094 3398766.527522179, 414136.8508290793 3398889.5446753297, "
+    "414150.85575546214 3398884.8298658654, 414104.1908061007 3398554.4189706575))",
+    "POLYGON ((414027.3224850982 3398605.4292498645, 414033.96804151556 3398578.059578942, "
+    "413885.31971278106 3398455.036422, 413690.90864998207 3398520.48510247, "
+    "413661.27314890904 3398642.5481664673, 414027.3224850982 3398605.4292498645))",
+    "POLYGON ((413904.18576771196 3398928.37955475, 414001.80651871266 3398981.417709525, "
+    "414114.09955546324 3398983.2422295096, 414136.8508290793 3398889.5446753297, "
+    "414080.53696488537 3398842.939614239, 413904.18576771196 3398928.37955475))",
+]
+
+
+def test_dissolve_reads_contiguity_from_shared_edges_not_from_a_float_seam():
+    pieces = gpd.GeoSeries(shapely.from_wkt(_SEAM), crs="EPSG:32648")
+    assert shapely.union_all(pieces.values, grid_size=1e-3).geom_type == "MultiPolygon"
+    assert piece_adjacency(pieces).toarray().tolist() == [[False, True, True],
+                                                          [True, False, False],
+                                                          [True, False, False]]
+    whole = dissolve_pieces(pieces, np.zeros(3, dtype=int))
+    # The planner's rule (shared edges) says one piece; the drawn union agrees, healed of the
+    # seam without moving an edge by more than 1 mm.
+    assert whole["contiguous"].item() and whole["n_parts"].item() == 1
+    assert whole.geometry.item().geom_type == "Polygon"
+    assert whole["area_m2"].item() == pytest.approx(pieces.area.sum(), abs=0.1)
+    assert whole.geometry.item().hausdorff_distance(shapely.union_all(pieces.values)) < 2e-3
+    # Pieces 1 and 2 share no edge: without piece 0 they are two parts, and not contiguous.
+    apart = dissolve_pieces(pieces, np.array([-1, 0, 0]))
+    assert not apart["contiguous"].item() and apart["n_parts"].item() == 2
+
+
 def test_adjacency_tolerates_float_gaps():
     pieces = gpd.GeoSeries([box(0, 0, 10, 10), box(10 + 1e-9, 0, 20, 10)], crs=UTM)
     assert piece_adjacency(pieces)[0, 1]

@@ -352,8 +352,9 @@ def dissolve_pieces(pieces: gpd.GeoSeries, labels: np.ndarray, *,
     Returns
     -------
     geopandas.GeoDataFrame
-        One row per label >= 0, sorted: `label`, `contiguous` (the union is one Polygon),
-        `n_parts`, `area_m2`, `geometry`.
+        One row per label >= 0, sorted: `label`, `contiguous` (its pieces join through shared
+        edges, as `piece_adjacency` sees them: the planner's rule), `n_parts` (polygons of the
+        union), `area_m2`, `geometry`.
 
     Raises
     ------
@@ -370,11 +371,14 @@ def dissolve_pieces(pieces: gpd.GeoSeries, labels: np.ndarray, *,
     names, first = np.unique(labels[order], return_index=True)
     groups = np.split(geoms[order], first[1:]) if len(order) else []
     unions, edge_matched = np.empty(len(groups), dtype=object), True
+    joined = np.ones(len(groups), dtype=bool)
     for i, group in enumerate(groups):
         # Once the coverage union rejects a label, the pieces are not edge-matched (T-junctions
         # between cells): stop trying it, as each rejection costs about a fifth of a union.
         unions[i], edge_matched = _union_pieces(group, try_coverage=edge_matched)
-    frame = gpd.GeoDataFrame({"label": names, "contiguous": shapely.get_type_id(unions) == 3,
+        if shapely.get_type_id(unions[i]) != 3:
+            unions[i], joined[i] = _heal_seams(unions[i], group)
+    frame = gpd.GeoDataFrame({"label": names, "contiguous": joined,
                               "n_parts": shapely.get_num_geometries(unions).astype(np.int64),
                               "area_m2": shapely.area(unions)},
                              geometry=gpd.GeoSeries(unions, crs=pieces.crs if crs is None else crs))
@@ -408,6 +412,27 @@ def _union_pieces(parts: np.ndarray, *, try_coverage: bool) -> tuple[Any, bool]:
         # Re-noding the few parts is far cheaper than redoing the whole union snap-rounded.
         union = shapely.union_all(shapely.get_parts(union), grid_size=_SNAP_M)
     return _drop_slivers(union), try_coverage
+
+
+def _heal_seams(union: Any, parts: np.ndarray) -> tuple[Any, bool]:
+    """A union of several polygons, and whether its pieces join through shared edges.
+
+    Pieces of neighbouring cells can share an edge only within float noise (about 1e-11 m
+    apart, their vertices at different places along it); even snap-rounded, their union then
+    touches itself at points and comes out as several polygons. Contiguity is the planner's
+    rule, so it is read from `piece_adjacency` (edges shared within `_SNAP_M`); where the
+    pieces join, a closing by `_SNAP_M` draws the union as one polygon (it moves no edge by
+    more than that). Pieces that do not join are left as they are.
+    """
+    from scipy.sparse.csgraph import connected_components
+
+    parts = parts[~(shapely.is_missing(parts) | shapely.is_empty(parts))]
+    n_joined, _ = connected_components(piece_adjacency(gpd.GeoSeries(parts)), directed=False)
+    if n_joined != 1:        # apart (or no piece at all)
+        return union, False
+    closed = shapely.buffer(shapely.buffer(union, _SNAP_M, join_style="mitre"), -_SNAP_M,
+                            join_style="mitre")
+    return (closed if shapely.get_type_id(closed) == 3 else union), True
 
 
 def _drop_slivers(union: Any) -> Any:
