@@ -392,8 +392,8 @@ def _union_pieces(parts: np.ndarray, *, try_coverage: bool) -> tuple[Any, bool]:
 
     Pieces of neighbouring cells meet at T-junctions, which the fast coverage union rejects;
     a plain overlay then does it. If that leaves several parts, they may be split only by
-    float noise, so they are merged again snap-rounded to 1 mm: any parts left are really
-    apart or touch at a corner only, as `piece_adjacency` sees them.
+    float noise, so they are merged again snap-rounded to 1 mm. Parts left are apart, touch at
+    a corner, or meet along a seam that snapping misses (`_heal_seams` tells them apart).
     """
     parts = parts[~(shapely.is_missing(parts) | shapely.is_empty(parts))]
     exact = False
@@ -432,7 +432,7 @@ def _heal_seams(union: Any, parts: np.ndarray) -> tuple[Any, bool]:
         return union, False
     closed = shapely.buffer(shapely.buffer(union, _SNAP_M, join_style="mitre"), -_SNAP_M,
                             join_style="mitre")
-    return (closed if shapely.get_type_id(closed) == 3 else union), True
+    return (_drop_slivers(closed) if shapely.get_type_id(closed) == 3 else union), True
 
 
 def _drop_slivers(union: Any) -> Any:
