@@ -417,12 +417,13 @@ def _union_pieces(parts: np.ndarray, *, try_coverage: bool) -> tuple[Any, bool]:
 def _heal_seams(union: Any, parts: np.ndarray) -> tuple[Any, bool]:
     """A union of several polygons, and whether its pieces join through shared edges.
 
-    Pieces of neighbouring cells can share an edge only within float noise (about 1e-11 m
-    apart, their vertices at different places along it); even snap-rounded, their union then
-    touches itself at points and comes out as several polygons. Contiguity is the planner's
-    rule, so it is read from `piece_adjacency` (edges shared within `_SNAP_M`); where the
-    pieces join, a closing by `_SNAP_M` draws the union as one polygon (it moves no edge by
-    more than that). Pieces that do not join are left as they are.
+    Pieces of neighbouring cells can share an edge only within float noise: on Chengdu's
+    network, a few metres within 1 mm, after which the two edges part by a wedge a few
+    millimetres wide. Even snap-rounded, their union then touches itself at a point and comes
+    out as several polygons. Contiguity is the planner's rule, so it is read from
+    `piece_adjacency` (1 m of edge within `_SNAP_M`); where the pieces join, a closing by
+    `_SNAP_M` draws the union as one polygon, filling only gaps narrower than twice that.
+    Pieces that do not join are left as they are.
     """
     from scipy.sparse.csgraph import connected_components
 
