@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from covplan import __version__
 from covplan._sparse import lookup
 
@@ -48,7 +49,7 @@ def _exception(forced: np.ndarray, island: np.ndarray) -> str:
 
 def _note(population: float, contiguous: bool, exception: str, best_gather: float,
           remote: int, config: PlanConfig, *, in_district: bool = False,
-          split_forced: bool = False) -> str:
+          split_forced: bool = False, detached: tuple[int, int, bool] | None = None) -> str:
     """
     Why a community misses a rule. "Cannot" only where `covplan.solve.bounds` proves it (what the
     bound counted, the note names: contiguous residents, of the district when there are
@@ -82,9 +83,19 @@ def _note(population: float, contiguous: bool, exception: str, best_gather: floa
         notes.append("not contiguous, and it cannot be in a plan that covers everyone: some of its "
                      "residents reach no site but its center, in pieces that no chain of units "
                      f"within {limit} of it joins")
+    elif not contiguous and (detached is None or not detached[1]):
+        notes.append("not contiguous")      # its pieces were not looked at (no adjacency)
     elif not contiguous:
-        notes.append("not contiguous: the planner found no bordering community whose center "
-                     "reaches its detached piece")
+        residents, count, joinable = detached
+        where = f"its detached piece{'s' if count > 1 else ''} ({residents:,} residents)"
+        if not joinable:
+            notes.append(f"not contiguous: no bordering community's center reaches all of {where}")
+        elif exception:
+            notes.append(f"not contiguous: a bordering community's center reaches {where}, but "
+                         "an exception's residents are planned apart from the others")
+        else:
+            notes.append(f"not contiguous: a bordering community's center reaches {where}; "
+                         "the planner did not move it there")
     return "; ".join(notes)
 
 
@@ -133,6 +144,28 @@ def _split_forced(bound: FeasibilityBound, candidate: int, members: np.ndarray) 
     return bool(np.isin(np.flatnonzero(bound.sole_site == candidate), members).all())
 
 
+def _detached(members: np.ndarray, labels: np.ndarray, planned: np.ndarray, reach: ReachMatrix,
+              adjacency: sp.spmatrix, pop: np.ndarray) -> tuple[int, int, bool]:
+    """A community's pieces but its most populous one (by shared edges): their residents, their
+    count, and whether some bordering community's center reaches every unit of one of them
+    (checked here, so the note states it rather than assumes it)."""
+    from scipy.sparse.csgraph import connected_components
+
+    adjacency = sp.csr_matrix(adjacency)
+    _, piece = connected_components(adjacency[members][:, members], directed=False)
+    weight = np.bincount(piece, weights=pop[members])
+    main = int(np.lexsort((np.arange(len(weight)), -weight))[0])
+    own = labels[members[0]]
+    joinable = False
+    for q in np.flatnonzero(np.arange(len(weight)) != main):
+        units = members[piece == q]
+        border = np.unique(labels[adjacency[units].indices])
+        for other in border[(border >= 0) & (border != own)]:
+            _, found = lookup(reach.minutes, units, np.full(len(units), planned[other]))
+            joinable |= bool(found.all())
+    return int(weight.sum() - weight[main]), len(weight) - 1, joinable
+
+
 def proven_not_contiguous(units: gpd.GeoDataFrame, table: gpd.GeoDataFrame,
                           bound: FeasibilityBound) -> int:
     """How many communities that are not one piece the bound proves cannot be (the test their
@@ -147,7 +180,8 @@ def community_table(units: gpd.GeoDataFrame, labels: np.ndarray, center_of: np.n
                     reach: ReachMatrix, dissolved: gpd.GeoDataFrame, district_of: np.ndarray,
                     districts: gpd.GeoDataFrame | None, *, bound: FeasibilityBound,
                     prior_ids: list[str] | None,
-                    prior_unit: np.ndarray | None, config: PlanConfig) -> gpd.GeoDataFrame:
+                    prior_unit: np.ndarray | None, config: PlanConfig,
+                    adjacency: sp.spmatrix | None = None) -> gpd.GeoDataFrame:
     """One row per community, in the working CRS, ordered by community id."""
     pop = units["pop"].to_numpy()
     served = np.flatnonzero(labels >= 0)
@@ -168,6 +202,9 @@ def community_table(units: gpd.GeoDataFrame, labels: np.ndarray, center_of: np.n
         remote = 0 if exception else int(member_pop[~reached].sum())
         existing = bool(reach.candidates["existing"].iloc[candidate])
         contiguous = bool(shapes.loc[label, "contiguous"]) if label in shapes.index else False
+        split_forced = _split_forced(bound, candidate, members)
+        detached = (None if contiguous or split_forced or adjacency is None
+                    else _detached(members, labels, planned, reach, adjacency, pop))
         district = ""
         if district_ids is not None:
             d = np.unique(district_of[members])
@@ -191,7 +228,7 @@ def community_table(units: gpd.GeoDataFrame, labels: np.ndarray, center_of: np.n
             "note": _note(total, contiguous, exception,
                           float(bound.best_gather[members].max()) if len(members) else 0.0,
                           remote, config, in_district=districts is not None,
-                          split_forced=_split_forced(bound, candidate, members)),
+                          split_forced=split_forced, detached=detached),
         })
     table = pd.DataFrame(rows)
     geometry = [shapes.loc[i, "geometry"] if i in shapes.index else None for i in range(len(planned))]

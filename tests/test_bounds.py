@@ -278,7 +278,7 @@ def test_a_community_that_cannot_be_contiguous_is_proven_so():
     assert "(at most 191 in one piece)" in pieces
     assert "(at most 203)" in _note(203, True, "remote pocket", 203, 0, CONFIG)
     unproven = _note(2_500, False, "", 4_000, 0, CONFIG)
-    assert "the planner found no bordering community" in unproven and "cannot" not in unproven
+    assert unproven.endswith("not contiguous") and "cannot" not in unproven
 
 
 def test_min_cover_count_is_the_exact_set_cover():
@@ -707,3 +707,29 @@ def test_the_separated_proof_never_claims_more_than_the_exact_optimum():
         assert proof <= exact + 1e-6, (seed, proof, exact)
         proofs += proof > 0
     assert proofs >= 3
+
+
+def test_a_note_on_a_detached_piece_states_what_was_checked():
+    """`_detached` looks at the bordering communities' centers; the note says what it found."""
+    from types import SimpleNamespace
+
+    from covplan.metrics import _detached
+
+    # Units 0-1-2-3 in a row; community 0 holds units 0 and 2 (apart), community 1 units 1
+    # and 3. Community 1's center (candidate 1) reaches unit 2 in `near`, not in `far`.
+    adjacency = sp.csr_matrix((np.ones(6), ([0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2])),
+                              shape=(4, 4))
+    labels, planned, pop = np.array([0, 1, 0, 1]), np.array([0, 1]), np.array([900, 500, 40, 500])
+    near = SimpleNamespace(minutes=sp.csr_matrix(np.array([[1.0, 0], [0, 2.0], [3.0, 4.0],
+                                                           [0, 1.0]])))
+    far = SimpleNamespace(minutes=sp.csr_matrix(np.array([[1.0, 0], [0, 2.0], [3.0, 0],
+                                                          [0, 1.0]])))
+    members = np.array([0, 2])
+    assert _detached(members, labels, planned, near, adjacency, pop) == (40, 1, True)
+    assert _detached(members, labels, planned, far, adjacency, pop) == (40, 1, False)
+    alone = _note(940, False, "", 9_000.0, 0, CONFIG, detached=(40, 1, False))
+    assert "no bordering community's center reaches all of its detached piece (40 residents)" in alone
+    regular = _note(940, False, "", 9_000.0, 0, CONFIG, detached=(40, 1, True))
+    assert "reaches its detached piece (40 residents); the planner did not move it" in regular
+    pocket = _note(940, False, "remote pocket", 1_900.0, 0, CONFIG, detached=(40, 2, True))
+    assert "its detached pieces (40 residents), but an exception's residents" in pocket

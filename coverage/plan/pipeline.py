@@ -613,7 +613,8 @@ def community_tables(ready: PlanningInputs, center_of: np.ndarray, *,
     dissolved = dissolve_pieces(ready.pieces, labels, crs=ready.work_crs)
     table = community_table(reach.units, labels, center_of, reach, dissolved, ready.district_of,
                             districts, bound=ready.bound, prior_ids=prior.ids if prior else None,
-                            prior_unit=prior.unit if prior else None, config=config)
+                            prior_unit=prior.unit if prior else None, config=config,
+                            adjacency=ready.adjacency)
     return labels, table
 
 
