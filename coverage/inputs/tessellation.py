@@ -30,6 +30,8 @@ _SITE_GRID_M = 1e-3
 # Floating-point tolerance between pieces: gaps narrower than this still count as shared edges,
 # and dissolve snap-rounds to it when the fast coverage union is not clean.
 _SNAP_M = 1e-3
+# Pieces sharing this much boundary (metres) are adjacent: the planner's contiguity rule.
+_MIN_SHARED_M = 1.0
 # Holes smaller than this in a dissolved label are float gaps between pieces (a 1 km long gap
 # 1e-6 m wide is 1e-3 m2); a real hole is at least a cell without units.
 _SLIVER_M2 = 0.01
@@ -225,7 +227,8 @@ def _equal_area_slices(regions: np.ndarray, k: np.ndarray) -> np.ndarray:
     return shapely.intersection(regions[owner], shapely.box(left, ymin - 1, right, ymax + 1))
 
 
-def piece_adjacency(pieces: gpd.GeoSeries, *, min_shared_m: float = 1.0) -> scipy.sparse.csr_matrix:
+def piece_adjacency(pieces: gpd.GeoSeries, *,
+                    min_shared_m: float = _MIN_SHARED_M) -> scipy.sparse.csr_matrix:
     """
     Which pieces share a stretch of boundary.
 
@@ -244,7 +247,13 @@ def piece_adjacency(pieces: gpd.GeoSeries, *, min_shared_m: float = 1.0) -> scip
         Symmetric boolean n x n matrix without diagonal.
     """
     min_shared = require_positive(min_shared_m, name="min_shared_m")
-    geoms = np.asarray(pieces.values)
+    adjacency = _adjacency(np.asarray(pieces.values), min_shared)
+    logger.info("Adjacency of %d pieces: %d shared edges", adjacency.shape[0], adjacency.nnz // 2)
+    return adjacency
+
+
+def _adjacency(geoms: np.ndarray, min_shared: float) -> scipy.sparse.csr_matrix:
+    """`piece_adjacency` of an array of polygons, without its log line."""
     bounds = shapely.bounds(geoms)
     # Envelopes grown by the tolerance, so pieces split by a float gap still meet as candidates.
     grown = shapely.box(*(bounds + [-_SNAP_M, -_SNAP_M, _SNAP_M, _SNAP_M]).T)
@@ -255,11 +264,9 @@ def piece_adjacency(pieces: gpd.GeoSeries, *, min_shared_m: float = 1.0) -> scip
     shared = _shared_lengths(geoms, a, b, bounds)
     hit = shared >= min_shared
     a, b, n = a[hit], b[hit], len(geoms)
-    adjacency = scipy.sparse.coo_matrix((np.ones(2 * len(a), dtype=bool),
-                                         (np.concatenate([a, b]), np.concatenate([b, a]))),
-                                        shape=(n, n)).tocsr()
-    logger.info("Adjacency of %d pieces: %d shared edges", n, len(a))
-    return adjacency
+    return scipy.sparse.coo_matrix((np.ones(2 * len(a), dtype=bool),
+                                    (np.concatenate([a, b]), np.concatenate([b, a]))),
+                                   shape=(n, n)).tocsr()
 
 
 def _segments(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -428,7 +435,7 @@ def _heal_seams(union: Any, parts: np.ndarray) -> tuple[Any, bool]:
     from scipy.sparse.csgraph import connected_components
 
     parts = parts[~(shapely.is_missing(parts) | shapely.is_empty(parts))]
-    n_joined, _ = connected_components(piece_adjacency(gpd.GeoSeries(parts)), directed=False)
+    n_joined, _ = connected_components(_adjacency(parts, _MIN_SHARED_M), directed=False)
     if n_joined != 1:        # apart (or no piece at all)
         return union, False
     closed = shapely.buffer(shapely.buffer(union, _SNAP_M, join_style="mitre"), -_SNAP_M,
