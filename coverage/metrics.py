@@ -87,15 +87,17 @@ def _note(population: float, contiguous: bool, exception: str, best_gather: floa
         notes.append("not contiguous")      # its pieces were not looked at (no adjacency)
     elif not contiguous:
         residents, count, joinable = detached
-        where = f"its detached piece{'s' if count > 1 else ''} ({residents:,} residents)"
+        pieces = ("its detached piece" if count == 1 else
+                  f"{'one' if joinable else 'any'} of its {count} detached pieces")
+        reaches = f"center reaches all of {pieces} ({residents:,} residents)"
         if not joinable:
-            notes.append(f"not contiguous: no bordering community's center reaches all of {where}")
+            notes.append(f"not contiguous: no bordering community's {reaches}")
         elif exception:
-            notes.append(f"not contiguous: a bordering community's center reaches {where}, but "
-                         "an exception's residents are planned apart from the others")
+            notes.append(f"not contiguous: a bordering community's {reaches}, but an exception's "
+                         "residents are planned apart from the others")
         else:
-            notes.append(f"not contiguous: a bordering community's center reaches {where}; "
-                         "the planner did not move it there")
+            notes.append(f"not contiguous: a bordering community's {reaches}; the planner did not "
+                         "move it there")
     return "; ".join(notes)
 
 

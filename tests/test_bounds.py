@@ -728,8 +728,10 @@ def test_a_note_on_a_detached_piece_states_what_was_checked():
     assert _detached(members, labels, planned, near, adjacency, pop) == (40, 1, True)
     assert _detached(members, labels, planned, far, adjacency, pop) == (40, 1, False)
     alone = _note(940, False, "", 9_000.0, 0, CONFIG, detached=(40, 1, False))
-    assert "no bordering community's center reaches all of its detached piece (40 residents)" in alone
+    assert "no bordering community's center reaches all of its detached piece (40 " in alone
     regular = _note(940, False, "", 9_000.0, 0, CONFIG, detached=(40, 1, True))
-    assert "reaches its detached piece (40 residents); the planner did not move it" in regular
+    assert "reaches all of its detached piece (40 residents); the planner did not move" in regular
     pocket = _note(940, False, "remote pocket", 1_900.0, 0, CONFIG, detached=(40, 2, True))
-    assert "its detached pieces (40 residents), but an exception's residents" in pocket
+    assert "reaches all of one of its 2 detached pieces (40 residents), but an exception" in pocket
+    apart = _note(940, False, "", 9_000.0, 0, CONFIG, detached=(40, 2, False))
+    assert "no bordering community's center reaches all of any of its 2 detached pieces" in apart
