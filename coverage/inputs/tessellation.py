@@ -380,6 +380,7 @@ def dissolve_pieces(pieces: gpd.GeoSeries, labels: np.ndarray, *,
     unions, edge_matched = np.empty(len(groups), dtype=object), True
     joined = np.ones(len(groups), dtype=bool)
     for i, group in enumerate(groups):
+        group = group[~(shapely.is_missing(group) | shapely.is_empty(group))]
         # Once the coverage union rejects a label, the pieces are not edge-matched (T-junctions
         # between cells): stop trying it, as each rejection costs about a fifth of a union.
         unions[i], edge_matched = _union_pieces(group, try_coverage=edge_matched)
@@ -395,14 +396,14 @@ def dissolve_pieces(pieces: gpd.GeoSeries, labels: np.ndarray, *,
 
 
 def _union_pieces(parts: np.ndarray, *, try_coverage: bool) -> tuple[Any, bool]:
-    """Union of pieces (float gaps healed), and whether the coverage union is still worth trying.
+    """Union of pieces (none missing or empty; float gaps healed), and whether the coverage
+    union is still worth trying.
 
     Pieces of neighbouring cells meet at T-junctions, which the fast coverage union rejects;
     a plain overlay then does it. If that leaves several parts, they may be split only by
     float noise, so they are merged again snap-rounded to 1 mm. Parts left are apart, touch at
     a corner, or meet along a seam that snapping misses (`_heal_seams` tells them apart).
     """
-    parts = parts[~(shapely.is_missing(parts) | shapely.is_empty(parts))]
     exact = False
     if try_coverage:
         try:
@@ -422,7 +423,8 @@ def _union_pieces(parts: np.ndarray, *, try_coverage: bool) -> tuple[Any, bool]:
 
 
 def _heal_seams(union: Any, parts: np.ndarray) -> tuple[Any, bool]:
-    """A union of several polygons, and whether its pieces join through shared edges.
+    """A union of several polygons, and whether its pieces (none missing or empty) join through
+    shared edges.
 
     Pieces of neighbouring cells can share an edge only within float noise: on Chengdu's
     network, a few metres within 1 mm, after which the two edges part by a wedge a few
@@ -434,7 +436,6 @@ def _heal_seams(union: Any, parts: np.ndarray) -> tuple[Any, bool]:
     """
     from scipy.sparse.csgraph import connected_components
 
-    parts = parts[~(shapely.is_missing(parts) | shapely.is_empty(parts))]
     n_joined, _ = connected_components(_adjacency(parts, _MIN_SHARED_M), directed=False)
     if n_joined != 1:        # apart (or no piece at all)
         return union, False

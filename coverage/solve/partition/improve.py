@@ -21,7 +21,7 @@ exact set cover (HiGHS): sites that each reach at least the tiny threshold of th
 residents and together reach all of it, keeping the most current centers. Then the balancing
 runs once more, on half the budget: only windows near what clearing changed are worth a second
 try. Windows whose communities all fall short of the band are re-solved with one of them aimed
-at it (`aim_at_band`, `_peaks`), on the chosen run only.
+at it (`aim_at_band`, `_peaks`), after the CP-SAT windows, on each run finished.
 Deterministic: a budget of settled window units, no clock.
 """
 
@@ -344,7 +344,10 @@ def _improve_window(plan: SearchPlan, s: int, angles: np.ndarray, budget: list[i
     (`_peaks`)."""
     over = plan.popk[s] > plan.problem.max_pop
     for rings in rings_tried:
-        win = Window(plan, plan.around(s, rings))
+        comms = plan.around(s, rings)
+        if peaks and not (plan.popk[comms] < plan.problem.min_pop).all():
+            continue        # aimed trials only where every community falls short
+        win = Window(plan, comms)
         if len(win.units) > _MAX_WINDOW_UNITS:
             return False
         m = len(win.comms)
@@ -366,9 +369,7 @@ def _improve_window(plan: SearchPlan, s: int, angles: np.ndarray, budget: list[i
 
 def _peak_best(plan: SearchPlan, win: Window, budget: list[int]):
     """The best `_peaks` trial of a window whose communities are all below the band (None when
-    some community is in or above it, or no trial beats the window)."""
-    if not (plan.popk[win.comms] < win.lo).all():
-        return None
+    no trial beats the window)."""
     m, total, tiny_pop = len(win.comms), float(win.pop.sum()), plan.problem.tiny_pop
     best, sub = None, _SubPlan(plan, win)
     for k in (m, m - 1, m + 1):     # counts whose communities can hold the tiny threshold
