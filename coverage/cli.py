@@ -197,6 +197,8 @@ _PLAN_OPTIONS = {
                                "{default})"},
     "seed": {"type": int, "help": "default {default}"},
     "restarts": {"type": int, "help": "default {default}"},
+    "tries": {"type": int, "help": "whole plans from seeds seed, seed+1, ...; the best wins "
+                                   "(each try takes a plan's time; default {default})"},
     "candidate_spacing_m": {"type": float,
                             "help": "one candidate site for a new center per populated square of "
                                     "this side, m (default {default:g})"},

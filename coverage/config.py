@@ -23,7 +23,8 @@ EXCEPTION_MODES = ("separate", "attach")
 # scenario's [plan] table and the API set it). covplan.cli maps its flags to fields likewise.
 FLAGS = {"target_pop": "--target", "tolerance": "--tolerance", "max_minutes": "--minutes",
          "walk_speed_kmh": "--walk-speed", "candidate_spacing_m": "--candidate-spacing",
-         "max_unit_pop": "--max-unit-pop", "restarts": "--restarts", "seed": "--seed",
+         "max_unit_pop": "--max-unit-pop", "restarts": "--restarts", "tries": "--tries",
+         "seed": "--seed",
          "stability_minutes": "--stability-weight", "exceptions": "--exceptions",
          "min_pop_exception": None, "max_new_centers": "--max-new-centers",
          "new_center_cost": "--new-center-cost", "grids": "--grids",
@@ -62,6 +63,7 @@ _RULES = {
                      ("a positive whole number of residents, or None to never split, written 0 "
                       "on the command line and in a scenario")),
     "restarts": (lambda v: _whole(v) and v >= 1, "a whole number, at least 1"),
+    "tries": (lambda v: _whole(v) and v >= 1, "a whole number, at least 1"),
     "seed": (lambda v: _whole(v) and v >= 0, "a whole number ≥ 0"),
     "stability_minutes": (lambda v: _number(v) and v >= 0, "a number of minutes ≥ 0"),
     "exceptions": (lambda v: isinstance(v, str) and v in EXCEPTION_MODES,
@@ -102,6 +104,12 @@ class PlanConfig:
         Seeded restarts of the planner (plus one from a minimum cover where covering everyone
         takes nearly as many centers as the target allows communities: slow walking); the same
         seed gives the same plan.
+    tries
+        Whole plans made from the seeds `seed`, `seed` + 1, ... (each with its restarts,
+        improvement and last steps); the best in the rules' order wins, ties to the earliest
+        seed. Each try costs a plan's time; where a stretch is thin for the band (slow walking,
+        a large target, a narrow tolerance), seeds end apart by up to 4 points of balanced
+        residents, so more tries buy balance with time.
     stability_minutes
         Per-person cost, in walking minutes, of moving a resident out of their old community.
     exceptions
@@ -140,6 +148,7 @@ class PlanConfig:
     candidate_spacing_m: float = DEFAULT_CANDIDATE_SPACING_M
     max_unit_pop: int | None = 500
     restarts: int = 3
+    tries: int = 1
     seed: int = 0
     stability_minutes: float = 2.0
     exceptions: str = "separate"

@@ -705,7 +705,8 @@ def _read_base(value: Any, folder: Path, label: str) -> BaseInputs:
 
 _PLAN_KINDS = {"target_pop": "positive_int", "tolerance": "number", "max_minutes": "number",
                "walk_speed_kmh": "number", "candidate_spacing_m": "positive",
-               "max_unit_pop": "count", "restarts": "positive_int", "seed": "int",
+               "max_unit_pop": "count", "restarts": "positive_int", "tries": "positive_int",
+               "seed": "int",
                "stability_minutes": "non_negative", "exceptions": "str",
                "min_pop_exception": "non_negative", "use_districts": "bool",
                "max_new_centers": "int", "new_center_cost": "non_negative", "grids": "bool",

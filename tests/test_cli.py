@@ -139,7 +139,8 @@ def test_plan_scenario_round_trip_gives_the_same_plan(tmp_path, grid_files):
     resolved = json.loads((first / "resolved.json").read_text())
     assert resolved["config"]["restarts"] == 2 and resolved["config"]["target_pop"] == 60
     assert set(resolved["config"]) == {"target_pop", "tolerance", "max_minutes", "walk_speed_kmh",
-                                       "candidate_spacing_m", "max_unit_pop", "restarts", "seed",
+                                       "candidate_spacing_m", "max_unit_pop", "restarts", "tries",
+                                       "seed",
                                        "stability_minutes", "exceptions", "min_pop_exception",
                                        "max_new_centers", "new_center_cost", "grids",
                                        "grid_target", "grid_tolerance", "grid_minutes",

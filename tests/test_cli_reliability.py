@@ -72,6 +72,7 @@ _CASES = [
     ([*PLAN, "--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
     ([*PLAN, "--seed", "-1"], "seed must be a whole number ≥ 0 (--seed / PlanConfig.seed"),
     ([*PLAN, "--restarts", "0"], "restarts must be a whole number, at least 1 (--restarts"),
+    ([*PLAN, "--tries", "0"], "tries must be a whole number, at least 1 (--tries"),
     ([*PLAN, "--tolerance", "1.5"], "tolerance must be a share strictly between 0 and 1"),
     ([*PLAN, "--tolerance", "nan"], "(--tolerance / PlanConfig.tolerance"),
     ([*PLAN, "--minutes", "0"], ("max_minutes must be greater than 0 and at most 1440 minutes "

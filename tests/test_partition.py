@@ -102,6 +102,21 @@ def test_same_seed_same_result_and_other_seed_still_valid():
     check_rules(problem, partition_units(problem, seed=8, restarts=2))
 
 
+def test_tries_keep_the_best_seed_in_the_rules_order_ties_to_the_earliest():
+    from covplan.solve.partition.core import _score
+
+    reach, pop, adjacency, xy = grid(14, 12, seed=3)
+    problem = PartitionProblem(reach, pop, adjacency, target_pop=pop.sum() / 7, tolerance=0.1, xy=xy)
+    alone = [partition_units(problem, seed=seed, restarts=1) for seed in (5, 6, 7)]
+    keys = [_score(problem, one.center) for one in alone]
+    best = alone[keys.index(min(keys))]
+    tried = partition_units(problem, seed=5, restarts=1, tries=3)
+    assert np.array_equal(tried.center, best.center) and tried.objective == best.objective
+    check_rules(problem, tried)
+    with pytest.raises(InputError, match="tries must be at least 1"):
+        partition_units(problem, tries=0)
+
+
 def test_target_below_the_largest_unit_is_reported_not_fatal():
     reach, pop, adjacency, xy = grid(8, 8)
     pop = pop.copy()

@@ -814,7 +814,8 @@ def partition_groups(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior 
     """`partition_group` of each (rows, cols), side by side on one pool (`partition_all`)."""
     problems = [_problem_of(reach, adjacency, prior, rows, cols, config,
                             exceptions_only=exceptions_only, locked=locked) for rows, cols in groups]
-    results = partition_all(problems, seed=config.seed, restarts=config.restarts, jobs=jobs)
+    results = partition_all(problems, seed=config.seed, restarts=config.restarts,
+                            tries=config.tries, jobs=jobs)
     return [np.where(result.center >= 0, cols[np.maximum(result.center, 0)], -1)
             for (_, cols), result in zip(groups, results)]
 

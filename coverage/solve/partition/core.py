@@ -646,7 +646,7 @@ def _from_cover(problem: PartitionProblem, minutes: sp.csr_matrix, center: np.nd
 
 
 def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generator | None = 0,
-                    restarts: int = 3, jobs: int = 1) -> Partition:
+                    restarts: int = 3, tries: int = 1, jobs: int = 1) -> Partition:
     """
     Partition the units of `problem` into communities, each served by one candidate center.
 
@@ -666,6 +666,9 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
         communities; then the winner's windows go to CP-SAT (stage 7), the best exact cover
         by every community the search made replaces it where better (stage 7b), and last a
         tight instance is planned from its minimum covers where that is better (stage 8).
+    tries
+        Whole partitions from the seeds `seed`, `seed` + 1, ...; the best in the rules' order
+        wins (`partition_all`).
     jobs
         Processes for the runs and for improving the two chosen runs; the partition is the
         same for any number.
@@ -681,11 +684,42 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
     InputError
         If shapes disagree, a population is negative, or target / tolerance / count are unusable.
     """
-    return partition_all([problem], seed=seed, restarts=restarts, jobs=jobs)[0]
+    return partition_all([problem], seed=seed, restarts=restarts, tries=tries, jobs=jobs)[0]
 
 
 def partition_all(problems: list[PartitionProblem], *, seed: int | np.random.Generator | None = 0,
-                  restarts: int = 3, jobs: int = 1) -> list[Partition]:
+                  restarts: int = 3, tries: int = 1, jobs: int = 1) -> list[Partition]:
+    """
+    `partition_units` of each problem (`_partition_once`), from `tries` seeds: `seed`, `seed` +
+    1, ... (drawn from `seed` where it is a generator or None). Of each problem's partitions the
+    best in the rules' order wins (`_better`: fewer tiny communities where that costs at most a
+    target's residents each), ties to the earliest seed. A search's early choices (where the
+    first runs put the communities that fall short) decide what its windows can repair: on
+    São Paulo at a target of 15,000 seeds 0 and 1 end at 92.8 % and 96.8 % of residents in
+    balanced communities, on Chengdu within ±10 % at 87.1 % and 91.5 %; the tries' pools are
+    not joined (recombining both pools gained 0.1 points over the better seed on Chengdu).
+    """
+    if tries < 1:
+        raise InputError(f"tries must be at least 1, got {tries}")
+    if tries == 1:
+        return _partition_once(problems, seed=seed, restarts=restarts, jobs=jobs)
+    seeds = ([int(seed) + t for t in range(tries)] if isinstance(seed, (int, np.integer))
+             else np.random.default_rng(seed).integers(2**31, size=tries).tolist())
+    made = [_partition_once(problems, seed=s, restarts=restarts, jobs=jobs) for s in seeds]
+    best = []
+    for i, problem in enumerate(problems):
+        options = [partitions[i] for partitions in made]
+        keys = [_score(problem, option.center) for option in options]
+        winner = _better(list(range(tries)), lambda t: keys[t], problem.target_pop)
+        logger.debug("Tries of seeds %s: %s; seed %s wins", seeds,
+                     [f"{k[0]:.0f} outside the band, {k[1]} tiny" for k in keys], seeds[winner])
+        best.append(options[winner])
+    return best
+
+
+def _partition_once(problems: list[PartitionProblem], *,
+                    seed: int | np.random.Generator | None = 0, restarts: int = 3,
+                    jobs: int = 1) -> list[Partition]:
     """
     `partition_units` of each problem, with every problem's runs side by side on one pool of
     up to `jobs` processes, then every chosen run's improvement, then each winner's last
