@@ -102,17 +102,26 @@ def test_same_seed_same_result_and_other_seed_still_valid():
     check_rules(problem, partition_units(problem, seed=8, restarts=2))
 
 
-def test_tries_keep_the_best_seed_in_the_rules_order_ties_to_the_earliest():
-    from covplan.solve.partition.core import _score
-
+def test_tries_keep_the_best_seed_in_the_rules_order_and_stop_once_all_is_balanced(caplog):
+    reach, pop, adjacency, xy = grid(12, 8, seed=4, limit=4.0)
+    problem = PartitionProblem(reach, pop, adjacency, target_pop=pop.sum() / 5, tolerance=0.05,
+                               xy=xy)
+    with caplog.at_level("INFO", logger="covplan.solve.partition.core"):
+        tried = partition_units(problem, seed=6, restarts=1, tries=2)
+    # Seed 7 leaves fewer residents outside a band of ±5 % than seed 6, and wins.
+    assert "Seeds 6, 7 leave 4,087 / 4,016 residents outside the band" in caplog.text
+    assert "seed 7 kept" in caplog.text
+    alone = partition_units(problem, seed=7, restarts=1)
+    assert np.array_equal(tried.center, alone.center) and tried.objective == alone.objective
+    check_rules(problem, tried)
+    # Every resident balanced with the first seed: no other seed is tried.
+    caplog.clear()
     reach, pop, adjacency, xy = grid(14, 12, seed=3)
     problem = PartitionProblem(reach, pop, adjacency, target_pop=pop.sum() / 7, tolerance=0.1, xy=xy)
-    alone = [partition_units(problem, seed=seed, restarts=1) for seed in (5, 6, 7)]
-    keys = [_score(problem, one.center) for one in alone]
-    best = alone[keys.index(min(keys))]
-    tried = partition_units(problem, seed=5, restarts=1, tries=3)
-    assert np.array_equal(tried.center, best.center) and tried.objective == best.objective
-    check_rules(problem, tried)
+    with caplog.at_level("INFO", logger="covplan.solve.partition.core"):
+        partition_units(problem, seed=5, restarts=1, tries=3)
+    assert ("Seeds 5 leave 0 residents outside the band (0 tiny communities): seed 5 kept"
+            in caplog.text)
     with pytest.raises(InputError, match="tries must be at least 1"):
         partition_units(problem, tries=0)
 
