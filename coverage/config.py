@@ -107,9 +107,10 @@ class PlanConfig:
     tries
         Whole plans made from the seeds `seed`, `seed` + 1, ... (each with its restarts,
         improvement and last steps); the best in the rules' order wins, ties to the earliest
-        seed. Each try costs a plan's time; where a stretch is thin for the band (slow walking,
-        a large target, a narrow tolerance), seeds end apart by up to 4 points of balanced
-        residents, so more tries buy balance with time.
+        seed, and no more are tried once a plan has every resident in a balanced community and
+        none tiny. Each try costs a plan's time; where a stretch is thin for the band (slow
+        walking, a large target, a narrow tolerance), seeds end up to about 4 points of balanced
+        residents apart, so more tries buy balance with time.
     stability_minutes
         Per-person cost, in walking minutes, of moving a resident out of their old community.
     exceptions

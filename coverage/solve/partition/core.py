@@ -696,10 +696,10 @@ def partition_all(problems: list[PartitionProblem], *, seed: int | np.random.Gen
     target's residents each), ties to the earliest seed; no further seed is tried once every
     problem has all its residents in balanced communities, none tiny. A search's early choices
     (where the first runs put the communities that fall short) decide what its windows can
-    repair: on
-    São Paulo at a target of 15,000 seeds 0 and 1 end at 92.8 % and 96.8 % of residents in
-    balanced communities, on Chengdu within ±10 % at 87.1 % and 91.5 %; the tries' pools are
-    not joined (recombining both pools gained 0.1 points over the better seed on Chengdu).
+    repair: on São Paulo at a target of 15,000 seeds 0 and 1 end at 92.8 % and 96.8 % of
+    residents in balanced communities, on Chengdu within ±10 % at 87.1 % and 91.5 %. The tries'
+    pools are not joined (recombining two seeds' pools gained 0.1 points over the better seed
+    on Chengdu).
     """
     if tries < 1:
         raise InputError(f"tries must be at least 1, got {tries}")
