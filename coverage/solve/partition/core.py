@@ -721,8 +721,8 @@ def partition_all(problems: list[PartitionProblem], *, seed: int | np.random.Gen
         keys_i = [tried[i] for tried in keys]
         winner = _better(list(range(len(made))), keys_i.__getitem__, problem.target_pop)
         if not problem.exceptions_only:
-            logger.info("Seeds %s leave %s residents outside the band (%s tiny communities): "
-                        "seed %s kept", ", ".join(map(str, seeds[:len(made)])),
+            logger.info("Tries of seeds %s: %s residents outside the band (%s tiny "
+                        "communities); seed %s kept", ", ".join(map(str, seeds[:len(made)])),
                         " / ".join(f"{k[0]:,.0f}" for k in keys_i),
                         " / ".join(str(k[1]) for k in keys_i), seeds[winner])
         best.append(options[winner])
