@@ -415,6 +415,49 @@ def test_improvement_never_breaks_a_rule_that_held(seed):
     assert sizes.sum() == sizes0.sum()
 
 
+def test_center_swaps_shorten_walks_without_a_rule_worse():
+    """Two balanced communities of a 12 x 4 town, each two rows long: every site reaches every
+    unit, so re-siting alone keeps them. A swap settles both again around a moved center, and
+    the town splits into a left and a right half, both still in the band, with shorter walks."""
+    from covplan.solve.partition.refine import swap_centers
+
+    reach, _, adjacency, xy = grid(12, 4, limit=20.0, step=1)
+    pop = np.full(48, 100, dtype=np.int64)
+    problem = PartitionProblem(reach, pop, adjacency, target_pop=2_400, tolerance=0.2, xy=xy)
+    plan = plan_from_labels(problem, np.arange(48) // 24)           # rows 0-1 and rows 2-3
+    before = plan.key()
+    assert before[:4] == (0.0, 0, 0, 0.0)
+
+    plan = swap_centers(plan, budget=30 * 48)
+    center, sizes, ok = plan_rules(plan)
+    assert ok and (center >= 0).all() and sizes.sum() == 4_800
+    assert ((sizes >= problem.min_pop) & (sizes <= problem.max_pop)).all()
+    assert plan.key()[:4] == before[:4] and plan.key()[4] < 0.8 * before[4]
+    col = np.arange(48) % 12
+    assert len(np.unique(plan.label[col < 4])) == 1 and len(np.unique(plan.label[col >= 8])) == 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_center_swaps_never_break_a_rule_nor_lengthen_walks(seed):
+    from covplan.solve.partition.improve import improve
+    from covplan.solve.partition.refine import swap_centers
+
+    problem, plan = poor_start(seed)
+    plan = improve(plan, np.linspace(0, np.pi, 4, endpoint=False) + seed, budget=40 * len(problem.pop))
+    center0, sizes0, ok0 = plan_rules(plan)
+    key0 = plan.key()
+    tiny0 = int((sizes0 < problem.tiny_share * problem.target_pop).sum())
+
+    again = swap_centers(plan.copy(), budget=30 * len(problem.pop))
+    plan = swap_centers(plan, budget=30 * len(problem.pop))
+    center, sizes, ok = plan_rules(plan)
+    assert np.array_equal(center, plan_rules(again)[0])              # deterministic
+    assert np.array_equal(center >= 0, center0 >= 0) and (ok or not ok0)
+    assert int((sizes < problem.tiny_share * problem.target_pop).sum()) <= tiny0
+    assert plan.key()[0] <= key0[0] and plan.key()[1] <= key0[1]
+    assert plan.key()[4] <= key0[4] and sizes.sum() == sizes0.sum()
+
+
 def test_a_community_with_no_neighbour_is_not_shrunk_and_seeds_no_centers_for_k_0():
     import warnings
 

@@ -72,6 +72,10 @@ finished apart, and wins only where its finished plan is better (`_finish`).
    time, hinted with the plan): the plan changes only where that lowers the residents outside the
    band plus a target's residents per tiny community. It joins a good stretch of one run with
    a good stretch of another where their borders meet.
+7c. swap centers (`swap_centers`, redraws): each community's center is moved to a free site
+   that would save most person-minutes and its window settled again by flow, kept when its
+   walks get shorter and no rule there gets worse; communities near a kept swap are tried
+   again, within a budget of settled window units.
 8. where the instance is tight (covering everyone takes as many centers as the residents fill
    at the band's floor), plan it from a few minimum covers by a small MIP each (`tight_cover`),
    kept when connected and better in the rules' order.
@@ -102,6 +106,7 @@ from covplan.solve.partition.refine import (
     reassign,
     reduce_to,
     repair,
+    swap_centers,
     transfer,
 )
 from covplan.solve.partition.search import (
@@ -138,6 +143,9 @@ _SMALL_RUNS = 8             # ... and this many: they cost little and settle sma
                             # to the optimum (within 2 % of the MIP bound on 300-unit grids)
 _IMPROVE_WORK = 40         # improvement phase: window units settled, per unit of the instance ...
 _IMPROVE_CAP = 150_000      # ... and at most this many (about 5 s on the 2-core machine)
+_SWAP_WORK = 30             # center swaps of a finished plan: window units settled per unit of
+_SWAP_CAP = 100_000         # the instance, at most this many (São Paulo's swaps end at 28 per
+                            # unit, Chengdu's at 11)
 _EXACT_SECONDS = 1.0        # CP-SAT's deterministic time for the winner's last windows, half a
 _EXACT_UNITS = 2_500        # second a model, in instances up to this many units; above, a city
 _EXACT_LARGE = (1.2, 1.0)   # of a million planned whole (Chengdu, 2,700-3,200 units), a redraw
@@ -579,8 +587,8 @@ def _finish(ready: _Prepared, finals: list[SearchPlan], sharing: int,
 
 def _finished(ready: _Prepared, plan: SearchPlan, seen: SeenCommunities) -> np.ndarray:
     """Each unit's center after stages 7 (CP-SAT windows), windows that all fall short aimed at
-    the band (`aim_at_band`; both change `plan`), 7b (recombination with every community `seen`)
-    and 8 (tight covers)."""
+    the band (`aim_at_band`; both change `plan`), 7b (recombination with every community `seen`),
+    7c (center swaps) and 8 (tight covers)."""
     problem, n = ready.problem, ready.minutes.shape[0]
     _trace(plan, "improved")
     plan.seen = seen        # the windows' splits go straight into the problem's pool
@@ -597,6 +605,12 @@ def _finished(ready: _Prepared, plan: SearchPlan, seen: SeenCommunities) -> np.n
         if recombined is not None:
             plan = recombined
             _trace(plan, "recombined")
+        if problem.unit_prior is None:
+            # Redraws only: a merge/split's costs hold its residents' old communities, so there
+            # the swaps mostly trade walks for stability (São Paulo's mean walk 5.41 -> 5.42
+            # minutes), and its grids lost balance (the demo's 95.5 % -> 94.9 % of their ceiling).
+            swap_centers(plan, min(_SWAP_WORK * n, _SWAP_CAP))
+            _trace(plan, "centers swapped")
     center = _centers_of(plan)
     if not problem.exceptions_only and problem.locked is None:
         center = _from_cover(problem, ready.minutes, center)

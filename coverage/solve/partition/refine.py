@@ -1,6 +1,7 @@
 """Moves beyond single units: dissolve communities down to the wanted count, re-solve the
 neighbourhood of a community outside the band, transfer a community to where people are
-plenty, and polish small instances with center swaps and rotated seeds."""
+plenty, polish small instances with center swaps and rotated seeds, and swap the centers of a
+finished plan of any size community by community for shorter walks."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from covplan.solve.partition.search import (
     empty_community,
     local_search,
     problem_band_key,
+    tiny_first_order,
 )
 from covplan.solve.partition.seeding import seed_centers
 
@@ -25,6 +27,8 @@ POLISH_BUDGET = 40         # ... this many settlements, including ...
 _POLISH_SEEDS = 8           # ... this many whole-instance bisection seeds
 _REASSIGN_ROUNDS = 10       # local-search rounds letting the reassigned plan's pieces grow
 TRANSFERS = 8              # attempts to move a community to where people are plenty
+_SWAP_SITES = 2             # sites tried as a community's new center in `swap_centers`
+_SWAP_ROUNDS = 4            # local-search rounds around a swapped window
 
 
 def shrink(plan: SearchPlan, s: int, tries: int = 4) -> bool:
@@ -296,6 +300,60 @@ def polish(plan: SearchPlan, budget: int, n_alt: int = 8) -> SearchPlan:
             if improved or evals >= budget:
                 break
     return plan
+
+
+def swap_centers(plan: SearchPlan, budget: int) -> SearchPlan:
+    """
+    Shorter walks for a finished plan: for each community, its window (it and its neighbours)
+    is settled by flow with its center moved to one of the free sites that would save most
+    person-minutes (`Window.alternatives`, `_SWAP_SITES` of them), and the first that lowers
+    the window's cost is kept, provided no rule is worse there: no more residents outside the
+    band, no more tiny communities, not worse in the rules' order. Communities near a kept
+    swap are queued again. Stops when the queue is empty or the settled windows have held
+    `budget` units (no clock).
+
+    Why: the phases before it move centers only where that helps the balance, or re-site a
+    community to the cheapest site that reaches all its members as they are; a center moved
+    to where its residents live, with the borders settled again around it, is the classic
+    interchange step of p-median heuristics (Teitz and Bart), which no library runs under
+    reach, band and contiguity rules. On São Paulo's balanced plan it cuts the mean walk from
+    5.25 to 5.12 minutes in 225 settlements (0.7 s); four sites a community instead of two
+    gave 5.12 too, in twice the time.
+    """
+    queue = [int(s) for s in plan.alive]
+    queued = set(queue)
+    while queue and budget > 0:
+        s = queue.pop(0)
+        queued.discard(s)
+        if plan.size[s] == 0:
+            continue
+        win = Window(plan, plan.around(s, 1))
+        label, centers = np.searchsorted(win.comms, plan.label[win.units]), plan.center[win.comms]
+        j = int(np.searchsorted(win.comms, s))
+        for site in win.alternatives(label, centers, j, _SWAP_SITES, win.savings(label, centers)):
+            budget -= len(win.units)
+            trial = centers.copy()
+            trial[j] = site
+            got = win.evaluate(trial)
+            if got is None or not _no_rule_worse(got[0], win.before) or got[0][4] >= win.before[4]:
+                continue
+            win.apply(plan, got[1], got[2])
+            around = plan.around(s, 2)
+            local_search(plan, FINAL_WEIGHT, _SWAP_ROUNDS, comms=around, count_first=True,
+                         keep_residents=True)
+            for k in around.tolist():
+                if k not in queued and plan.size[k] > 0:
+                    queue.append(k)
+                    queued.add(k)
+            break
+    return plan
+
+
+def _no_rule_worse(key, before) -> bool:
+    """Neither more residents outside the band nor more tiny communities, nor worse in the
+    rules' order (`band_key`-first keys)."""
+    return (key[0] <= before[0] and key[1] <= before[1]
+            and tiny_first_order(key[:4]) <= tiny_first_order(before[:4]))
 
 
 def reassign(plan: SearchPlan) -> SearchPlan:
