@@ -443,7 +443,8 @@ def test_center_swaps_never_break_a_rule_nor_lengthen_walks(seed):
     from covplan.solve.partition.refine import swap_centers
 
     problem, plan = poor_start(seed)
-    plan = improve(plan, np.linspace(0, np.pi, 4, endpoint=False) + seed, budget=40 * len(problem.pop))
+    angles = np.linspace(0, np.pi, 4, endpoint=False) + seed
+    plan = improve(plan, angles, budget=40 * len(problem.pop))
     center0, sizes0, ok0 = plan_rules(plan)
     key0 = plan.key()
     tiny0 = int((sizes0 < problem.tiny_share * problem.target_pop).sum())
