@@ -146,6 +146,14 @@ class Window:
         alt = alt[~np.isin(alt, centers)]
         return alt[np.lexsort((alt, -rank[alt]))][:n_alt]
 
+    def moves(self, label: np.ndarray, centers: np.ndarray, j: int, n_alt: int,
+              rank: np.ndarray):
+        """`centers` with j's moved to each of its `alternatives`, one center set at a time."""
+        for site in self.alternatives(label, centers, j, n_alt, rank):
+            trial = centers.copy()
+            trial[j] = site
+            yield trial
+
     def savings(self, label: np.ndarray, centers: np.ndarray) -> np.ndarray:
         """Per candidate: cost saved if every unit it reaches could switch to it."""
         now, _ = lookup(self.weighted, np.arange(len(label)), centers[label])
@@ -283,10 +291,7 @@ def polish(plan: SearchPlan, budget: int, n_alt: int = 8) -> SearchPlan:
         label, centers = np.searchsorted(win.comms, plan.label[win.units]), plan.center[win.comms]
         saving = win.savings(label, centers)
         for j in range(len(centers)):
-            for c in win.alternatives(label, centers, j, n_alt, saving):
-                trial = centers.copy()
-                trial[j] = c
-                yield trial
+            yield from win.moves(label, centers, j, n_alt, saving)
         while seeds:
             yield seed_centers(win.xy, win.pop, win.structure, len(win.comms), seeds.pop(0), win.blocked)
 
@@ -306,7 +311,7 @@ def swap_centers(plan: SearchPlan, budget: int) -> SearchPlan:
     """
     Shorter walks for a finished plan: for each community, its window (it and its neighbours)
     is settled by flow with its center moved to one of the free sites that would save most
-    person-minutes (`Window.alternatives`, `_SWAP_SITES` of them), and the first that lowers
+    person-minutes (`Window.moves`, `_SWAP_SITES` of them), and the first that lowers
     the window's cost is kept, provided no rule is worse there: no more residents outside the
     band, no more tiny communities, not worse in the rules' order. Communities near a kept
     swap are queued again. Stops when the queue is empty or the settled windows have held
@@ -330,10 +335,8 @@ def swap_centers(plan: SearchPlan, budget: int) -> SearchPlan:
         win = Window(plan, plan.around(s, 1))
         label, centers = np.searchsorted(win.comms, plan.label[win.units]), plan.center[win.comms]
         j = int(np.searchsorted(win.comms, s))
-        for site in win.alternatives(label, centers, j, _SWAP_SITES, win.savings(label, centers)):
+        for trial in win.moves(label, centers, j, _SWAP_SITES, win.savings(label, centers)):
             budget -= len(win.units)
-            trial = centers.copy()
-            trial[j] = site
             got = win.evaluate(trial)
             if got is None or not _no_rule_worse(got[0], win.before) or got[0][4] >= win.before[4]:
                 continue
