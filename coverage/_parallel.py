@@ -24,6 +24,12 @@ logger = logging.getLogger(__name__)
 # What worker processes read: set before the pool forks, so they share the reach matrix and the
 # rest copy-on-write and the pool needs no fresh interpreters (see `run_tasks`).
 _SHARED: dict[str, Any] | None = None
+# Set by `run_tasks` (and inherited by its workers' fork): the processes it may use and, shared
+# by its workers, its tasks not yet finished and the processes lent to them. A task running
+# while others are done or never were (the last district; the one task of a plan's last stage
+# on two jobs) may borrow the idle processes for its own tasks (`_borrow`): the linear city's
+# centre district was planned on one process while the other sat idle for 12 s.
+_POOL: tuple[int, Any] | None = None
 
 
 def usable_cpus() -> int:
@@ -49,7 +55,8 @@ def _receive(data: dict[str, Any]) -> None:
 
 
 def run_tasks(function: Callable[[Any], Any], tasks: Sequence[Any], *, jobs: int,
-              data: dict[str, Any], sizes: Sequence[float] | None = None) -> list[Any]:
+              data: dict[str, Any], sizes: Sequence[float] | None = None,
+              lend: bool = False) -> list[Any]:
     """
     ``[function(t) for t in tasks]`` on up to `jobs` worker processes, in task order (so the
     result never depends on `jobs`); the largest `sizes` start first, so that the workers end
@@ -59,19 +66,36 @@ def run_tasks(function: Callable[[Any], Any], tasks: Sequence[Any], *, jobs: int
     at 3 M residents, of which pickling the 17 MB took 0.02 s); elsewhere it is pickled to each
     worker once. Inside a daemonic process (a Dask or multiprocessing worker, which may not
     have children) the tasks run here, one by one. A task run here may call `run_tasks` again
-    (the inner data is shared for the inner call only).
+    (the inner data is shared for the inner call only), and borrows for it the processes of
+    this call that are idle: its workers that run no task, and with `lend` (tasks that are not
+    handed a share of `jobs` of their own) the processes of `jobs` it started none on.
     """
-    global _SHARED
-    outer = _SHARED
-    workers = min(int(jobs), len(tasks))
+    global _SHARED, _POOL
+    outer, outer_pool = _SHARED, _POOL
     daemon = multiprocessing.current_process().daemon
+    borrowed = _borrow(len(tasks) - int(jobs)) if not daemon and len(tasks) > int(jobs) else 0
+    workers = min(int(jobs) + borrowed, len(tasks))
     if daemon and workers > 1:
         logger.info("Planning %d parts one by one: a worker process cannot start workers", len(tasks))
     _SHARED = data
+    linux = sys.platform.startswith("linux")     # macOS may not fork safely (system libraries)
+    held = int(jobs) + borrowed if lend else workers
+    if linux and not daemon and held > 1:
+        # What this call holds, lent to its tasks' own calls while it does not use it
+        # (`_borrow`); holding one process, its tasks borrow from the enclosing call instead.
+        _POOL = (held, multiprocessing.get_context("fork").Array("i", [len(tasks), 0]))
     try:
         if workers <= 1 or daemon:
-            return [function(task) for task in tasks]
-        if sys.platform.startswith("linux"):     # macOS may not fork safely (system libraries)
+            done = []
+            for k, task in enumerate(tasks):
+                if k and not daemon and len(tasks) - k > int(jobs) and spare_processes():
+                    # A process fell idle meanwhile (another district done): the rest on it too.
+                    rest = None if sizes is None else sizes[k:]
+                    return done + run_tasks(function, tasks[k:], jobs=jobs, data=data, sizes=rest,
+                                            lend=lend)
+                done.append(_counted(function, task) if _POOL is not outer_pool else function(task))
+            return done
+        if linux:
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
         else:
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
@@ -79,10 +103,52 @@ def run_tasks(function: Callable[[Any], Any], tasks: Sequence[Any], *, jobs: int
         order = np.argsort(-np.asarray(sizes if sizes is not None else np.zeros(len(tasks))),
                            kind="stable")
         with pool:
-            futures = {int(i): pool.submit(function, tasks[i]) for i in order}
+            futures = {int(i): pool.submit(_counted, function, tasks[i]) for i in order}
             return [futures[i].result() for i in range(len(tasks))]
     finally:
-        _SHARED = outer
+        _SHARED, _POOL = outer, outer_pool
+        if borrowed:
+            _give_back(borrowed)
+
+
+def _counted(function: Callable[[Any], Any], task: Any) -> Any:
+    """A task of `run_tasks` that counts itself finished for `_borrow`."""
+    try:
+        return function(task)
+    finally:
+        if _POOL is not None:
+            counts = _POOL[1]
+            with counts.get_lock():
+                counts[0] -= 1
+
+
+def spare_processes() -> int:
+    """The processes the enclosing `run_tasks` may use that run none of its tasks and are not
+    lent: what a call of `run_tasks` from a task would borrow now."""
+    if _POOL is None:
+        return 0
+    size, counts = _POOL
+    return max(0, size - counts[0] - counts[1])
+
+
+def _borrow(most: int) -> int:
+    """Up to `most` spare processes (`spare_processes`), taken for a task's own tasks. Only the
+    number of processes changes; the results never depend on it (`run_tasks`)."""
+    if _POOL is None:
+        return 0
+    size, counts = _POOL
+    with counts.get_lock():
+        taken = max(0, min(most, size - counts[0] - counts[1]))
+        counts[1] += taken
+    if taken:
+        logger.debug("Borrowed %d idle process(es) of %d", taken, size)
+    return taken
+
+
+def _give_back(taken: int) -> None:
+    counts = _POOL[1]
+    with counts.get_lock():
+        counts[1] -= taken
 
 
 def _send_result(connection, function: Callable[..., Any], args: tuple) -> None:

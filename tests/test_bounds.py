@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from covplan._parallel import run_tasks, shared
 from covplan.config import PlanConfig
 from covplan.errors import InfeasibleError
 from covplan.inputs.network import WalkNetwork
@@ -533,6 +534,12 @@ def test_a_street_that_cannot_be_packed_has_a_lower_ceiling_and_says_why():
                for line in rule_issues(plan))
 
 
+def _cover_plan_task(_: int) -> np.ndarray | None:
+    from covplan.solve.partition.tight_cover import cover_plan
+
+    return cover_plan(*shared()["args"], **shared()["band"])
+
+
 def test_a_tight_strip_is_planned_from_its_minimum_cover():
     """The packing strip above (3 communities the only count, 3 sites cover it only at units 4,
     13 and 22): from a plan with no community in band, the minimum cover's plan is the three
@@ -553,6 +560,11 @@ def test_a_tight_strip_is_planned_from_its_minimum_cover():
     assert got is not None
     assert got.tolist() == [4] * 9 + [13] * 9 + [22] * 9
     assert (cover_plan(minutes, pop, line, start, balanced=0, **band) == got).all()
+    # As the one task of a plan's last stage on two jobs, its tries run side by side on the
+    # spare process: the same plan.
+    beside = run_tasks(_cover_plan_task, [0], jobs=2, lend=True,
+                       data={"args": (minutes, pop, line, start), "band": {**band, "balanced": 0}})
+    assert beside[0].tolist() == got.tolist()
     assert cover_plan(minutes, pop, line, start, balanced=1_800, **band) is None
     assert cover_plan(minutes, pop, line, start, balanced=0, min_pop=600, max_pop=1_200,
                       tiny_pop=500) is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from dataclasses import replace
 
 import geopandas as gpd
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from conftest import grid_town
-from covplan._parallel import run_tasks, shared
+from covplan._parallel import run_tasks, shared, spare_processes
 from covplan.config import PlanConfig
 from covplan.errors import InputError
 from covplan.plan import regions
@@ -197,6 +198,33 @@ def test_run_tasks_keeps_task_order_on_workers() -> None:
     serial = run_tasks(_square, tasks, jobs=1, data={"offset": 3})
     assert run_tasks(_square, tasks, jobs=2, data={"offset": 3}) == serial
     assert serial == [(x * x, 3) for x in tasks]
+
+
+def _pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def _left_alone(task: str) -> list[int] | None:
+    """The slow task waits until the fast one is done, then runs two tasks of its own on one
+    job: its process and theirs."""
+    if task == "fast":
+        return None
+    deadline = time.monotonic() + 60
+    while spare_processes() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [os.getpid(), *run_tasks(_pid_after, [0.3, 0.3], jobs=1, data={})]
+
+
+def test_a_task_left_alone_borrows_the_idle_process() -> None:
+    """A task whose pool has an idle process (the other task done) runs its own two tasks on
+    one job side by side: the idle process is lent. Outside any pool nothing is spare, and
+    one job runs its tasks here, one by one."""
+    fast, (caller, *inner) = run_tasks(_left_alone, ["fast", "slow"], jobs=2, data={})
+    assert fast is None
+    assert len(set(inner)) == 2 and caller not in inner
+    assert spare_processes() == 0
+    assert run_tasks(_pid_after, [0.0, 0.0], jobs=1, data={}) == [os.getpid()] * 2
 
 
 def test_jobs_setting() -> None:

@@ -788,7 +788,8 @@ def _partition_once(problems: list[PartitionProblem], *,
     done = run_tasks(_finish_task, todo, jobs=jobs, data={"ready": ready, "finals": finals,
                                                           "sharing": sharing, "seen": seen,
                                                           "apart": apart,
-                                                          "circles": {i: chosen[i][2] for i in todo}})
+                                                          "circles": {i: chosen[i][2] for i in todo}},
+                     lend=True)   # the last stage's spare process: the minimum covers' tries
     for i, partition in zip(todo, done):
         ready[i] = partition
     return ready
