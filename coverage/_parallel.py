@@ -56,7 +56,7 @@ def _receive(data: dict[str, Any]) -> None:
 
 def run_tasks(function: Callable[[Any], Any], tasks: Sequence[Any], *, jobs: int,
               data: dict[str, Any], sizes: Sequence[float] | None = None,
-              lend: bool = False) -> list[Any]:
+              lend: bool = False, at_once: bool = False) -> list[Any]:
     """
     ``[function(t) for t in tasks]`` on up to `jobs` worker processes, in task order (so the
     result never depends on `jobs`); the largest `sizes` start first, so that the workers end
@@ -68,18 +68,22 @@ def run_tasks(function: Callable[[Any], Any], tasks: Sequence[Any], *, jobs: int
     have children) the tasks run here, one by one. A task run here may call `run_tasks` again
     (the inner data is shared for the inner call only), and borrows for it the processes of
     this call that are idle: its workers that run no task, and with `lend` (tasks that are not
-    handed a share of `jobs` of their own) the processes of `jobs` it started none on.
+    handed a share of `jobs` of their own) the processes of `jobs` it started none on. With
+    `at_once`, tasks of about equal length that do not divide among the processes all start at
+    once, on up to twice as many processes as CPUs, and share them: three runs on two processes
+    end in about one and a half runs' time instead of two.
     """
     global _SHARED, _POOL
     outer, outer_pool = _SHARED, _POOL
     daemon = multiprocessing.current_process().daemon
     borrowed = _borrow(len(tasks) - int(jobs)) if not daemon and len(tasks) > int(jobs) else 0
-    workers = min(int(jobs) + borrowed, len(tasks))
+    cpus = min(int(jobs) + borrowed, len(tasks))
+    workers = min(2 * cpus, len(tasks)) if at_once and cpus > 1 else cpus
     if daemon and workers > 1:
         logger.info("Planning %d parts one by one: a worker process cannot start workers", len(tasks))
     _SHARED = data
     linux = sys.platform.startswith("linux")     # macOS may not fork safely (system libraries)
-    held = int(jobs) + borrowed if lend else workers
+    held = int(jobs) + borrowed if lend else cpus
     if linux and not daemon and held > 1:
         # What this call holds, lent to its tasks' own calls while it does not use it
         # (`_borrow`); holding one process, its tasks borrow from the enclosing call instead.

@@ -197,6 +197,7 @@ def test_run_tasks_keeps_task_order_on_workers() -> None:
     tasks = list(range(7))
     serial = run_tasks(_square, tasks, jobs=1, data={"offset": 3})
     assert run_tasks(_square, tasks, jobs=2, data={"offset": 3}) == serial
+    assert run_tasks(_square, tasks, jobs=2, data={"offset": 3}, at_once=True) == serial
     assert serial == [(x * x, 3) for x in tasks]
 
 

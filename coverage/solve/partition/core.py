@@ -763,7 +763,7 @@ def _partition_once(problems: list[PartitionProblem], *,
     alike = {i: shared_fields(ready[i].problem, *ready[i].matrices) for i in todo}
     # The minimum covers' runs start first: HiGHS takes 0.4-3 s before such a run can start.
     made = run_tasks(_run_task, tasks, jobs=jobs, data={"ready": ready},
-                     sizes=[float(start == "cover") for _, _, start in tasks])
+                     sizes=[float(start == "cover") for _, _, start in tasks], at_once=True)
     chosen = {i: _picks(ready[i], [plan.attach(alike[i]) for (p, *_), plan in zip(tasks, made)
                                    if p == i], jobs)
               for i in todo}
@@ -778,7 +778,8 @@ def _partition_once(problems: list[PartitionProblem], *,
     del made        # the runs not chosen
     improving = [(i, j) for i in todo if not ready[i].problem.exceptions_only   # (can't reach
                  for j in range(len(chosen[i][0]))]                              # the band)
-    improved = run_tasks(_improve_task, improving, jobs=jobs, data={"ready": ready, "chosen": chosen})
+    improved = run_tasks(_improve_task, improving, jobs=jobs, data={"ready": ready, "chosen": chosen},
+                         at_once=True)
     finals = {i: list(chosen[i][0]) for i in todo}
     for (i, j), plan in zip(improving, improved):
         finals[i][j] = plan.attach(alike[i])
