@@ -68,26 +68,38 @@ def assign_by_flow(pop: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarr
 def relocate(cnt: np.ndarray, cost: np.ndarray, size: np.ndarray, centers: np.ndarray,
               blocked: np.ndarray | None = None) -> np.ndarray:
     """
-    Each community's cheapest free candidate reaching all its members, all distinct; those with
-    the fewest options choose first. One without a free option keeps its center (or, having
-    none, takes its cheapest option).
+    Each community's cheapest free candidate reaching all its members, all distinct (ties to the
+    first candidate); those with the fewest options choose first. One without a free option
+    keeps its center (or, having none, takes its cheapest option).
     """
     feasible = cnt == size[:, None]
-    # Only candidates some community can take matter (the first cheapest among them is the first
-    # cheapest of the whole row): a window's few communities against a city's candidates.
-    cols = np.flatnonzero(feasible.any(axis=0))
-    eff = np.where(feasible[:, cols], cost[:, cols], np.inf)
+    # Each community's options sorted by cost, then candidate: its first free one is its choice,
+    # found by skipping the few taken (scanning a dense row per community took 12 % of a run).
+    rows, cols = np.nonzero(feasible)
+    costs = cost[rows, cols]
+    order = np.lexsort((cols, costs, rows))
+    cols, finite = cols[order].tolist(), np.isfinite(costs[order]).tolist()
+    start = np.searchsorted(rows[order], np.arange(len(size) + 1)).tolist()
     new = centers.copy()
-    used = np.zeros(cnt.shape[1], dtype=bool) if blocked is None else blocked.copy()
-    for k in np.lexsort((np.arange(len(size)), -size, feasible.sum(axis=1))):
-        row = np.where(used[cols], np.inf, eff[k])
-        best = int(np.argmin(row)) if len(cols) else 0
-        if len(cols) and np.isfinite(row[best]):
-            new[k] = cols[best]
-        elif new[k] < 0 and np.isfinite(eff[k]).any():
-            new[k] = int(cols[np.argmin(eff[k])])
+    used = (np.zeros(cnt.shape[1], dtype=bool) if blocked is None else blocked).tolist()
+    for k in np.lexsort((np.arange(len(size)), -size, feasible.sum(axis=1))).tolist():
+        new[k] = _first_free(cols, finite, used, start[k], start[k + 1], int(new[k]))
         used[new[k]] = True
     return new
+
+
+def _first_free(cols: list[int], finite: list[bool], used: list[bool], lo: int, hi: int,
+                current: int) -> int:
+    """The first free finite option in cols[lo:hi] (sorted by cost); else `current`, or the
+    cheapest option where `current` is none."""
+    for i in range(lo, hi):
+        if not finite[i]:
+            break
+        if not used[cols[i]]:
+            return cols[i]
+    if current < 0 and hi > lo and finite[lo]:
+        return cols[lo]
+    return current
 
 
 def tallies(label: np.ndarray, n_comm: int, structure: sp.csr_matrix,
