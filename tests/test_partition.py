@@ -587,8 +587,9 @@ def test_sums_over_stored_entries_match_sparse_slices_exactly():
 
 
 def test_resiting_matches_a_scan_of_every_candidate():
-    """`relocate` looks only at candidates some community can take; the plain scan of every
-    candidate (as it was written first) must pick the same centers, quirks included."""
+    """`relocate` walks each community's options sorted by cost, skipping the taken ones; the
+    plain scan of every candidate (as it was written first) must pick the same centers, quirks
+    included (ties, candidates out of reach at any cost, no free option)."""
     from covplan.solve.partition.flow import relocate
 
     def scan(cnt, cost, size, centers, blocked):
@@ -607,11 +608,13 @@ def test_resiting_matches_a_scan_of_every_candidate():
         return new
 
     rng = np.random.default_rng(5)
-    for trial in range(200):
+    for trial in range(600):
         n_comm, n_cand = int(rng.integers(1, 6)), int(rng.integers(1, 12))
         size = rng.integers(1, 4, n_comm)
         cnt = np.minimum(rng.integers(0, 5, (n_comm, n_cand)), size[:, None])
         cost = rng.integers(0, 4, (n_comm, n_cand)).astype(float)      # ties on purpose
+        if trial % 3 == 0:
+            cost[rng.random(cost.shape) < 0.2] = np.inf
         centers = rng.integers(-1, n_cand, n_comm)
         blocked = None if trial % 2 else rng.random(n_cand) < 0.3
         assert np.array_equal(relocate(cnt, cost, size, centers, blocked),
