@@ -153,39 +153,49 @@ def cover_plan(minutes: sp.csr_matrix, pop: np.ndarray, adjacency: sp.csr_matrix
     while attempt < COVERS:
         # Tries side by side on the processes the plan leaves idle (the last district, the last
         # stage), then read in order: the first that passes wins, as one after another. The
-        # linear city's centre district: its tries took 6.3 s on one process of two.
+        # linear city's centre district: its tries took 6.3 s on one process of two. A cover
+        # found before is not split again.
         batch = list(range(attempt, min(COVERS, attempt + 1 + spare_processes())))
-        for sites, site in run_tasks(_try_cover, batch, jobs=1, data=data):
+        fresh, exhausted = [], False
+        for k, sites in zip(batch, run_tasks(_try_cover, batch, jobs=1, data=data)):
             if sites is None:
-                return None                 # no cover of that count found: none will be
-            if tuple(sites) in tried:
-                continue
-            tried.add(tuple(sites))
+                exhausted = True            # no cover of that count found: none will be
+                break
+            if tuple(sites) not in tried:
+                tried.add(tuple(sites))
+                fresh.append((k, sites))
+        for (_, sites), site in zip(fresh, run_tasks(_try_split, fresh, jobs=1, data=data)):
             if site is not None:
                 out = center.copy()
                 out[rows] = sites[site]
                 return out
+        if exhausted:
+            return None
         attempt = batch[-1] + 1
     return None
 
 
-def _try_cover(attempt: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The `attempt`-th try of `cover_plan`, run by `run_tasks`: its cover's sites (None when
-    no cover of the count is found) and the site of each unit, when the cover's communities
-    split within the rules and are all connected (else None)."""
+def _try_cover(attempt: int) -> np.ndarray | None:
+    """The sites of the `attempt`-th try's minimum cover (None when no cover of the count is
+    found), run by `run_tasks` for `cover_plan`."""
     d = shared()
     picked = _cover(d["small"], d["most"], d["weights"][attempt])
-    if picked is None:
-        return None, None
-    sites = d["kept"][picked]
+    return None if picked is None else d["kept"][picked]
+
+
+def _try_split(task: tuple[int, np.ndarray]) -> np.ndarray | None:
+    """The site of each unit for a try's cover, when its communities split within the rules and
+    are all connected (else None), run by `run_tasks` for `cover_plan`."""
+    attempt, sites = task
+    d = shared()
     fits = _splits(d["sub"], d["pop"], sites, **d["band"])
     site = _assign(d["sub"], d["pop"], sites, **d["band"]) if fits else None
     if site is None or (site < 0).any():
         logger.debug("cover %d (%d sites): %s", attempt, len(sites),
                      "no assignment" if fits else "no split")
-        return sites, None
+        return None
     links = d["links"]
     pieces = sum(connected_components(links[site == j][:, site == j], directed=False)[0]
                  for j in range(len(sites)))
     logger.debug("cover %d (%d sites): %d pieces", attempt, len(sites), pieces)
-    return sites, site if pieces == len(sites) else None
+    return site if pieces == len(sites) else None
