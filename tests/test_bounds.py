@@ -475,6 +475,39 @@ def test_the_fewest_residents_outside_the_band_on_the_packing_strip():
                                **band) <= proven
 
 
+def test_the_dual_simplex_first_proves_what_the_interior_point_proves(monkeypatch):
+    """The programs around a plan's misses go to the dual simplex first: the same proof as the
+    interior point's on the packing strip and its variants, the same "no solution" (a unit
+    whose only site gathers too few), and the interior point's answer where the simplex runs
+    out of iterations."""
+    from covplan.solve import packing
+    from covplan.solve.packing import least_outside_band
+
+    strip, pop, piece = _packing_strip()
+    band = {"min_pop": 800, "max_pop": 1_200, "tiny_pop": 500}
+    none_forced = np.zeros(27, bool)
+    roomy = pop.copy()
+    roomy[9:18] += 12
+    cases = [(piece, pop, none_forced, np.zeros(27)),
+             (piece, pop, none_forced, np.full(27, 100.0)),
+             (strip.multiply(strip.T @ roomy).tocsr(), roomy, none_forced, np.zeros(27)),
+             (sp.vstack([piece, sp.csr_matrix(np.eye(1, 27, 13) * 900.0)]).tocsr(),
+              np.r_[pop, 200.0], np.r_[none_forced, True], np.zeros(27))]
+    answers = [least_outside_band(*case, **band)[0] for case in cases]
+    assert answers[0] > 0 and answers[2] == 0
+    assert [least_outside_band(*case, **band, simplex_first=True)[0] for case in cases] == answers
+    lonely = sp.csr_matrix(np.array([[400.0, 0.0], [400.0, 900.0], [0.0, 900.0]]))
+    assert np.isinf(least_outside_band(lonely, np.array([100.0, 300.0, 600.0]), np.zeros(3, bool),
+                                       np.zeros(2), **band, simplex_first=True)[0])
+    monkeypatch.setattr(packing, "SIMPLEX_ITERATIONS", 0.0)
+    monkeypatch.setattr(packing, "SIMPLEX_SPARE", 1)
+    calls, interior_point = [], packing._interior_point
+    monkeypatch.setattr(packing, "_interior_point",
+                        lambda *a, **k: calls.append(1) or interior_point(*a, **k))
+    assert least_outside_band(*cases[0], **band, simplex_first=True)[0] == answers[0]
+    assert calls == [1]
+
+
 def test_around_plan_proves_what_no_plan_balances_around_a_miss():
     """A plan of the packing strip as its three blocks misses the band with the middle one: the
     program over it and its neighbours (the whole strip) proves residents outside the band in

@@ -454,7 +454,11 @@ def around_plan(bound: FeasibilityBound, labels: np.ndarray, outside: np.ndarray
                              weights=bound.pop[np.repeat(rows, np.diff(sub.indptr))])
         found = fewest_outside_band(sub[:, sites], bound.pop[rows], bound.forced_undersized[rows],
                                     reached_by[sites] - inside[sites], min_pop=min_pop,
-                                    max_pop=max_pop, tiny_pop=tiny_pop)
+                                    max_pop=max_pop, tiny_pop=tiny_pop,
+                                    # A region holds a plan (the rule broken at most by its
+                                    # tiny communities) and the rest of the city may fill its
+                                    # floors: every such program measured had a solution.
+                                    simplex_first=True)
         if found:
             proven.append((int(district[comms[0]]), comms[outside[comms]], found))
     if proven:
