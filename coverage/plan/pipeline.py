@@ -752,12 +752,12 @@ def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | 
     """
     Plan one district around its kept communities; returns the new `center_of` and the kept
     communities given up. Keeping a community that meets every rule can leave its neighbours
-    no way to balance (the rest may have no split into communities within the band); then the
-    district is planned again with them free, still preferring residents' old communities
-    through the stability cost, and the plan with fewer communities outside the band wins.
-    With `jobs` > 1 both plans are made at once on one pool (`partition_groups`; the free one
-    is wasted when the kept plan is balanced, but the wall time is about one plan's instead of
-    two).
+    no way to balance (the rest may have no split into communities within the band), so the
+    district is also planned with them free, still preferring residents' old communities
+    through the stability cost, and the plan with fewer communities outside the band wins. Both
+    plans' runs are made at once (`partition_groups`, on up to `jobs` processes); where one's
+    runs clearly trail the other's, only the other is improved and kept (`partition_all`'s
+    alternatives).
     """
     pop = reach.units["pop"].to_numpy()
     with_kept = center_of.copy()
@@ -765,36 +765,33 @@ def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | 
         with_kept[prior.unit == old] = candidate
     rows = np.flatnonzero(in_district & (with_kept < 0))
     cols = np.flatnonzero(candidate_in & ~np.isin(np.arange(len(candidate_in)), list(kept.values())))
-    plans = [(rows, cols)]
-    if kept:
-        plans.append((np.flatnonzero(in_district), np.flatnonzero(candidate_in)))
-    made = None
-    if len(plans) == 2 and len(rows) and jobs > 1:
-        logger.debug("Planning the district with and without its %d kept communities at once",
-                     len(kept))
-        made = partition_groups(reach, adjacency, prior, plans, config, locked=locked, jobs=jobs)
-
-    def partition(i: int) -> np.ndarray:      # the i-th plan: made above, or made now
-        rows, cols = plans[i]
-        return made[i] if made is not None else partition_group(reach, adjacency, prior, rows,
-                                                                cols, config, locked=locked,
-                                                                jobs=jobs)
-
-    if len(rows):
-        with_kept[rows] = partition(0)
+    if not len(rows):           # every unit in a kept community (or an exception)
+        return with_kept, []
     if not kept:
+        with_kept[rows] = partition_group(reach, adjacency, prior, rows, cols, config,
+                                          locked=locked, jobs=jobs)
         return with_kept, []
-    band_key = regions.assignment_band_key(with_kept[in_district], pop[in_district], config)
-    if band_key[0] == 0:
-        return with_kept, []
-    free = center_of.copy()
-    free[plans[1][0]] = partition(1)
-    # Tiny communities first (the min_pop_exception rule), then the band's order.
-    free_key = regions.assignment_band_key(free[in_district], pop[in_district], config)
-    if tiny_first_order(free_key) < tiny_first_order(band_key):
-        logger.info("Giving up %d kept communities so that their neighbours can balance", len(kept))
-        return free, list(kept)
-    return with_kept, []
+    logger.debug("Planning the district with and without its %d kept communities at once",
+                 len(kept))
+    free_rows = np.flatnonzero(in_district)
+    made = partition_groups(reach, adjacency, prior,
+                            [(rows, cols), (free_rows, np.flatnonzero(candidate_in))], config,
+                            locked=locked, jobs=jobs, alternatives=(0, 1))
+    free = None
+    if made[1] is not None:
+        free = center_of.copy()
+        free[free_rows] = made[1]
+    if made[0] is not None:
+        with_kept[rows] = made[0]
+        if free is None:
+            return with_kept, []
+        # Tiny communities first (the min_pop_exception rule), then the band's order.
+        band_key = regions.assignment_band_key(with_kept[in_district], pop[in_district], config)
+        free_key = regions.assignment_band_key(free[in_district], pop[in_district], config)
+        if band_key[0] == 0 or tiny_first_order(free_key) >= tiny_first_order(band_key):
+            return with_kept, []
+    logger.info("Giving up %d kept communities so that their neighbours can balance", len(kept))
+    return free, list(kept)
 
 
 def partition_group(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | None,
@@ -810,13 +807,16 @@ def partition_group(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior |
 def partition_groups(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | None,
                      groups: list[tuple[np.ndarray, np.ndarray]], config: PlanConfig, *,
                      exceptions_only: bool = False, locked: np.ndarray | None = None,
-                     jobs: int = 1) -> list[np.ndarray]:
-    """`partition_group` of each (rows, cols), side by side on one pool (`partition_all`)."""
+                     jobs: int = 1,
+                     alternatives: tuple[int, int] | None = None) -> list[np.ndarray | None]:
+    """`partition_group` of each (rows, cols), side by side on one pool (`partition_all`; None
+    for an alternative it dropped)."""
     problems = [_problem_of(reach, adjacency, prior, rows, cols, config,
                             exceptions_only=exceptions_only, locked=locked) for rows, cols in groups]
     results = partition_all(problems, seed=config.seed, restarts=config.restarts,
-                            tries=config.tries, jobs=jobs)
-    return [np.where(result.center >= 0, cols[np.maximum(result.center, 0)], -1)
+                            tries=config.tries, jobs=jobs, alternatives=alternatives)
+    return [None if result is None
+            else np.where(result.center >= 0, cols[np.maximum(result.center, 0)], -1)
             for (_, cols), result in zip(groups, results)]
 
 

@@ -702,7 +702,8 @@ def partition_units(problem: PartitionProblem, *, seed: int | np.random.Generato
 
 
 def partition_all(problems: list[PartitionProblem], *, seed: int | np.random.Generator | None = 0,
-                  restarts: int = 3, tries: int = 1, jobs: int = 1) -> list[Partition]:
+                  restarts: int = 3, tries: int = 1, jobs: int = 1,
+                  alternatives: tuple[int, int] | None = None) -> list[Partition | None]:
     """
     `partition_units` of each problem (`_partition_once`), from `tries` seeds: `seed`, `seed` +
     1, ... (drawn from `seed` where it is a generator or None). Of each problem's partitions the
@@ -714,44 +715,82 @@ def partition_all(problems: list[PartitionProblem], *, seed: int | np.random.Gen
     residents in balanced communities, on Chengdu within ±10 % at 87.1 % and 91.5 %. The tries'
     pools are not joined (recombining two seeds' pools gained 0.1 points over the better seed
     on Chengdu).
+
+    `alternatives` names two problems of which the caller keeps one (a district planned with
+    and without its kept communities): where one's runs trail the other's clearly
+    (`_dropped_alternative`), it is neither improved nor finished, and its partition is None
+    (in every try: a problem dropped in one try is left out of the choice among tries). Chengdu's
+    merge/split improved three runs on two processes, two of them for the plan it then dropped:
+    it took 21 s, now 15 s, with the same plan.
     """
     if tries < 1:
         raise InputError(f"tries must be at least 1, got {tries}")
     if tries == 1:
-        return _partition_once(problems, seed=seed, restarts=restarts, jobs=jobs)
+        return _partition_once(problems, seed=seed, restarts=restarts, jobs=jobs,
+                               alternatives=alternatives)
     seeds = ([int(seed) + t for t in range(tries)] if isinstance(seed, (int, np.integer))
              else np.random.default_rng(seed).integers(2**31, size=tries).tolist())
     made, keys = [], []
     for s in seeds:
-        made.append(_partition_once(problems, seed=s, restarts=restarts, jobs=jobs))
-        keys.append([_score(problem, part.center) for problem, part in zip(problems, made[-1])])
+        made.append(_partition_once(problems, seed=s, restarts=restarts, jobs=jobs,
+                                    alternatives=alternatives))
+        keys.append([None if part is None else _score(problem, part.center)
+                     for problem, part in zip(problems, made[-1])])
         # Every resident in a balanced community, none tiny: another seed could only walk less.
         if all(key[0] == 0 and key[1] == 0 for problem, key in zip(problems, keys[-1])
-               if not problem.exceptions_only):
+               if not problem.exceptions_only and key is not None):
             break
     best = []
     for i, problem in enumerate(problems):
         options = [partitions[i] for partitions in made]
         keys_i = [tried[i] for tried in keys]
-        winner = _better(list(range(len(made))), keys_i.__getitem__, problem.target_pop)
+        planned = [t for t, key in enumerate(keys_i) if key is not None]
+        if not planned:             # an alternative dropped in every try
+            best.append(None)
+            continue
+        winner = _better(planned, keys_i.__getitem__, problem.target_pop)
         if not problem.exceptions_only:
             logger.info("Tries of seeds %s: %s residents outside the band (%s tiny "
                         "communities); seed %s kept", ", ".join(map(str, seeds[:len(made)])),
-                        " / ".join(f"{k[0]:,.0f}" for k in keys_i),
-                        " / ".join(str(k[1]) for k in keys_i), seeds[winner])
+                        " / ".join("–" if k is None else f"{k[0]:,.0f}" for k in keys_i),
+                        " / ".join("–" if k is None else str(k[1]) for k in keys_i),
+                        seeds[winner])
         best.append(options[winner])
     return best
 
 
+ALTERNATIVE_MARGIN = 1.0    # targets' residents outside the band by which an alternative's
+                            # runs must trail the other's for it to be dropped (`partition_all`)
+
+
+def _dropped_alternative(ready: list, chosen: dict, alternatives: tuple[int, int] | None) -> int | None:
+    """Of two alternative problems (`partition_all`), the one not worth improving: its best
+    chosen run has as many tiny communities or more than the other's best and at least
+    `ALTERNATIVE_MARGIN` targets' residents more outside the band. None when the runs are
+    closer than that (both are improved) or either problem has no runs."""
+    if alternatives is None or not all(i in chosen for i in alternatives):
+        return None
+    best = [min(tiny_first_order(_score(ready[i].problem, _centers_of(plan))) for plan in chosen[i][0])
+            for i in alternatives]
+    ahead = 0 if best[0] <= best[1] else 1
+    lead, trail = best[ahead], best[1 - ahead]
+    margin = ALTERNATIVE_MARGIN * ready[alternatives[ahead]].problem.target_pop
+    clear = lead[0] <= trail[0] and lead[1] + margin <= trail[1]
+    logger.debug("Alternatives %s: best runs %s; %s", alternatives, [b[:2] for b in best],
+                 f"{alternatives[1 - ahead]} dropped" if clear else "both improved")
+    return alternatives[1 - ahead] if clear else None
+
+
 def _partition_once(problems: list[PartitionProblem], *,
                     seed: int | np.random.Generator | None = 0, restarts: int = 3,
-                    jobs: int = 1) -> list[Partition]:
+                    jobs: int = 1,
+                    alternatives: tuple[int, int] | None = None) -> list[Partition | None]:
     """
     `partition_units` of each problem, with every problem's runs side by side on one pool of
     up to `jobs` processes, then every chosen run's improvement, then each winner's last
     stages: a process that one problem leaves idle (one run to improve where another has two)
     takes up another's work. The partitions are those of `partition_units` one by one, for any
-    number of jobs. Chengdu's merge/split plans its district with and without its kept
+    number of jobs, but for an alternative dropped after the runs (None; `partition_all`). Chengdu's merge/split plans its district with and without its kept
     communities: one process each, the second sat idle for 4 of the 11.4 s while the first
     improved two runs; on one pool the district takes 10.4-11.0 s. The main process then holds
     every run at once, each without the problem's matrices (`SearchPlan.detached`).
@@ -772,6 +811,11 @@ def _partition_once(problems: list[PartitionProblem], *,
     apart = {i: SeenCommunities() for i in todo}        # the circles' run's (`_finish`)
     for (i, _, start), plan in zip(tasks, made):
         (apart if start == "circles" else seen)[i].merge(plan.seen)
+    dropped = _dropped_alternative(ready, chosen, alternatives)
+    if dropped is not None:
+        todo.remove(dropped)
+        ready[dropped] = None
+        del chosen[dropped]
     for i in todo:
         for plan in chosen[i][0]:
             plan.seen = SeenCommunities()
