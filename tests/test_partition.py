@@ -639,29 +639,29 @@ def test_partition_all_gives_each_problem_its_own_partition_on_any_number_of_job
             assert one.objective == other.objective
 
 
-def test_an_alternative_whose_runs_clearly_trail_is_dropped_after_its_runs():
-    """Two alternatives (a district with and without its kept communities): where one's best
-    run leaves at least a target's residents more outside the band, it is neither improved nor
-    finished (None) and the other is the partition it would be alone, on any number of jobs and
-    tries; where they are close, both are planned whole."""
+def test_alternatives_skip_or_drop_the_plan_that_cannot_win():
+    """Two alternatives (a district with and without its kept communities), on any number of
+    jobs and tries: where the first's runs leave nobody outside the band, the second's runs
+    are skipped (None); where one's best run leaves at least a target's residents more outside
+    the band, it is neither improved nor finished (None); the other is the partition it would
+    be alone. Alternatives whose runs are close are both planned whole."""
     from covplan.solve.partition.core import partition_all
 
     reach, pop, adjacency, xy = grid(seed=0)
     target = pop.sum() / 5
     good = PartitionProblem(reach, pop, adjacency, target_pop=target, tolerance=0.2, xy=xy)
     narrow = PartitionProblem(reach, pop, adjacency, target_pop=target, tolerance=0.001, xy=xy)
-    alone = partition_units(good, seed=3, restarts=2)
+    alone = {id(p): partition_units(p, seed=3, restarts=2) for p in (good, narrow)}
     for jobs, tries in ((1, 1), (2, 1), (1, 2)):
-        for order in ((good, narrow), (narrow, good)):
+        for order in ((good, narrow), (narrow, good), (good, good)):
             made = partition_all(list(order), seed=3, restarts=2, jobs=jobs, tries=tries,
                                  alternatives=(0, 1))
             kept = made[order.index(good)]
-            assert made[order.index(narrow)] is None
+            assert made[1 - order.index(good)] is None
             if tries == 1:
-                assert np.array_equal(kept.center, alone.center)
-    twin = PartitionProblem(reach, pop, adjacency, target_pop=target, tolerance=0.2, xy=xy)
-    both = partition_all([good, twin], seed=3, restarts=2, alternatives=(0, 1))
-    assert all(np.array_equal(p.center, alone.center) for p in both)
+                assert np.array_equal(kept.center, alone[id(good)].center)
+    both = partition_all([narrow, narrow], seed=3, restarts=2, jobs=2, alternatives=(0, 1))
+    assert all(np.array_equal(p.center, alone[id(narrow)].center) for p in both)
 
 
 def test_a_detached_plan_is_light_and_whole_again_once_attached():

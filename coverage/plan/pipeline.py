@@ -754,10 +754,10 @@ def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | 
     communities given up. Keeping a community that meets every rule can leave its neighbours
     no way to balance (the rest may have no split into communities within the band), so the
     district is also planned with them free, still preferring residents' old communities
-    through the stability cost, and the plan with fewer communities outside the band wins. Both
-    plans' runs are made at once (`partition_groups`, on up to `jobs` processes); where one's
-    runs clearly trail the other's, only the other is improved and kept (`partition_all`'s
-    alternatives).
+    through the stability cost, and the plan with fewer communities outside the band wins. The
+    two are alternatives (`partition_groups`, on up to `jobs` processes): the free plan's runs
+    are skipped where one of the kept plan's leaves nobody outside the band, and where one
+    plan's runs clearly trail the other's, only the other is improved and kept.
     """
     pop = reach.units["pop"].to_numpy()
     with_kept = center_of.copy()
@@ -771,8 +771,7 @@ def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | 
         with_kept[rows] = partition_group(reach, adjacency, prior, rows, cols, config,
                                           locked=locked, jobs=jobs)
         return with_kept, []
-    logger.debug("Planning the district with and without its %d kept communities at once",
-                 len(kept))
+    logger.debug("Planning the district with and without its %d kept communities", len(kept))
     free_rows = np.flatnonzero(in_district)
     made = partition_groups(reach, adjacency, prior,
                             [(rows, cols), (free_rows, np.flatnonzero(candidate_in))], config,

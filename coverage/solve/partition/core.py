@@ -716,10 +716,12 @@ def partition_all(problems: list[PartitionProblem], *, seed: int | np.random.Gen
     pools are not joined (recombining two seeds' pools gained 0.1 points over the better seed
     on Chengdu).
 
-    `alternatives` names two problems of which the caller keeps one (a district planned with
-    and without its kept communities): where one's runs trail the other's clearly
-    (`_dropped_alternative`), it is neither improved nor finished, and its partition is None
-    (over several tries: the best of the tries that planned it, None if every try dropped it).
+    `alternatives` names two problems of which the caller keeps one, the first where both leave
+    nobody outside the band (a district planned with and without its kept communities). The
+    second's runs come after the first's and are skipped where one of those leaves nobody
+    outside the band; where one's runs trail the other's clearly (`_dropped_alternative`), it
+    is neither improved nor finished. A problem skipped or dropped has the partition None
+    (over several tries: the best of the tries that planned it, None if none did).
     Chengdu's merge/split improved three runs on two processes, two of them for the plan it
     then dropped: the whole process took 19.6 s, now 16.0 s (medians of five), the same plan.
     """
@@ -781,6 +783,24 @@ def _dropped_alternative(ready: list, chosen: dict, alternatives: tuple[int, int
     return alternatives[1 - ahead] if clear else None
 
 
+def _runs(ready: list, todo: list[int], alike: dict, jobs: int) -> tuple[list, list, dict]:
+    """The runs of the problems `todo`, all at once (their tasks, the runs, and each problem's
+    runs to improve, `_picks`)."""
+    tasks = [task for i in todo for task in ready[i].tasks(i)]
+    # The minimum covers' runs start first: HiGHS takes 0.4-3 s before such a run can start.
+    made = run_tasks(_run_task, tasks, jobs=jobs, data={"ready": ready},
+                     sizes=[float(start == "cover") for _, _, start in tasks], at_once=True)
+    chosen = {i: _picks(ready[i], [plan.attach(alike[i]) for (p, *_), plan in zip(tasks, made)
+                                   if p == i], jobs)
+              for i in todo}
+    return tasks, made, chosen
+
+
+def _all_in_band(ready: list, chosen: dict, i: int) -> bool:
+    """Whether one of the i-th problem's runs to improve leaves nobody outside the band."""
+    return any(_score(ready[i].problem, _centers_of(plan))[0] == 0 for plan in chosen[i][0])
+
+
 def _partition_once(problems: list[PartitionProblem], *,
                     seed: int | np.random.Generator | None = 0, restarts: int = 3,
                     jobs: int = 1,
@@ -790,22 +810,30 @@ def _partition_once(problems: list[PartitionProblem], *,
     up to `jobs` processes, then every chosen run's improvement, then each winner's last
     stages: a process that one problem leaves idle (one run to improve where another has two)
     takes up another's work. The partitions are those of `partition_units` one by one, for any
-    number of jobs, but for an alternative dropped after the runs (None; `partition_all`). Chengdu's merge/split plans its district with and without its kept
-    communities: one process each, the second sat idle for 4 of the 11.4 s while the first
-    improved two runs; on one pool the district takes 10.4-11.0 s. The main process then holds
-    every run at once, each without the problem's matrices (`SearchPlan.detached`).
+    number of jobs, but for an alternative skipped or dropped (None; `partition_all`). Chengdu's
+    merge/split plans its district with and without its kept communities: one process each,
+    the second sat idle for 4 of the 11.4 s while the first improved two runs; on one pool the
+    district takes 10.4-11.0 s. The main process then holds every run at once, each without the
+    problem's matrices (`SearchPlan.detached`).
     """
     ready = [_prepare(problem, seed, restarts) for problem in problems]
     todo = [i for i, r in enumerate(ready) if isinstance(r, _Prepared)]
-    tasks = [task for i in todo for task in ready[i].tasks(i)]
     # Plans come back from the processes without what all plans of a problem share.
     alike = {i: shared_fields(ready[i].problem, *ready[i].matrices) for i in todo}
-    # The minimum covers' runs start first: HiGHS takes 0.4-3 s before such a run can start.
-    made = run_tasks(_run_task, tasks, jobs=jobs, data={"ready": ready},
-                     sizes=[float(start == "cover") for _, _, start in tasks], at_once=True)
-    chosen = {i: _picks(ready[i], [plan.attach(alike[i]) for (p, *_), plan in zip(tasks, made)
-                                   if p == i], jobs)
-              for i in todo}
+    # The second alternative's runs wait for the others': where the first's leave nobody
+    # outside the band, the first is kept whatever the second would give, so they are skipped.
+    second = alternatives[1] if alternatives is not None and alternatives[1] in todo else None
+    tasks, made, chosen = _runs(ready, [i for i in todo if i != second], alike, jobs)
+    if second is not None and alternatives[0] in chosen and _all_in_band(ready, chosen,
+                                                                          alternatives[0]):
+        logger.debug("Alternatives %s: the first's runs are balanced; %d skipped", alternatives,
+                     second)
+        todo.remove(second)
+        ready[second] = None
+    elif second is not None:
+        more = _runs(ready, [second], alike, jobs)
+        tasks, made = tasks + more[0], made + more[1]
+        chosen.update(more[2])
     # Every community the runs made, for the recombination; each chosen run collects anew.
     seen = {i: SeenCommunities() for i in todo}
     apart = {i: SeenCommunities() for i in todo}        # the circles' run's (`_finish`)
