@@ -723,7 +723,7 @@ def partition_all(problems: list[PartitionProblem], *, seed: int | np.random.Gen
     is neither improved nor finished. A problem skipped or dropped has the partition None
     (over several tries: the best of the tries that planned it, None if none did).
     Chengdu's merge/split improved three runs on two processes, two of them for the plan it
-    then dropped: the whole process took 19.6 s, now 16.0 s (medians of five), the same plan.
+    then dropped: the whole process took 19.8 s, now 15.8 s (medians of five), the same plan.
     """
     if tries < 1:
         raise InputError(f"tries must be at least 1, got {tries}")
