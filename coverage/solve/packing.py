@@ -34,8 +34,9 @@ community outside the band (at least the tiny floor) beside y, it minimises the 
 to z. It is run after planning on regions around the plan's misses
 (`covplan.solve.bounds.around_plan`, which budgets them): a few hundred units and up to 20,000
 pairs, 0.1-2 s of the interior-point method where units reach 20 sites, 9 s where they reach
-40; there the dual simplex goes first and answers most in a third to a sixth of that. PDLP (OR-Tools) took as long on them, and merging similar sites into one (a relaxation)
-lost the bound before it saved time. The same program, on a tiny community's neighbourhood with
+40; there the dual simplex goes first and answers most in a third to a sixth of that. PDLP
+(OR-Tools) took as long on them, and merging similar sites into one (a relaxation) lost the
+bound before it saved time. The same program, on a tiny community's neighbourhood with
 the rest of the plan fixed, shows whether that neighbourhood can lose it
 (`covplan.solve.neighbourhood`); there it can also have no solution, which says so.
 """

@@ -765,15 +765,16 @@ ALTERNATIVE_MARGIN = 1.0    # targets' residents outside the band by which an al
                             # runs must trail the other's for it to be dropped (`partition_all`)
 
 
-def _dropped_alternative(ready: list, chosen: dict, alternatives: tuple[int, int] | None) -> int | None:
+def _dropped_alternative(ready: list, chosen: dict,
+                         alternatives: tuple[int, int] | None) -> int | None:
     """Of two alternative problems (`partition_all`), the one not worth improving: its best
     chosen run has as many tiny communities or more than the other's best and at least
     `ALTERNATIVE_MARGIN` targets' residents more outside the band. None when the runs are
     closer than that (both are improved) or either problem has no runs."""
     if alternatives is None or not all(i in chosen for i in alternatives):
         return None
-    best = [min(tiny_first_order(_score(ready[i].problem, _centers_of(plan))) for plan in chosen[i][0])
-            for i in alternatives]
+    best = [min(tiny_first_order(_score(ready[i].problem, _centers_of(plan)))
+                for plan in chosen[i][0]) for i in alternatives]
     ahead = 0 if best[0] <= best[1] else 1
     lead, trail = best[ahead], best[1 - ahead]
     margin = ALTERNATIVE_MARGIN * ready[alternatives[ahead]].problem.target_pop
