@@ -81,14 +81,10 @@ def _dual_simplex_first(cost: np.ndarray, **program):
     a third to a sixth of the interior point's time (Chengdu's region around its misses 2.8 ->
     0.95 s), but on programs with none 0.37-0.69 and up to four times the interior point's time
     (7.7 against 1.9 s on an islands' neighbourhood): the cap bounds that loss."""
-    import warnings
-
-    from scipy.optimize import OptimizeWarning, linprog
+    from scipy.optimize import linprog
 
     limit = int(SIMPLEX_ITERATIONS * len(cost)) + SIMPLEX_SPARE
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Un(recognized|known)", category=OptimizeWarning)
-        res = linprog(cost, method="highs-ds", options={"maxiter": limit}, **program)
+    res = linprog(cost, method="highs-ds", options={"maxiter": limit}, **program)
     if res.status in (0, 2):        # solved, or no solution
         return res
     logger.debug("dual simplex unanswered after %d iterations: the interior point", res.nit)
