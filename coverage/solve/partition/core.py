@@ -497,7 +497,8 @@ def _covering_binds(problem: PartitionProblem, structure: sp.csr_matrix, total: 
                        floor=floor) is None
 
 
-def _picks(ready: _Prepared, made: list[SearchPlan], jobs: int) -> tuple[list[SearchPlan], int, bool]:
+def _picks(ready: _Prepared, made: list[SearchPlan],
+           jobs: int) -> tuple[list[SearchPlan], int, bool, list[tuple]]:
     """
     The runs to improve: the best in the rules' order, and the best with fewest tiny
     communities (the tiny ones must be cleared, at a cost in balance that the band order alone
@@ -509,7 +510,7 @@ def _picks(ready: _Prepared, made: list[SearchPlan], jobs: int) -> tuple[list[Se
     Last the circles' run, with half a budget of its own too, but only where it is better
     (`_better`) than the others picked: improving it costs a thin city of 260,000 residents
     5-10 s, and on the thin cities tried, where it started worse it never finished better. The
-    third value says whether it is picked.
+    third value says whether it is picked; the fourth gives the picked runs' `_score` keys.
     """
     best: dict[str, tuple] = {}
     keys = []
@@ -535,7 +536,8 @@ def _picks(ready: _Prepared, made: list[SearchPlan], jobs: int) -> tuple[list[Se
     if with_circles:
         picks[circles] = made[circles]
     logger.debug("Improving run(s) %s on up to %d process(es)", sorted(picks), jobs)
-    return [plan for _, plan in sorted(picks.items())], sharing, with_circles
+    return ([plan for _, plan in sorted(picks.items())], sharing, with_circles,
+            [keys[run] for run in sorted(picks)])
 
 
 def _better(options: list, key, target_pop: float):
@@ -629,7 +631,7 @@ def _improve_task(task: tuple[int, int]) -> SearchPlan:
     """`improve` of the i-th problem's j-th chosen run, run by `run_tasks`."""
     i, j = task
     s = shared()
-    chosen, sharing, _ = s["chosen"][i]
+    chosen, sharing, *_ = s["chosen"][i]
     ready = s["ready"][i]
     # The best runs share one budget; the minimum cover's run, when another, and the circles'
     # run have half of one each.
@@ -773,8 +775,7 @@ def _dropped_alternative(ready: list, chosen: dict,
     closer than that (both are improved) or either problem has no runs."""
     if alternatives is None or not all(i in chosen for i in alternatives):
         return None
-    best = [min(tiny_first_order(_score(ready[i].problem, _centers_of(plan)))
-                for plan in chosen[i][0]) for i in alternatives]
+    best = [min(tiny_first_order(key) for key in chosen[i][3]) for i in alternatives]
     ahead = 0 if best[0] <= best[1] else 1
     lead, trail = best[ahead], best[1 - ahead]
     margin = ALTERNATIVE_MARGIN * ready[alternatives[ahead]].problem.target_pop
@@ -797,9 +798,9 @@ def _runs(ready: list, todo: list[int], alike: dict, jobs: int) -> tuple[list, l
     return tasks, made, chosen
 
 
-def _all_in_band(ready: list, chosen: dict, i: int) -> bool:
+def _all_in_band(chosen: dict, i: int) -> bool:
     """Whether one of the i-th problem's runs to improve leaves nobody outside the band."""
-    return any(_score(ready[i].problem, _centers_of(plan))[0] == 0 for plan in chosen[i][0])
+    return any(key[0] == 0 for key in chosen[i][3])
 
 
 def _partition_once(problems: list[PartitionProblem], *,
@@ -825,8 +826,7 @@ def _partition_once(problems: list[PartitionProblem], *,
     # outside the band, the first is kept whatever the second would give, so they are skipped.
     second = alternatives[1] if alternatives is not None and alternatives[1] in todo else None
     tasks, made, chosen = _runs(ready, [i for i in todo if i != second], alike, jobs)
-    if second is not None and alternatives[0] in chosen and _all_in_band(ready, chosen,
-                                                                          alternatives[0]):
+    if second is not None and alternatives[0] in chosen and _all_in_band(chosen, alternatives[0]):
         logger.debug("Alternatives %s: the first's runs are balanced; %d skipped", alternatives,
                      second)
         todo.remove(second)
