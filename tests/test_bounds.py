@@ -296,6 +296,37 @@ def test_min_cover_count_is_the_exact_set_cover():
     assert min_cover_count(sp.csr_matrix((3, 4))) == 0
 
 
+def test_min_cover_count_made_small_first_is_the_same_count():
+    """The MIP solves the cover made small (dominated columns and implied rows dropped): on
+    random vertex covers (a row per edge, reaching its two ends; the LP floor is often below
+    the count), with each edge's row repeated, rows reaching a third column, and columns
+    reaching part of another's rows, its count is the fewest columns found by trying every set
+    of columns, smallest first."""
+    from itertools import combinations
+
+    from covplan.solve.bounds import _lp_cover_floor
+
+    rng = np.random.default_rng(3)
+    below_floor = 0
+    for _ in range(20):
+        edges = [e for e in combinations(range(8), 2) if rng.random() < 0.5]
+        rows = []
+        for a, b in edges:
+            rows += [[a, b], [a, b], [a, b, int(rng.integers(8))]]
+        matrix = np.zeros((len(rows), 12))
+        for row, columns in enumerate(rows):
+            matrix[row, columns] = 1
+        for extra in range(8, 12):          # part of column `of`'s rows
+            of = np.flatnonzero(matrix[:, int(rng.integers(8))])
+            matrix[of[rng.random(len(of)) < 0.5], extra] = 1
+        fewest = next(k for k in range(1, 13)
+                      if any(matrix[:, list(cols)].any(axis=1).all()
+                             for cols in combinations(range(12), k)))
+        below_floor += _lp_cover_floor(sp.csr_matrix(matrix)) < fewest
+        assert min_cover_count(sp.csr_matrix(matrix)) == fewest
+    assert below_floor >= 5             # the MIP decided those
+
+
 def _strip(n: int, reach: int) -> sp.csr_matrix:
     """Units 0..n-1 on a line, one site at each; unit i reaches site j when |i - j| <= reach."""
     i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")

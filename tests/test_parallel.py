@@ -21,6 +21,14 @@ def test_beside_runs_in_another_process_and_returns_its_result():
     assert total == 6 and pid != os.getpid()
 
 
+def test_beside_runs_at_the_lowest_priority():
+    """The work beside takes only what the planning's processes leave idle: its process is at
+    the lowest priority (niceness 19), the caller's unchanged."""
+    mine = os.nice(0)
+    assert Beside(os.nice, 0).result() == 19
+    assert os.nice(0) == mine
+
+
 def test_beside_without_fork_runs_when_asked():
     pid, total = Beside(_pid_and_sum, 4, 5, fork=False).result()
     assert total == 9 and pid == os.getpid()

@@ -541,6 +541,8 @@ _COVER_NODES = 2_000        # branch-and-bound nodes per set cover (a count, so 
                             # stopped early, HiGHS's dual bound still proves a floor
 _EXACT_COVER_CELLS = 300_000  # rows x columns up to which the set cover runs as a MIP (seconds);
                             # above, the LP relaxation's floor (a fraction of a second)
+_REDUCE_ROWS = 3_000        # rows up to which the MIP gets the cover made small first (its
+                            # dominance tests are dense, rows x rows: 72 MB at this count)
 
 
 def min_cover_count(structure: sp.spmatrix) -> int:
@@ -590,12 +592,20 @@ def _lp_cover_floor(matrix: sp.csr_matrix) -> int:
 
 def _exact_cover(matrix: sp.csr_matrix, floor: int, greedy: int) -> int:
     """The fewest columns (HiGHS), or its proven floor: `floor` when a cover of `greedy` columns
-    meets it or the matrix is above `_EXACT_COVER_CELLS`, else the MIP's dual bound."""
+    meets it or the matrix is above `_EXACT_COVER_CELLS`, else the MIP's dual bound. The MIP
+    solves the cover made small (`reduced_cover`: dominated columns and implied rows dropped,
+    the same fewest count), which HiGHS's presolve does not do: linear's districts 2.2 and 2.4 s
+    -> 0.1 and 0.4 s, the same counts."""
     from scipy.optimize import Bounds, LinearConstraint, milp
+
+    from covplan.solve.partition.seeding import reduced_cover
 
     n_rows, n = matrix.shape
     if floor >= greedy or n_rows * n > _EXACT_COVER_CELLS:
         return floor
+    if n_rows <= _REDUCE_ROWS:
+        matrix, _ = reduced_cover(matrix)
+        n = matrix.shape[1]
     res = milp(np.ones(n), integrality=np.ones(n), bounds=Bounds(0, 1),
                constraints=[LinearConstraint(matrix, 1, np.inf)],
                options={"node_limit": _COVER_NODES})
