@@ -541,8 +541,9 @@ _COVER_NODES = 2_000        # branch-and-bound nodes per set cover (a count, so 
                             # stopped early, HiGHS's dual bound still proves a floor
 _EXACT_COVER_CELLS = 300_000  # rows x columns up to which the set cover runs as a MIP (seconds);
                             # above, the LP relaxation's floor (a fraction of a second)
-_REDUCE_ROWS = 3_000        # rows up to which the MIP gets the cover made small first (its
-                            # dominance tests are dense, rows x rows: 72 MB at this count)
+_REDUCE_SIZE = 3_000        # rows and columns up to which the MIP gets the cover made small
+                            # first (its dominance tests are dense, rows x rows and columns x
+                            # columns: 72 MB each at this count)
 
 
 def min_cover_count(structure: sp.spmatrix) -> int:
@@ -603,7 +604,7 @@ def _exact_cover(matrix: sp.csr_matrix, floor: int, greedy: int) -> int:
     n_rows, n = matrix.shape
     if floor >= greedy or n_rows * n > _EXACT_COVER_CELLS:
         return floor
-    if n_rows <= _REDUCE_ROWS:
+    if max(n_rows, n) <= _REDUCE_SIZE:
         matrix, _ = reduced_cover(matrix)
         n = matrix.shape[1]
     res = milp(np.ones(n), integrality=np.ones(n), bounds=Bounds(0, 1),
