@@ -155,12 +155,10 @@ def _give_back(taken: int) -> None:
         counts[1] -= taken
 
 
-def _send_result(connection, function: Callable[..., Any], args: tuple) -> None:
-    """The body of `Beside`'s process: the function's result, or its exception, down the pipe."""
-    # The lowest priority: the planning's processes come first, and the work beside takes what
-    # they leave idle (linear's count and packing proofs, 6 s, shared the two processors with
-    # the planning: its plan 16.4 -> 14.5 s, medians of four alternating runs).
-    os.nice(19)
+def _send_result(connection, function: Callable[..., Any], args: tuple, nice: int) -> None:
+    """The body of `Beside`'s processes: the function's result, or its exception, down the
+    pipe, at niceness `nice`."""
+    os.nice(nice)
     try:
         outcome = (True, function(*args))
     except BaseException as error:  # noqa: BLE001 - handed to the caller, who raises it
@@ -169,54 +167,68 @@ def _send_result(connection, function: Callable[..., Any], args: tuple) -> None:
     connection.close()
 
 
+def _start(function: Callable[..., Any], args: tuple, nice: int) -> tuple[Any, Any]:
+    """A forked process running `_send_result`, and the pipe it answers down."""
+    context = multiprocessing.get_context("fork")
+    receive, sending = context.Pipe(duplex=False)
+    process = context.Process(target=_send_result, args=(sending, function, args, nice),
+                              daemon=True)
+    process.start()
+    sending.close()
+    return process, receive
+
+
 class Beside:
     """
     ``function(*args)`` in one forked process while the caller goes on (`result` waits for it):
     work whose answer only comes in at the end, such as a proof that only the report reads.
-    The process runs at the lowest priority, on what the caller's processes leave idle.
-    Where processes cannot fork cheaply (not Linux), inside a daemonic process, or when
-    `fork` is False, it runs at `result` instead. A process rather than a thread: the
-    caller forks planning workers meanwhile, and a fork beside a running thread may copy a
-    lock that thread holds.
+    The process runs at the lowest priority, on what the caller's processes leave idle
+    (linear's count and packing proofs, 6 s, shared the two processors with its planning: the
+    plan 16.4 -> 14.5 s, medians of four alternating runs). Where it has not answered when
+    `result` is asked, a second process at the caller's priority races it (the same answer;
+    the first wins), so that other work on the machine cannot starve it: the arguments must
+    not have changed meanwhile. Where processes cannot fork cheaply (not Linux), inside a
+    daemonic process, or when `fork` is False, it runs at `result` instead. A process rather
+    than a thread: the caller forks planning workers meanwhile, and a fork beside a running
+    thread may copy a lock that thread holds.
     """
 
     def __init__(self, function: Callable[..., Any], *args: Any, fork: bool = True) -> None:
         self._call = (function, args)
-        self._process = None
+        self._runs: list[tuple[Any, Any]] = []      # (process, pipe): the lowest priority first
         if fork and sys.platform.startswith("linux") and not multiprocessing.current_process().daemon:
-            context = multiprocessing.get_context("fork")
-            self._receive, sending = context.Pipe(duplex=False)
-            self._process = context.Process(target=_send_result, args=(sending, function, args),
-                                            daemon=True)
-            self._process.start()
-            sending.close()
+            self._runs.append(_start(function, args, 19))
 
     def result(self) -> Any:
         """The function's result (its exception raised here)."""
-        if self._process is None:
-            function, args = self._call
+        from multiprocessing.connection import wait
+
+        function, args = self._call
+        if not self._runs:
             return function(*args)
+        if not self._runs[0][1].poll():
+            self._runs.append(_start(function, args, 0))
+        answered = wait([pipe for _, pipe in self._runs])
+        process, pipe = next(run for run in self._runs if run[1] in answered)
         try:
-            ok, value = self._receive.recv()
+            ok, value = pipe.recv()
         except EOFError:        # it died before answering (killed, out of memory)
-            self._process.join()
-            function = self._call[0]
+            process.join()
             name = getattr(getattr(function, "func", function), "__name__", "its function")
             msg = (f"the process running {name} beside the plan ended with exit code "
-                   f"{self._process.exitcode} before it answered")
-            self.close()
+                   f"{process.exitcode} before it answered")
             raise RuntimeError(msg) from None
-        self._process.join()
-        self.close()
+        finally:
+            self.close()
         if not ok:
             raise value
         return value
 
     def close(self) -> None:
-        """Stop the process if it still runs (the caller gave up on the result)."""
-        if self._process is not None:
-            if self._process.is_alive():
-                self._process.terminate()
-            self._process.join()
-            self._receive.close()
-            self._process = None
+        """Stop the processes that still run (the caller gave up on the result)."""
+        for process, pipe in self._runs:
+            if process.is_alive():
+                process.terminate()
+            process.join()
+            pipe.close()
+        self._runs = []
