@@ -835,16 +835,17 @@ def _partition_once(problems: list[PartitionProblem], *,
         more = _runs(ready, [second], alike, jobs)
         tasks, made = tasks + more[0], made + more[1]
         chosen.update(more[2])
-    # Every community the runs made, for the recombination; each chosen run collects anew.
-    seen = {i: SeenCommunities() for i in todo}
-    apart = {i: SeenCommunities() for i in todo}        # the circles' run's (`_finish`)
-    for (i, _, start), plan in zip(tasks, made):
-        (apart if start == "circles" else seen)[i].merge(plan.seen)
     dropped = _dropped_alternative(ready, chosen, alternatives)
     if dropped is not None:
         todo.remove(dropped)
         ready[dropped] = None
         del chosen[dropped]
+    # Every community the runs made, for the recombination; each chosen run collects anew.
+    seen = {i: SeenCommunities() for i in todo}
+    apart = {i: SeenCommunities() for i in todo}        # the circles' run's (`_finish`)
+    for (i, _, start), plan in zip(tasks, made):
+        if i in seen:                                   # not of a dropped alternative
+            (apart if start == "circles" else seen)[i].merge(plan.seen)
     for i in todo:
         for plan in chosen[i][0]:
             plan.seen = SeenCommunities()
