@@ -115,6 +115,43 @@ def run_tasks(function: Callable[[Any], Any], tasks: Sequence[Any], *, jobs: int
             _give_back(borrowed)
 
 
+def run_until(function: Callable[[Any], Any], tasks: Sequence[Any], *, data: dict[str, Any],
+              stop: Callable[[Any], bool]) -> list[Any]:
+    """
+    ``[function(t) for t in tasks]`` up to and including the first result for which `stop` is
+    true (`stop` is called on each result in task order), as one after another would give. On
+    the processes the enclosing `run_tasks` leaves idle (`spare_processes`) beside this one,
+    later tasks start as processes free up instead of in batches, and those still running
+    when a result stops the list are ended. `function` reads `data` through `shared()`, as
+    for `run_tasks`. The linear city's minimum-cover tries: a batch of two waited for its
+    longest try (an assignment, 1.8 s) while the other process sat idle.
+    """
+    global _SHARED
+    daemon = multiprocessing.current_process().daemon
+    borrowed = _borrow(len(tasks) - 1) if not daemon and sys.platform.startswith("linux") else 0
+    outer = _SHARED
+    _SHARED = data
+    done: list[Any] = []
+    try:
+        if not borrowed:
+            for task in tasks:
+                done.append(function(task))
+                if stop(done[-1]):
+                    break
+            return done
+        # The pool's workers are this process forked: they read `data` in place.
+        with multiprocessing.get_context("fork").Pool(1 + borrowed) as pool:
+            for result in pool.imap(function, tasks, chunksize=1):
+                done.append(result)
+                if stop(result):
+                    break
+        return done       # leaving the block ends the tries still running
+    finally:
+        _SHARED = outer
+        if borrowed:
+            _give_back(borrowed)
+
+
 def _counted(function: Callable[[Any], Any], task: Any) -> Any:
     """A task of `run_tasks` that counts itself finished for `_borrow`."""
     try:

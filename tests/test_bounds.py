@@ -811,3 +811,33 @@ def test_a_note_on_a_detached_piece_states_what_was_checked():
     assert "reaches all of one of its 2 detached pieces (40 residents), but an exception" in pocket
     apart = _note(940, False, "", 9_000.0, 0, CONFIG, detached=(40, 2, False))
     assert "no bordering community's center reaches all of any of its 2 detached pieces" in apart
+
+
+def test_all_in_band_program_relaxed_by_joining_similar_units_proves_only_what_is_true():
+    """Units whose sites nearly repeat a leader's are joined, reaching their sites' union: a
+    relaxation, so where it has no solution the program on the units has none. On random strips
+    (sites reaching 3-6 units either way, residents drawn so that some strips can all be in
+    band and some cannot) the answer with the relaxation first is always that of the program
+    alone, and the relaxation alone gives the proof on some of them."""
+    from covplan.solve.packing import _no_plan_in_band, all_in_band_impossible, similar_rows_joined
+
+    rng = np.random.default_rng(7)
+    proofs = by_relaxation = 0
+    for _ in range(40):
+        n, reach = int(rng.integers(20, 40)), int(rng.integers(3, 7))
+        strip = _strip(n, reach)
+        # Sites drop out at random, so that neighbouring units reach nearly, not exactly, the
+        # same sites.
+        strip = strip[:, rng.random(n) < 0.7].tocsr()
+        if (np.diff(strip.indptr) == 0).any():
+            continue
+        pop = rng.integers(40, 160, size=n).astype(float)
+        alone = _no_plan_in_band(strip, pop, 800, 1_200)
+        assert all_in_band_impossible(strip, pop, min_pop=800, max_pop=1_200) == alone
+        joined, weight = similar_rows_joined(strip, pop, similar=0.6)
+        assert weight.sum() == pop.sum() and joined.shape[0] < n
+        relaxed = _no_plan_in_band(joined, weight, 800, 1_200)
+        assert alone or not relaxed
+        proofs += alone
+        by_relaxation += relaxed
+    assert proofs >= 5 and by_relaxation >= 3

@@ -80,3 +80,35 @@ def _dies() -> None:
 def test_beside_says_so_when_its_process_dies_without_answering():
     with pytest.raises(RuntimeError, match="running _dies beside the plan ended with exit code 3"):
         Beside(_dies).result()
+
+
+def _square_in_order(k: int) -> tuple[int, int]:
+    time.sleep(0.02 * (k % 3))      # tries of unequal length end out of order
+    return k, k * k
+
+
+def _until_under_borrowed_processes(_: int) -> tuple[list, int]:
+    from covplan._parallel import run_until, spare_processes
+
+    idle = spare_processes()
+    pids = run_until(_pid_and_sum, range(4), data={}, stop=lambda r: False)
+    assert {pid for pid, _ in pids} - {os.getpid()}       # forked workers ran them
+    return run_until(_square_in_order, range(12), data={}, stop=lambda r: r[1] > 30), idle
+
+
+def test_run_until_gives_the_results_in_order_up_to_the_first_that_stops():
+    """The tries of one after another: the same results up to and including the first that
+    stops the list, whether on this process alone or on processes borrowed from the enclosing
+    `run_tasks`; the tries still running there are ended."""
+    import multiprocessing
+
+    from covplan._parallel import run_tasks, run_until
+
+    alone = run_until(_square_in_order, range(12), data={}, stop=lambda r: r[1] > 30)
+    assert alone == [(k, k * k) for k in range(7)]
+    # One task on two jobs, lent: the task borrows the process no task runs on.
+    [(beside, idle)] = run_tasks(_until_under_borrowed_processes, [0], jobs=2, data={}, lend=True)
+    assert idle == 1 and beside == alone
+    assert run_until(_square_in_order, range(3), data={}, stop=lambda r: False) == \
+        [(0, 0), (1, 1), (2, 4)]
+    assert not multiprocessing.active_children()

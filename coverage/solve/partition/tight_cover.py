@@ -27,7 +27,7 @@ import logging
 
 import numpy as np
 import scipy.sparse as sp
-from covplan._parallel import run_tasks, shared, spare_processes
+from covplan._parallel import run_until, shared
 from covplan.solve.partition.seeding import reduced_cover
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse.csgraph import connected_components
@@ -137,7 +137,6 @@ def cover_plan(minutes: sp.csr_matrix, pop: np.ndarray, adjacency: sp.csr_matrix
     most = tight_count(structure, float(pop[rows].sum()), min_pop=min_pop, max_pop=max_pop)
     if most is None:
         return None
-    tried: set[tuple[int, ...]] = set()
     links = sp.csr_matrix(adjacency)[rows][:, rows]
     # Covers of sites that gather the floor (the sites of communities in band) come first.
     gathers = np.asarray(structure.T @ pop[rows]).ravel()
@@ -146,38 +145,52 @@ def cover_plan(minutes: sp.csr_matrix, pop: np.ndarray, adjacency: sp.csr_matrix
     # One draw of noise per try, in order: the covers are those of trying one after another.
     noise = np.random.default_rng(seed).random((COVERS, len(kept)))
     data = {"small": small, "kept": kept, "weights": weak[kept] + 0.5 * noise, "sub": sub,
-            "pop": pop[rows], "links": links, "most": most,
+            "pop": pop[rows], "links": links, "most": most, "seen": set(),
             "band": {"min_pop": min_pop, "max_pop": max_pop, "tiny_pop": tiny_pop,
                      "more_than": balanced}}
-    attempt = 0
-    while attempt < COVERS:
-        # Tries side by side on the processes the plan leaves idle (the last district, the last
-        # stage), then read in order: the first that passes wins, as one after another. The
-        # linear city's centre district: its tries took 6.3 s on one process of two. A cover
-        # found before is not split again.
-        batch = list(range(attempt, min(COVERS, attempt + 1 + spare_processes())))
-        fresh, exhausted = [], False
-        for k, sites in zip(batch, run_tasks(_try_cover, batch, jobs=1, data=data)):
-            if sites is None:
-                exhausted = True            # no cover of that count found: none will be
-                break
-            if tuple(sites) not in tried:
-                tried.add(tuple(sites))
-                fresh.append((k, sites))
-        for (_, sites), site in zip(fresh, run_tasks(_try_split, fresh, jobs=1, data=data)):
-            if site is not None:
-                out = center.copy()
-                out[rows] = sites[site]
-                return out
-        if exhausted:
-            return None
-        attempt = batch[-1] + 1
-    return None
+    tried: set[tuple[int, ...]] = set()
+    winner: list[np.ndarray] = []
+
+    def settles(found: tuple[np.ndarray | None, np.ndarray | None]) -> bool:
+        """Whether the tries stop at this one, read in order: no cover of the count found
+        (none will be), or a cover not found before that splits. A cover found before is the
+        same try again (the same answer), so it counts as failed."""
+        sites, site = found
+        if sites is None:
+            return True
+        if tuple(sites) in tried:
+            return False
+        tried.add(tuple(sites))
+        if site is None:
+            return False
+        out = center.copy()
+        out[rows] = sites[site]
+        winner.append(out)
+        return True
+
+    # Tries on the processes the plan leaves idle (the last district, the last stage), each
+    # started as one frees up, read in order: the first that passes wins, as one after another.
+    run_until(_try, range(COVERS), data=data, stop=settles)
+    return winner[0] if winner else None
+
+
+def _try(attempt: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The `attempt`-th try's minimum cover (None when none of the count is found) and, when
+    its communities split within the rules and are all connected, each unit's index into its
+    sites (else None), run by `run_until` for `cover_plan`."""
+    sites = _try_cover(attempt)
+    if sites is None:
+        return None, None
+    seen = shared()["seen"]     # this process's tries: a cover found again is not split again
+    if tuple(sites) in seen:
+        return sites, None
+    seen.add(tuple(sites))
+    return sites, _try_split((attempt, sites))
 
 
 def _try_cover(attempt: int) -> np.ndarray | None:
     """The sites of the `attempt`-th try's minimum cover (None when no cover of the count is
-    found), run by `run_tasks` for `cover_plan`."""
+    found)."""
     d = shared()
     picked = _cover(d["small"], d["most"], d["weights"][attempt])
     return None if picked is None else d["kept"][picked]
@@ -185,7 +198,7 @@ def _try_cover(attempt: int) -> np.ndarray | None:
 
 def _try_split(task: tuple[int, np.ndarray]) -> np.ndarray | None:
     """The site of each unit for a try's cover, when its communities split within the rules and
-    are all connected (else None), run by `run_tasks` for `cover_plan`."""
+    are all connected (else None)."""
     attempt, sites = task
     d = shared()
     fits = _splits(d["sub"], d["pop"], sites, **d["band"])
