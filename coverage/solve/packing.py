@@ -24,10 +24,11 @@ regular communities hold at least the tiny floor, that community keeps at least 
 residents (less the forced ones, who may be among them) out of the band.
 
 No library states this bound; HiGHS (through scipy) solves the program. The interior-point
-method answers a strip district of 65,826 residents (889 distinct reach sets, 261 sites) in
-about 5 s where the simplex takes a minute; `covplan.solve.bounds.packing_shortfall` runs it
-only where covering everyone takes as many centers as the residents fill at the band's floor
-(the tight case; elsewhere it is skipped).
+method answers a strip district of 65,826 residents (869 distinct reach sets, 221 sites) in
+about 5 s where the simplex takes a minute, and in 2.4 s on its units with nearly the same
+sites joined (a relaxation, tried first: `similar_rows_joined`);
+`covplan.solve.bounds.packing_shortfall` runs it only where covering everyone takes as many
+centers as the residents fill at the band's floor (the tight case; elsewhere it is skipped).
 
 The second program asks how many: with a share z of each site as the center of a regular
 community outside the band (at least the tiny floor) beside y, it minimises the residents sent
