@@ -121,17 +121,22 @@ def run_until(function: Callable[[Any], Any], tasks: Sequence[Any], *, data: dic
     ``[function(t) for t in tasks]`` up to and including the first result for which `stop` is
     true (`stop` is called on each result in task order), as one after another would give. On
     the processes the enclosing `run_tasks` leaves idle (`spare_processes`) beside this one,
-    later tasks start as processes free up instead of in batches, and those still running
-    when a result stops the list are ended. `function` reads `data` through `shared()`, as
-    for `run_tasks`. The linear city's minimum-cover tries: a batch of two waited for its
-    longest try (an assignment, 1.8 s) while the other process sat idle.
+    each task runs in a process of its own, forked when a process frees up (so it reads `data`
+    as it is then), and those still running when a result stops the list are ended. `function`
+    reads `data` through `shared()`, as for `run_tasks`. The linear city's minimum-cover tries:
+    a batch of two waited for its longest try (an assignment, 1.8 s) while the other process
+    sat idle. A task whose process dies (killed, out of memory) raises a RuntimeError here
+    instead of leaving the plan waiting.
     """
+    from multiprocessing.connection import wait
+
     global _SHARED
     daemon = multiprocessing.current_process().daemon
     borrowed = _borrow(len(tasks) - 1) if not daemon and sys.platform.startswith("linux") else 0
     outer = _SHARED
     _SHARED = data
     done: list[Any] = []
+    running: dict[int, tuple[Any, Any]] = {}      # task index -> (process, pipe)
     try:
         if not borrowed:
             for task in tasks:
@@ -139,14 +144,23 @@ def run_until(function: Callable[[Any], Any], tasks: Sequence[Any], *, data: dic
                 if stop(done[-1]):
                     break
             return done
-        # The pool's workers are this process forked: they read `data` in place.
-        with multiprocessing.get_context("fork").Pool(1 + borrowed) as pool:
-            for result in pool.imap(function, tasks, chunksize=1):
-                done.append(result)
-                if stop(result):
+        answers: dict[int, Any] = {}
+        started = 0
+        while len(done) < len(tasks):
+            while started < len(tasks) and len(running) < 1 + borrowed:
+                running[started] = _start(function, (tasks[started],), 0)
+                started += 1
+            if len(done) in answers:
+                done.append(answers.pop(len(done)))
+                if stop(done[-1]):
                     break
-        return done       # leaving the block ends the tries still running
+                continue
+            ready = wait([pipe for _, pipe in running.values()])
+            for k in [k for k, (_, pipe) in running.items() if pipe in ready]:
+                answers[k] = _answer(*running.pop(k), function)
+        return done
     finally:
+        _stop(list(running.values()))
         _SHARED = outer
         if borrowed:
             _give_back(borrowed)
@@ -248,24 +262,39 @@ class Beside:
         answered = wait([pipe for _, pipe in self._runs])
         process, pipe = next(run for run in self._runs if run[1] in answered)
         try:
-            ok, value = pipe.recv()
-        except EOFError:        # it died before answering (killed, out of memory)
-            process.join()
-            name = getattr(getattr(function, "func", function), "__name__", "its function")
-            msg = (f"the process running {name} beside the plan ended with exit code "
-                   f"{process.exitcode} before it answered")
-            raise RuntimeError(msg) from None
+            return _answer(process, pipe, function)
         finally:
             self.close()
-        if not ok:
-            raise value
-        return value
 
     def close(self) -> None:
         """Stop the processes that still run (the caller gave up on the result)."""
-        for process, pipe in self._runs:
-            if process.is_alive():
-                process.terminate()
-            process.join()
-            pipe.close()
+        _stop(self._runs)
         self._runs = []
+
+
+def _answer(process: Any, pipe: Any, function: Callable[..., Any]) -> Any:
+    """What a process of `_start` sent: the function's result, its exception raised here, or a
+    RuntimeError when the process died before answering (killed, out of memory)."""
+    try:
+        ok, value = pipe.recv()
+    except EOFError:
+        process.join()
+        name = getattr(getattr(function, "func", function), "__name__", "its function")
+        msg = (f"the process running {name} ended with exit code {process.exitcode} before "
+               f"it answered")
+        raise RuntimeError(msg) from None
+    finally:
+        pipe.close()
+    process.join()
+    if not ok:
+        raise value
+    return value
+
+
+def _stop(runs: list[tuple[Any, Any]]) -> None:
+    """End the processes of `_start` in `runs` that still run, and close their pipes."""
+    for process, pipe in runs:
+        if process.is_alive():
+            process.terminate()
+        process.join()
+        pipe.close()

@@ -78,7 +78,7 @@ def _dies() -> None:
 
 
 def test_beside_says_so_when_its_process_dies_without_answering():
-    with pytest.raises(RuntimeError, match="running _dies beside the plan ended with exit code 3"):
+    with pytest.raises(RuntimeError, match="running _dies ended with exit code 3"):
         Beside(_dies).result()
 
 
@@ -111,4 +111,27 @@ def test_run_until_gives_the_results_in_order_up_to_the_first_that_stops():
     assert idle == 1 and beside == alone
     assert run_until(_square_in_order, range(3), data={}, stop=lambda r: False) == \
         [(0, 0), (1, 1), (2, 4)]
+    assert not multiprocessing.active_children()
+
+
+def _dies_at_two(k: int) -> int:
+    if k == 2:
+        os._exit(3)
+    return k
+
+
+def _until_a_try_dies(_: int) -> list:
+    from covplan._parallel import run_until
+
+    return run_until(_dies_at_two, range(5), data={}, stop=lambda r: False)
+
+
+def test_run_until_says_so_when_a_tries_process_dies():
+    """A try whose process dies (killed, out of memory) is an error, not a plan left waiting."""
+    import multiprocessing
+
+    from covplan._parallel import run_tasks
+
+    with pytest.raises(RuntimeError, match="running _dies_at_two ended with exit code 3"):
+        run_tasks(_until_a_try_dies, [0], jobs=2, data={}, lend=True)
     assert not multiprocessing.active_children()

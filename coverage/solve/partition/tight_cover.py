@@ -144,11 +144,11 @@ def cover_plan(minutes: sp.csr_matrix, pop: np.ndarray, adjacency: sp.csr_matrix
     small, kept = reduced_cover(structure)
     # One draw of noise per try, in order: the covers are those of trying one after another.
     noise = np.random.default_rng(seed).random((COVERS, len(kept)))
+    tried: set[tuple[int, ...]] = set()    # covers read so far (tries forked later see them)
     data = {"small": small, "kept": kept, "weights": weak[kept] + 0.5 * noise, "sub": sub,
-            "pop": pop[rows], "links": links, "most": most, "seen": set(),
+            "pop": pop[rows], "links": links, "most": most, "seen": tried,
             "band": {"min_pop": min_pop, "max_pop": max_pop, "tiny_pop": tiny_pop,
                      "more_than": balanced}}
-    tried: set[tuple[int, ...]] = set()
     winner: list[np.ndarray] = []
 
     def settles(found: tuple[np.ndarray | None, np.ndarray | None]) -> bool:
@@ -181,10 +181,8 @@ def _try(attempt: int) -> tuple[np.ndarray | None, np.ndarray | None]:
     sites = _try_cover(attempt)
     if sites is None:
         return None, None
-    seen = shared()["seen"]     # this process's tries: a cover found again is not split again
-    if tuple(sites) in seen:
+    if tuple(sites) in shared()["seen"]:     # a cover found before: not split again
         return sites, None
-    seen.add(tuple(sites))
     return sites, _try_split((attempt, sites))
 
 
