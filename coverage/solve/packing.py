@@ -178,8 +178,9 @@ def all_in_band_impossible(structure: sp.csr_matrix, pop: np.ndarray, *, min_pop
         return False
     if _no_plan_in_band(matrix, weight, min_pop, max_pop, iterations=0):
         return True
-    joined = similar_rows_joined(matrix, weight)
-    if joined[0].shape[0] < matrix.shape[0] and _no_plan_in_band(*joined, min_pop, max_pop):
+    groups, group_weight = similar_rows_joined(matrix, weight)
+    if groups.shape[0] < matrix.shape[0] and _no_plan_in_band(groups, group_weight, min_pop,
+                                                              max_pop):
         return True
     return _no_plan_in_band(matrix, weight, min_pop, max_pop)
 
