@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import numpy as np
@@ -843,3 +844,18 @@ def test_the_circles_run_serves_a_unit_whose_only_site_is_its_own_at_zero_minute
     assert (plan.label >= 0).all()
     center = core._centers_of(plan)
     assert lookup(prepared.matrices[2], np.arange(13), center)[1].all()
+
+
+def test_the_planner_tells_its_improved_plans_centers_before_the_last_stages():
+    """`on_centers` hears the improved plan's centers (the pipeline draws their isochrones
+    meanwhile): valid columns, and the final plan keeps most of them."""
+    told: list[np.ndarray] = []
+    reach, pop, adjacency, xy = grid(16, 12, seed=4)
+    problem = PartitionProblem(reach, pop, adjacency, target_pop=pop.sum() / 7, tolerance=0.1, xy=xy)
+    heard = dataclasses.replace(problem, on_centers=lambda cols: told.append(np.asarray(cols)))
+    result = partition_units(heard, seed=0)
+    assert told and all(len(t) and len(np.unique(t)) == len(t) for t in told)
+    assert all(t.min() >= 0 and t.max() < problem.minutes.shape[1] for t in told)
+    told_any = np.unique(np.concatenate(told))
+    assert np.isin(result.centers, told_any).mean() >= 0.5
+    assert np.array_equal(result.center, partition_units(problem, seed=0).center)

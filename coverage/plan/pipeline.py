@@ -34,7 +34,7 @@ from covplan.inputs.tessellation import (
 )
 from covplan.metrics import around_note, community_table, plan_report, tiny_note
 from covplan.plan import regions
-from covplan.reach.isochrones import compute_isochrones
+from covplan.reach.ahead import IsochronesAhead, columns_told, drawing_ahead, isochrones_with
 from covplan.reach.matrix import ReachMatrix, compute_reach
 from covplan.solve.bounds import FeasibilityBound, around_plan, feasibility_bound, rule_shortfalls
 from covplan.solve.neighbourhood import TinyCheck, check_tiny
@@ -156,31 +156,38 @@ def plan_communities(network: WalkNetwork, population: Population | gpd.GeoDataF
                                 max_pop=config.max_pop,
                                 tiny_pop=config.tiny_pop),
                         fork=config.workers > 1)
-    try:
-        locked = locked_candidates(reach.candidates, lock_centers)
-        center_of, exception_centers, fixed = _solve(ready, config, locked=locked)
-        allowed = _new_site_budget(reach, center_of, config.max_new_centers)
-        if allowed is not None:
+    # The isochrones of the centers the planner will most likely keep are drawn beside its
+    # last stages (`covplan.reach.ahead`): Chengdu's 132 took 1.0-1.6 s after the plan.
+    with drawing_ahead(network, reach.candidates, config.max_minutes,
+                       workers=config.workers) as ahead:
+        try:
+            locked = locked_candidates(reach.candidates, lock_centers)
             center_of, exception_centers, fixed = _solve(ready, config, locked=locked,
-                                                         allowed=allowed)
-        if config.new_center_cost > 0:
-            center_of, exception_centers, fixed = _weigh_new_sites(
-                ready, config, locked, (center_of, exception_centers, fixed))
-        ready = replace(ready, bound=replace(ready.bound, **shortfalls.result()))
-    finally:
-        shortfalls.close()
-    center_of = _attach_exceptions(ready, center_of, exception_centers, config)
+                                                         ahead=ahead)
+            allowed = _new_site_budget(reach, center_of, config.max_new_centers)
+            if allowed is not None:
+                center_of, exception_centers, fixed = _solve(ready, config, locked=locked,
+                                                             allowed=allowed, ahead=ahead)
+            if config.new_center_cost > 0:
+                center_of, exception_centers, fixed = _weigh_new_sites(
+                    ready, config, locked, (center_of, exception_centers, fixed))
+            ready = replace(ready, bound=replace(ready.bound, **shortfalls.result()))
+        finally:
+            shortfalls.close()
+        center_of = _attach_exceptions(ready, center_of, exception_centers, config)
 
-    labels, table = community_tables(ready, center_of, districts=districts, config=config)
-    table = _keep_ids(table, labels, prior, reach.units["pop"].to_numpy())
+        labels, table = community_tables(ready, center_of, districts=districts, config=config)
+        table = _keep_ids(table, labels, prior, reach.units["pop"].to_numpy())
 
-    def isochrones_of(centers_out: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-        iso = compute_isochrones(network, centers_out, minutes=[config.max_minutes], progress=progress)
-        return iso.merge(centers_out[["center_id", "community_id"]], on="center_id")
+        def isochrones_of(centers_out: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+            drawn = ahead.drawn() if ahead is not None else {}
+            iso = isochrones_with(drawn, network, centers_out, table["candidate_id"].to_numpy(),
+                                  minutes=config.max_minutes, progress=progress)
+            return iso.merge(centers_out[["center_id", "community_id"]], on="center_id")
 
-    plan = assemble_plan(ready, center_of, labels, table, isochrones_of=isochrones_of,
-                         communities=communities, config=config, fixed=fixed, started=started,
-                         locked=locked)
+        plan = assemble_plan(ready, center_of, labels, table, isochrones_of=isochrones_of,
+                             communities=communities, config=config, fixed=fixed,
+                             started=started, locked=locked)
     report = plan.report
     logger.info("Plan: %d communities, %.1f %% of residents within %g min of their center "
                 "(at most %.1f %% possible), %.1f %% in communities within ±%g %% (at most %.1f %% "
@@ -375,14 +382,18 @@ def _check_band_reachable(bound: FeasibilityBound, config: PlanConfig) -> None:
 
 
 def _solve(ready: PlanningInputs, config: PlanConfig, *, locked: np.ndarray | None,
-           allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+           allowed: np.ndarray | None = None,
+           ahead: IsochronesAhead | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """Exception communities, then each district (in a large city without districts, each
     region, its seams repaired after) around its kept communities, side by side on
     ``config.jobs`` processes, on the candidates `allowed` (None: all). Returns (center_of,
-    exception centers, kept count); the same for any number of jobs."""
+    exception centers, kept count); the same for any number of jobs. `ahead` is told the
+    exception centers and each district's likely centers."""
     reach, prior = ready.reach, ready.prior
     fixed = _keep_valid(reach, ready.adjacency, prior, ready.district_of, config)
     center_of, exception_centers = _plan_exceptions(ready, config, allowed=allowed)
+    if ahead is not None:
+        ahead.draw(exception_centers)
     open_to_all = ~np.isin(np.arange(len(reach.candidates)), exception_centers)
     if allowed is not None:
         open_to_all &= allowed
@@ -398,7 +409,7 @@ def _solve(ready: PlanningInputs, config: PlanConfig, *, locked: np.ndarray | No
              for group in groups]
     # A part alone on the machine may use the idle processes itself (`_plan_district`).
     data = {"reach": reach, "adjacency": ready.adjacency, "prior": prior, "config": config,
-            "locked": locked, "center_of": center_of,
+            "locked": locked, "center_of": center_of, "ahead": ahead,
             "jobs": max(1, config.workers // len(groups))}
     started = time.perf_counter()
     done = run_tasks(_district_task, tasks, jobs=config.workers, data=data,
@@ -427,7 +438,7 @@ def _district_task(task: tuple[np.ndarray, np.ndarray, dict[int, int]]) -> tuple
     before = s["center_of"]
     out, freed = _plan_district(s["reach"], s["adjacency"], s["prior"], part & (before < 0),
                                 candidate_in, kept, before, s["config"], locked=s["locked"],
-                                jobs=s["jobs"])
+                                jobs=s["jobs"], ahead=s["ahead"])
     return out[part], freed
 
 
@@ -748,7 +759,8 @@ def _keep_valid(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | Non
 def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | None,
                    in_district: np.ndarray, candidate_in: np.ndarray, kept: dict[int, int],
                    center_of: np.ndarray, config: PlanConfig, *,
-                   locked: np.ndarray | None = None, jobs: int = 1) -> tuple[np.ndarray, list[int]]:
+                   locked: np.ndarray | None = None, jobs: int = 1,
+                   ahead: IsochronesAhead | None = None) -> tuple[np.ndarray, list[int]]:
     """
     Plan one district around its kept communities; returns the new `center_of` and the kept
     communities given up. Keeping a community that meets every rule can leave its neighbours
@@ -769,13 +781,13 @@ def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | 
         return with_kept, []
     if not kept:
         with_kept[rows] = partition_group(reach, adjacency, prior, rows, cols, config,
-                                          locked=locked, jobs=jobs)
+                                          locked=locked, jobs=jobs, ahead=ahead)
         return with_kept, []
     logger.debug("Planning the district with and without its %d kept communities", len(kept))
     free_rows = np.flatnonzero(in_district)
     made = partition_groups(reach, adjacency, prior,
                             [(rows, cols), (free_rows, np.flatnonzero(candidate_in))], config,
-                            locked=locked, jobs=jobs, alternatives=(0, 1))
+                            locked=locked, jobs=jobs, alternatives=(0, 1), ahead=ahead)
     free = None
     if made[1] is not None:
         free = center_of.copy()
@@ -796,22 +808,24 @@ def _plan_district(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | 
 def partition_group(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | None,
                      rows: np.ndarray, cols: np.ndarray, config: PlanConfig, *,
                      exceptions_only: bool = False, locked: np.ndarray | None = None,
-                     jobs: int = 1) -> np.ndarray:
+                     jobs: int = 1, ahead: IsochronesAhead | None = None) -> np.ndarray:
     """The units `rows` partitioned on the candidates `cols` (`partition_units`): each row's
-    candidate, -1 where it reaches none."""
+    candidate, -1 where it reaches none. `ahead` is told its likely centers."""
     return partition_groups(reach, adjacency, prior, [(rows, cols)], config,
-                            exceptions_only=exceptions_only, locked=locked, jobs=jobs)[0]
+                            exceptions_only=exceptions_only, locked=locked, jobs=jobs,
+                            ahead=ahead)[0]
 
 
 def partition_groups(reach: ReachMatrix, adjacency: sp.csr_matrix, prior: Prior | None,
                      groups: list[tuple[np.ndarray, np.ndarray]], config: PlanConfig, *,
                      exceptions_only: bool = False, locked: np.ndarray | None = None,
-                     jobs: int = 1,
-                     alternatives: tuple[int, int] | None = None) -> list[np.ndarray | None]:
+                     jobs: int = 1, alternatives: tuple[int, int] | None = None,
+                     ahead: IsochronesAhead | None = None) -> list[np.ndarray | None]:
     """`partition_group` of each (rows, cols), side by side on one pool (`partition_all`; None
     for an alternative it dropped)."""
-    problems = [_problem_of(reach, adjacency, prior, rows, cols, config,
-                            exceptions_only=exceptions_only, locked=locked) for rows, cols in groups]
+    problems = [replace(_problem_of(reach, adjacency, prior, rows, cols, config,
+                                    exceptions_only=exceptions_only, locked=locked),
+                        on_centers=columns_told(ahead, cols)) for rows, cols in groups]
     results = partition_all(problems, seed=config.seed, restarts=config.restarts,
                             tries=config.tries, jobs=jobs, alternatives=alternatives)
     return [None if result is None

@@ -87,6 +87,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -129,6 +130,9 @@ from covplan.solve.partition.seeding import (
     set_cover,
 )
 from covplan.solve.partition.tight_cover import cover_plan
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["Partition", "PartitionProblem", "band_key", "choose_k", "partition_all",
            "partition_units", "population_band"]
@@ -181,6 +185,9 @@ class PartitionProblem:
     xy: np.ndarray | None = None      # units x 2 coordinates in metres (seeding); None: greedy
     tiny_share: float = 0.5           # a community below this share of the target is tiny
     exceptions_only: bool = False     # every unit is a proven exception: tiny is no fault
+    # Told the improved plan's centers (as columns) before its last stages, which keep most of
+    # them: the pipeline draws their isochrones meanwhile (`covplan.reach.ahead`).
+    on_centers: Callable[[np.ndarray], None] | None = None
 
     @property
     def min_pop(self) -> float:
@@ -593,6 +600,8 @@ def _finished(ready: _Prepared, plan: SearchPlan, seen: SeenCommunities) -> np.n
     7c (center swaps) and 8 (tight covers)."""
     problem, n = ready.problem, ready.minutes.shape[0]
     _trace(plan, "improved")
+    if problem.on_centers is not None:
+        problem.on_centers(plan.center[plan.alive])
     plan.seen = seen        # the windows' splits go straight into the problem's pool
     seconds, per_model = (_EXACT_SECONDS, SOLVE_SECONDS) if n <= _EXACT_UNITS else _EXACT_LARGE
     if (not problem.exceptions_only and (n <= _EXACT_UNITS or problem.unit_prior is None)
