@@ -100,3 +100,19 @@ def test_a_plan_on_two_jobs_draws_its_isochrones_ahead_and_they_match_one_jobs()
     assert _same(one.isochrones[["center_id", "minutes", "area_m2", "geometry"]],
                  two.isochrones[["center_id", "minutes", "area_m2", "geometry"]])
     assert list(one.isochrones.columns) == list(two.isochrones.columns)
+
+
+def test_a_city_above_the_size_limit_draws_every_isochrone_at_the_end(monkeypatch):
+    import covplan.plan.pipeline as pipeline
+    import covplan.reach.ahead as ahead
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("no drawing process above the size limit")
+
+    net, population = grid_town(8)
+    monkeypatch.setattr(pipeline, "AHEAD_MAX_RESIDENTS", 0)
+    monkeypatch.setattr(ahead.IsochronesAhead, "__init__", refuse)
+    plan = plan_communities(net, population, config=PlanConfig(
+        jobs=2, target_pop=1_500, tolerance=0.3, max_minutes=8.0, candidate_spacing_m=150.0,
+        max_unit_pop=None, restarts=1))
+    assert len(plan.isochrones) == len(plan.centers)

@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+AHEAD_MAX_RESIDENTS = 2_000_000     # isochrones drawn ahead up to this size (`plan_communities`)
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Plan:
@@ -157,9 +159,12 @@ def plan_communities(network: WalkNetwork, population: Population | gpd.GeoDataF
                                 tiny_pop=config.tiny_pop),
                         fork=config.workers > 1)
     # The isochrones of the centers the planner will most likely keep are drawn beside its
-    # last stages (`covplan.reach.ahead`): Chengdu's 132 took 1.0-1.6 s after the plan.
+    # last stages (`covplan.reach.ahead`): Chengdu's 132 took 1.0-1.6 s after the plan. Not
+    # above AHEAD_MAX_RESIDENTS: there the drawing process, which keeps the pages of the
+    # planning as they were when it forked, could hold gigabytes to save a second.
+    small = float(reach.pop.sum()) <= AHEAD_MAX_RESIDENTS
     with drawing_ahead(network, reach.candidates, config.max_minutes,
-                       workers=config.workers) as ahead:
+                       workers=config.workers if small else 1) as ahead:
         try:
             locked = locked_candidates(reach.candidates, lock_centers)
             center_of, exception_centers, fixed = _solve(ready, config, locked=locked,
