@@ -851,7 +851,8 @@ def test_the_planner_tells_its_improved_plans_centers_before_the_last_stages():
     meanwhile): valid columns, and the final plan keeps most of them."""
     told: list[np.ndarray] = []
     reach, pop, adjacency, xy = grid(16, 12, seed=4)
-    problem = PartitionProblem(reach, pop, adjacency, target_pop=pop.sum() / 7, tolerance=0.1, xy=xy)
+    problem = PartitionProblem(reach, pop, adjacency, target_pop=pop.sum() / 7, tolerance=0.1,
+                               xy=xy)
     heard = dataclasses.replace(problem, on_centers=lambda cols: told.append(np.asarray(cols)))
     result = partition_units(heard, seed=0)
     assert told and all(len(t) and len(np.unique(t)) == len(t) for t in told)

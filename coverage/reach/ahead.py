@@ -83,7 +83,9 @@ class IsochronesAhead:
         sending.close()
 
     def draw(self, rows: np.ndarray) -> None:
-        """Ask for the isochrones of these candidate rows (positions in `candidates`)."""
+        """Ask for the isochrones of these candidate rows (positions in `candidates`). A plan
+        asks a few times, some hundred bytes each: far below what the pipe holds, so an ask
+        never waits, even on a process that died."""
         if len(rows):
             self._asks.put(np.asarray(rows, dtype="int64"))
 
@@ -126,7 +128,8 @@ def drawing_ahead(network: WalkNetwork, candidates: gpd.GeoDataFrame, minutes: f
         ahead.close()
 
 
-def columns_told(ahead: IsochronesAhead | None, cols: np.ndarray) -> Callable[[np.ndarray], None] | None:
+def columns_told(ahead: IsochronesAhead | None,
+                 cols: np.ndarray) -> Callable[[np.ndarray], None] | None:
     """A partition problem's `on_centers` hook (None without `ahead`): its centers, given as
     its columns `cols`, asked for ahead."""
     return None if ahead is None else partial(_draw_columns, ahead, cols)
