@@ -116,3 +116,19 @@ def test_a_city_above_the_size_limit_draws_every_isochrone_at_the_end(monkeypatc
         jobs=2, target_pop=1_500, tolerance=0.3, max_minutes=8.0, candidate_spacing_m=150.0,
         max_unit_pop=None, restarts=1))
     assert len(plan.isochrones) == len(plan.centers)
+
+
+def test_ctrl_c_for_the_process_group_leaves_the_drawing_process_to_its_caller():
+    """A terminal's Ctrl-C reaches every process of the group: the drawing process ignores it
+    (no traceback of its own; the CLI says one line) and still answers its caller."""
+    import os
+    import signal
+
+    net, _ = grid_town()
+    ahead = IsochronesAhead(net, _candidates(), 6.0, nice=0)
+    ahead.draw(np.arange(3))
+    time.sleep(1.0)                  # the process has set up its handlers
+    os.kill(ahead._process.pid, signal.SIGINT)
+    time.sleep(0.5)
+    assert ahead._process.is_alive()
+    assert set(ahead.drawn()) <= {"s0", "s1", "s2"}

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 from functools import partial
 from typing import TYPE_CHECKING
@@ -39,6 +40,9 @@ def _draw(asks, answers, network: WalkNetwork, candidates: gpd.GeoDataFrame, min
     """The drawing process: isochrones of the candidate rows asked for, in batches, until asked
     for what it has (None), which it sends as {candidate_id: area}."""
     os.nice(nice)
+    # Ctrl-C in a terminal reaches the whole process group: it is the caller's to handle (the
+    # CLI's one line), and the caller ends this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.disable(logging.INFO)     # the plan's log reports its isochrones once
     drawn: dict[str, object] = {}
     todo: list[int] = []
