@@ -40,6 +40,13 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+def can_fork() -> bool:
+    """Whether this process may fork helpers: on Linux (macOS may not fork safely, system
+    libraries), and not inside a daemonic process (a Dask or multiprocessing worker), which may
+    not have children."""
+    return sys.platform.startswith("linux") and not multiprocessing.current_process().daemon
+
+
 def shared() -> dict[str, Any]:
     """The inputs `run_tasks` shares with its tasks."""
     if _SHARED is None:
@@ -131,8 +138,7 @@ def run_until(function: Callable[[Any], Any], tasks: Sequence[Any], *, data: dic
     from multiprocessing.connection import wait
 
     global _SHARED
-    daemon = multiprocessing.current_process().daemon
-    borrowed = _borrow(len(tasks) - 1) if not daemon and sys.platform.startswith("linux") else 0
+    borrowed = _borrow(len(tasks) - 1) if can_fork() else 0
     outer = _SHARED
     _SHARED = data
     done: list[Any] = []
@@ -247,7 +253,7 @@ class Beside:
     def __init__(self, function: Callable[..., Any], *args: Any, fork: bool = True) -> None:
         self._call = (function, args)
         self._runs: list[tuple[Any, Any]] = []      # (process, pipe): the lowest priority first
-        if fork and sys.platform.startswith("linux") and not multiprocessing.current_process().daemon:
+        if fork and can_fork():
             self._runs.append(_start(function, args, 19))
 
     def result(self) -> Any:

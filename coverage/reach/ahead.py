@@ -14,13 +14,13 @@ import logging
 import multiprocessing
 import os
 import signal
-import sys
 from functools import partial
 from typing import TYPE_CHECKING
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+from covplan._parallel import can_fork
 from covplan.reach.isochrones import compute_isochrones
 
 if TYPE_CHECKING:
@@ -121,8 +121,7 @@ def drawing_ahead(network: WalkNetwork, candidates: gpd.GeoDataFrame, minutes: f
     """An `IsochronesAhead` for the planning inside the block, ended after it; None where
     nothing is idle to draw on (one job), or no process can fork (not Linux, or inside a
     daemonic process): the pipeline then draws every isochrone at the end."""
-    if (workers < 2 or not sys.platform.startswith("linux")
-            or multiprocessing.current_process().daemon):
+    if workers < 2 or not can_fork():
         yield None
         return
     ahead = IsochronesAhead(network, candidates, minutes)
