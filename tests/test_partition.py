@@ -704,6 +704,53 @@ def test_a_minimum_cover_covers_everyone_with_fewer_centers_than_the_greedy_cove
     assert min_cover(sp.csr_matrix((3, 4))) == []                     # nothing to cover
 
 
+def _disc_cover(seed: int, n_units: int, n_sites: int, radius: float) -> sp.csr_matrix:
+    """Units scattered in a unit square, sites among them, each reaching the units within
+    `radius`: the shape of a city's reach (HiGHS's root node alone often found no cover of
+    these, and the cover's run then started from bisections)."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(seed)
+    units = rng.random((n_units, 2))
+    sites = units[rng.choice(n_units, n_sites, replace=False)]
+    near = cKDTree(units).query_ball_point(sites, radius)
+    rows = np.concatenate(near)
+    cols = np.repeat(np.arange(n_sites), [len(p) for p in near])
+    return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_units, n_sites))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_minimum_cover_is_found_on_reach_shaped_covers(seed):
+    """On reach-shaped covers the minimum cover (the MIP on the columns its LP relaxation
+    uses) is always found, between the LP's floor and the greedy cover."""
+    from covplan.solve.bounds import cover_floor
+    from covplan.solve.partition.seeding import min_cover, set_cover
+
+    structure = _disc_cover(seed, 400, 150, 0.12)
+    structure = structure[np.diff(structure.indptr) > 0]
+    cover = min_cover(structure)
+    assert cover == sorted(set(cover))
+    assert (structure[:, cover].sum(axis=1) > 0).all()
+    assert cover_floor(structure) <= len(cover) <= len(set_cover(structure, np.ones(structure.shape[0])))
+
+
+def test_the_cover_lp_gives_the_simplex_optimum_through_the_interior_point():
+    """Above `_IPM_ENTRIES` the cover's LP goes to the interior point: the same optimum (the
+    floor of a proof) as the simplex."""
+    from scipy.optimize import linprog
+
+    import covplan.solve.partition.seeding as seeding
+
+    matrix = _disc_cover(7, 3_000, 800, 0.1)
+    matrix = matrix[np.diff(matrix.indptr) > 0]
+    assert matrix.nnz > seeding._IPM_ENTRIES
+    simplex = linprog(np.ones(matrix.shape[1]), A_ub=-matrix, b_ub=-np.ones(matrix.shape[0]),
+                      bounds=(0, 1), method="highs-ds")
+    lp = seeding.cover_lp(matrix)
+    assert lp.status == 0
+    assert lp.fun == pytest.approx(simplex.fun, abs=1e-6)
+
+
 def _covering_grid(limit: float = 3.0, share: float = 0.9):
     """A 20 x 16 grid with 3-minute circles: 31 centers cover it, and the target asks for
     about `share` x 31 communities."""
@@ -739,6 +786,34 @@ def test_where_covering_binds_the_count_a_run_starts_from_a_minimum_cover(monkey
     balanced = [problem.pop[np.isin(p.center, p.centers[in_band(problem, p)])].sum()
                 for p in (with_cover, without)]
     assert balanced[0] > balanced[1]
+
+
+def test_the_plans_finished_side_by_side_are_those_finished_one_by_one(monkeypatch, caplog):
+    """Where the minimum cover's run wins and the circles' run is better still, three plans are
+    finished (`_finish`), each from its own copy of the communities seen: on two processes they
+    finish side by side (a process borrowed) and the partition is the one finished one after
+    another."""
+    import logging
+
+    import covplan.solve.partition.core as core
+
+    problem = _covering_grid(limit=4.0, share=0.95)
+    finished = []
+    real = core.run_tasks
+
+    def counting(function, tasks, **kw):
+        if function is core._finish_option:
+            finished.append(len(tasks))
+        return real(function, tasks, **kw)
+
+    monkeypatch.setattr(core, "run_tasks", counting)
+    one = partition_units(problem, seed=2)
+    with caplog.at_level(logging.DEBUG, logger="covplan._parallel"):
+        two = partition_units(problem, seed=2, jobs=2)
+    assert finished == [3, 3]
+    assert any("Borrowed 1 idle process" in r.getMessage() for r in caplog.records)
+    assert np.array_equal(one.center, two.center)
+    check_rules(problem, two)
 
 
 def test_river_at_a_slower_walk_gains_from_the_minimum_cover_run():

@@ -584,10 +584,9 @@ def _cover_matrix(structure: sp.spmatrix) -> sp.csr_matrix:
 
 def _lp_cover_floor(matrix: sp.csr_matrix) -> int:
     """The set cover's LP relaxation optimum, rounded up: a floor on the fewest columns."""
-    from scipy.optimize import linprog
+    from covplan.solve.partition.seeding import cover_lp
 
-    n_rows, n = matrix.shape
-    lp = linprog(np.ones(n), A_ub=-matrix, b_ub=-np.ones(n_rows), bounds=(0, 1), method="highs")
+    lp = cover_lp(matrix)
     return max(1, int(np.ceil(lp.fun - 1e-6))) if lp.status == 0 else 1
 
 

@@ -571,6 +571,10 @@ def _finish(ready: _Prepared, finals: list[SearchPlan], sharing: int,
     where its finished plan is better. Its communities are kept out of the others' pool: a
     larger pool can lead the recombination's time-limited search elsewhere, and a grid of
     small circles finished 9,366 residents outside the band without them, 9,457 with them.
+
+    The plans finished are independent, each from its own copy of the pool, so they run side
+    by side on the processes the plan leaves idle (`_finish_option`): on the thin cities two or
+    three of them took 7-8 s each, one after another, while a processor sat idle.
     """
     problem = ready.problem
     ordinary = finals[:len(finals) - with_circles]
@@ -581,17 +585,31 @@ def _finish(ready: _Prepared, finals: list[SearchPlan], sharing: int,
     # Decided before finishing, which changes the runs it finishes.
     circles_better = with_circles and _better([winner, finals[-1]], lambda p: p.key(),
                                               problem.target_pop) is finals[-1]
-    centers = [_finished(ready, plan, seen) for plan in options]
-    center = _better(centers, lambda c: _score(problem, c), problem.target_pop)
+    pools = [seen] * len(options)
     if circles_better:
+        options.append(finals[-1])
         pool = SeenCommunities()
         pool.merge(seen)
         pool.merge(apart)
-        other = _finished(ready, finals[-1], pool)
-        center = _better([center, other], lambda c: _score(problem, c), problem.target_pop)
+        pools.append(pool)
+    finished = run_tasks(_finish_option, range(len(options)), jobs=1,
+                         data={"ready": ready, "options": options, "pools": pools})
+    center = _better(finished[:len(finished) - circles_better], lambda c: _score(problem, c),
+                     problem.target_pop)
+    if circles_better:
+        center = _better([center, finished[-1]], lambda c: _score(problem, c), problem.target_pop)
     *_, violation, objective = _score(problem, center)
     return Partition(center, np.unique(center[center >= 0]), objective, violation,
                      ready.greedy_cover, _disconnected(problem, center))
+
+
+def _finish_option(j: int) -> np.ndarray:
+    """`_finished` of `_finish`'s j-th plan, from a copy of its pool (so that a plan finished
+    here or in another process ends the same), run by `run_tasks`."""
+    s = shared()
+    pool = SeenCommunities()
+    pool.merge(s["pools"][j])
+    return _finished(s["ready"], s["options"][j], pool)
 
 
 def _finished(ready: _Prepared, plan: SearchPlan, seen: SeenCommunities) -> np.ndarray:
