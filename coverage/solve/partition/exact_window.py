@@ -95,6 +95,10 @@ class _Model:
         reach = win.structure[:, sites].tocsr()
         reach.sort_indices()
         self.n_groups, self.group = _merge_units(reach, win.adjacency)
+        if self.n_groups > MAX_MODEL_UNITS:
+            # Left to the heuristic (`_solve_window`): the rest would be built for nothing, and
+            # building it took 7.3 of sprawl's 8.9 s of windows that no model was asked of.
+            return
         members = sp.csr_matrix((np.ones(len(self.group)), (self.group, np.arange(len(self.group)))),
                                 shape=(self.n_groups, len(self.group)))
         self.pop = np.rint(members @ win.pop).astype("int64")
