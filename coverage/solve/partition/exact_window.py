@@ -98,6 +98,7 @@ class _Model:
         if self.n_groups > MAX_MODEL_UNITS:
             # Left to the heuristic (`_solve_window`): the rest would be built for nothing, and
             # building it took 7.3 of sprawl's 8.9 s of windows that no model was asked of.
+            self.covered = False           # so that `solve` answers None, never a half model
             return
         members = sp.csr_matrix((np.ones(len(self.group)), (self.group, np.arange(len(self.group)))),
                                 shape=(self.n_groups, len(self.group)))

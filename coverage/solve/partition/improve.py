@@ -34,7 +34,7 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 from covplan.solve.partition.flow import attach_strays, settle, split_pieces
-from covplan.solve.partition.refine import Window, reduce_to
+from covplan.solve.partition.refine import REDUCE_TRIES, Window, reduce_to
 from covplan.solve.partition.search import (
     BALANCE_WEIGHT,
     FINAL_WEIGHT,
@@ -68,9 +68,9 @@ class _SubPlan:
     their own, local search, dissolve down to the wanted count), so that the flow's cut-off
     pieces and units the set leaves unreached are repaired instead of ruling the set out."""
 
-    def __init__(self, plan: SearchPlan, win: Window, *, shrinks: int = 4):
+    def __init__(self, plan: SearchPlan, win: Window, *, shrinks: int = REDUCE_TRIES):
         self.win = win
-        self.shrinks = shrinks    # `reduce_to`'s re-solves one center short, at most (its default)
+        self.shrinks = shrinks    # `reduce_to`'s re-solves one center short, at most
         self.cols = np.flatnonzero(~win.blocked)
         self.col_of = np.full(len(win.blocked), -1, dtype="int64")
         self.col_of[self.cols] = np.arange(len(self.cols))

@@ -29,6 +29,7 @@ _REASSIGN_ROUNDS = 10       # local-search rounds letting the reassigned plan's 
 TRANSFERS = 8              # attempts to move a community to where people are plenty
 _SWAP_SITES = 2             # sites tried as a community's new center in `swap_centers`
 _SWAP_ROUNDS = 4            # local-search rounds around a swapped window
+REDUCE_TRIES = 4            # `reduce_to`'s `shrink`s around the smallest communities, at most
 
 
 def shrink(plan: SearchPlan, s: int, tries: int = 4) -> bool:
@@ -61,7 +62,7 @@ def _poorness(plan: SearchPlan, alive: np.ndarray) -> np.ndarray:
     return np.where(plan.popk[alive] < plan.problem.min_pop / 4, 0.0, mean[alive])
 
 
-def reduce_to(plan: SearchPlan, k: int, tries: int = 4) -> None:
+def reduce_to(plan: SearchPlan, k: int, tries: int = REDUCE_TRIES) -> None:
     """
     Remove communities until k remain: dissolve one into its neighbours (order: `_poorness`,
     then smallest), then a short local search around it (one that could not be dissolved is
